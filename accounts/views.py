@@ -1,0 +1,44 @@
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from config.exceptions import ApplicationError
+
+from .forms import SignUpForm
+from .services import dashboard_url_name, user_create
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request):
+    if request.user.is_authenticated:
+        return redirect(dashboard_url_name(request.user))
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = user_create(
+                username=form.cleaned_data["username"],
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password1"],
+                role=form.cleaned_data["role"],
+            )
+        except ApplicationError as error:
+            for field, errors in error.fields.items():
+                for message in errors:
+                    form.add_error(field if field in form.fields else None, message)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, f"Welcome to Idlefleet, {user.username}.")
+            return redirect(dashboard_url_name(user))
+    return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@login_required
+def dashboard(request):
+    return redirect(dashboard_url_name(request.user))
+
+
+@login_required
+def account(request):
+    return render(request, "accounts/account.html")

@@ -1,0 +1,1 @@
+# The ledger, payments and payouts arrive with the billing issue.

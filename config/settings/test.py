@@ -1,0 +1,13 @@
+"""Test settings: like local, with fast password hashing and an embedded Redis port of its own."""
+
+import os
+
+# A demo running on the same machine keeps its embedded Redis on 6389; the tests never share it.
+os.environ.setdefault("EMBEDDED_REDIS_PORT", "6399")
+os.environ.setdefault("DEBUG", "false")
+# Beat ticks every second in tests, so the end-to-end heartbeat test sees several ticks quickly.
+os.environ.setdefault("PLATFORM_HEARTBEAT_SECONDS", "1")
+
+from .local import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,1 @@
+# Vehicles, hardware profiles and opt-in policies arrive with the fleet issue.

@@ -1,0 +1,1 @@
+# Bids, rounds, allocations and work units arrive with the marketplace issue.

@@ -1,0 +1,29 @@
+"""The demo's accounts, shared by `seed_demo` (which creates them) and `demo_banner` (which prints them)."""
+
+from accounts.models import Role
+
+DEMO_PASSWORD = "idlefleet-demo"  # noqa: S105 - printed on screen for the local demo only
+DEMO_USERS = [
+    # (username, role, what they are in the demo story)
+    ("admin", Role.STAFF, "staff: pricing, hardware profiles, the books"),
+    ("alice", Role.CUSTOMER, "customer: document-embedding jobs"),
+    ("bob", Role.CUSTOMER, "customer: image classification jobs"),
+    ("olivia", Role.OWNER, "owner: a commuter's HW4 car"),
+    ("oscar", Role.OWNER, "owner: two cars, HW3 and HW4"),
+    ("otto", Role.OWNER, "owner: a car that is rarely driven"),
+]
+
+
+def banner(base_url: str) -> str:
+    width = max(len(u) for u, _, _ in DEMO_USERS)
+    lines = [
+        "",
+        "=" * 78,
+        f"  Idlefleet is running at {base_url}/",
+        f"  Django admin: {base_url}/admin/      API docs: {base_url}/api/docs/",
+        f"  Every demo account's password is: {DEMO_PASSWORD}",
+        "",
+    ]
+    lines += [f"    {username:<{width}}  {label}" for username, _, label in DEMO_USERS]
+    lines += ["", "  Press Ctrl-C to stop everything.", "=" * 78, ""]
+    return "\n".join(lines)

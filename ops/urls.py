@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+app_name = "ops"
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("staff/", views.dashboard, name="dashboard"),
+    path("staff/health/", views.health_fragment, name="health"),
+    path("healthz/", views.healthz, name="healthz"),
+]

@@ -1,0 +1,53 @@
+from django.core.cache import cache
+from django.db import connection
+from django.http import JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+
+from accounts.permissions import staff_required
+
+from .selectors import platform_health_get, user_counts_by_role
+
+
+def home(request):
+    return render(request, "ops/home.html")
+
+
+@staff_required
+def dashboard(request):
+    return render(
+        request,
+        "ops/dashboard.html",
+        {"health": platform_health_get(), "user_counts": user_counts_by_role()},
+    )
+
+
+@staff_required
+def health_fragment(request):
+    """The platform-health card alone, polled by htmx on the staff dashboard."""
+    return render(request, "ops/_platform_health.html", {"health": platform_health_get()})
+
+
+def _check(probe) -> str:
+    try:
+        probe()
+    except Exception as error:  # a health check reports every failure instead of raising it
+        return f"error: {error.__class__.__name__}"
+    return "ok"
+
+
+@never_cache
+def healthz(request):
+    """Liveness for load balancers: 200 when the database and Redis answer, 503 otherwise."""
+
+    def db_probe():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    checks = {
+        "database": _check(db_probe),
+        "redis": _check(lambda: cache.get("healthz")),
+    }
+    checks["workers"] = "ok" if platform_health_get().alive else "no recent heartbeat"
+    healthy = checks["database"] == "ok" and checks["redis"] == "ok"
+    return JsonResponse({"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503)
