@@ -4,13 +4,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 api_v1 = [
     path("", include("accounts.api_urls")),
+    path("", include("fleet.api_urls")),
 ]
 
 urlpatterns = [
     path("", include("ops.urls")),
     path("", include("accounts.urls")),
     path("customer/", include("marketplace.urls")),
-    path("owner/", include("fleet.urls")),
+    path("", include("fleet.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -1,1 +1,220 @@
-# Vehicles, hardware profiles and opt-in policies arrive with the fleet issue.
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Precision(models.TextChoices):
+    INT8 = "int8", "INT8"
+    FP8 = "fp8", "FP8"
+    FP16 = "fp16", "FP16"
+    FP32 = "fp32", "FP32"
+
+
+def validate_time_zone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"'{value}' is not a time zone name such as Europe/Berlin or America/New_York.")
+
+
+class HardwareProfile(models.Model):
+    """An in-car inference computer (HW3, HW4, ...). Every figure is editable by staff: HW5's are assumptions."""
+
+    name = models.CharField(max_length=40, unique=True)
+    int8_tops = models.FloatField("INT8 TOPS", validators=[MinValueValidator(0.1)], help_text="Dense INT8 TOPS.")
+    factor_int8 = models.FloatField(
+        "INT8 factor", default=1.0, validators=[MinValueValidator(0.0)], help_text="Throughput relative to INT8."
+    )
+    factor_fp8 = models.FloatField(
+        "FP8 factor", null=True, blank=True, validators=[MinValueValidator(0.0)], help_text="Empty: FP8 unsupported."
+    )
+    factor_fp16 = models.FloatField(
+        "FP16 factor", null=True, blank=True, validators=[MinValueValidator(0.0)], help_text="Empty: unsupported."
+    )
+    factor_fp32 = models.FloatField(
+        "FP32 factor", null=True, blank=True, validators=[MinValueValidator(0.0)], help_text="Empty: unsupported."
+    )
+    typical_power_w = models.PositiveIntegerField(
+        "typical power (W)", help_text="Draw while computing at full throughput."
+    )
+    max_power_w = models.PositiveIntegerField("maximum power (W)", validators=[MaxValueValidator(20_000)])
+    runtime_version = models.CharField(max_length=40, help_text="ONNX Runtime version on board.")
+    is_assumed = models.BooleanField(default=False, help_text="Figures are estimates (e.g. HW5 before release).")
+    notes = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name}{' (assumed)' if self.is_assumed else ''}"
+
+    def clean(self) -> None:
+        if (
+            self.max_power_w is not None
+            and self.typical_power_w is not None
+            and self.max_power_w < self.typical_power_w
+        ):
+            raise ValidationError({"max_power_w": "Maximum power must be at least the typical power."})
+
+    @property
+    def factors(self) -> dict[str, float]:
+        """Supported precisions and their throughput factors."""
+        values = {
+            Precision.INT8: self.factor_int8,
+            Precision.FP8: self.factor_fp8,
+            Precision.FP16: self.factor_fp16,
+            Precision.FP32: self.factor_fp32,
+        }
+        return {str(p): f for p, f in values.items() if f}
+
+    def ch_per_hour(self, precision: str) -> float:
+        """Compute-hours per hour at full throughput: int8_tops × factor / 100."""
+        return self.int8_tops * self.factors.get(precision, 0.0) / 100
+
+
+class Vehicle(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused by owner"
+        SUSPENDED = "suspended", "Suspended by Idlefleet"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="vehicles")
+    display_name = models.CharField(max_length=80)
+    hardware = models.ForeignKey(HardwareProfile, on_delete=models.PROTECT, related_name="vehicles")
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+    region = models.CharField(max_length=64, blank=True, help_text="e.g. US-CA or DE.")
+    battery_capacity_kwh = models.FloatField(
+        "battery capacity (kWh)", default=75.0, validators=[MinValueValidator(5), MaxValueValidator(300)]
+    )
+    energy_price_cents_per_kwh = models.DecimalField(
+        "home energy price (¢/kWh)",
+        max_digits=6,
+        decimal_places=2,
+        validators=[MinValueValidator(0), MaxValueValidator(500)],
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+    status_reason = models.CharField(max_length=255, blank=True)
+    # A VIN identifies a person's car: keep only a hash (for duplicate detection) and the last four characters.
+    vin_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    vin_last4 = models.CharField(max_length=4, blank=True)
+    is_simulated = models.BooleanField(default=False, help_text="Driven by the fleet simulator.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["display_name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "display_name"], name="vehicle_unique_name_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
+
+
+def default_windows() -> list:
+    return []
+
+
+class OptInPolicy(models.Model):
+    """When and how a vehicle may work. Validated by `fleet.services.policy_validate`."""
+
+    vehicle = models.OneToOneField(Vehicle, on_delete=models.CASCADE, related_name="policy")
+    enabled = models.BooleanField(default=True)
+    # [[weekday 0=Mon, start minute, end minute], ...] in the car's time zone; empty = any time;
+    # end < start runs past midnight; end == start is the whole day.
+    windows = models.JSONField(default=default_windows, blank=True)
+    battery_floor_pct = models.PositiveSmallIntegerField(
+        "battery floor (%)", default=60, validators=[MinValueValidator(10), MaxValueValidator(100)]
+    )
+    plugged_in_only = models.BooleanField(default=False)
+    max_energy_kwh_per_day = models.DecimalField(
+        "energy cap (kWh/day)", max_digits=6, decimal_places=2, default=5,
+        validators=[MinValueValidator(0), MaxValueValidator(24)],
+    )  # fmt: skip
+    max_power_w = models.PositiveIntegerField(
+        "maximum power (W)", default=300, validators=[MinValueValidator(10), MaxValueValidator(1000)]
+    )
+    min_price_cents_per_ch = models.PositiveIntegerField("minimum price (¢/CH)", default=0)
+    leave_at = models.DateTimeField(null=True, blank=True, help_text="Today's declared departure: a hard limit.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Policy of {self.vehicle}"
+
+
+class VehicleCredential(models.Model):
+    """A car's signing key. Only the Ed25519 public key is stored: the database holds nothing that can sign."""
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="credentials")
+    key_id = models.CharField(max_length=32, unique=True)
+    public_key = models.BinaryField(max_length=32)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["vehicle"], condition=Q(revoked_at__isnull=True), name="one_active_credential_per_vehicle"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key_id} ({'revoked' if self.revoked_at else 'active'})"
+
+
+class VehicleState(models.Model):
+    """The last heartbeat, snapshotted from Redis (where the live copy is) every minute or so."""
+
+    vehicle = models.OneToOneField(Vehicle, on_delete=models.CASCADE, related_name="state")
+    received_at = models.DateTimeField()
+    observed_at = models.DateTimeField()
+    clock_rate = models.FloatField(default=1.0)
+    parked = models.BooleanField()
+    plugged_in = models.BooleanField()
+    charge_power_w = models.FloatField(default=0)
+    battery_pct = models.FloatField()
+    network = models.CharField(max_length=16)
+    bandwidth_down_mbps = models.FloatField(default=0)
+    bandwidth_up_mbps = models.FloatField(default=0)
+    latency_ms = models.FloatField(default=0)
+    runtime_version = models.CharField(max_length=40, blank=True)
+    models_cached = models.JSONField(default=list, blank=True)
+    computing = models.BooleanField(default=False)
+    compute_power_w = models.FloatField(default=0)
+    energy_used_today_wh = models.FloatField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.vehicle} @ {self.received_at:%H:%M:%S}"
+
+
+class ParkingSession(models.Model):
+    """One stay of a car in one place, from the heartbeat stream (times on the car's clock)."""
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="parking_sessions")
+    arrived_at = models.DateTimeField()
+    departed_at = models.DateTimeField(null=True, blank=True)
+    departure_announced = models.BooleanField(default=False, help_text="The car sent a departure notice.")
+
+    class Meta:
+        ordering = ["-arrived_at"]
+        indexes = [models.Index(fields=["vehicle", "-arrived_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["vehicle"], condition=Q(departed_at__isnull=True), name="one_open_parking_session_per_vehicle"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle} parked {self.arrived_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def duration_s(self) -> float | None:
+        return (self.departed_at - self.arrived_at).total_seconds() if self.departed_at else None

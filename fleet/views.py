@@ -1,9 +1,153 @@
-from django.shortcuts import render
+from django.conf import settings
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.models import Role
-from accounts.permissions import role_required
+from accounts.permissions import role_required, staff_required
+from config.exceptions import ApplicationError
+
+from . import selectors, services
+from .forms import PolicyForm, VehicleForm
+from .models import HardwareProfile
+
+
+def _form_errors_from(form, error: ApplicationError, field_map: dict[str, str] | None = None) -> None:
+    field_map = field_map or {}
+    if not error.fields:
+        form.add_error(None, error.message)
+    for field, errors in error.fields.items():
+        name = field_map.get(field, field)
+        for message in errors:
+            form.add_error(name if name in form.fields else None, message)
+
+
+def _credential_page(request, vehicle, credential, *, reissued=False):
+    """Shown once, right after the key is made: only its public half is stored, so it can never be shown again."""
+    server = request.build_absolute_uri("/").rstrip("/")
+    response = render(
+        request,
+        "fleet/credential.html",
+        {
+            "vehicle": vehicle,
+            "token": credential.to_token(),
+            "file_text": credential.to_file_text(server),
+            "reissued": reissued,
+        },
+    )
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @role_required(Role.OWNER)
 def dashboard(request):
-    return render(request, "fleet/dashboard.html", {"vehicles": []})
+    vehicles = list(selectors.vehicles_for_owner(owner=request.user))
+    return render(request, "fleet/dashboard.html", {"live": selectors.vehicles_live(vehicles)})
+
+
+@role_required(Role.OWNER)
+def fleet_live(request):
+    """The owner's fleet table alone, polled by htmx."""
+    vehicles = list(selectors.vehicles_for_owner(owner=request.user))
+    return render(request, "fleet/_fleet_table.html", {"live": selectors.vehicles_live(vehicles)})
+
+
+@role_required(Role.OWNER)
+@require_http_methods(["GET", "POST"])
+def vehicle_register(request):
+    initial = {"energy_price_cents_per_kwh": settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH}
+    hw4 = HardwareProfile.objects.filter(name="HW4").first()
+    if hw4:
+        initial["hardware"] = hw4.pk
+    form = VehicleForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            vehicle, credential = services.vehicle_register(owner=request.user, **form.cleaned_data)
+        except ApplicationError as error:
+            _form_errors_from(form, error)
+        else:
+            return _credential_page(request, vehicle, credential)
+    return render(request, "fleet/vehicle_form.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@role_required(Role.OWNER)
+def vehicle_detail(request, vehicle_id: int):
+    item = selectors.vehicle_live_for_owner(owner=request.user, vehicle_id=vehicle_id)
+    return render(
+        request,
+        "fleet/vehicle_detail.html",
+        {
+            "item": item,
+            "vehicle": item.vehicle,
+            "sessions": selectors.parking_sessions_for_vehicle(vehicle=item.vehicle),
+            "credentials": item.vehicle.credentials.all()[:10],
+        },
+    )
+
+
+@role_required(Role.OWNER)
+def vehicle_live(request, vehicle_id: int):
+    item = selectors.vehicle_live_for_owner(owner=request.user, vehicle_id=vehicle_id)
+    return render(request, "fleet/_vehicle_live.html", {"item": item})
+
+
+@role_required(Role.OWNER)
+@require_http_methods(["GET", "POST"])
+def policy_edit(request, vehicle_id: int):
+    vehicle = selectors.vehicle_get_for_owner(owner=request.user, vehicle_id=vehicle_id)
+    form = PolicyForm(request.POST or None, instance=vehicle.policy, vehicle=vehicle)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.policy_update(policy=vehicle.policy, **form.policy_changes())
+        except ApplicationError as error:
+            _form_errors_from(form, error, {"leave_at": "leave_at_time", "windows": "day0_from"})
+        else:
+            messages.success(request, f"Saved the opt-in policy of {vehicle.display_name}.")
+            return redirect("fleet:vehicle", vehicle_id=vehicle.pk)
+    return render(
+        request, "fleet/policy_form.html", {"form": form, "vehicle": vehicle}, status=400 if form.errors else 200
+    )
+
+
+@role_required(Role.OWNER)
+@require_POST
+def vehicle_pause(request, vehicle_id: int):
+    vehicle = selectors.vehicle_get_for_owner(owner=request.user, vehicle_id=vehicle_id)
+    try:
+        if request.POST.get("action") == "resume":
+            services.vehicle_resume(vehicle=vehicle)
+            messages.success(request, f"{vehicle.display_name} may work again when parked.")
+        else:
+            services.vehicle_pause(vehicle=vehicle)
+            messages.success(request, f"{vehicle.display_name} is paused: it takes no new work.")
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    return redirect("fleet:vehicle", vehicle_id=vehicle.pk)
+
+
+@role_required(Role.OWNER)
+@require_POST
+def credential_new(request, vehicle_id: int):
+    vehicle = selectors.vehicle_get_for_owner(owner=request.user, vehicle_id=vehicle_id)
+    credential = services.credential_issue(vehicle=vehicle)
+    return _credential_page(request, vehicle, credential, reissued=True)
+
+
+@role_required(Role.OWNER)
+@require_POST
+def credential_revoke(request, vehicle_id: int, credential_id: int):
+    vehicle = selectors.vehicle_get_for_owner(owner=request.user, vehicle_id=vehicle_id)
+    credential = get_object_or_404(vehicle.credentials, pk=credential_id)
+    services.credential_revoke(credential=credential)
+    messages.success(request, f"Revoked credential {credential.key_id}: the car can no longer connect with it.")
+    return redirect("fleet:vehicle", vehicle_id=vehicle.pk)
+
+
+@staff_required
+def staff_fleet(request):
+    return render(request, "fleet/staff_fleet.html", {"overview": selectors.fleet_overview()})
+
+
+@staff_required
+def staff_fleet_live(request):
+    return render(request, "fleet/_staff_fleet_stats.html", {"overview": selectors.fleet_overview()})

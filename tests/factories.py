@@ -34,3 +34,27 @@ class StaffFactory(UserFactory):
     role = Role.STAFF
     is_staff = True
     is_superuser = True
+
+
+def ensure_hardware_profiles() -> None:
+    """The profiles the migration seeds; transactional tests flush them, so they are put back here."""
+    import importlib
+
+    from fleet.models import HardwareProfile
+
+    for profile in importlib.import_module("fleet.migrations.0002_hardware_profiles").PROFILES:
+        HardwareProfile.objects.get_or_create(name=profile["name"], defaults=profile)
+
+
+def hardware(name: str = "HW4"):
+    from fleet.models import HardwareProfile
+
+    ensure_hardware_profiles()
+    return HardwareProfile.objects.get(name=name)
+
+
+def vehicle_with_credential(owner, name: str = "Blue car", hardware_name: str = "HW4", **kwargs):
+    """A registered vehicle and its credential (what the owner sees once)."""
+    from fleet.services import vehicle_register
+
+    return vehicle_register(owner=owner, display_name=name, hardware=hardware(hardware_name), **kwargs)

@@ -201,3 +201,15 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Fleet ---------------------------------------------------------------------------------------------------------
+# Signed agent requests are accepted this many seconds either side of the server's clock; nonces are kept twice as long.
+AGENT_SIGNATURE_WINDOW_SECONDS = env.int("AGENT_SIGNATURE_WINDOW_SECONDS", default=300)
+# Used for a new vehicle until its owner sets their own price (US average home electricity).
+DEFAULT_ENERGY_PRICE_CENTS_PER_KWH = env.float("DEFAULT_ENERGY_PRICE_CENTS_PER_KWH", default=16.0)
+VEHICLE_STATE_SNAPSHOT_SECONDS = env.int("VEHICLE_STATE_SNAPSHOT_SECONDS", default=60)
+CELERY_BEAT_SCHEDULE["vehicle-state-snapshot"] = {
+    "task": "fleet.tasks.vehicle_states_snapshot",
+    "schedule": VEHICLE_STATE_SNAPSHOT_SECONDS,
+    "options": {"expires": VEHICLE_STATE_SNAPSHOT_SECONDS},
+}

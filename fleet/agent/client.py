@@ -1,0 +1,140 @@
+"""The agent's HTTP client: signed JSON requests to the platform, retried with backoff when the platform is busy.
+
+Every attempt is signed afresh (a new nonce and timestamp): the server refuses a reused nonce as a replay, and a retry
+after a long backoff would otherwise fall outside its time window. The timestamp is real wall-clock time even for a
+simulated car, whose own clock may be days ahead: the server checks it against its own clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+
+import requests
+
+from .signing import Credential
+
+log = logging.getLogger("idlefleet.agent")
+
+# Full jitter needs no reproducibility; SystemRandom keeps the cars of a fleet from retrying in step.
+_jitter = random.SystemRandom()
+
+
+class AgentHTTPError(Exception):
+    """The platform refused the request (a 4xx other than 429); retrying the same request would not help.
+
+    `body` is the platform's error, {"code", "message", "fields"}, when it sent JSON; else None.
+    """
+
+    def __init__(self, status: int, body: dict | None) -> None:
+        self.status = status
+        self.body = body
+        self.code = body.get("code", "") if isinstance(body, dict) else ""
+        self.message = body.get("message", "") if isinstance(body, dict) else ""
+        super().__init__(f"HTTP {status}: {self.message or self.code or 'no error message'}")
+
+
+class AgentUnavailable(Exception):
+    """The platform could not be reached, or stayed busy (429/5xx), through every retry."""
+
+
+class AgentClient:
+    """Signs and sends the agent's requests over one keep-alive session.
+
+    timeout: seconds per attempt (connect and read). max_retries: retries after the first attempt, so at most
+    max_retries + 1 attempts. Backoff before retry n (from 0): a random delay in [0, min(backoff_cap, backoff_base *$
+    2^n)] seconds ("full jitter"), or the server's Retry-After when it sends one, capped at backoff_cap seconds.
+    `sleep` and `wall_clock` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        credential: Credential,
+        *,
+        timeout: float = 10.0,
+        max_retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.credential = credential
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self.session = session or requests.Session()
+
+    def post(self, path: str, payload: dict) -> tuple[int, dict | None]:
+        """POST `payload` as JSON to `path` (e.g. "/api/v1/agent/heartbeat/"); return (status, parsed JSON or None).
+
+        Raises AgentHTTPError on a 4xx other than 429, AgentUnavailable when every attempt failed.
+        """
+        # Compact and sorted: the signature covers these exact bytes, and the same payload always gives the same body.
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        last_problem = ""
+        retry_after: str | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = self._backoff(attempt - 1, retry_after)
+                log.info("retrying POST %s in %.1f s (attempt %d): %s", path, delay, attempt + 1, last_problem)
+                self._sleep(delay)
+            retry_after = None
+            headers = self.credential.sign(method="POST", path=path, body=body, timestamp=int(self._wall_clock()))
+            headers["Content-Type"] = "application/json"
+            try:
+                response = self.session.post(self.server + path, data=body, headers=headers, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                last_problem = f"{type(error).__name__}: {error}"
+                continue
+            status = response.status_code
+            if status == 429 or status >= 500:
+                last_problem = f"HTTP {status}"
+                retry_after = response.headers.get("Retry-After")
+                continue
+            if status >= 400:
+                raise AgentHTTPError(status, _json_or_none(response))
+            return status, (None if status == 204 else _json_or_none(response))
+        raise AgentUnavailable(f"POST {path} failed after {self.max_retries + 1} attempts: {last_problem}")
+
+    def _backoff(self, retry: int, retry_after: str | None) -> float:
+        """Seconds to wait before retry number `retry` (0 = the first retry)."""
+        told = _retry_after_seconds(retry_after, self._wall_clock())
+        if told is not None:
+            return min(told, self.backoff_cap)
+        return _jitter.uniform(0, min(self.backoff_cap, self.backoff_base * 2**retry))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _json_or_none(response: requests.Response) -> dict | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: either delay-seconds or an HTTP date (RFC 9110); None when absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None

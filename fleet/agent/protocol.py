@@ -1,0 +1,44 @@
+"""The agent API's messages, shared by the car (which sends them) and the platform (which validates them).
+
+All paths are under /api/v1/agent/ and every request is signed (see signing.py). Bodies are JSON.
+
+POST heartbeat/   every HEARTBEAT_SECONDS of the car's clock (and at once when something important changes)
+    observed_at          str    ISO 8601 with offset, the car's clock when the state was read
+    clock_rate           float  car-clock seconds per real second: 1 for a real car, X for a simulated one
+    parked               bool   the car is not moving (gear in park)
+    plugged_in           bool
+    charge_power_w       float  power the charger delivers now, W (0 when unplugged)
+    battery_pct          float  0 to 100
+    battery_capacity_kwh float  usable pack capacity, kWh
+    network              str    one of NETWORKS
+    bandwidth_down_mbps  float  measured, ≥ 0
+    bandwidth_up_mbps    float  measured, ≥ 0
+    latency_ms           float  measured round trip to the platform, ≥ 0
+    runtime_version      str    ONNX Runtime version on the car
+    models_cached        list[str]  sha256 hex of inference-model files the car holds
+    computing            bool   the car is running a work unit now
+    compute_power_w      float  power drawn by compute now, W
+    energy_used_today_wh float  energy spent on compute since local midnight, Wh
+    -> 200 {"received_at": iso, "next_heartbeat_s": int}
+
+POST departure/   "I am about to drive": sent before the car moves; the platform releases its work at once
+    observed_at          str    ISO 8601, the car's clock
+    -> 200 {"released_work_units": int}
+
+POST lease/       ask for a work unit (filled in by the marketplace) -> 204 when there is none
+"""
+
+HEARTBEAT_SECONDS = 15
+# 401 codes that concern one request (the car's clock, a replayed nonce), not the credential: the agent carries on.
+TRANSIENT_AUTH_ERRORS = ("clock_skew", "replayed")
+# After a departure notice, heartbeats that still say "parked" (the car has not moved yet) do not reopen a parking
+# session for this long (car seconds); the car counts as leaving.
+DEPARTURE_GRACE_SECONDS = 600
+NETWORKS = ("wifi", "ethernet", "cellular", "none")
+# Networks the platform sends work over. Cellular is never used: it is slow, metered and the owner pays for it.
+WORK_NETWORKS = ("wifi", "ethernet")
+MAX_BANDWIDTH_MBPS = 100_000.0
+MAX_LATENCY_MS = 60_000.0
+MAX_POWER_W = 20_000.0
+MAX_BATTERY_KWH = 300.0
+MAX_CLOCK_RATE = 100_000.0

@@ -1,0 +1,123 @@
+import zoneinfo
+from datetime import datetime, time
+
+from django import forms
+
+from .models import HardwareProfile, OptInPolicy
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def time_zone_choices() -> list[tuple[str, str]]:
+    return [(name, name) for name in sorted(zoneinfo.available_timezones()) if "/" in name or name == "UTC"]
+
+
+class VehicleForm(forms.Form):
+    display_name = forms.CharField(
+        max_length=80, label="Name", help_text="What you call this car, e.g. “Blue Model 3”."
+    )
+    hardware = forms.ModelChoiceField(
+        queryset=HardwareProfile.objects.all(),
+        empty_label=None,
+        help_text="The car's inference computer (shown in the car's software information).",
+    )
+    time_zone = forms.ChoiceField(
+        choices=time_zone_choices, initial="UTC", help_text="Where the car is usually parked."
+    )
+    region = forms.CharField(max_length=64, required=False, help_text="Optional, e.g. US-CA.")
+    battery_capacity_kwh = forms.FloatField(label="Battery capacity (kWh)", min_value=5, max_value=300, initial=75)
+    energy_price_cents_per_kwh = forms.DecimalField(
+        label="Your electricity price (¢/kWh)",
+        min_value=0,
+        max_value=500,
+        decimal_places=2,
+        help_text="Your asking price always covers this, so you never compute at a loss.",
+    )
+    vin = forms.CharField(
+        label="VIN (optional)",
+        max_length=17,
+        required=False,
+        help_text="Only a fingerprint and the last four characters are kept.",
+    )
+
+
+class PolicyForm(forms.ModelForm):
+    """The opt-in policy, with the weekly windows as a from/to pair per day and 'I leave at' as a time today."""
+
+    leave_at_time = forms.TimeField(
+        label="I will leave today at",
+        required=False,
+        widget=forms.TimeInput(attrs={"type": "time"}),
+        help_text="A hard limit for today, in the car's time zone. Leave empty if you don't know.",
+    )
+
+    class Meta:
+        model = OptInPolicy
+        fields = (
+            "enabled", "battery_floor_pct", "plugged_in_only", "max_energy_kwh_per_day", "max_power_w",
+            "min_price_cents_per_ch",
+        )  # fmt: skip
+        labels = {"enabled": "Let this car work while parked"}
+        help_texts = {
+            "battery_floor_pct": "The car never computes below this charge (10–100%).",
+            "plugged_in_only": "Only compute while charging.",
+            "max_energy_kwh_per_day": "The most energy compute may use per day.",
+            "max_power_w": "The most power compute may draw (at most 1000 W, and at most what the hardware draws).",
+            "min_price_cents_per_ch": "The lowest price per compute-hour you accept (your electricity cost is added).",
+        }
+
+    def __init__(self, *args, vehicle, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vehicle = vehicle
+        self.day_fields = []
+        by_day = {w[0]: w for w in (self.instance.windows or [])}
+        for index, name in enumerate(WEEKDAYS):
+            window = by_day.get(index)
+            start = _minutes_to_time(window[1]) if window else None
+            end = _minutes_to_time(window[2]) if window else None
+            from_name, to_name = f"day{index}_from", f"day{index}_to"
+            self.fields[from_name] = forms.TimeField(
+                label=f"{name} from", required=False, initial=start, widget=forms.TimeInput(attrs={"type": "time"})
+            )
+            self.fields[to_name] = forms.TimeField(
+                label=f"{name} to", required=False, initial=end, widget=forms.TimeInput(attrs={"type": "time"})
+            )
+            self.day_fields.append((name, self[from_name], self[to_name]))
+        if self.instance.leave_at and self.instance.leave_at > datetime.now(vehicle.tz):
+            self.fields["leave_at_time"].initial = self.instance.leave_at.astimezone(vehicle.tz).time()
+
+    def clean(self):
+        cleaned = super().clean()
+        windows = []
+        for index, name in enumerate(WEEKDAYS):
+            start, end = cleaned.get(f"day{index}_from"), cleaned.get(f"day{index}_to")
+            if (start is None) != (end is None):
+                self.add_error(f"day{index}_from", f"{name}: give both a start and an end time, or neither.")
+                continue
+            if start is not None:
+                end_minute = _time_to_minutes(end)
+                windows.append([index, _time_to_minutes(start), end_minute])
+        cleaned["windows"] = windows
+        leave = cleaned.get("leave_at_time")
+        if leave is not None:
+            today = datetime.now(self.vehicle.tz).date()
+            cleaned["leave_at"] = datetime.combine(today, leave, tzinfo=self.vehicle.tz)
+        else:
+            cleaned["leave_at"] = None
+        return cleaned
+
+    def policy_changes(self) -> dict:
+        changes = {name: self.cleaned_data[name] for name in self.Meta.fields}
+        changes["windows"] = self.cleaned_data["windows"]
+        if "leave_at_time" in self.changed_data:
+            changes["leave_at"] = self.cleaned_data["leave_at"]
+        return changes
+
+
+def _minutes_to_time(minutes: int) -> time:
+    minutes = minutes % 1440
+    return time(minutes // 60, minutes % 60)
+
+
+def _time_to_minutes(value: time) -> int:
+    return value.hour * 60 + value.minute

@@ -1,0 +1,191 @@
+"""Reads of the fleet. Every owner-facing read is scoped to the owner: someone else's vehicle is a 404."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from accounts.models import User
+
+from . import state_store
+from .availability import (
+    HEARTBEAT_LOST_AFTER_S,
+    PRECISIONS,
+    Availability,
+    CarState,
+    Hardware,
+    Policy,
+    Window,
+    availability_get,
+)
+from .departure import ParkingRecord, remaining_parked_seconds
+from .models import ParkingSession, Vehicle, VehicleState
+
+HISTORY_SESSIONS = 200  # completed parking sessions used for departure prediction
+
+
+def vehicles_for_owner(*, owner: User) -> QuerySet[Vehicle]:
+    return Vehicle.objects.filter(owner=owner).select_related("hardware", "policy")
+
+
+def vehicle_get_for_owner(*, owner: User, vehicle_id: int) -> Vehicle:
+    try:
+        return vehicles_for_owner(owner=owner).get(pk=vehicle_id)
+    except Vehicle.DoesNotExist:
+        raise Http404("No such vehicle.") from None
+
+
+@dataclass(frozen=True)
+class LiveVehicle:
+    vehicle: Vehicle
+    state: dict[str, Any] | None  # the last heartbeat (Redis, or the database snapshot if Redis lost it)
+    availability: Availability
+    heartbeat_age_s: float | None
+    car_now: datetime | None  # the car's clock now (simulated cars run fast)
+    parked_since: datetime | None
+
+    @property
+    def online(self) -> bool:
+        return self.heartbeat_age_s is not None and self.heartbeat_age_s <= HEARTBEAT_LOST_AFTER_S
+
+
+def _hardware(vehicle: Vehicle) -> Hardware:
+    hw = vehicle.hardware
+    return Hardware(
+        int8_tops=hw.int8_tops, factors=hw.factors, typical_power_w=hw.typical_power_w, max_power_w=hw.max_power_w
+    )
+
+
+def _policy(vehicle: Vehicle) -> Policy:
+    p = vehicle.policy
+    return Policy(
+        enabled=p.enabled,
+        windows=tuple(Window(*w) for w in p.windows),
+        battery_floor_pct=float(p.battery_floor_pct),
+        plugged_in_only=p.plugged_in_only,
+        max_energy_kwh_per_day=float(p.max_energy_kwh_per_day),
+        max_power_w=float(p.max_power_w),
+        leave_at=p.leave_at,
+    )
+
+
+def _state_from_snapshot(snapshot: VehicleState) -> dict[str, Any]:
+    from .services import STATE_FIELDS
+
+    state = {name: getattr(snapshot, name) for name in STATE_FIELDS}
+    state["observed_at"] = snapshot.observed_at.isoformat()
+    state["received_at"] = snapshot.received_at.isoformat()
+    return state
+
+
+def vehicles_live(vehicles: list[Vehicle], *, now: datetime | None = None) -> list[LiveVehicle]:
+    """Each vehicle with its live state and what it can offer now (in three queries, whatever the count)."""
+    now = now or timezone.now()
+    ids = [v.pk for v in vehicles]
+    states = state_store.states_get(ids)
+    missing = [i for i in ids if i not in states]
+    if missing:
+        for snapshot in VehicleState.objects.filter(vehicle_id__in=missing):
+            states[snapshot.vehicle_id] = _state_from_snapshot(snapshot)
+
+    history: dict[int, list[ParkingRecord]] = defaultdict(list)
+    open_sessions: dict[int, datetime] = {}
+    sessions = ParkingSession.objects.filter(vehicle_id__in=ids).order_by("vehicle_id", "-arrived_at")
+    for session in sessions.only("vehicle_id", "arrived_at", "departed_at"):
+        if session.departed_at is None:
+            open_sessions[session.vehicle_id] = session.arrived_at
+        elif len(history[session.vehicle_id]) < HISTORY_SESSIONS:
+            history[session.vehicle_id].append(ParkingRecord(session.arrived_at, session.duration_s))
+
+    return [_live(v, states.get(v.pk), history[v.pk], open_sessions.get(v.pk), now) for v in vehicles]
+
+
+def _live(vehicle, state, history, parked_since, now) -> LiveVehicle:
+    if state is None:
+        availability = Availability(available=False, reasons=("no heartbeat yet: is the agent running?",))
+        return LiveVehicle(vehicle, None, availability, None, None, parked_since)
+    received_at = datetime.fromisoformat(state["received_at"])
+    age = max((now - received_at).total_seconds(), 0.0)
+    car_now = datetime.fromisoformat(state["observed_at"]) + timedelta(seconds=age * float(state.get("clock_rate", 1)))
+    tz = vehicle.tz
+    car_state = CarState(
+        observed_at=car_now,
+        heartbeat_age_s=age,
+        parked=state["parked"],
+        plugged_in=state["plugged_in"],
+        charge_power_w=float(state.get("charge_power_w", 0)),
+        battery_pct=float(state["battery_pct"]),
+        battery_capacity_kwh=float(state.get("battery_capacity_kwh") or vehicle.battery_capacity_kwh),
+        network=state["network"],
+        energy_used_today_kwh=float(state.get("energy_used_today_wh", 0)) / 1000,
+        computing=bool(state.get("computing")),
+    )
+    policy = _policy(vehicle)
+    left = remaining_parked_seconds(
+        history=history,
+        arrived_at=parked_since or car_now,
+        now=car_now,
+        tz=tz,
+        declared_departure=policy.leave_at if policy.leave_at and policy.leave_at > car_now else None,
+    )
+    availability = availability_get(
+        hardware=_hardware(vehicle),
+        policy=policy,
+        state=car_state,
+        vehicle_status=vehicle.status,
+        tz=tz,
+        parked_seconds_left=left,
+    )
+    return LiveVehicle(vehicle, state, availability, age, car_now, parked_since)
+
+
+def vehicle_live_for_owner(*, owner: User, vehicle_id: int) -> LiveVehicle:
+    return vehicles_live([vehicle_get_for_owner(owner=owner, vehicle_id=vehicle_id)])[0]
+
+
+def parking_sessions_for_vehicle(*, vehicle: Vehicle, limit: int = 20) -> list[ParkingSession]:
+    return list(vehicle.parking_sessions.all()[:limit])
+
+
+@dataclass(frozen=True)
+class FleetOverview:
+    vehicles: int
+    online: int
+    available: int
+    ch_per_precision: dict[str, float]  # CH the available cars can offer before they are expected to leave
+    power_kw: float  # what the available cars could draw together
+    reasons: list[tuple[str, int]]  # the commonest reasons cars are not available, with counts
+
+
+def fleet_overview(*, now: datetime | None = None) -> FleetOverview:
+    vehicles = list(Vehicle.objects.select_related("hardware", "policy"))
+    live = vehicles_live(vehicles, now=now)
+    ch = dict.fromkeys(PRECISIONS, 0.0)
+    reasons: dict[str, int] = defaultdict(int)
+    power = 0.0
+    for item in live:
+        if item.availability.available:
+            power += item.availability.power_w
+            for precision, amount in item.availability.ch_offered.items():
+                ch[precision] += amount
+        for reason in item.availability.reasons:
+            reasons[_reason_kind(reason)] += 1
+    return FleetOverview(
+        vehicles=len(live),
+        online=sum(item.online for item in live),
+        available=sum(item.availability.available for item in live),
+        ch_per_precision=ch,
+        power_kw=power / 1000,
+        reasons=sorted(reasons.items(), key=lambda kv: -kv[1])[:8],
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons that differ only in their numbers ("battery 41% ..." and "battery 38% ...")."""
+    return " ".join("…" if any(ch.isdigit() for ch in word) else word for word in reason.split())

@@ -1,0 +1,265 @@
+"""Writes of the fleet: registering vehicles, credentials, opt-in policies, and the heartbeat stream."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Role, User
+from config.exceptions import ApplicationError
+
+from . import state_store
+from .agent import protocol
+from .agent.signing import Credential
+from .availability import ABSOLUTE_MAX_POWER_W
+from .models import HardwareProfile, OptInPolicy, ParkingSession, Vehicle, VehicleCredential, VehicleState
+
+
+def _raise_for(error: ValidationError) -> None:
+    fields = {name: [str(m) for m in messages] for name, messages in error.message_dict.items()}
+    first = next(iter(fields.items()))
+    raise ApplicationError(f"{first[0]}: {' '.join(first[1])}", fields=fields) from error
+
+
+def vin_fingerprint(vin: str) -> tuple[str, str]:
+    """(hash, last four) of a VIN: enough to spot the same car registered twice, never the VIN itself."""
+    normalized = vin.strip().upper().replace(" ", "")
+    if not (11 <= len(normalized) <= 17) or not normalized.isalnum():
+        raise ApplicationError(
+            "vin: a VIN has 11 to 17 letters and digits.", fields={"vin": ["A VIN has 11 to 17 letters and digits."]}
+        )
+    digest = hashlib.sha256(f"idlefleet-vin:{normalized}".encode()).hexdigest()
+    return digest, normalized[-4:]
+
+
+@transaction.atomic
+def vehicle_register(
+    *,
+    owner: User,
+    display_name: str,
+    hardware: HardwareProfile,
+    time_zone: str = "UTC",
+    region: str = "",
+    battery_capacity_kwh: float = 75.0,
+    energy_price_cents_per_kwh: Decimal | float | None = None,
+    vin: str = "",
+    is_simulated: bool = False,
+) -> tuple[Vehicle, Credential]:
+    """Register an owner's car with a default opt-in policy and its first credential (returned once, never stored)."""
+    if owner.role != Role.OWNER:
+        raise ApplicationError("Only car owners can register vehicles.", code="permission_denied", status=403)
+    if energy_price_cents_per_kwh is None:
+        energy_price_cents_per_kwh = settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH
+    vehicle = Vehicle(
+        owner=owner,
+        display_name=display_name.strip(),
+        hardware=hardware,
+        time_zone=time_zone,
+        region=region,
+        battery_capacity_kwh=battery_capacity_kwh,
+        energy_price_cents_per_kwh=Decimal(str(energy_price_cents_per_kwh)),
+        is_simulated=is_simulated,
+    )
+    if vin:
+        vehicle.vin_hash, vehicle.vin_last4 = vin_fingerprint(vin)
+        if Vehicle.objects.filter(vin_hash=vehicle.vin_hash).exists():
+            raise ApplicationError(
+                "vin: this car is already registered.", fields={"vin": ["This car is already registered."]}
+            )
+    try:
+        vehicle.full_clean()
+    except ValidationError as error:
+        if "__all__" in error.message_dict:
+            raise ApplicationError(
+                f"display_name: you already have a car called '{vehicle.display_name}'.",
+                fields={"display_name": ["You already have a car with this name."]},
+            ) from error
+        _raise_for(error)
+    vehicle.save()
+    OptInPolicy.objects.create(vehicle=vehicle, max_power_w=min(300, hardware.max_power_w))
+    return vehicle, credential_issue(vehicle=vehicle)
+
+
+@transaction.atomic
+def credential_issue(*, vehicle: Vehicle) -> Credential:
+    """A new signing key for the car; any previous one stops working at once. The private key is returned to be
+    shown to the owner once: only the public key is stored."""
+    Vehicle.objects.select_for_update().filter(pk=vehicle.pk).first()
+    VehicleCredential.objects.filter(vehicle=vehicle, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    credential = Credential.generate(key_id=secrets.token_hex(8))
+    VehicleCredential.objects.create(vehicle=vehicle, key_id=credential.key_id, public_key=credential.public_key)
+    return credential
+
+
+def credential_revoke(*, credential: VehicleCredential) -> None:
+    VehicleCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def vehicle_pause(*, vehicle: Vehicle) -> None:
+    if vehicle.status == Vehicle.Status.SUSPENDED:
+        raise ApplicationError("This car is suspended by Idlefleet; pausing changes nothing.", code="suspended")
+    Vehicle.objects.filter(pk=vehicle.pk).update(status=Vehicle.Status.PAUSED)
+    vehicle.status = Vehicle.Status.PAUSED
+
+
+def vehicle_resume(*, vehicle: Vehicle) -> None:
+    if vehicle.status == Vehicle.Status.SUSPENDED:
+        raise ApplicationError(
+            f"This car is suspended by Idlefleet ({vehicle.status_reason or 'no reason given'}); contact support.",
+            code="suspended",
+        )
+    Vehicle.objects.filter(pk=vehicle.pk).update(status=Vehicle.Status.ACTIVE)
+    vehicle.status = Vehicle.Status.ACTIVE
+
+
+def windows_validate(windows: Any) -> list[list[int]]:
+    """Windows are [[weekday 0–6, start minute 0–1439, end minute 0–1440], ...] in the car's local time."""
+    if not isinstance(windows, list) or len(windows) > 50:
+        message = "Expected a list of at most 50 [weekday, start minute, end minute] entries."
+        raise ApplicationError(f"windows: {message}", fields={"windows": [message]})
+    clean = []
+    for index, window in enumerate(windows):
+        ok = (
+            isinstance(window, list | tuple)
+            and len(window) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in window)
+            and 0 <= window[0] <= 6
+            and 0 <= window[1] <= 1439
+            and 0 <= window[2] <= 1440
+        )
+        if not ok:
+            message = "Each window is [weekday 0–6 (Monday = 0), start minute 0–1439, end minute 0–1440]."
+            raise ApplicationError(f"windows.{index}: {message}", fields={f"windows.{index}": [message]})
+        clean.append([int(v) for v in window])
+    return clean
+
+
+POLICY_FIELDS = (
+    "enabled",
+    "windows",
+    "battery_floor_pct",
+    "plugged_in_only",
+    "max_energy_kwh_per_day",
+    "max_power_w",
+    "min_price_cents_per_ch",
+    "leave_at",
+)
+
+
+@transaction.atomic
+def policy_update(*, policy: OptInPolicy, **changes: Any) -> OptInPolicy:
+    """Change an opt-in policy. Every rule is checked before anything is saved; a bad value changes nothing."""
+    unknown = set(changes) - set(POLICY_FIELDS)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ApplicationError(f"{name}: not a policy setting.", fields={name: ["Not a policy setting."]})
+    policy = OptInPolicy.objects.select_for_update().select_related("vehicle__hardware").get(pk=policy.pk)
+    if "windows" in changes:
+        changes["windows"] = windows_validate(changes["windows"])
+    for name, value in changes.items():
+        setattr(policy, name, value)
+    try:
+        policy.full_clean(exclude=["vehicle"])
+    except ValidationError as error:
+        _raise_for(error)
+    hardware = policy.vehicle.hardware
+    limit = min(hardware.max_power_w, ABSOLUTE_MAX_POWER_W)
+    if policy.max_power_w > limit:
+        message = (
+            f"At most {limit:.0f} W: {hardware.name} draws up to {hardware.max_power_w} W"
+            if hardware.max_power_w < ABSOLUTE_MAX_POWER_W
+            else f"At most {ABSOLUTE_MAX_POWER_W:.0f} W, the most a car may spend on compute"
+        ) + "."
+        raise ApplicationError(f"max_power_w: {message}", fields={"max_power_w": [message]})
+    if "leave_at" in changes and policy.leave_at is not None and policy.leave_at <= timezone.now():
+        message = "That time has already passed."
+        raise ApplicationError(f"leave_at: {message}", fields={"leave_at": [message]})
+    policy.save()
+    return policy
+
+
+# --- The heartbeat stream -------------------------------------------------------------------------------------------
+
+
+def heartbeat_record(*, vehicle: Vehicle, data: dict[str, Any], received_at: datetime) -> None:
+    """Keep the car's state hot in Redis and open or close its parking session when it parks or drives off.
+
+    Only a change of parked/driving touches the database, so a stream of heartbeats costs Redis writes alone.
+    """
+    state = {**data, "observed_at": data["observed_at"].isoformat(), "received_at": received_at.isoformat()}
+    previous = state_store.state_get(vehicle.pk)
+    announced = _departure_announced_at(previous)
+    leaving = announced is not None and data["parked"]
+    if leaving and (data["observed_at"] - announced).total_seconds() < protocol.DEPARTURE_GRACE_SECONDS:
+        # The car said it is leaving but has not moved yet: it stays "leaving" (not parked, takes no work).
+        state.update(parked=False, departure_announced_at=announced.isoformat())
+    previous = state_store.state_swap(vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp())
+    was_parked = None if previous is None else previous.get("parked")
+    if was_parked is None or was_parked != state["parked"]:
+        _parking_transition(vehicle=vehicle, parked=state["parked"], at=data["observed_at"], announced=False)
+
+
+def _departure_announced_at(state: dict[str, Any] | None) -> datetime | None:
+    value = (state or {}).get("departure_announced_at")
+    return datetime.fromisoformat(value) if value else None
+
+
+def _parking_transition(*, vehicle: Vehicle, parked: bool, at: datetime, announced: bool) -> None:
+    open_session = ParkingSession.objects.filter(vehicle=vehicle, departed_at__isnull=True).first()
+    if parked and open_session is None:
+        try:
+            with transaction.atomic():
+                ParkingSession.objects.create(vehicle=vehicle, arrived_at=at)
+        except IntegrityError:
+            pass  # another heartbeat of the same car opened it a moment ago
+    elif not parked and open_session is not None:
+        departed = max(at, open_session.arrived_at)
+        ParkingSession.objects.filter(pk=open_session.pk, departed_at__isnull=True).update(
+            departed_at=departed, departure_announced=announced
+        )
+
+
+def vehicle_depart(*, vehicle: Vehicle, observed_at: datetime, received_at: datetime) -> int:
+    """The car is about to drive: close its parking session and release its work at once.
+
+    Returns the number of work units released (the marketplace hooks in here).
+    """
+    _parking_transition(vehicle=vehicle, parked=False, at=observed_at, announced=True)
+    previous = state_store.state_get(vehicle.pk)
+    if previous is not None:
+        previous.update(
+            parked=False, computing=False, compute_power_w=0.0, departure_announced_at=observed_at.isoformat(),
+            observed_at=observed_at.isoformat(), received_at=received_at.isoformat(),
+        )  # fmt: skip
+        state_store.state_swap(vehicle_id=vehicle.pk, state=previous, received_ts=received_at.timestamp())
+    return 0
+
+
+STATE_FIELDS = [f.name for f in VehicleState._meta.get_fields() if f.concrete and f.name not in ("id", "vehicle")]
+
+
+def vehicle_states_snapshot(*, since: timedelta = timedelta(minutes=10)) -> int:
+    """Copy the live heartbeats of recently seen cars from Redis into VehicleState. Safe to run twice."""
+    ids = state_store.seen_since((timezone.now() - since).timestamp())
+    live = state_store.states_get(ids)
+    existing = set(Vehicle.objects.filter(pk__in=live.keys()).values_list("pk", flat=True))
+    rows = []
+    for vehicle_id, state in live.items():
+        if vehicle_id not in existing:
+            continue  # deleted since
+        values = {name: state[name] for name in STATE_FIELDS if name in state}
+        values["received_at"] = datetime.fromisoformat(state["received_at"])
+        values["observed_at"] = datetime.fromisoformat(state["observed_at"])
+        rows.append(VehicleState(vehicle_id=vehicle_id, **values))
+    VehicleState.objects.bulk_create(
+        rows, update_conflicts=True, unique_fields=["vehicle"], update_fields=[n for n in STATE_FIELDS]
+    )
+    return len(rows)
