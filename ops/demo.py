@@ -8,9 +8,9 @@ DEMO_USERS = [
     ("admin", Role.STAFF, "staff: pricing, hardware profiles, the books"),
     ("alice", Role.CUSTOMER, "customer: document-embedding jobs"),
     ("bob", Role.CUSTOMER, "customer: image classification jobs"),
-    ("olivia", Role.OWNER, "owner: a commuter's HW4 car"),
-    ("oscar", Role.OWNER, "owner: two cars, HW3 and HW4"),
-    ("otto", Role.OWNER, "owner: a car that is rarely driven"),
+    ("olivia", Role.OWNER, "owner: one car in the simulated fleet"),
+    ("oscar", Role.OWNER, "owner: two cars, HW4 and HW3"),
+    ("otto", Role.OWNER, "owner: one car in the simulated fleet"),
 ]
 
 

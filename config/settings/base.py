@@ -199,7 +199,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # The demo quiets runserver's line per request: a simulated fleet makes several a second.
+        "django.server": {"level": env.str("DJANGO_SERVER_LOG_LEVEL", default="INFO")},
+    },
 }
 
 # --- Fleet ---------------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ class Command(BaseCommand):
             "--heartbeat-seconds",
             type=float,
             default=None,
-            help="car seconds between heartbeats (default: 15 s of real time, at least 15 car seconds)",
+            help="car seconds between heartbeats (default: 5 s of real time, at least 15 car seconds)",
         )
         parser.add_argument("--sample-minutes", type=float, default=30, help="car minutes between curve samples")
         parser.add_argument("--report", default="", help="write the availability curve as JSON to this file")
@@ -57,7 +57,8 @@ class Command(BaseCommand):
             raise CommandError("--vehicles must be at least 1 and --speed above 0.")
         tz = zoneinfo.ZoneInfo(opts["time_zone"])
         speed = opts["speed"]
-        heartbeat = opts["heartbeat_seconds"] or max(15.0, 15.0 * speed / 10)
+        # Every 5 real seconds at least 15 car seconds apart: a fast clock must not flood the server.
+        heartbeat = opts["heartbeat_seconds"] or max(15.0, 5.0 * speed)
         server = opts["server"].rstrip("/")
         self._wait_for(server)
 
@@ -134,7 +135,7 @@ class Command(BaseCommand):
                 vehicle, credential = vehicle_register(
                     owner=owner,
                     display_name=name,
-                    hardware=hardware["HW3" if index % 4 == 3 else "HW4"],
+                    hardware=hardware["HW3" if index % 3 == 2 else "HW4"],  # a third are older HW3 cars
                     time_zone=str(tz),
                     battery_capacity_kwh=car.profile.capacity_kwh,
                     energy_price_cents_per_kwh=settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH,
