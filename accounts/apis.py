@@ -1,5 +1,5 @@
 from django.contrib.auth import authenticate
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from knox.models import AuthToken
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -22,6 +22,7 @@ class UserOutputSerializer(serializers.ModelSerializer):
 class MeApi(APIView):
     """The authenticated user."""
 
+    @extend_schema_serializer(component_name="MeUpdateInput")
     class InputSerializer(serializers.Serializer):
         first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
         last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
@@ -60,10 +61,12 @@ class TokenCreateApi(APIView):
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "token"
 
+    @extend_schema_serializer(component_name="TokenCreateInput")
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField()
         password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
 
+    @extend_schema_serializer(component_name="TokenCreateOutput")
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
         expiry = serializers.DateTimeField()

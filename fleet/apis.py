@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,6 +29,7 @@ class AgentApi(APIView):
 class HeartbeatApi(AgentApi):
     """A car's state. Kept in Redis; the database is touched only when the car parks or drives off."""
 
+    @extend_schema_serializer(component_name="HeartbeatInput")
     class InputSerializer(serializers.Serializer):
         observed_at = serializers.DateTimeField()
         clock_rate = serializers.FloatField(min_value=0.001, max_value=protocol.MAX_CLOCK_RATE, default=1.0)
@@ -58,6 +59,7 @@ class HeartbeatApi(AgentApi):
                 raise serializers.ValidationError({"computing": "A car that is driving cannot be computing."})
             return attrs
 
+    @extend_schema_serializer(component_name="HeartbeatOutput")
     class OutputSerializer(serializers.Serializer):
         received_at = serializers.DateTimeField()
         next_heartbeat_s = serializers.IntegerField()
@@ -76,6 +78,7 @@ class HeartbeatApi(AgentApi):
 class DepartureApi(AgentApi):
     """ "I am about to drive": the platform closes the parking session and releases the car's work at once."""
 
+    @extend_schema_serializer(component_name="DepartureInput")
     class InputSerializer(serializers.Serializer):
         observed_at = serializers.DateTimeField()
 
@@ -142,6 +145,7 @@ class VehicleOutputSerializer(serializers.ModelSerializer):
 class VehicleListApi(APIView):
     permission_classes = [IsOwner]
 
+    @extend_schema_serializer(component_name="VehicleRegisterInput")
     class InputSerializer(serializers.Serializer):
         display_name = serializers.CharField(max_length=80)
         hardware = serializers.SlugRelatedField(slug_field="name", queryset=HardwareProfile.objects.all())
@@ -153,6 +157,7 @@ class VehicleListApi(APIView):
         )
         vin = serializers.CharField(max_length=17, allow_blank=True, default="", write_only=True)
 
+    @extend_schema_serializer(component_name="VehicleRegistered")
     class CreatedSerializer(VehicleOutputSerializer):
         credential = serializers.CharField(help_text="The car's signing key. Shown once: it is not stored.")
 

@@ -11,3 +11,8 @@ os.environ.setdefault("PLATFORM_HEARTBEAT_SECONDS", "1")
 from .local import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not SQLite's shared in-memory database: that one locks whole tables and ignores the busy timeout,
+    # so a test's live server or Celery worker thread would fail on "database table is locked".
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-idlefleet.sqlite3")}  # noqa: F405

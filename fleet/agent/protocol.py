@@ -19,13 +19,17 @@ POST heartbeat/   every HEARTBEAT_SECONDS of the car's clock (and at once when s
     computing            bool   the car is running a work unit now
     compute_power_w      float  power drawn by compute now, W
     energy_used_today_wh float  energy spent on compute since local midnight, Wh
-    -> 200 {"received_at": iso, "next_heartbeat_s": int}
+    -> 200 {"received_at": iso, "next_heartbeat_s": int (real seconds the platform suggests until the next one)}
 
 POST departure/   "I am about to drive": sent before the car moves; the platform releases its work at once
     observed_at          str    ISO 8601, the car's clock
     -> 200 {"released_work_units": int}
 
 POST lease/       ask for a work unit (filled in by the marketplace) -> 204 when there is none
+
+Errors have the platform's one shape, {"code", "message", "fields"}: 400 names the bad field and changes nothing;
+401 with code "credential_invalid" (revoked, unknown or forged: the agent stops), "clock_skew" (the car's clock is
+more than 300 s off) or "replayed" (a nonce seen before); the last two concern one request and the agent carries on.
 """
 
 HEARTBEAT_SECONDS = 15

@@ -105,7 +105,7 @@ def test_work_is_asked_for_only_when_parked_on_wifi():
 
 def test_the_agent_stops_when_the_platform_refuses_its_credential(caplog):
     agent, platform, _ = agent_at(MONDAY + timedelta(hours=3))
-    refused = {"code": "authentication_failed", "message": "Invalid or revoked vehicle credential.", "fields": {}}
+    refused = {"code": "credential_invalid", "message": "Invalid or revoked vehicle credential.", "fields": {}}
     platform.failures[HEARTBEAT_PATH] = [AgentHTTPError(401, refused)]
 
     with caplog.at_level(logging.ERROR, logger="idlefleet.agent"):
@@ -115,6 +115,19 @@ def test_the_agent_stops_when_the_platform_refuses_its_credential(caplog):
     assert agent.stopped_reason == "Invalid or revoked vehicle credential."
     assert platform.paths() == [HEARTBEAT_PATH]
     assert "refused this car's credential" in caplog.text
+
+
+@pytest.mark.parametrize("code", ["clock_skew", "replayed"])
+def test_a_refusal_of_one_request_does_not_stop_the_agent(code):
+    agent, platform, _ = agent_at(MONDAY + timedelta(hours=3))
+    platform.failures[HEARTBEAT_PATH] = [AgentHTTPError(401, {"code": code, "message": "this request", "fields": {}})]
+
+    agent.step()
+    agent.step()
+
+    assert not agent.stop.is_set()
+    assert agent.errors == 1
+    assert agent.heartbeats_sent == 1
 
 
 def test_the_agent_carries_on_after_the_platform_was_unavailable():
