@@ -18,6 +18,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py catalogue_sync
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start --procfile Procfile.demo
 
 test: $(STAMP)

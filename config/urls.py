@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 api_v1 = [
     path("", include("accounts.api_urls")),
     path("", include("fleet.api_urls")),
+    path("", include("marketplace.api_urls")),
 ]
 
 urlpatterns = [

@@ -1,1 +1,123 @@
-# Bids, rounds, allocations and work units arrive with the marketplace issue.
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from fleet.models import Precision
+
+
+class InferenceModel(models.Model):
+    """A customer's ONNX model (or a catalogue model, owner empty), stored content-addressed by sha256."""
+
+    class Kind(models.TextChoices):
+        TEXT = "text", "Text (tokenized)"
+        TENSOR = "tensor", "Tensor"
+
+    class Status(models.TextChoices):
+        VALIDATING = "validating", "Validating"
+        READY = "ready", "Ready"
+        REJECTED = "rejected", "Rejected"
+
+    class Metric(models.TextChoices):
+        COSINE = "cosine", "Cosine similarity (embeddings)"
+        TOP1 = "top1", "Top-1 agreement (classifiers)"
+        MAX_ABS = "max_abs", "Maximum absolute error"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="inference_models"
+    )
+    is_catalogue = models.BooleanField(default=False, help_text="Offered to every customer.")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TENSOR)
+    onnx_sha256 = models.CharField(max_length=64)
+    onnx_size = models.PositiveBigIntegerField()
+    tokenizer_sha256 = models.CharField(max_length=64, blank=True)
+    output_name = models.CharField(max_length=200, blank=True, help_text="Empty: the model's first output.")
+    inputs = models.JSONField(default=list, blank=True)
+    outputs = models.JSONField(default=list, blank=True)
+    opset = models.PositiveIntegerField(null=True, blank=True)
+    macs_per_item = models.PositiveBigIntegerField(null=True, blank=True)
+    metric = models.CharField(max_length=16, choices=Metric.choices, default=Metric.COSINE)
+    tolerance = models.FloatField(
+        default=0.99,
+        validators=[MinValueValidator(0.0)],
+        help_text="Cosine or top-1: the least a variant must reach; max_abs: the most error allowed.",
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.VALIDATING, db_index=True)
+    rejection_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(is_catalogue=True) | Q(owner__isnull=False), name="model_has_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Dataset(models.Model):
+    """Items to run through a model: JSONL texts for text models, .npy/.npz arrays for tensor models."""
+
+    class Format(models.TextChoices):
+        JSONL = "jsonl", "JSON lines"
+        NPY = "npy", "NumPy .npy"
+        NPZ = "npz", "NumPy .npz"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="datasets"
+    )
+    inference_model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="datasets")
+    name = models.CharField(max_length=120)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    format = models.CharField(max_length=8, choices=Format.choices)
+    item_count = models.PositiveIntegerField(default=0)
+    holdout_count = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=InferenceModel.Status.choices, default=InferenceModel.Status.VALIDATING
+    )
+    rejection_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PrecisionVariant(models.Model):
+    """A model converted to one precision, with its cost per item and its accuracy against FP32."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        BUILDING = "building", "Building"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    inference_model = models.ForeignKey(InferenceModel, on_delete=models.CASCADE, related_name="variants")
+    precision = models.CharField(max_length=8, choices=Precision.choices)
+    method = models.CharField(max_length=200, blank=True, help_text="How it was made, e.g. dynamic per-channel INT8.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
+    sha256 = models.CharField(max_length=64, blank=True)
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    ch_per_item = models.FloatField(null=True, blank=True, help_text="Compute-hours per item: fixed at build.")
+    emulated = models.BooleanField(default=False, help_text="FP8 emulated on hardware without FP8.")
+    metrics = models.JSONField(default=dict, blank=True)
+    evaluated_on = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    items_per_s = models.FloatField(null=True, blank=True, help_text="Measured on the platform's CPU.")
+    error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["inference_model", "precision"]
+        constraints = [
+            models.UniqueConstraint(fields=["inference_model", "precision"], name="one_variant_per_precision"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.inference_model} {self.get_precision_display()}"

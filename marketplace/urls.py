@@ -5,4 +5,10 @@ from . import views
 app_name = "marketplace"
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("models/", views.model_list, name="models"),
+    path("models/new/", views.model_upload, name="model-new"),
+    path("models/<int:model_id>/", views.model_detail, name="model"),
+    path("models/<int:model_id>/variants/", views.model_variants, name="model-variants"),
+    path("models/<int:model_id>/datasets/", views.dataset_upload, name="dataset-new"),
+    path("models/<int:model_id>/tolerance/", views.model_tolerance, name="model-tolerance"),
 ]

@@ -1,9 +1,114 @@
-from django.shortcuts import render
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required
+from config.exceptions import ApplicationError
+
+from . import selectors, services
+from .forms import DatasetUploadForm, InferenceModelUploadForm, ToleranceForm
+
+
+def _add_errors(form, error: ApplicationError) -> None:
+    if not error.fields:
+        form.add_error(None, error.message)
+    for field, messages_ in error.fields.items():
+        for message in messages_:
+            form.add_error(field if field in form.fields else None, message)
 
 
 @role_required(Role.CUSTOMER)
 def dashboard(request):
-    return render(request, "marketplace/dashboard.html", {"bids": []})
+    return render(
+        request,
+        "marketplace/dashboard.html",
+        {"bids": [], "models": selectors.inference_models_visible(user=request.user)[:10]},
+    )
+
+
+@role_required(Role.CUSTOMER)
+def model_list(request):
+    return render(
+        request, "marketplace/model_list.html", {"models": selectors.inference_models_visible(user=request.user)}
+    )
+
+
+@role_required(Role.CUSTOMER)
+@require_http_methods(["GET", "POST"])
+def model_upload(request):
+    form = InferenceModelUploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            model = services.inference_model_upload(owner=request.user, **form.cleaned_data)
+        except ApplicationError as error:
+            _add_errors(form, error)
+        else:
+            messages.success(request, f"Uploaded {model.name}: checking it now.")
+            return redirect("marketplace:model", model_id=model.pk)
+    return render(request, "marketplace/model_upload.html", {"form": form}, status=400 if form.errors else 200)
+
+
+def _model_context(request, model):
+    variants = list(model.variants.all())
+    return {
+        "model": model,
+        "variants": [(v, selectors.variant_passes(v)) for v in variants],
+        "auto": selectors.variant_pick_auto(model=model),
+        "building": any(v.status in ("queued", "building") for v in variants) or model.status == "validating",
+        "datasets": selectors.datasets_visible(user=request.user, model=model),
+        "editable": model.owner_id == request.user.pk,
+    }
+
+
+@role_required(Role.CUSTOMER)
+def model_detail(request, model_id: int):
+    model = selectors.inference_model_get(user=request.user, model_id=model_id)
+    context = _model_context(request, model)
+    context["dataset_form"] = DatasetUploadForm()
+    context["tolerance_form"] = ToleranceForm(initial={"metric": model.metric, "tolerance": model.tolerance})
+    return render(request, "marketplace/model_detail.html", context)
+
+
+@role_required(Role.CUSTOMER)
+def model_variants(request, model_id: int):
+    """The variants table alone, polled by htmx while they build."""
+    model = selectors.inference_model_get(user=request.user, model_id=model_id)
+    return render(request, "marketplace/_variants.html", _model_context(request, model))
+
+
+@role_required(Role.CUSTOMER)
+@require_POST
+def dataset_upload(request, model_id: int):
+    model = selectors.inference_model_get(user=request.user, model_id=model_id)
+    form = DatasetUploadForm(request.POST, request.FILES)
+    if form.is_valid():
+        try:
+            dataset = services.dataset_upload(owner=request.user, inference_model=model, **form.cleaned_data)
+        except ApplicationError as error:
+            _add_errors(form, error)
+        else:
+            messages.success(
+                request, f"{dataset.name}: {dataset.item_count} items. Building the precision variants on it now."
+            )
+            return redirect("marketplace:model", model_id=model.pk)
+    context = _model_context(request, model)
+    context["dataset_form"] = form
+    context["tolerance_form"] = ToleranceForm(initial={"metric": model.metric, "tolerance": model.tolerance})
+    return render(request, "marketplace/model_detail.html", context, status=400)
+
+
+@role_required(Role.CUSTOMER)
+@require_POST
+def model_tolerance(request, model_id: int):
+    model = selectors.inference_model_get_own(user=request.user, model_id=model_id)
+    form = ToleranceForm(request.POST)
+    if form.is_valid():
+        try:
+            services.inference_model_set_tolerance(model=model, **form.cleaned_data)
+            messages.success(request, "Tolerance saved: the variants below are re-judged against it.")
+        except ApplicationError as error:
+            messages.error(request, error.message)
+    else:
+        messages.error(request, "Give a metric and a number for the tolerance.")
+    return redirect("marketplace:model", model_id=model.pk)

@@ -155,6 +155,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "VehicleStatusEnum": "fleet.models.Vehicle.Status",
+        "InferenceModelStatusEnum": "marketplace.models.InferenceModel.Status",
+        "VariantStatusEnum": "marketplace.models.PrecisionVariant.Status",
+    },
 }
 
 # --- Celery --------------------------------------------------------------------------------------------------------
@@ -217,3 +222,11 @@ CELERY_BEAT_SCHEDULE["vehicle-state-snapshot"] = {
     "schedule": VEHICLE_STATE_SNAPSHOT_SECONDS,
     "options": {"expires": VEHICLE_STATE_SNAPSHOT_SECONDS},
 }
+
+# --- Inference workloads ---------------------------------------------------------------------------------------------
+MAX_MODEL_UPLOAD_BYTES = env.int("MAX_MODEL_UPLOAD_BYTES", default=200 * 1024 * 1024)
+MAX_TOKENIZER_UPLOAD_BYTES = env.int("MAX_TOKENIZER_UPLOAD_BYTES", default=20 * 1024 * 1024)
+MAX_DATASET_UPLOAD_BYTES = env.int("MAX_DATASET_UPLOAD_BYTES", default=200 * 1024 * 1024)
+# Uploads above this many bytes go to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

@@ -42,6 +42,18 @@ class AgentUnavailable(Exception):
     """The platform could not be reached, or stayed busy (429/5xx), through every retry."""
 
 
+class DownloadTooLarge(Exception):
+    """A download was longer than the caller allowed; it was aborted without reading the rest.
+
+    Not retried: the same request would bring the same oversized file. `max_bytes` is the limit in bytes.
+    """
+
+    def __init__(self, path: str, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        super().__init__(f"GET {path}: the download is larger than the allowed {max_bytes} bytes")
+
+
 class AgentClient:
     """Signs and sends the agent's requests over one keep-alive session.
 
@@ -106,6 +118,47 @@ class AgentClient:
             return status, (None if status == 204 else _json_or_none(response))
         raise AgentUnavailable(f"POST {path} failed after {self.max_retries + 1} attempts: {last_problem}")
 
+    def get_bytes(self, path: str, *, max_bytes: int) -> bytes:
+        """GET `path` (with its query, e.g. "/api/v1/agent/artifacts/<sha256>/") and return the body, at most
+        `max_bytes` bytes.
+
+        Signed like post() (method "GET", an empty body) and retried by the same rules: connection errors, timeouts,
+        a connection dropped mid-download, 429 and 5xx. Raises AgentHTTPError on another 4xx, DownloadTooLarge as
+        soon as the body (or its announced Content-Length) exceeds max_bytes, AgentUnavailable when every attempt
+        failed. The body is streamed, so an oversized file is never held in memory.
+        """
+        last_problem = ""
+        retry_after: str | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = self._backoff(attempt - 1, retry_after)
+                log.info("retrying GET %s in %.1f s (attempt %d): %s", path, delay, attempt + 1, last_problem)
+                self._sleep(delay)
+            retry_after = None
+            headers = self.credential.sign(method="GET", path=path, body=b"", timestamp=int(self._wall_clock()))
+            # The file's own bytes: its sha256 is checked on them, and max_bytes must count what is held in memory.
+            headers["Accept-Encoding"] = "identity"
+            try:
+                response = self.session.get(self.server + path, headers=headers, timeout=self.timeout, stream=True)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                last_problem = f"{type(error).__name__}: {error}"
+                continue
+            with response:
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    last_problem = f"HTTP {status}"
+                    retry_after = response.headers.get("Retry-After")
+                    continue
+                if status >= 400:
+                    raise AgentHTTPError(status, _json_or_none(response))
+                try:
+                    return _read_capped(response, path, max_bytes)
+                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+                    # The connection broke mid-download (a car's WiFi does): the whole file is fetched again.
+                    last_problem = f"{type(error).__name__}: {error}"
+                    continue
+        raise AgentUnavailable(f"GET {path} failed after {self.max_retries + 1} attempts: {last_problem}")
+
     def _backoff(self, retry: int, retry_after: str | None) -> float:
         """Seconds to wait before retry number `retry` (0 = the first retry)."""
         told = _retry_after_seconds(retry_after, self._wall_clock())
@@ -115,6 +168,22 @@ class AgentClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _read_capped(response: requests.Response, path: str, max_bytes: int) -> bytes:
+    """The streamed body of `response`, refusing more than `max_bytes` bytes (DownloadTooLarge)."""
+    announced = response.headers.get("Content-Length", "")
+    # Refuse an announced oversize before reading a byte; the count below still guards a missing or false header.
+    if announced.isdigit() and int(announced) > max_bytes:
+        raise DownloadTooLarge(path, max_bytes)
+    chunks: list[bytes] = []
+    received = 0
+    for chunk in response.iter_content(chunk_size=64 * 1024):
+        received += len(chunk)
+        if received > max_bytes:
+            raise DownloadTooLarge(path, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _json_or_none(response: requests.Response) -> dict | None:

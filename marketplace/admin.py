@@ -1,0 +1,40 @@
+from django.contrib import admin
+
+from .models import Dataset, InferenceModel, PrecisionVariant
+
+
+class PrecisionVariantInline(admin.TabularInline):
+    model = PrecisionVariant
+    extra = 0
+    can_delete = False
+    fields = ("precision", "status", "progress", "size_bytes", "ch_per_item", "metrics", "items_per_s", "emulated")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(InferenceModel)
+class InferenceModelAdmin(admin.ModelAdmin):
+    list_display = ("name", "owner", "kind", "is_catalogue", "status", "onnx_size", "metric", "tolerance", "created_at")
+    list_filter = ("status", "kind", "is_catalogue", "metric")
+    search_fields = ("name", "owner__username", "onnx_sha256")
+    list_select_related = ("owner",)
+    readonly_fields = ("onnx_sha256", "onnx_size", "tokenizer_sha256", "inputs", "outputs", "opset", "macs_per_item")
+    inlines = [PrecisionVariantInline]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ("name", "owner", "inference_model", "format", "item_count", "size_bytes", "created_at")
+    list_filter = ("format", "status")
+    search_fields = ("name", "owner__username", "inference_model__name")
+    list_select_related = ("owner", "inference_model")
+    readonly_fields = ("sha256", "size_bytes", "item_count", "holdout_count")
+
+
+@admin.register(PrecisionVariant)
+class PrecisionVariantAdmin(admin.ModelAdmin):
+    list_display = ("inference_model", "precision", "status", "progress", "size_bytes", "ch_per_item", "emulated")
+    list_filter = ("precision", "status", "emulated")
+    list_select_related = ("inference_model",)

@@ -1,0 +1,59 @@
+"""Reads of the marketplace. A customer sees their own models and datasets and the catalogue; others' are 404."""
+
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from accounts.models import User
+
+from .models import Dataset, InferenceModel, PrecisionVariant
+
+
+def inference_models_visible(*, user: User) -> QuerySet[InferenceModel]:
+    return InferenceModel.objects.filter(Q(owner=user) | Q(is_catalogue=True)).order_by("-is_catalogue", "-created_at")
+
+
+def inference_model_get(*, user: User, model_id: int) -> InferenceModel:
+    try:
+        return inference_models_visible(user=user).get(pk=model_id)
+    except InferenceModel.DoesNotExist:
+        raise Http404("No such model.") from None
+
+
+def inference_model_get_own(*, user: User, model_id: int) -> InferenceModel:
+    """A model the user may change: their own (catalogue models are read-only to customers)."""
+    try:
+        return InferenceModel.objects.get(pk=model_id, owner=user)
+    except InferenceModel.DoesNotExist:
+        raise Http404("No such model.") from None
+
+
+def datasets_visible(*, user: User, model: InferenceModel) -> QuerySet[Dataset]:
+    return model.datasets.filter(Q(owner=user) | Q(owner__isnull=True))
+
+
+def variant_passes(variant: PrecisionVariant) -> bool | None:
+    """Whether a ready variant meets its model's tolerance; None while it has no accuracy yet."""
+    from .inference.accuracy import passes
+
+    if variant.status != PrecisionVariant.Status.READY or not variant.metrics:
+        return None
+    model = variant.inference_model
+    return passes(variant.metrics, metric=model.metric, tolerance=model.tolerance)
+
+
+def variant_pick_auto(*, model: InferenceModel, available: set[str] | None = None) -> PrecisionVariant | None:
+    """The cheapest variant that meets the model's tolerance ("auto" precision)."""
+    from .inference.costing import AUTO_ORDER
+
+    variants = {v.precision: v for v in model.variants.all()}
+    for precision in AUTO_ORDER:
+        variant = variants.get(precision)
+        if variant is None or (available is not None and precision not in available):
+            continue
+        if precision == "fp32" and variant.status == PrecisionVariant.Status.READY:
+            return variant
+        if variant_passes(variant):
+            return variant
+    return None

@@ -1,0 +1,290 @@
+"""Writes of the marketplace: inference models, datasets and their precision variants."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+
+from accounts.models import Role, User
+from config.exceptions import ApplicationError
+from fleet.agent.inference import ModelRunner, ModelSpec
+
+from . import storage
+from .datasets import DatasetRejected, ParsedDataset, holdout_indices, parse_dataset
+from .models import Dataset, InferenceModel, PrecisionVariant
+
+PRECISIONS_BUILT = ("fp32", "fp16", "int8", "fp8")
+CALIBRATION_ITEMS = 32
+
+
+@contextmanager
+def _quiet_quantization_logs():
+    """ONNX Runtime's quantization tools log a line per tensor on the root logger: keep the worker's log readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def human_bytes(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _read_capped(upload: UploadedFile, *, max_bytes: int, field: str) -> bytes:
+    """Refuse an oversized upload from its declared size, before reading it into memory."""
+    if upload.size is not None and upload.size > max_bytes:
+        message = f"The file is {human_bytes(upload.size)}; the limit is {human_bytes(max_bytes)}."
+        raise ApplicationError(f"{field}: {message}", fields={field: [message]}, status=413, code="too_large")
+    data = upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        message = f"The file is larger than the {human_bytes(max_bytes)} limit."
+        raise ApplicationError(f"{field}: {message}", fields={field: [message]}, status=413, code="too_large")
+    if not data:
+        raise ApplicationError(f"{field}: the file is empty.", fields={field: ["The file is empty."]})
+    return data
+
+
+@transaction.atomic
+def inference_model_upload(
+    *,
+    owner: User,
+    name: str,
+    onnx_file: UploadedFile,
+    tokenizer_file: UploadedFile | None = None,
+    output_name: str = "",
+    metric: str = InferenceModel.Metric.COSINE,
+    tolerance: float = 0.99,
+    description: str = "",
+) -> InferenceModel:
+    """Store an uploaded ONNX model and queue its validation (the full ONNX check runs in a worker, not here)."""
+    if owner.role != Role.CUSTOMER:
+        raise ApplicationError("Only customers upload inference models.", code="permission_denied", status=403)
+    data = _read_capped(onnx_file, max_bytes=settings.MAX_MODEL_UPLOAD_BYTES, field="onnx_file")
+    tokenizer_sha = ""
+    if tokenizer_file is not None:
+        tokenizer = _read_capped(tokenizer_file, max_bytes=settings.MAX_TOKENIZER_UPLOAD_BYTES, field="tokenizer_file")
+        tokenizer_sha = storage.artifact_save(tokenizer)
+    model = InferenceModel.objects.create(
+        owner=owner,
+        name=name.strip() or onnx_file.name,
+        description=description,
+        kind=InferenceModel.Kind.TEXT if tokenizer_sha else InferenceModel.Kind.TENSOR,
+        onnx_sha256=storage.artifact_save(data),
+        onnx_size=len(data),
+        tokenizer_sha256=tokenizer_sha,
+        output_name=output_name.strip(),
+        metric=metric,
+        tolerance=tolerance,
+    )
+    from .tasks import inference_model_validate
+
+    inference_model_validate.delay_on_commit(model.pk)
+    return model
+
+
+def inference_model_validate(*, model: InferenceModel) -> InferenceModel:
+    """The full check: protobuf, external data, onnx.checker, ONNX Runtime can load it; then introspect.
+
+    A rejected model keeps its row (so its owner reads why) but its file is deleted: nothing of it is kept to run.
+    """
+    from .inference.validation import ModelRejected, validate_onnx
+
+    if model.status != InferenceModel.Status.VALIDATING:
+        return model  # already decided: running twice changes nothing
+    data = storage.artifact_read(model.onnx_sha256)
+    try:
+        info = validate_onnx(data, max_bytes=settings.MAX_MODEL_UPLOAD_BYTES)
+        output_names = [o["name"] for o in info.outputs]
+        if model.output_name and model.output_name not in output_names:
+            raise ModelRejected(
+                f"output '{model.output_name}' is not one of the model's outputs: {', '.join(output_names)}"
+            )
+        if model.tokenizer_sha256:
+            _check_tokenizer(storage.artifact_read(model.tokenizer_sha256))
+            if info.kind != "text":
+                raise ModelRejected("a tokenizer was given but the model does not take input_ids")
+        elif info.kind == "text":
+            raise ModelRejected("this model takes input_ids: upload its tokenizer.json with it")
+    except ModelRejected as error:
+        _reject(model, str(error))
+        return model
+    model.inputs, model.outputs, model.opset = info.inputs, info.outputs, info.opset
+    model.output_name = model.output_name or output_names[0]
+    model.status = InferenceModel.Status.READY
+    model.save(update_fields=["inputs", "outputs", "opset", "output_name", "status"])
+    return model
+
+
+def _check_tokenizer(data: bytes) -> None:
+    from tokenizers import Tokenizer
+
+    from .inference.validation import ModelRejected
+
+    try:
+        Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as error:  # the tokenizers library raises plain Exceptions for bad files
+        raise ModelRejected(f"the tokenizer file is not a valid tokenizer.json ({error})") from None
+
+
+def _reject(model: InferenceModel, reason: str) -> None:
+    model.status = InferenceModel.Status.REJECTED
+    model.rejection_reason = reason
+    model.save(update_fields=["status", "rejection_reason"])
+    if not InferenceModel.objects.filter(onnx_sha256=model.onnx_sha256).exclude(pk=model.pk).exists():
+        storage.artifact_delete(model.onnx_sha256)
+
+
+@transaction.atomic
+def dataset_upload(*, owner: User, inference_model: InferenceModel, name: str, file: UploadedFile) -> Dataset:
+    """Check a dataset against its model's inputs and store it; then build the model's variants on it."""
+    if inference_model.status != InferenceModel.Status.READY:
+        raise ApplicationError(
+            f"The model is {inference_model.get_status_display().lower()}; upload datasets once it is ready.",
+            code="model_not_ready",
+        )
+    data = _read_capped(file, max_bytes=settings.MAX_DATASET_UPLOAD_BYTES, field="file")
+    fmt = (file.name or "").rsplit(".", 1)[-1].lower()
+    if fmt not in Dataset.Format.values:
+        message = "Use .jsonl for texts, .npy or .npz for arrays."
+        raise ApplicationError(f"file: {message}", fields={"file": [message]})
+    try:
+        parsed = parse_dataset(data, fmt=fmt, kind=inference_model.kind, inputs=inference_model.inputs)
+    except DatasetRejected as error:
+        message = f"Does not fit {inference_model.name}: {error}."
+        raise ApplicationError(f"file: {message}", fields={"file": [message]}) from None
+    dataset = Dataset.objects.create(
+        owner=owner,
+        inference_model=inference_model,
+        name=name.strip() or file.name,
+        sha256=storage.artifact_save(data),
+        size_bytes=len(data),
+        format=fmt,
+        item_count=parsed.count,
+        holdout_count=len(holdout_indices(parsed.count)),
+        status=InferenceModel.Status.READY,
+    )
+    variants_queue(inference_model=inference_model, dataset=dataset)
+    return dataset
+
+
+def dataset_items(dataset: Dataset) -> ParsedDataset:
+    model = dataset.inference_model
+    return parse_dataset(
+        storage.artifact_read(dataset.sha256), fmt=dataset.format, kind=model.kind, inputs=model.inputs
+    )
+
+
+def variants_queue(*, inference_model: InferenceModel, dataset: Dataset) -> list[PrecisionVariant]:
+    """(Re)build every precision variant of a model, evaluated on this dataset's held-out items."""
+    from .tasks import variant_build
+
+    variants = []
+    for precision in PRECISIONS_BUILT:
+        variant, _ = PrecisionVariant.objects.update_or_create(
+            inference_model=inference_model,
+            precision=precision,
+            defaults={"status": PrecisionVariant.Status.QUEUED, "progress": 0, "error": "", "evaluated_on": dataset},
+        )
+        variants.append(variant)
+        variant_build.delay_on_commit(variant.pk)
+    return variants
+
+
+def _progress(variant: PrecisionVariant, percent: int, status: str = PrecisionVariant.Status.BUILDING) -> None:
+    PrecisionVariant.objects.filter(pk=variant.pk).update(progress=percent, status=status)
+
+
+def variant_build(*, variant: PrecisionVariant) -> PrecisionVariant:
+    """Convert the model, fix its CH per item, and measure its accuracy against FP32 on the held-out items."""
+    from .inference.accuracy import compare
+    from .inference.costing import ch_per_item, macs_per_item
+    from .inference.quantization import build_variant, variant_method
+
+    model = variant.inference_model
+    dataset = variant.evaluated_on
+    _progress(variant, 5)
+    try:
+        fp32 = storage.artifact_read(model.onnx_sha256)
+        tokenizer = storage.artifact_read(model.tokenizer_sha256).decode() if model.tokenizer_sha256 else None
+        spec = ModelSpec(kind=model.kind, output_name=model.output_name, tokenizer_json=tokenizer)
+        items = dataset_items(dataset).items if dataset else None
+        held_out = holdout_indices(len(items)) if items is not None else []
+        holdout = _select(items, held_out) if items is not None else None
+        reference_runner = ModelRunner(fp32, spec)
+        calibration = None
+        if items is not None and model.kind == InferenceModel.Kind.TENSOR:
+            # Calibrate on items the accuracy gate does not score, so the gate is not flattered.
+            unscored = [i for i in range(len(items)) if i not in set(held_out)][:CALIBRATION_ITEMS] or held_out
+            calibration = [reference_runner.feeds(_select(items, [i])) for i in unscored[:CALIBRATION_ITEMS]]
+        _progress(variant, 20)
+        with _quiet_quantization_logs():
+            built = (
+                fp32 if variant.precision == "fp32" else build_variant(fp32, variant.precision, calibration=calibration)
+            )
+        _progress(variant, 60)
+        if model.macs_per_item is None and holdout is not None:
+            model.macs_per_item = macs_per_item(fp32, example_feeds=reference_runner.feeds(_select(holdout, [0])))
+            InferenceModel.objects.filter(pk=model.pk).update(macs_per_item=model.macs_per_item)
+        metrics, rate = {}, None
+        if holdout is not None:
+            reference = reference_runner.run(holdout)
+            runner = ModelRunner(built, spec)
+            started = time.perf_counter()
+            candidate = runner.run(holdout)
+            rate = len(holdout) / max(time.perf_counter() - started, 1e-9)
+            metrics = compare(reference, candidate, metric=model.metric)
+        _progress(variant, 90)
+    except Exception as error:  # any failure of a conversion is reported on the variant, never lost in a log
+        PrecisionVariant.objects.filter(pk=variant.pk).update(
+            status=PrecisionVariant.Status.FAILED, error=f"{error.__class__.__name__}: {error}"[:2000], progress=100
+        )
+        variant.refresh_from_db()
+        return variant
+    variant.sha256 = storage.artifact_save(built)
+    variant.size_bytes = len(built)
+    variant.method = variant_method(built)[:200]
+    variant.emulated = variant.precision == "fp8"
+    variant.ch_per_item = ch_per_item(model.macs_per_item) if model.macs_per_item else None
+    variant.metrics = _jsonable(metrics)
+    variant.items_per_s = rate
+    variant.status = PrecisionVariant.Status.READY
+    variant.progress = 100
+    variant.save()
+    return variant
+
+
+def _select(items, indices: list[int]):
+    if isinstance(items, list):
+        return [items[i] for i in indices]
+    return items[indices]
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def inference_model_set_tolerance(*, model: InferenceModel, metric: str, tolerance: float) -> InferenceModel:
+    if metric not in InferenceModel.Metric.values:
+        raise ApplicationError(f"metric: choose one of {', '.join(InferenceModel.Metric.values)}.",
+                               fields={"metric": ["Unknown metric."]})  # fmt: skip
+    if metric in ("cosine", "top1") and not 0 < tolerance <= 1:
+        message = "Between 0 and 1, e.g. 0.99."
+        raise ApplicationError(f"tolerance: {message}", fields={"tolerance": [message]})
+    if metric == "max_abs" and tolerance < 0:
+        message = "An error bound of 0 or more."
+        raise ApplicationError(f"tolerance: {message}", fields={"tolerance": [message]})
+    model.metric, model.tolerance = metric, tolerance
+    model.save(update_fields=["metric", "tolerance"])
+    return model

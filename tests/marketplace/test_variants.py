@@ -1,0 +1,94 @@
+"""Precision variants: built in tasks, priced in CH per item, judged against FP32 on the customer's own data."""
+
+import io
+
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from fleet.agent.inference import ModelRunner, ModelSpec
+from marketplace import storage
+from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
+from marketplace.models import InferenceModel
+from marketplace.selectors import variant_pick_auto
+from tests.factories import vehicle_with_credential
+from tests.fleet.agent_requests import signed_headers
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def digits_with_variants(client, alice, run_tasks_inline, digits_onnx):
+    client.force_login(alice)
+    model_id = client.post(
+        "/api/v1/models/",
+        {
+            "name": "digits",
+            "onnx_file": SimpleUploadedFile("d.onnx", digits_onnx),
+            "output_name": DIGITS_OUTPUT,
+            "metric": "top1",
+            "tolerance": 0.9,
+        },
+    ).json()["id"]
+    buffer = io.BytesIO()
+    np.save(buffer, digits_items(200), allow_pickle=False)
+    response = client.post(
+        f"/api/v1/models/{model_id}/datasets/", {"file": SimpleUploadedFile("digits.npy", buffer.getvalue())}
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["item_count"] == 200
+    return InferenceModel.objects.get(pk=model_id)
+
+
+def test_every_variant_is_built_priced_and_judged(client, digits_with_variants):
+    model = digits_with_variants
+    variants = {v.precision: v for v in model.variants.all()}
+
+    assert set(variants) == {"fp32", "fp16", "int8", "fp8"}
+    for variant in variants.values():
+        assert variant.status == "ready", variant.error
+        assert variant.progress == 100
+        assert variant.ch_per_item > 0
+        assert storage.artifact_exists(variant.sha256)
+        assert variant.metrics["top1_agreement"] >= 0.9
+    assert len({v.ch_per_item for v in variants.values()}) == 1  # the same work whatever the precision
+    assert variants["fp8"].emulated and not variants["int8"].emulated
+    assert variants["fp32"].metrics["top1_agreement"] == 1.0
+    # The variant file really is what was measured: it runs and agrees with FP32 on the held-out items.
+    runner = ModelRunner(storage.artifact_read(variants["int8"].sha256), ModelSpec("tensor", DIGITS_OUTPUT))
+    assert runner.run(digits_items(20)).shape == (20, 10)
+
+    body = client.get(f"/api/v1/models/{model.pk}/").json()
+    assert body["auto_precision"] == "int8"
+    assert {v["precision"]: v["meets_tolerance"] for v in body["variants"]}["int8"] is True
+
+
+def test_auto_picks_int8_when_the_tolerance_allows_and_a_wider_precision_when_not(client, digits_with_variants):
+    model = digits_with_variants
+    assert variant_pick_auto(model=model).precision == "int8"  # loose: top-1 agreement of at least 90 %
+
+    # Tight: outputs within 1e-7 of FP32. Quantized weights cannot meet it; FP32 itself can.
+    response = client.post(f"/customer/models/{model.pk}/tolerance/", {"metric": "max_abs", "tolerance": 1e-7})
+    assert response.status_code == 302
+    model.refresh_from_db()
+    assert model.variants.get(precision="int8").metrics["max_abs_error"] > 1e-7
+    picked = variant_pick_auto(model=model)
+    assert picked.precision in ("fp16", "fp32")
+    page = client.get(f"/customer/models/{model.pk}/").content.decode()
+    assert f"Auto precision picks {picked.get_precision_display()}" in page
+
+
+def test_a_car_downloads_a_ready_variant_and_nothing_else(client, digits_with_variants, olivia):
+    _, credential = vehicle_with_credential(olivia)
+    variant = digits_with_variants.variants.get(precision="int8")
+    client.logout()
+
+    path = f"/api/v1/agent/artifacts/{variant.sha256}/"
+    response = client.get(path, **signed_headers(credential, path, b"", method="GET"))
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == storage.artifact_read(variant.sha256)
+
+    dataset_sha = digits_with_variants.datasets.get().sha256  # stored, but not something cars are served
+    path = f"/api/v1/agent/artifacts/{dataset_sha}/"
+    assert client.get(path, **signed_headers(credential, path, b"", method="GET")).status_code == 404
+    assert client.get(f"/api/v1/agent/artifacts/{variant.sha256}/").status_code == 401
