@@ -50,7 +50,10 @@ def model_upload(request):
 
 
 def _model_context(request, model):
-    variants = list(model.variants.all())
+    from .inference.costing import AUTO_ORDER
+
+    # Cheapest first: the order in which "auto" considers them.
+    variants = sorted(model.variants.all(), key=lambda v: AUTO_ORDER.index(v.precision))
     return {
         "model": model,
         "variants": [(v, selectors.variant_passes(v)) for v in variants],

@@ -1,0 +1,15 @@
+from django import template
+
+register = template.Library()
+
+METRIC_LABELS = {
+    "cosine_min": "cosine, worst item",
+    "cosine_mean": "cosine, mean",
+    "top1_agreement": "top-1 agreement",
+    "max_abs_error": "max abs error",
+}
+
+
+@register.filter
+def metric_label(key: str) -> str:
+    return METRIC_LABELS.get(key, key.replace("_", " "))
