@@ -92,3 +92,40 @@ def test_a_car_downloads_a_ready_variant_and_nothing_else(client, digits_with_va
     path = f"/api/v1/agent/artifacts/{dataset_sha}/"
     assert client.get(path, **signed_headers(credential, path, b"", method="GET")).status_code == 404
     assert client.get(f"/api/v1/agent/artifacts/{variant.sha256}/").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"metric": "cosine", "tolerance": 5}, "tolerance: Between 0 and 1, e.g. 0.99."),
+        ({"metric": "max_abs", "tolerance": -1}, "tolerance: An error bound of 0 or more."),
+        ({"metric": "cosine", "tolerance": "high"}, "Give a metric and a number for the tolerance."),
+    ],
+)
+def test_a_bad_tolerance_is_refused_and_changes_nothing(client, alice, data, message, digits_onnx, run_tasks_inline):
+    client.force_login(alice)
+    model_id = client.post(
+        "/api/v1/models/", {"name": "d", "onnx_file": SimpleUploadedFile("d.onnx", digits_onnx), "metric": "top1"}
+    ).json()["id"]
+
+    response = client.post(f"/customer/models/{model_id}/tolerance/", data, follow=True)
+
+    assert message in response.content.decode()
+    model = InferenceModel.objects.get(pk=model_id)
+    assert (model.metric, model.tolerance) == ("top1", 0.99)
+
+
+def test_catalogue_models_are_read_only_to_customers(client, alice):
+    from django.core.management import call_command
+
+    call_command("catalogue_sync", no_variants=True, documents=20)
+    catalogue = InferenceModel.objects.get(is_catalogue=True, kind="tensor")
+    client.force_login(alice)
+
+    assert client.get(f"/customer/models/{catalogue.pk}/").status_code == 200
+    assert (
+        client.post(f"/customer/models/{catalogue.pk}/tolerance/", {"metric": "top1", "tolerance": 0.5}).status_code
+        == 404
+    )
+    catalogue.refresh_from_db()
+    assert catalogue.tolerance == 0.98
