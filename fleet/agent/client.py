@@ -13,12 +13,14 @@ import random
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import requests
 
 from .signing import Credential
 
 log = logging.getLogger("idlefleet.agent")
+T = TypeVar("T")
 
 # Full jitter needs no reproducibility; SystemRandom keeps the cars of a fleet from retrying in step.
 _jitter = random.SystemRandom()
@@ -93,30 +95,16 @@ class AgentClient:
         """
         # Compact and sorted: the signature covers these exact bytes, and the same payload always gives the same body.
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        last_problem = ""
-        retry_after: str | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = self._backoff(attempt - 1, retry_after)
-                log.info("retrying POST %s in %.1f s (attempt %d): %s", path, delay, attempt + 1, last_problem)
-                self._sleep(delay)
-            retry_after = None
-            headers = self.credential.sign(method="POST", path=path, body=body, timestamp=int(self._wall_clock()))
+
+        def send(headers: dict[str, str]) -> requests.Response:
             headers["Content-Type"] = "application/json"
-            try:
-                response = self.session.post(self.server + path, data=body, headers=headers, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as error:
-                last_problem = f"{type(error).__name__}: {error}"
-                continue
+            return self.session.post(self.server + path, data=body, headers=headers, timeout=self.timeout)
+
+        def read(response: requests.Response) -> tuple[int, dict | None]:
             status = response.status_code
-            if status == 429 or status >= 500:
-                last_problem = f"HTTP {status}"
-                retry_after = response.headers.get("Retry-After")
-                continue
-            if status >= 400:
-                raise AgentHTTPError(status, _json_or_none(response))
             return status, (None if status == 204 else _json_or_none(response))
-        raise AgentUnavailable(f"POST {path} failed after {self.max_retries + 1} attempts: {last_problem}")
+
+        return self._with_retries("POST", path, body, send, read)
 
     def get_bytes(self, path: str, *, max_bytes: int) -> bytes:
         """GET `path` (with its query, e.g. "/api/v1/agent/artifacts/<sha256>/") and return the body, at most
@@ -127,19 +115,35 @@ class AgentClient:
         soon as the body (or its announced Content-Length) exceeds max_bytes, AgentUnavailable when every attempt
         failed. The body is streamed, so an oversized file is never held in memory.
         """
+
+        def send(headers: dict[str, str]) -> requests.Response:
+            # The file's own bytes: its sha256 is checked on them, and max_bytes must count what is held in memory.
+            headers["Accept-Encoding"] = "identity"
+            return self.session.get(self.server + path, headers=headers, timeout=self.timeout, stream=True)
+
+        return self._with_retries("GET", path, b"", send, lambda response: _read_capped(response, path, max_bytes))
+
+    def _with_retries(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        send: Callable[[dict[str, str]], requests.Response],
+        read: Callable[[requests.Response], T],
+    ) -> T:
+        """Sign (afresh: a new nonce and timestamp every attempt), send, and read one request, retrying connection
+        errors, timeouts, a connection dropped while reading, 429 and 5xx with backoff; another 4xx is final."""
         last_problem = ""
         retry_after: str | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = self._backoff(attempt - 1, retry_after)
-                log.info("retrying GET %s in %.1f s (attempt %d): %s", path, delay, attempt + 1, last_problem)
+                log.info("retrying %s %s in %.1f s (attempt %d): %s", method, path, delay, attempt + 1, last_problem)
                 self._sleep(delay)
             retry_after = None
-            headers = self.credential.sign(method="GET", path=path, body=b"", timestamp=int(self._wall_clock()))
-            # The file's own bytes: its sha256 is checked on them, and max_bytes must count what is held in memory.
-            headers["Accept-Encoding"] = "identity"
+            headers = self.credential.sign(method=method, path=path, body=body, timestamp=int(self._wall_clock()))
             try:
-                response = self.session.get(self.server + path, headers=headers, timeout=self.timeout, stream=True)
+                response = send(headers)
             except (requests.ConnectionError, requests.Timeout) as error:
                 last_problem = f"{type(error).__name__}: {error}"
                 continue
@@ -152,12 +156,12 @@ class AgentClient:
                 if status >= 400:
                     raise AgentHTTPError(status, _json_or_none(response))
                 try:
-                    return _read_capped(response, path, max_bytes)
+                    return read(response)
                 except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
-                    # The connection broke mid-download (a car's WiFi does): the whole file is fetched again.
+                    # The connection broke mid-body (a car's WiFi does): the whole request is made again.
                     last_problem = f"{type(error).__name__}: {error}"
                     continue
-        raise AgentUnavailable(f"GET {path} failed after {self.max_retries + 1} attempts: {last_problem}")
+        raise AgentUnavailable(f"{method} {path} failed after {self.max_retries + 1} attempts: {last_problem}")
 
     def _backoff(self, retry: int, retry_after: str | None) -> float:
         """Seconds to wait before retry number `retry` (0 = the first retry)."""

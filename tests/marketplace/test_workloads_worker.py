@@ -1,7 +1,6 @@
 """End to end with a real Celery worker: an upload is checked and its variants are built by the worker."""
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -11,15 +10,7 @@ from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
 from marketplace.models import InferenceModel, PrecisionVariant
 from tests.factories import CustomerFactory
 from tests.marketplace.onnx_corpus import tiny_model
-
-
-def wait_for(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
+from tests.waiting import wait_for
 
 
 @pytest.mark.worker
@@ -38,7 +29,7 @@ def test_the_worker_checks_uploads_and_builds_variants(client, celery_worker_thr
     assert bad.status_code == good.status_code == 202
 
     ids = [bad.json()["id"], good.json()["id"]]
-    assert wait_for(lambda: not InferenceModel.objects.filter(pk__in=ids, status="validating").exists())
+    assert wait_for(lambda: not InferenceModel.objects.filter(pk__in=ids, status="validating").exists(), timeout=120)
     assert "external data '/etc/shadow'" in InferenceModel.objects.get(pk=ids[0]).rejection_reason
     model = InferenceModel.objects.get(pk=ids[1])
     assert model.status == "ready"
@@ -51,7 +42,7 @@ def test_the_worker_checks_uploads_and_builds_variants(client, celery_worker_thr
     assert response.status_code == 201
 
     ready = PrecisionVariant.Status.READY
-    assert wait_for(lambda: model.variants.filter(status=ready).count() == 4), list(
+    assert wait_for(lambda: model.variants.filter(status=ready).count() == 4, timeout=120), list(
         model.variants.values("precision", "status", "error")
     )
     assert client.get(f"/api/v1/models/{model.pk}/").json()["auto_precision"] == "int8"
