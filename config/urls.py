@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from marketplace import views as marketplace_views
+
 api_v1 = [
     path("", include("accounts.api_urls")),
     path("", include("fleet.api_urls")),
@@ -12,6 +14,7 @@ urlpatterns = [
     path("", include("ops.urls")),
     path("", include("accounts.urls")),
     path("customer/", include("marketplace.urls")),
+    path("market/", marketplace_views.market, name="market"),
     path("", include("fleet.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),

@@ -7,4 +7,8 @@ urlpatterns = [
     path("models/", apis.InferenceModelListApi.as_view(), name="api-models"),
     path("models/<int:model_id>/", apis.InferenceModelDetailApi.as_view(), name="api-model"),
     path("models/<int:model_id>/datasets/", apis.DatasetListApi.as_view(), name="api-model-datasets"),
+    path("bids/", apis.BidListApi.as_view(), name="api-bids"),
+    path("bids/<int:bid_id>/", apis.BidDetailApi.as_view(), name="api-bid"),
+    path("bids/<int:bid_id>/cancel/", apis.BidCancelApi.as_view(), name="api-bid-cancel"),
+    path("market/", apis.MarketApi.as_view(), name="api-market"),
 ]

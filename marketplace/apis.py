@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from django.http import FileResponse, Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Role
 from accounts.permissions import HasRole
-from config.exceptions import ErrorSerializer
+from config.exceptions import ApplicationError, ErrorSerializer
 from fleet.authentication import IsVehicle, VehicleSignatureAuthentication
 
 from . import selectors, services, storage
-from .models import Dataset, InferenceModel, PrecisionVariant
+from .models import Bid, Dataset, InferenceModel, PrecisionVariant
 
 IsCustomer = HasRole.of(Role.CUSTOMER)
 MODEL_ID = OpenApiParameter("model_id", int, OpenApiParameter.PATH)
@@ -151,3 +152,90 @@ class AgentArtifactApi(APIView):
         response = FileResponse(storage.artifact_open(sha256), content_type="application/octet-stream")
         response["X-Content-SHA256"] = sha256
         return response
+
+
+class BidOutputSerializer(serializers.ModelSerializer):
+    precision = serializers.CharField(source="pool", read_only=True)
+
+    class Meta:
+        model = Bid
+        fields = (
+            "id", "inference_model", "dataset", "precision_requested", "precision", "max_price_mcents_per_ch",
+            "budget_cents", "currency", "deadline", "all_or_none", "items", "ch_total", "ch_allocated", "status",
+            "created_at", "closed_at",
+        )  # fmt: skip
+        read_only_fields = fields
+
+
+class BidListApi(APIView):
+    """Your bids (newest first), and placing one. Prices are milli-cents per CH (1 ¢ = 1000 m¢)."""
+
+    permission_classes = [IsCustomer]
+
+    @extend_schema_serializer(component_name="BidPlace")
+    class InputSerializer(serializers.Serializer):
+        inference_model = serializers.IntegerField()
+        dataset = serializers.IntegerField()
+        precision = serializers.ChoiceField(choices=["auto", "int8", "fp8", "fp16", "fp32"], default="auto")
+        max_price_mcents_per_ch = serializers.IntegerField(min_value=1)
+        budget_cents = serializers.IntegerField(min_value=1)
+        deadline = serializers.DateTimeField()
+        all_or_none = serializers.BooleanField(default=False)
+
+    @extend_schema(responses={200: BidOutputSerializer(many=True)})
+    def get(self, request):
+        return Response(BidOutputSerializer(selectors.bids_for_customer(user=request.user)[:200], many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: BidOutputSerializer, 400: ErrorSerializer})
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        try:
+            model = selectors.inference_model_get(user=request.user, model_id=data.pop("inference_model"))
+            dataset = selectors.datasets_visible(user=request.user, model=model).get(pk=data.pop("dataset"))
+        except (Http404, Dataset.DoesNotExist):
+            raise ApplicationError(
+                "inference_model: no such model, or the dataset is not one of its datasets.",
+                fields={"dataset": ["Not a dataset of this model that you can use."]},
+            ) from None
+        bid = services.bid_place(customer=request.user, inference_model=model, dataset=dataset, **data)
+        return Response(BidOutputSerializer(bid).data, status=status.HTTP_201_CREATED)
+
+
+BID_ID = OpenApiParameter("bid_id", int, OpenApiParameter.PATH)
+
+
+class BidDetailApi(APIView):
+    permission_classes = [IsCustomer]
+
+    @extend_schema(parameters=[BID_ID], responses={200: BidOutputSerializer, 404: ErrorSerializer})
+    def get(self, request, bid_id: int):
+        return Response(BidOutputSerializer(selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)).data)
+
+
+class BidCancelApi(APIView):
+    permission_classes = [IsCustomer]
+
+    @extend_schema(
+        parameters=[BID_ID],
+        request=None,
+        responses={200: BidOutputSerializer, 404: ErrorSerializer, 409: ErrorSerializer},
+    )
+    def post(self, request, bid_id: int):
+        bid = services.bid_cancel(bid=selectors.bid_get_for_customer(user=request.user, bid_id=bid_id))
+        return Response(BidOutputSerializer(bid).data)
+
+
+class MarketApi(APIView):
+    """Public: per pool, the last round's clearing price, volume and unfilled demand, and the price history."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        responses={
+            200: inline_serializer("Market", {"latest": serializers.DictField(), "history": serializers.DictField()})
+        }
+    )
+    def get(self, request):
+        return Response({"latest": selectors.market_latest(), "history": selectors.market_history()})

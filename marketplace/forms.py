@@ -26,3 +26,35 @@ class DatasetUploadForm(forms.Form):
 class ToleranceForm(forms.Form):
     metric = forms.ChoiceField(choices=InferenceModel.Metric.choices)
     tolerance = forms.FloatField()
+
+
+class BidForm(forms.Form):
+    PRECISIONS = [("auto", "Auto: the cheapest variant within my tolerance"), ("int8", "INT8"), ("fp8", "FP8"),
+                  ("fp16", "FP16"), ("fp32", "FP32")]  # fmt: skip
+
+    dataset = forms.ModelChoiceField(queryset=None, empty_label=None)
+    precision = forms.ChoiceField(choices=PRECISIONS, initial="auto")
+    max_price_cents_per_ch = forms.DecimalField(
+        label="Maximum price (¢ per CH)", min_value=0, decimal_places=3, initial=5,
+        help_text="You never pay more; every winner pays the round's one clearing price.",
+    )  # fmt: skip
+    budget_dollars = forms.DecimalField(label="Budget ($)", min_value=0, decimal_places=2, initial=5)
+    deadline = forms.DateTimeField(
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}), help_text="In UTC. Unfinished work then expires."
+    )
+    all_or_none = forms.BooleanField(required=False, label="All or none")
+
+    def __init__(self, *args, datasets, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["dataset"].queryset = datasets
+
+    def bid_values(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "dataset": data["dataset"],
+            "precision": data["precision"],
+            "max_price_mcents_per_ch": int(data["max_price_cents_per_ch"] * 1000),
+            "budget_cents": int(data["budget_dollars"] * 100),
+            "deadline": data["deadline"],
+            "all_or_none": data["all_or_none"],
+        }

@@ -121,3 +121,107 @@ class PrecisionVariant(models.Model):
 
     def __str__(self) -> str:
         return f"{self.inference_model} {self.get_precision_display()}"
+
+
+class Bid(models.Model):
+    """A customer's order: run a dataset through a model variant, paying at most `max_price` per CH.
+
+    Prices are integer milli-cents per CH (1 ¢ = 1000 m¢), because a CH costs a few cents; money is cents.
+    """
+
+    class Status(models.TextChoices):
+        WAITING = "waiting", "Waiting for capacity"
+        RUNNING = "running", "Running"
+        VALIDATING = "validating", "Validating"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+
+    OPEN_STATUSES = (Status.WAITING, Status.RUNNING)
+
+    customer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="bids")
+    inference_model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="bids")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="bids")
+    variant = models.ForeignKey(PrecisionVariant, on_delete=models.PROTECT, related_name="bids")
+    precision_requested = models.CharField(max_length=8, help_text="A precision, or 'auto'.")
+    pool = models.CharField(max_length=8, choices=Precision.choices, db_index=True)
+    max_price_mcents_per_ch = models.PositiveBigIntegerField("maximum price (m¢/CH)")
+    budget_cents = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    deadline = models.DateTimeField()
+    all_or_none = models.BooleanField(default=False)
+    items = models.PositiveIntegerField()
+    ch_total = models.FloatField(help_text="items × the variant's CH per item, fixed when the bid is placed.")
+    ch_allocated = models.FloatField(default=0.0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "pool"])]
+
+    def __str__(self) -> str:
+        return f"Bid {self.pk} on {self.inference_model}"
+
+    @property
+    def ch_remaining(self) -> float:
+        return max(self.ch_total - self.ch_allocated, 0.0)
+
+
+class Round(models.Model):
+    """One auction round. `slot` is the round's start rounded down to the interval: a second beat, or a retried
+    task, for the same slot finds the row and does nothing."""
+
+    slot = models.DateTimeField(unique=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cars_offered = models.PositiveIntegerField(default=0)
+    bids_considered = models.PositiveIntegerField(default=0)
+    seconds = models.FloatField(null=True, blank=True, help_text="Time to snapshot, clear and store.")
+
+    class Meta:
+        ordering = ["-slot"]
+
+    def __str__(self) -> str:
+        return f"Round {self.slot:%Y-%m-%d %H:%M}"
+
+
+class PoolClearing(models.Model):
+    """What a round published for one precision pool: the uniform price, the volume, and what went unfilled."""
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="pools")
+    pool = models.CharField(max_length=8, choices=Precision.choices)
+    clearing_price_mcents = models.PositiveBigIntegerField(null=True, blank=True, help_text="Null: nothing traded.")
+    reserve_mcents = models.PositiveBigIntegerField()
+    volume_ch = models.FloatField(default=0.0)
+    unfilled_demand_ch = models.FloatField(default=0.0)
+    supply_ch = models.FloatField(default=0.0)
+    index_mcents = models.FloatField(null=True, blank=True, help_text="Smoothed price index for the chart.")
+
+    class Meta:
+        ordering = ["round", "pool"]
+        constraints = [models.UniqueConstraint(fields=["round", "pool"], name="one_clearing_per_pool_per_round")]
+
+    def __str__(self) -> str:
+        return f"{self.round} {self.pool}"
+
+
+class Allocation(models.Model):
+    """CH of one car sold to one bid in one round, at the pool's clearing price. The car is busy until `ends_at`."""
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="allocations")
+    bid = models.ForeignKey(Bid, on_delete=models.PROTECT, related_name="allocations")
+    vehicle = models.ForeignKey("fleet.Vehicle", on_delete=models.PROTECT, related_name="allocations")
+    pool = models.CharField(max_length=8, choices=Precision.choices)
+    ch = models.FloatField()
+    price_mcents_per_ch = models.PositiveBigIntegerField()
+    ends_at = models.DateTimeField(help_text="When the car's sold time runs out.")
+
+    class Meta:
+        ordering = ["round", "bid"]
+        indexes = [models.Index(fields=["vehicle", "ends_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.ch:.4g} CH of {self.vehicle} to bid {self.bid_id}"

@@ -57,3 +57,56 @@ def variant_pick_auto(*, model: InferenceModel, available: set[str] | None = Non
         if variant_passes(variant):
             return variant
     return None
+
+
+def bids_for_customer(*, user: User) -> QuerySet:
+    from .models import Bid
+
+    return Bid.objects.filter(customer=user).select_related("inference_model", "dataset", "variant")
+
+
+def bid_get_for_customer(*, user: User, bid_id: int):
+    from .models import Bid
+
+    try:
+        return bids_for_customer(user=user).get(pk=bid_id)
+    except Bid.DoesNotExist:
+        raise Http404("No such bid.") from None
+
+
+def market_latest() -> dict[str, dict]:
+    """Per pool: the last round's clearing price, volume and unfilled demand (m¢/CH, CH)."""
+    from .models import PoolClearing, Round
+
+    last = Round.objects.filter(finished_at__isnull=False).order_by("-slot").first()
+    if last is None:
+        return {}
+    return {
+        c.pool: {
+            "clearing_price_mcents": c.clearing_price_mcents,
+            "reserve_mcents": c.reserve_mcents,
+            "volume_ch": c.volume_ch,
+            "unfilled_demand_ch": c.unfilled_demand_ch,
+            "supply_ch": c.supply_ch,
+            "index_mcents": c.index_mcents,
+            "round": last.slot,
+        }
+        for c in PoolClearing.objects.filter(round=last)
+    }
+
+
+def market_history(*, rounds: int = 120) -> dict:
+    """The smoothed price index per pool over the last rounds, for the chart (oldest first)."""
+    from .models import PoolClearing, Round
+
+    slots = list(
+        Round.objects.filter(finished_at__isnull=False).order_by("-slot").values_list("slot", flat=True)[:rounds]
+    )
+    slots.reverse()
+    series: dict[str, list] = {}
+    by_key = {
+        (c.round.slot, c.pool): c for c in PoolClearing.objects.filter(round__slot__in=slots).select_related("round")
+    }
+    for pool in ("int8", "fp16", "fp32", "fp8"):
+        series[pool] = [(by_key[(slot, pool)].index_mcents if (slot, pool) in by_key else None) for slot in slots]
+    return {"labels": [slot.isoformat() for slot in slots], "series": series}

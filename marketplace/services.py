@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from fleet.agent.inference import ModelRunner, ModelSpec
 
 from . import storage
 from .datasets import DatasetRejected, ParsedDataset, holdout_indices, parse_dataset
-from .models import Dataset, InferenceModel, PrecisionVariant
+from .models import Bid, Dataset, InferenceModel, PrecisionVariant
 
 PRECISIONS_BUILT = ("fp32", "fp16", "int8", "fp8")
 CALIBRATION_ITEMS = 32
@@ -288,3 +289,95 @@ def inference_model_set_tolerance(*, model: InferenceModel, metric: str, toleran
     model.metric, model.tolerance = metric, tolerance
     model.save(update_fields=["metric", "tolerance"])
     return model
+
+
+# --- Bids ------------------------------------------------------------------------------------------------------------
+
+
+def _field_error(field: str, message: str, **kwargs) -> ApplicationError:
+    return ApplicationError(f"{field}: {message}", fields={field: [message]}, **kwargs)
+
+
+@transaction.atomic
+def bid_place(
+    *,
+    customer: User,
+    inference_model: InferenceModel,
+    dataset: Dataset,
+    precision: str,
+    max_price_mcents_per_ch: int,
+    budget_cents: int,
+    deadline,
+    all_or_none: bool = False,
+) -> Bid:
+    """Enter a bid for the next rounds. The amount of work follows from the dataset and the variant's CH per item."""
+    from django.utils import timezone
+
+    from .selectors import variant_passes, variant_pick_auto
+
+    if customer.role != Role.CUSTOMER:
+        raise ApplicationError("Only customers place bids.", code="permission_denied", status=403)
+    if dataset.inference_model_id != inference_model.pk:
+        raise _field_error("dataset", f"This dataset belongs to another model than {inference_model.name}.")
+    if inference_model.status != InferenceModel.Status.READY:
+        raise _field_error("inference_model", "The model is not ready yet.")
+    if precision == "auto":
+        variant = variant_pick_auto(model=inference_model)
+        if variant is None:
+            raise _field_error("precision", "No variant meets your tolerance yet; wait for the builds or loosen it.")
+    else:
+        variant = inference_model.variants.filter(precision=precision).first()
+        if variant is None or variant.status != PrecisionVariant.Status.READY:
+            raise _field_error("precision", f"There is no ready {precision.upper()} variant of this model.")
+        if precision != "fp32" and variant_passes(variant) is False:
+            raise _field_error("precision", f"The {precision.upper()} variant misses your accuracy tolerance.")
+    if variant.ch_per_item is None:
+        raise _field_error("precision", "This variant has no cost per item yet (it was built without a dataset).")
+    reserve = settings.RESERVE_PRICES_MCENTS_PER_CH[variant.precision]
+    ceiling = settings.PRICE_CEILING_MCENTS_PER_CH
+    if not 0 < max_price_mcents_per_ch <= ceiling:
+        raise _field_error("max_price_mcents_per_ch", f"Between 1 and {ceiling:,} m¢ per CH.")
+    if max_price_mcents_per_ch < reserve:
+        raise _field_error(
+            "max_price_mcents_per_ch",
+            f"Below the {variant.precision.upper()} reserve price of {reserve:,} m¢ per CH: such a bid never trades.",
+        )
+    now = timezone.now()
+    if deadline <= now + timedelta(seconds=settings.MIN_BID_LEAD_SECONDS):
+        minutes = settings.MIN_BID_LEAD_SECONDS // 60
+        raise _field_error("deadline", f"Give the cars at least {minutes} minutes: set a later deadline.")
+    ch_total = dataset.item_count * variant.ch_per_item
+    smallest_unit = min(dataset.item_count, 100) * variant.ch_per_item
+    if budget_cents <= 0 or budget_cents * 1000 < smallest_unit * reserve:
+        raise _field_error("budget_cents", "The budget does not cover one work unit at the reserve price.")
+    return Bid.objects.create(
+        customer=customer,
+        inference_model=inference_model,
+        dataset=dataset,
+        variant=variant,
+        precision_requested=precision,
+        pool=variant.precision,
+        max_price_mcents_per_ch=max_price_mcents_per_ch,
+        budget_cents=budget_cents,
+        deadline=deadline,
+        all_or_none=all_or_none,
+        items=dataset.item_count,
+        ch_total=ch_total,
+    )
+
+
+def bid_cancel(*, bid: Bid) -> Bid:
+    """Cancel a bid that has not been filled yet; what it has not used is released."""
+    from django.utils import timezone
+
+    with transaction.atomic():
+        bid = Bid.objects.select_for_update().get(pk=bid.pk)
+        if bid.status != Bid.Status.WAITING:
+            raise ApplicationError(
+                f"This bid is {bid.get_status_display().lower()}: only a bid waiting for capacity can be cancelled.",
+                code="not_cancellable",
+                status=409,
+            )
+        bid.status, bid.closed_at = Bid.Status.CANCELLED, timezone.now()
+        bid.save(update_fields=["status", "closed_at"])
+    return bid

@@ -16,3 +16,10 @@ def variant_build(variant_id: int) -> None:
     variant = PrecisionVariant.objects.select_related("inference_model", "evaluated_on").filter(pk=variant_id).first()
     if variant is not None and variant.status in (PrecisionVariant.Status.QUEUED, PrecisionVariant.Status.BUILDING):
         services.variant_build(variant=variant)
+
+
+@shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
+def auction_round() -> None:
+    from .rounds import auction_round_run
+
+    auction_round_run()

@@ -11,4 +11,7 @@ urlpatterns = [
     path("models/<int:model_id>/variants/", views.model_variants, name="model-variants"),
     path("models/<int:model_id>/datasets/", views.dataset_upload, name="dataset-new"),
     path("models/<int:model_id>/tolerance/", views.model_tolerance, name="model-tolerance"),
+    path("models/<int:model_id>/bid/", views.bid_new, name="bid-new"),
+    path("bids/<int:bid_id>/", views.bid_detail, name="bid"),
+    path("bids/<int:bid_id>/cancel/", views.bid_cancel, name="bid-cancel"),
 ]

@@ -7,7 +7,7 @@ from accounts.permissions import role_required
 from config.exceptions import ApplicationError
 
 from . import selectors, services
-from .forms import DatasetUploadForm, InferenceModelUploadForm, ToleranceForm
+from .forms import BidForm, DatasetUploadForm, InferenceModelUploadForm, ToleranceForm
 
 
 def _add_errors(form, error: ApplicationError) -> None:
@@ -23,7 +23,10 @@ def dashboard(request):
     return render(
         request,
         "marketplace/dashboard.html",
-        {"bids": [], "models": selectors.inference_models_visible(user=request.user)[:10]},
+        {
+            "bids": selectors.bids_for_customer(user=request.user)[:20],
+            "models": selectors.inference_models_visible(user=request.user)[:10],
+        },
     )
 
 
@@ -115,3 +118,67 @@ def model_tolerance(request, model_id: int):
     else:
         messages.error(request, "Give a metric and a number for the tolerance.")
     return redirect("marketplace:model", model_id=model.pk)
+
+
+@role_required(Role.CUSTOMER)
+@require_http_methods(["GET", "POST"])
+def bid_new(request, model_id: int):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    model = selectors.inference_model_get(user=request.user, model_id=model_id)
+    datasets = selectors.datasets_visible(user=request.user, model=model)
+    initial = {"deadline": (timezone.now() + timedelta(hours=6)).replace(second=0, microsecond=0)}
+    form = BidForm(request.POST or None, datasets=datasets, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            bid = services.bid_place(customer=request.user, inference_model=model, **form.bid_values())
+        except ApplicationError as error:
+            _add_errors(form, error)
+            for field, target in (
+                ("max_price_mcents_per_ch", "max_price_cents_per_ch"),
+                ("budget_cents", "budget_dollars"),
+            ):
+                for message in error.fields.get(field, []):
+                    form.add_error(target, message)
+        else:
+            messages.success(request, f"Bid placed: {bid.items} items. It enters the next auction round.")
+            return redirect("marketplace:bid", bid_id=bid.pk)
+    auto = selectors.variant_pick_auto(model=model)
+    return render(
+        request,
+        "marketplace/bid_form.html",
+        {"form": form, "model": model, "market": selectors.market_latest(), "auto": auto},
+        status=400 if form.errors else 200,
+    )
+
+
+@role_required(Role.CUSTOMER)
+def bid_detail(request, bid_id: int):
+    bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
+    allocations = bid.allocations.select_related("round", "vehicle__hardware").order_by("-round__slot")[:50]
+    return render(request, "marketplace/bid_detail.html", {"bid": bid, "allocations": allocations})
+
+
+@role_required(Role.CUSTOMER)
+@require_POST
+def bid_cancel(request, bid_id: int):
+    bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
+    try:
+        services.bid_cancel(bid=bid)
+        messages.success(request, "Bid cancelled: nothing more will be bought for it.")
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    return redirect("marketplace:bid", bid_id=bid.pk)
+
+
+def market(request):
+    """Public: the auction's prices, volumes and unfilled demand per pool, and the supply on offer now."""
+    from fleet.selectors import fleet_overview
+
+    return render(
+        request,
+        "marketplace/market.html",
+        {"latest": selectors.market_latest(), "history": selectors.market_history(), "overview": fleet_overview()},
+    )

@@ -19,6 +19,8 @@ CH_OPS_PER_SECOND = 100e12
 SECONDS_PER_HOUR = 3600
 # The share of a chip's peak that real inference reaches (memory traffic, small matrices, non-matmul operators).
 UTILISATION = 0.3
+# Per-item runtime overhead (I/O, tokenizing, the runtime's own work) on a 100-TOPS car, in seconds.
+PER_ITEM_OVERHEAD_S = 50e-6
 
 # Cheapest first: a job set to "auto" runs at the first precision here that the pool offers and the gate accepts.
 AUTO_ORDER = ("int8", "fp8", "fp16", "fp32")
@@ -88,13 +90,18 @@ def macs_per_item(model_bytes: bytes, *, example_feeds: Mapping[str, np.ndarray]
 
 
 def ch_per_item(macs: int) -> float:
-    """Compute-hours per item: 2 × MACs operations at 100 TOPS × UTILISATION, in hours.
+    """Compute-hours per item: 2 × MACs operations at 100 TOPS × UTILISATION, in hours, and never less than
+    PER_ITEM_OVERHEAD_S of a 100-TOPS car's time.
 
     One CH is one hour of 100 dense INT8 TOPS. The figure is the same for every precision of a model: a car's CH rate
     at a precision (int8_tops × factor[p] / 100 per hour) already includes that precision's throughput factor, so a
     slower precision delivers fewer CH per hour rather than costing more CH per item.
+
+    The floor is why a tiny model is not free: reading, tokenizing, running and writing one item costs the car tens of
+    microseconds whatever the model's arithmetic (the digits classifier's 4,736 MACs alone would be 9e-14 CH).
     """
-    return 2 * macs / (CH_OPS_PER_SECOND * SECONDS_PER_HOUR * UTILISATION)
+    compute = 2 * macs / (CH_OPS_PER_SECOND * SECONDS_PER_HOUR * UTILISATION)
+    return max(compute, PER_ITEM_OVERHEAD_S / SECONDS_PER_HOUR)
 
 
 def pick_auto(

@@ -13,3 +13,27 @@ METRIC_LABELS = {
 @register.filter
 def metric_label(key: str) -> str:
     return METRIC_LABELS.get(key, key.replace("_", " "))
+
+
+@register.filter
+def dollars_per_ch(mcents) -> str:
+    """A price in milli-cents per CH as dollars: 5200 -> "$0.0520/CH"."""
+    if mcents is None:
+        return "—"
+    return f"${mcents / 100_000:.4f}/CH"
+
+
+@register.filter
+def cents(value) -> str:
+    """Integer cents as a dollar amount: 1234 -> "12.34"."""
+    return f"{int(value) / 100:,.2f}"
+
+
+@register.filter
+def make_list_of_pools(value: str) -> list[str]:
+    return value.split()
+
+
+@register.filter
+def get_item(mapping, key):
+    return mapping.get(key) if mapping else None

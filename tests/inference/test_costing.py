@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fleet.agent.inference import TEXT, ModelRunner, ModelSpec
 from marketplace.inference.catalogue import build_digits_classifier, demo_documents, digits_items, minilm_paths
-from marketplace.inference.costing import AUTO_ORDER, ch_per_item, macs_per_item, pick_auto
+from marketplace.inference.costing import AUTO_ORDER, PER_ITEM_OVERHEAD_S, ch_per_item, macs_per_item, pick_auto
 from marketplace.inference.quantization import build_variant
 
 ALL = set(AUTO_ORDER)
@@ -50,8 +50,15 @@ def test_auto_with_top1_metrics():
 
 
 def test_ch_per_item_is_two_ops_per_mac_at_100_tops_and_30_percent_utilisation():
-    assert ch_per_item(0) == 0
-    assert ch_per_item(54_000_000) == pytest.approx(1e-9)
+    assert ch_per_item(54_000_000_000) == pytest.approx(1e-6)
+    assert ch_per_item(5_400_000_000) == pytest.approx(1e-7)
+
+
+def test_a_tiny_model_still_costs_the_per_item_overhead():
+    floor = PER_ITEM_OVERHEAD_S / 3600
+    assert ch_per_item(0) == pytest.approx(floor)
+    assert ch_per_item(4_736) == pytest.approx(floor)  # the digits classifier
+    assert ch_per_item(10**12) > floor
 
 
 def test_digits_macs_are_the_two_dense_layers_at_every_precision():

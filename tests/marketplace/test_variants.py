@@ -1,8 +1,5 @@
 """Precision variants: built in tasks, priced in CH per item, judged against FP32 on the customer's own data."""
 
-import io
-
-import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
@@ -15,29 +12,6 @@ from tests.factories import vehicle_with_credential
 from tests.fleet.agent_requests import signed_headers
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def digits_with_variants(client, alice, run_tasks_inline, digits_onnx):
-    client.force_login(alice)
-    model_id = client.post(
-        "/api/v1/models/",
-        {
-            "name": "digits",
-            "onnx_file": SimpleUploadedFile("d.onnx", digits_onnx),
-            "output_name": DIGITS_OUTPUT,
-            "metric": "top1",
-            "tolerance": 0.9,
-        },
-    ).json()["id"]
-    buffer = io.BytesIO()
-    np.save(buffer, digits_items(200), allow_pickle=False)
-    response = client.post(
-        f"/api/v1/models/{model_id}/datasets/", {"file": SimpleUploadedFile("digits.npy", buffer.getvalue())}
-    )
-    assert response.status_code == 201, response.content
-    assert response.json()["item_count"] == 200
-    return InferenceModel.objects.get(pk=model_id)
 
 
 def test_every_variant_is_built_priced_and_judged(client, digits_with_variants):

@@ -1,0 +1,165 @@
+"""The periodic auction round: snapshot supply and demand, clear with the pure auction, store it in one transaction."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from fleet.models import Vehicle
+from fleet.selectors import vehicles_live
+
+from . import auction
+from .models import Allocation, Bid, PoolClearing, Round
+
+# Any number that is ours alone: the PostgreSQL advisory lock that lets one round run at a time.
+ROUND_LOCK_KEY = 0x1D1E_F1EE
+
+
+def round_slot(now: datetime) -> datetime:
+    interval = settings.AUCTION_INTERVAL_SECONDS
+    return datetime.fromtimestamp(int(now.timestamp()) // interval * interval, tz=now.tzinfo)
+
+
+def _lock_rounds() -> None:
+    """Serialise rounds across processes. SQLite's IMMEDIATE transactions already admit one writer at a time."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROUND_LOCK_KEY])
+
+
+def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict[str, float]]]:
+    """One row per (available car, precision it can run): the CH it can deliver before it leaves, and its ask.
+
+    The ask never runs an owner at a loss: max(the owner's minimum, energy cost per CH ÷ (1 − platform fee)).
+    Returns the supply and each car's CH per hour per pool (to know how long a sale keeps it busy).
+    """
+    busy = set(Allocation.objects.filter(ends_at__gt=now).values_list("vehicle_id", flat=True))
+    vehicles = [
+        v
+        for v in Vehicle.objects.filter(status=Vehicle.Status.ACTIVE).select_related("hardware", "policy")
+        if v.pk not in busy
+    ]
+    fee = settings.PLATFORM_FEE_PCT / 100
+    cars, pools, chs, asks = [], [], [], []
+    rates: dict[int, dict[str, float]] = {}
+    for item in vehicles_live(vehicles, now=now):
+        availability = item.availability
+        if not availability.available or availability.hours_offered <= 0:
+            continue
+        vehicle = item.vehicle
+        energy_cents_per_hour = availability.power_w / 1000 * float(vehicle.energy_price_cents_per_kwh)
+        rates[vehicle.pk] = {}
+        for precision, ch in availability.ch_offered.items():
+            if ch <= 0 or precision not in auction.POOLS:
+                continue
+            ch_per_hour = ch / availability.hours_offered
+            energy_mcents_per_ch = energy_cents_per_hour * 1000 / ch_per_hour
+            ask = max(vehicle.policy.min_price_cents_per_ch * 1000, int(np.ceil(energy_mcents_per_ch / (1 - fee))))
+            cars.append(vehicle.pk)
+            pools.append(auction.POOLS.index(precision))
+            chs.append(ch)
+            asks.append(ask)
+            rates[vehicle.pk][precision] = ch_per_hour
+    supply = auction.Supply(
+        car=np.array(cars, dtype=np.int64),
+        pool=np.array(pools, dtype=np.int8),
+        ch=np.array(chs, dtype=np.float64),
+        ask=np.array(asks, dtype=np.int64),
+        reliability=np.ones(len(cars), dtype=np.float64),
+    )
+    return supply, rates
+
+
+def demand_snapshot(*, now: datetime) -> auction.Demand:
+    bids = list(
+        Bid.objects.filter(status__in=Bid.OPEN_STATUSES, deadline__gt=now).values_list(
+            "pk", "pool", "ch_total", "ch_allocated", "max_price_mcents_per_ch", "created_at"
+        )
+    )
+    # The auction counts whole nano-CH: a remainder smaller than that is done.
+    bids = [b for b in bids if b[2] - b[3] >= auction.CH_QUANTUM]
+    return auction.Demand(
+        bid=np.array([b[0] for b in bids], dtype=np.int64),
+        pool=np.array([auction.POOLS.index(b[1]) for b in bids], dtype=np.int8),
+        ch=np.array([b[2] - b[3] for b in bids], dtype=np.float64),
+        price=np.array([b[4] for b in bids], dtype=np.int64),
+        placed=np.array([int(b[5].timestamp() * 1e6) for b in bids], dtype=np.int64),
+    )
+
+
+def auction_round_run(*, now: datetime | None = None) -> Round | None:
+    """Run the round of the current slot, once: a duplicate (two beats, a retried task) returns None."""
+    now = now or timezone.now()
+    started = time.perf_counter()
+    with transaction.atomic():
+        _lock_rounds()
+        round_, created = Round.objects.get_or_create(slot=round_slot(now))
+        if not created:
+            return None
+        Bid.objects.filter(status=Bid.Status.WAITING, deadline__lte=now).update(
+            status=Bid.Status.EXPIRED, closed_at=now
+        )
+        supply, rates = supply_snapshot(now=now)
+        demand = demand_snapshot(now=now)
+        reserve = np.array([settings.RESERVE_PRICES_MCENTS_PER_CH[p] for p in auction.POOLS], dtype=np.int64)
+        result = auction.clear(supply=supply, demand=demand, reserve=reserve)
+        _store(round_, result, reserve, rates, now)
+        round_.cars_offered = len(set(supply.car.tolist()))
+        round_.bids_considered = len(demand.bid)
+        round_.finished_at = timezone.now()
+        round_.seconds = time.perf_counter() - started
+        round_.save(update_fields=["cars_offered", "bids_considered", "finished_at", "seconds"])
+    return round_
+
+
+def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
+    # Every round publishes every pool, so the last round holds the last index of each.
+    last = Round.objects.filter(slot__lt=round_.slot).order_by("-slot").first()
+    previous = dict(last.pools.values_list("pool", "index_mcents")) if last else {}
+    for pool_result in result.pools:
+        pool = auction.POOLS[pool_result.pool] if isinstance(pool_result.pool, int) else pool_result.pool
+        PoolClearing.objects.create(
+            round=round_,
+            pool=pool,
+            clearing_price_mcents=pool_result.clearing_price,
+            reserve_mcents=int(reserve[auction.POOLS.index(pool)]),
+            volume_ch=pool_result.volume_ch,
+            unfilled_demand_ch=pool_result.unfilled_demand_ch,
+            supply_ch=pool_result.supply_ch,
+            index_mcents=auction.smoothed_index(previous.get(pool), pool_result.clearing_price),
+        )
+    prices = {(auction.POOLS[p.pool] if isinstance(p.pool, int) else p.pool): p.clearing_price for p in result.pools}
+    allocations = []
+    for bid_id, car_id, pool_index, ch in zip(
+        result.alloc_bid.tolist(), result.alloc_car.tolist(), result.alloc_pool.tolist(), result.alloc_ch.tolist(),
+        strict=True,
+    ):  # fmt: skip
+        pool = auction.POOLS[pool_index]
+        hours = ch / rates[car_id][pool]
+        allocations.append(
+            Allocation(
+                round=round_,
+                bid_id=bid_id,
+                vehicle_id=car_id,
+                pool=pool,
+                ch=ch,
+                price_mcents_per_ch=prices[pool],
+                ends_at=now + timedelta(hours=hours),
+            )
+        )
+    Allocation.objects.bulk_create(allocations)
+    for bid_id, total in (
+        Allocation.objects.filter(round=round_).values_list("bid_id").annotate(total=Sum("ch")).order_by()
+    ):
+        bid = Bid.objects.select_for_update().get(pk=bid_id)
+        allocated = bid.ch_allocated + total
+        # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
+        bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
+        bid.status = Bid.Status.RUNNING
+        bid.save(update_fields=["ch_allocated", "status"])

@@ -1,0 +1,110 @@
+"""Placing and cancelling bids: the amount of work follows from the dataset; bad bids are refused, naming the field."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from marketplace.models import Bid
+
+pytestmark = pytest.mark.django_db
+
+
+def bid_payload(model, **overrides):
+    data = {
+        "inference_model": model.pk,
+        "dataset": model.datasets.get().pk,
+        "precision": "auto",
+        "max_price_mcents_per_ch": 5000,
+        "budget_cents": 500,
+        "deadline": (timezone.now() + timedelta(hours=6)).isoformat(),
+    }
+    data.update(overrides)
+    return data
+
+
+def test_a_bid_buys_the_datasets_work_at_the_auto_precision(client, digits_with_variants):
+    model = digits_with_variants
+
+    response = client.post("/api/v1/bids/", bid_payload(model), content_type="application/json")
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    int8 = model.variants.get(precision="int8")
+    assert (body["precision_requested"], body["precision"], body["status"]) == ("auto", "int8", "waiting")
+    assert body["items"] == 200
+    assert body["ch_total"] == pytest.approx(200 * int8.ch_per_item)
+    assert client.get(f"/customer/bids/{body['id']}/").status_code == 200
+    assert f"#{body['id']}" in client.get("/customer/").content.decode()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"max_price_mcents_per_ch": 0}, "max_price_mcents_per_ch", "Ensure this value is greater than or equal to 1."),
+        ({"max_price_mcents_per_ch": 10**7}, "max_price_mcents_per_ch", "Between 1 and 100,000 m¢ per CH."),
+        ({"max_price_mcents_per_ch": 500}, "max_price_mcents_per_ch", "Below the INT8 reserve price of 1,000 m¢"),
+        ({"deadline": "2020-01-01T00:00:00Z"}, "deadline", "Give the cars at least 10 minutes"),
+        ({"precision": "fp4"}, "precision", '"fp4" is not a valid choice.'),
+        ({"dataset": 999999}, "dataset", "Not a dataset of this model that you can use."),
+    ],
+)
+def test_a_bad_bid_names_the_field_and_is_not_entered(client, digits_with_variants, overrides, field, message):
+    response = client.post(
+        "/api/v1/bids/", bid_payload(digits_with_variants, **overrides), content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert field in response.json()["fields"], response.json()
+    assert response.json()["fields"][field][0].startswith(message)
+    assert not Bid.objects.exists()
+
+
+def test_a_precision_that_misses_the_tolerance_is_refused(client, digits_with_variants):
+    model = digits_with_variants
+    model.metric, model.tolerance = "max_abs", 1e-7
+    model.save()
+
+    response = client.post("/api/v1/bids/", bid_payload(model, precision="int8"), content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json()["message"] == "precision: The INT8 variant misses your accuracy tolerance."
+
+
+def test_the_bid_form_places_a_bid_and_shows_errors(client, digits_with_variants):
+    model = digits_with_variants
+    url = f"/customer/models/{model.pk}/bid/"
+    deadline = (timezone.now() + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
+    form = {"dataset": model.datasets.get().pk, "precision": "auto", "budget_dollars": "2", "deadline": deadline}
+
+    bad = client.post(url, {**form, "max_price_cents_per_ch": "0.1"})
+    assert bad.status_code == 400
+    assert "Below the INT8 reserve price" in bad.content.decode()
+
+    good = client.post(url, {**form, "max_price_cents_per_ch": "4.5"})
+    assert good.status_code == 302
+    bid = Bid.objects.get()
+    assert (bid.max_price_mcents_per_ch, bid.budget_cents) == (4500, 200)
+
+
+def test_cancel_while_waiting_only(client, digits_with_variants):
+    bid_id = client.post("/api/v1/bids/", bid_payload(digits_with_variants), content_type="application/json").json()[
+        "id"
+    ]
+
+    assert client.post(f"/api/v1/bids/{bid_id}/cancel/").json()["status"] == "cancelled"
+    again = client.post(f"/api/v1/bids/{bid_id}/cancel/")
+    assert again.status_code == 409
+    assert "only a bid waiting for capacity can be cancelled" in again.json()["message"]
+
+
+def test_another_customers_bid_is_404(client, digits_with_variants, bob):
+    bid_id = client.post("/api/v1/bids/", bid_payload(digits_with_variants), content_type="application/json").json()[
+        "id"
+    ]
+    client.force_login(bob)
+    assert client.get(f"/api/v1/bids/{bid_id}/").status_code == 404
+    assert client.post(f"/api/v1/bids/{bid_id}/cancel/").status_code == 404
+    assert client.get(f"/customer/bids/{bid_id}/").status_code == 404
+    assert client.get("/api/v1/bids/").json() == []
+    assert Bid.objects.get().status == "waiting"

@@ -1,0 +1,108 @@
+"""Auction rounds over the real fleet state: supply from available cars, demand from open bids, one price per pool."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from fleet.models import OptInPolicy
+from marketplace.models import Allocation, Bid, PoolClearing, Round
+from marketplace.rounds import auction_round_run
+from tests.factories import vehicle_with_credential
+from tests.fleet.agent_requests import heartbeat, signed_post
+
+pytestmark = pytest.mark.django_db
+HEARTBEAT = "/api/v1/agent/heartbeat/"
+
+
+@pytest.fixture
+def two_cars(client, olivia, oscar):
+    """Two parked HW4 cars on WiFi: olivia asks at least 2 ¢/CH, oscar at least 3 ¢/CH."""
+    cars = []
+    for owner, min_price in ((olivia, 2), (oscar, 3)):
+        vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
+        assert signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=90)).status_code == 200
+        cars.append(vehicle)
+    return cars
+
+
+@pytest.fixture
+def bid(client, digits_with_variants):
+    response = client.post(
+        "/api/v1/bids/",
+        {
+            "inference_model": digits_with_variants.pk,
+            "dataset": digits_with_variants.datasets.get().pk,
+            "max_price_mcents_per_ch": 5000,
+            "budget_cents": 100,
+            "deadline": (timezone.now() + timedelta(hours=2)).isoformat(),
+        },
+        content_type="application/json",
+    )
+    assert response.status_code == 201
+    return Bid.objects.get(pk=response.json()["id"])
+
+
+def test_a_round_sells_the_cheapest_car_at_one_published_price(client, bid, two_cars):
+    olivias_car, _ = two_cars
+
+    round_ = auction_round_run()
+
+    int8 = PoolClearing.objects.get(round=round_, pool="int8")
+    assert int8.clearing_price_mcents == 2000  # max(reserve 1000, last accepted ask 2000); the bid is filled
+    assert int8.volume_ch == pytest.approx(bid.ch_total, abs=1e-9)  # the auction counts whole nano-CH
+    assert int8.unfilled_demand_ch == pytest.approx(0)
+    allocation = Allocation.objects.get()
+    assert (allocation.vehicle, allocation.bid, allocation.price_mcents_per_ch) == (olivias_car, bid, 2000)
+    bid.refresh_from_db()
+    assert bid.status == "running"
+    assert bid.ch_allocated == pytest.approx(bid.ch_total)
+    assert set(PoolClearing.objects.filter(round=round_).values_list("pool", flat=True)) == {
+        "int8",
+        "fp8",
+        "fp16",
+        "fp32",
+    }
+    assert "$0.0200/CH" in client.get("/market/").content.decode()
+    assert client.get("/api/v1/market/").json()["latest"]["int8"]["clearing_price_mcents"] == 2000
+
+
+def test_a_second_round_in_the_same_slot_does_nothing(bid, two_cars):
+    now = timezone.now()
+    assert auction_round_run(now=now) is not None
+    assert auction_round_run(now=now) is None
+    assert Round.objects.count() == 1
+    assert Allocation.objects.count() == 1
+
+
+def test_a_busy_car_is_not_sold_again(bid, two_cars, digits_with_variants):
+    _, oscars_car = two_cars
+    now = timezone.now()
+    auction_round_run(now=now)
+    Allocation.objects.update(ends_at=now + timedelta(hours=1))  # olivia's car is still working on it
+    second = Bid.objects.create(
+        customer=bid.customer, inference_model=bid.inference_model, dataset=bid.dataset, variant=bid.variant,
+        precision_requested="auto", pool="int8", max_price_mcents_per_ch=5000, budget_cents=100,
+        deadline=now + timedelta(hours=2), items=bid.items, ch_total=bid.ch_total,
+    )  # fmt: skip
+
+    round_ = auction_round_run(now=now + timedelta(minutes=1))
+
+    allocation = Allocation.objects.get(round=round_)
+    assert (allocation.bid, allocation.vehicle) == (second, oscars_car)
+    assert PoolClearing.objects.get(round=round_, pool="int8").clearing_price_mcents == 3000
+
+
+def test_a_bid_below_every_ask_waits_and_an_expired_bid_closes(bid, two_cars):
+    Bid.objects.filter(pk=bid.pk).update(max_price_mcents_per_ch=1500)  # below both cars' asks
+    round_ = auction_round_run()
+    int8 = PoolClearing.objects.get(round=round_, pool="int8")
+    assert int8.clearing_price_mcents is None
+    assert int8.unfilled_demand_ch == pytest.approx(bid.ch_total, abs=1e-9)
+    bid.refresh_from_db()
+    assert bid.status == "waiting"
+
+    auction_round_run(now=bid.deadline + timedelta(minutes=1))
+    bid.refresh_from_db()
+    assert bid.status == "expired"
