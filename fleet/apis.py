@@ -101,14 +101,6 @@ class DepartureApi(AgentApi):
         return Response({"released_work_units": released})
 
 
-class LeaseApi(AgentApi):
-    """Ask for a work unit. The marketplace fills this in; until then there is never work (204)."""
-
-    @extend_schema(request=None, responses={204: None, 401: ErrorSerializer})
-    def post(self, request):
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
 # --- The owner's API ----------------------------------------------------------------------------------------------
 
 IsOwner = HasRole.of(Role.OWNER)

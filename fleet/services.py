@@ -240,7 +240,10 @@ def vehicle_depart(*, vehicle: Vehicle, observed_at: datetime, received_at: date
             observed_at=observed_at.isoformat(), received_at=received_at.isoformat(),
         )  # fmt: skip
         state_store.state_swap(vehicle_id=vehicle.pk, state=previous, received_ts=received_at.timestamp())
-    return 0
+    # The marketplace sits above the fleet: imported here, where the one call that needs it is made.
+    from marketplace.dispatch import vehicle_units_release
+
+    return vehicle_units_release(vehicle=vehicle)
 
 
 STATE_FIELDS = [f.name for f in VehicleState._meta.get_fields() if f.concrete and f.name not in ("id", "vehicle")]

@@ -4,6 +4,9 @@ from . import apis
 
 urlpatterns = [
     path("agent/artifacts/<str:sha256>/", apis.AgentArtifactApi.as_view(), name="agent-artifact"),
+    path("agent/lease/", apis.AgentLeaseApi.as_view(), name="agent-lease"),
+    path("agent/result/", apis.AgentResultApi.as_view(), name="agent-result"),
+    path("agent/failure/", apis.AgentFailureApi.as_view(), name="agent-failure"),
     path("models/", apis.InferenceModelListApi.as_view(), name="api-models"),
     path("models/<int:model_id>/", apis.InferenceModelDetailApi.as_view(), name="api-model"),
     path("models/<int:model_id>/datasets/", apis.DatasetListApi.as_view(), name="api-model-datasets"),

@@ -15,8 +15,8 @@ from accounts.permissions import HasRole
 from config.exceptions import ApplicationError, ErrorSerializer
 from fleet.authentication import IsVehicle, VehicleSignatureAuthentication
 
-from . import selectors, services, storage
-from .models import Bid, Dataset, InferenceModel, PrecisionVariant
+from . import dispatch, selectors, services, storage
+from .models import Bid, Dataset, InferenceModel, PrecisionVariant, WorkUnit
 
 IsCustomer = HasRole.of(Role.CUSTOMER)
 MODEL_ID = OpenApiParameter("model_id", int, OpenApiParameter.PATH)
@@ -131,8 +131,8 @@ class DatasetListApi(APIView):
 
 
 class AgentArtifactApi(APIView):
-    """A car downloads a model variant or tokenizer by sha256 (signed GET). Only files the platform serves for
-    work are reachable: a ready variant's file or a ready model's tokenizer, never an arbitrary stored file."""
+    """A car downloads a model variant or tokenizer by sha256 (signed GET): only the files of a unit it holds under a
+    lease, never an arbitrary stored file or another customer's model."""
 
     authentication_classes = [VehicleSignatureAuthentication]
     permission_classes = [IsVehicle]
@@ -143,9 +143,11 @@ class AgentArtifactApi(APIView):
         responses={(200, "application/octet-stream"): bytes, 404: ErrorSerializer},
     )
     def get(self, request, sha256: str):
+        # Only what this car needs for a unit it holds: a customer's model is not for every car to fetch.
+        leased = WorkUnit.objects.filter(assigned_vehicle=request.user.vehicle, status=WorkUnit.Status.LEASED)
         servable = (
-            PrecisionVariant.objects.filter(sha256=sha256, status=PrecisionVariant.Status.READY).exists()
-            or InferenceModel.objects.filter(tokenizer_sha256=sha256, status=InferenceModel.Status.READY).exists()
+            leased.filter(bid__variant__sha256=sha256).exists()
+            or leased.filter(bid__inference_model__tokenizer_sha256=sha256).exists()
         )
         if not servable or not storage.artifact_exists(sha256):
             raise Http404("No such artifact.")
@@ -239,3 +241,81 @@ class MarketApi(APIView):
     )
     def get(self, request):
         return Response({"latest": selectors.market_latest(), "history": selectors.market_history()})
+
+
+# --- The agent's work endpoints (signed requests from cars) ------------------------------------------------------
+
+
+class AgentWorkApi(APIView):
+    authentication_classes = [VehicleSignatureAuthentication]
+    permission_classes = [IsVehicle]
+    throttle_classes = []
+
+
+class AgentLeaseApi(AgentWorkApi):
+    """Ask for a work unit: 200 with the lease (items, model to download, lease id), or 204 when there is none."""
+
+    @extend_schema(request=None, responses={200: dict, 204: None, 401: ErrorSerializer})
+    def post(self, request):
+        vehicle = request.user.vehicle
+        unit = dispatch.unit_lease(vehicle=vehicle)
+        if unit is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(dispatch.lease_payload(unit, vehicle=vehicle))
+
+
+class AgentResultApi(AgentWorkApi):
+    """A unit's outputs: a base64 `.npy` with its sha256, one output per item. 409 when the lease is no longer yours."""
+
+    @extend_schema_serializer(component_name="UnitResult")
+    class InputSerializer(serializers.Serializer):
+        unit_id = serializers.CharField(max_length=40)
+        lease_id = serializers.CharField(max_length=40)
+        output_npy_b64 = serializers.CharField(max_length=200 * 1024 * 1024)
+        output_sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
+        items = serializers.IntegerField(min_value=0)
+        seconds = serializers.FloatField(min_value=0, required=False)
+        energy_wh = serializers.FloatField(min_value=0, required=False)
+        emulated = serializers.BooleanField(default=False)
+        runtime_version = serializers.CharField(max_length=40, allow_blank=True, default="")
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer("UnitAccepted", {"accepted": serializers.BooleanField()}),
+            400: ErrorSerializer,
+            401: ErrorSerializer,
+            404: ErrorSerializer,
+            409: ErrorSerializer,
+        },
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        dispatch.unit_result(vehicle=request.user.vehicle, data=serializer.validated_data)
+        return Response({"accepted": True})
+
+
+class AgentFailureApi(AgentWorkApi):
+    """The car could not run a unit (download, checksum, runtime error): it is reissued, or failed after 3 tries."""
+
+    @extend_schema_serializer(component_name="UnitFailure")
+    class InputSerializer(serializers.Serializer):
+        unit_id = serializers.CharField(max_length=40)
+        lease_id = serializers.CharField(max_length=40)
+        error = serializers.CharField(max_length=2000)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer("UnitFailureAccepted", {"accepted": serializers.BooleanField()}),
+            400: ErrorSerializer,
+            404: ErrorSerializer,
+            409: ErrorSerializer,
+        },
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        dispatch.unit_failure(vehicle=request.user.vehicle, **serializer.validated_data)
+        return Response({"accepted": True})

@@ -154,6 +154,8 @@ class Bid(models.Model):
     items = models.PositiveIntegerField()
     ch_total = models.FloatField(help_text="items × the variant's CH per item, fixed when the bid is placed.")
     ch_allocated = models.FloatField(default=0.0)
+    items_unitised = models.PositiveIntegerField(default=0, help_text="Items already cut into work units.")
+    result_sha256 = models.CharField(max_length=64, blank=True, help_text="The assembled outputs, in item order.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -225,3 +227,51 @@ class Allocation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ch:.4g} CH of {self.vehicle} to bid {self.bid_id}"
+
+
+class WorkUnit(models.Model):
+    """A slice of a bid's items [item_start, item_end) that one car runs under a lease. The database holds the
+    truth: a sweeper re-derives what expired leases mean, the broker only wakes things up."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        LEASED = "leased", "Leased"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    bid = models.ForeignKey(Bid, on_delete=models.PROTECT, related_name="units")
+    index = models.PositiveIntegerField()
+    item_start = models.PositiveIntegerField()
+    item_end = models.PositiveIntegerField()
+    ch = models.FloatField(help_text="items × the variant's CH per item.")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    assigned_vehicle = models.ForeignKey(
+        "fleet.Vehicle", null=True, blank=True, on_delete=models.SET_NULL, related_name="assigned_units",
+        help_text="The car whose sold CH this unit uses; it leases the unit.",
+    )  # fmt: skip
+    allocation = models.ForeignKey(Allocation, null=True, blank=True, on_delete=models.SET_NULL, related_name="units")
+    lease_id = models.CharField(max_length=36, blank=True)
+    leased_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    output_sha256 = models.CharField(max_length=64, blank=True)
+    done_by = models.ForeignKey(
+        "fleet.Vehicle", null=True, blank=True, on_delete=models.SET_NULL, related_name="units_done"
+    )
+    seconds = models.FloatField(null=True, blank=True)
+    energy_wh = models.FloatField(null=True, blank=True)
+    emulated = models.BooleanField(default=False)
+    runtime_version = models.CharField(max_length=40, blank=True)
+    error = models.TextField(blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["bid", "index"]
+        constraints = [models.UniqueConstraint(fields=["bid", "index"], name="one_unit_per_index")]
+
+    def __str__(self) -> str:
+        return f"Unit {self.index} of bid {self.bid_id}"
+
+    @property
+    def items(self) -> int:
+        return self.item_end - self.item_start

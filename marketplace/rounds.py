@@ -15,6 +15,7 @@ from fleet.models import Vehicle
 from fleet.selectors import vehicles_live
 
 from . import auction
+from .dispatch import units_cut
 from .models import Allocation, Bid, PoolClearing, Round
 
 # Any number that is ours alone: the PostgreSQL advisory lock that lets one round run at a time.
@@ -33,11 +34,12 @@ def _lock_rounds() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROUND_LOCK_KEY])
 
 
-def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict[str, float]]]:
+def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
     """One row per (available car, precision it can run): the CH it can deliver before it leaves, and its ask.
 
     The ask never runs an owner at a loss: max(the owner's minimum, energy cost per CH ÷ (1 − platform fee)).
-    Returns the supply and each car's CH per hour per pool (to know how long a sale keeps it busy).
+    Returns the supply and, per car, what dispatch needs: CH per hour per pool (how long a sale keeps it busy), the
+    predicted seconds it stays, its measured bandwidth and the model files it holds.
     """
     busy = set(Allocation.objects.filter(ends_at__gt=now).values_list("vehicle_id", flat=True))
     vehicles = [
@@ -47,14 +49,21 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict[st
     ]
     fee = settings.PLATFORM_FEE_PCT / 100
     cars, pools, chs, asks = [], [], [], []
-    rates: dict[int, dict[str, float]] = {}
+    rates: dict[int, dict] = {}
     for item in vehicles_live(vehicles, now=now):
         availability = item.availability
         if not availability.available or availability.hours_offered <= 0:
             continue
         vehicle = item.vehicle
         energy_cents_per_hour = availability.power_w / 1000 * float(vehicle.energy_price_cents_per_kwh)
-        rates[vehicle.pk] = {}
+        state = item.state or {}
+        rates[vehicle.pk] = {
+            "parked_seconds_left": availability.hours_offered * 3600,
+            "down_mbps": float(state.get("bandwidth_down_mbps", 0.0)),
+            "up_mbps": float(state.get("bandwidth_up_mbps", 0.0)),
+            "models_cached": set(state.get("models_cached", [])),
+            "ch_per_hour": {},
+        }
         for precision, ch in availability.ch_offered.items():
             if ch <= 0 or precision not in auction.POOLS:
                 continue
@@ -65,7 +74,7 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict[st
             pools.append(auction.POOLS.index(precision))
             chs.append(ch)
             asks.append(ask)
-            rates[vehicle.pk][precision] = ch_per_hour
+            rates[vehicle.pk]["ch_per_hour"][precision] = ch_per_hour
     supply = auction.Supply(
         car=np.array(cars, dtype=np.int64),
         pool=np.array(pools, dtype=np.int8),
@@ -141,7 +150,7 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
         strict=True,
     ):  # fmt: skip
         pool = auction.POOLS[pool_index]
-        hours = ch / rates[car_id][pool]
+        hours = ch / rates[car_id]["ch_per_hour"][pool]
         allocations.append(
             Allocation(
                 round=round_,
@@ -163,3 +172,15 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
         bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
         bid.status = Bid.Status.RUNNING
         bid.save(update_fields=["ch_allocated", "status"])
+    for allocation in Allocation.objects.filter(round=round_).select_related("bid__variant").order_by("pk"):
+        info = rates[allocation.vehicle_id]
+        units_cut(
+            allocation=allocation,
+            car={
+                "ch_per_hour": info["ch_per_hour"][allocation.pool],
+                "parked_seconds_left": info["parked_seconds_left"],
+                "down_mbps": info["down_mbps"],
+                "up_mbps": info["up_mbps"],
+                "model_cached": allocation.bid.variant.sha256 in info["models_cached"],
+            },
+        )

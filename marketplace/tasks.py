@@ -23,3 +23,10 @@ def auction_round() -> None:
     from .rounds import auction_round_run
 
     auction_round_run()
+
+
+@shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
+def leases_sweep() -> None:
+    from .dispatch import leases_expire
+
+    leases_expire()

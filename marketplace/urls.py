@@ -14,4 +14,5 @@ urlpatterns = [
     path("models/<int:model_id>/bid/", views.bid_new, name="bid-new"),
     path("bids/<int:bid_id>/", views.bid_detail, name="bid"),
     path("bids/<int:bid_id>/cancel/", views.bid_cancel, name="bid-cancel"),
+    path("bids/<int:bid_id>/result/", views.bid_result, name="bid-result"),
 ]

@@ -158,7 +158,12 @@ def bid_new(request, model_id: int):
 def bid_detail(request, bid_id: int):
     bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
     allocations = bid.allocations.select_related("round", "vehicle__hardware").order_by("-round__slot")[:50]
-    return render(request, "marketplace/bid_detail.html", {"bid": bid, "allocations": allocations})
+    units = bid.units.all()
+    done_items = sum(u.items for u in units if u.status == "done")
+    context = {"bid": bid, "allocations": allocations, "units": units, "done_items": done_items}
+    if request.htmx:
+        return render(request, "marketplace/_bid_progress.html", context)
+    return render(request, "marketplace/bid_detail.html", context)
 
 
 @role_required(Role.CUSTOMER)
@@ -182,3 +187,19 @@ def market(request):
         "marketplace/market.html",
         {"latest": selectors.market_latest(), "history": selectors.market_history(), "overview": fleet_overview()},
     )
+
+
+@role_required(Role.CUSTOMER)
+def bid_result(request, bid_id: int):
+    """Download a completed bid's results, in item order."""
+    from django.http import Http404, HttpResponse
+
+    from .dispatch import bid_result_file
+
+    bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
+    if not bid.result_sha256:
+        raise Http404("The results are not ready yet.")
+    content, filename, content_type = bid_result_file(bid=bid)
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

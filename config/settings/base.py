@@ -244,3 +244,10 @@ CELERY_BEAT_SCHEDULE["auction-round"] = {
     "schedule": AUCTION_INTERVAL_SECONDS,
     "options": {"expires": AUCTION_INTERVAL_SECONDS},
 }
+# How long a car may hold a work unit before the sweeper gives it to another car (seconds).
+WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)
+CELERY_BEAT_SCHEDULE["leases-sweep"] = {
+    "task": "marketplace.tasks.leases_sweep",
+    "schedule": 30,
+    "options": {"expires": 30},
+}

@@ -1,26 +1,36 @@
 """Run the vehicle agent: `python -m fleet.agent --credential car.json [--server URL] [--simulate commuter]`.
 
 Reading a real car's sensors is out of scope for now, so the agent always drives a simulated car (see
-simulation.py); a vehicle-bus reader implementing runner.Car plugs in here later. SIGINT/SIGTERM finish the current
-request and exit 0.
+simulation.py); a vehicle-bus reader implementing runner.Car plugs in here later. Work units run with ONNX Runtime
+(executor.py); model files are kept in --cache-dir between runs. SIGINT/SIGTERM finish the current request (and the
+work unit running, if any) and exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import protocol
 from .client import AgentClient
 from .clock import RealClock, SimClock
+from .executor import ArtifactCache, Executor, MiB
 from .runner import Agent
 from .signing import Credential
 from .simulation import PERSONAS, SimulatedCar
+
+
+def default_cache_dir() -> Path:
+    """Where model files are kept: idlefleet-agent in the user's cache directory ($XDG_CACHE_HOME or ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "idlefleet-agent"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +47,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=protocol.HEARTBEAT_SECONDS,
         help=f"car seconds between heartbeats (default {protocol.HEARTBEAT_SECONDS})",
     )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="folder for model files (default: idlefleet-agent in ~/.cache)"
+    )
+    parser.add_argument("--cache-mb", type=int, default=2048, help="model cache size, MiB (default 2048)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for work units (default 1)")
+    parser.add_argument("--power-w", type=float, default=100.0, help="power drawn while computing, W (default 100)")
     parser.add_argument("--verbose", action="store_true", help="log every heartbeat")
     return parser.parse_args(argv)
 
@@ -62,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.speed <= protocol.MAX_CLOCK_RATE:
         log.error("cannot start: --speed must be in (0, %s]", protocol.MAX_CLOCK_RATE)
         return 2
+    if args.cache_mb < 1 or args.threads < 1 or not 0 < args.power_w <= protocol.MAX_POWER_W:
+        log.error(
+            "cannot start: --cache-mb and --threads must be at least 1, --power-w in (0, %s]", protocol.MAX_POWER_W
+        )
+        return 2
 
     start = datetime.now(tz)
     clock = RealClock(tz) if args.speed == 1 else SimClock(start, args.speed)
@@ -76,16 +97,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     client = AgentClient(server, credential)
+    cache_dir = args.cache_dir or default_cache_dir()
+    try:
+        cache = ArtifactCache(cache_dir, args.cache_mb * MiB)
+        executor = Executor(client, cache, threads=args.threads, power_w=args.power_w)
+    except (OSError, ImportError) as error:
+        client.close()
+        log.error("cannot start: the work-unit runner is not usable (cache %s): %s", cache_dir, error)
+        return 2
     log.info(
-        "agent for key %s -> %s: simulated %s (seed %s, %s, speed %sx)",
+        "agent for key %s -> %s: simulated %s (seed %s, %s, speed %sx); model cache %s (%d models), %d threads, %g W",
         credential.key_id,
         server,
         args.simulate,
         args.seed,
         args.tz,
         args.speed,
+        cache_dir,
+        len(cache.holds()),
+        args.threads,
+        args.power_w,
     )
-    agent = Agent(client, car, clock, heartbeat_seconds=args.heartbeat, stop=stop, log=log)
+    agent = Agent(client, car, clock, heartbeat_seconds=args.heartbeat, stop=stop, executor=executor, log=log)
     try:
         agent.run()
     finally:

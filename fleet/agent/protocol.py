@@ -25,7 +25,17 @@ POST departure/   "I am about to drive": sent before the car moves; the platform
     observed_at          str    ISO 8601, the car's clock
     -> 200 {"released_work_units": int}
 
-POST lease/       ask for a work unit (filled in by the marketplace) -> 204 when there is none
+POST lease/       ask for a work unit, body {}: only while parked on one of WORK_NETWORKS, one unit at a time
+    -> 204 when there is none; 200 with the lease (fields: see executor.py, WorkUnit.from_lease)
+
+POST result/      a unit's outputs, body executor.result_payload(): unit_id, lease_id, output_npy_b64, output_sha256,
+                  items, seconds, energy_wh, emulated, runtime_version
+    -> 200 {"accepted": true}; 409 when the lease is no longer the car's (expired or reissued): the car drops the
+       result quietly
+
+POST failure/     a unit the car could not run (download, checksum, model, inference) or a lease it could not read,
+                  body executor.failure_payload(): unit_id, lease_id, error (one line, at most 300 characters)
+    -> 200; a 409 (lease no longer the car's) is dropped quietly too
 
 Errors have the platform's one shape, {"code", "message", "fields"}: 400 names the bad field and changes nothing;
 401 with code "credential_invalid" (revoked, unknown or forged: the agent stops), "clock_skew" (the car's clock is

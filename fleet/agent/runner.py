@@ -1,7 +1,8 @@
-"""The agent's loop: read the car, tell the platform (heartbeat, departure notice), ask for work.
+"""The agent's loop: read the car, tell the platform (heartbeat, departure notice), ask for work and run it.
 
 One step every heartbeat interval (car seconds). The departure notice goes out in the last step before the car drives
 off, so the platform releases the car's work while it is still parked rather than finding out from a missed heartbeat.
+A step runs at most one work unit, after its heartbeat and never in a step that announced a departure.
 """
 
 from __future__ import annotations
@@ -13,14 +14,30 @@ from typing import Protocol
 
 from . import protocol
 from .client import AgentHTTPError, AgentUnavailable
+from .executor import (
+    MAX_ERROR_LENGTH,
+    MAX_ID_LENGTH,
+    BadWorkUnit,
+    Executor,
+    UnitResult,
+    WorkUnit,
+    failure_payload,
+    result_payload,
+)
 
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
 DEPARTURE_PATH = "/api/v1/agent/departure/"
 LEASE_PATH = "/api/v1/agent/lease/"
+RESULT_PATH = "/api/v1/agent/result/"
+FAILURE_PATH = "/api/v1/agent/failure/"
 
 
 class Car(Protocol):
-    """What the agent needs from a car: a SimulatedCar today, a vehicle-bus reader in a real car later."""
+    """What the agent needs from a car: a SimulatedCar today, a vehicle-bus reader in a real car later.
+
+    Optionally a car also has set_compute(power_w) (see ComputingCar): the agent calls it with the executor's power
+    while a work unit runs and with 0 after, so the car's heartbeats report computing and compute_power_w.
+    """
 
     def advance_to(self, now: datetime) -> None:
         """Bring the car's readings up to `now` (a real car reads its sensors; a simulated one simulates)."""
@@ -30,6 +47,13 @@ class Car(Protocol):
 
     def seconds_until_departure(self, now: datetime) -> float | None:
         """Car seconds until the car starts driving, if known (None while driving or when nothing is planned)."""
+
+
+class ComputingCar(Car, Protocol):
+    """A car that accounts for the power compute draws (the agent duck-types it: getattr(car, "set_compute"))."""
+
+    def set_compute(self, power_w: float) -> bool:
+        """Draw `power_w` W for compute from now on (0 stops); return whether the car is computing."""
 
 
 class Clock(Protocol):
@@ -45,10 +69,12 @@ class Client(Protocol):
 
 
 class Agent:
-    """Runs one car's agent. Counters (heartbeats_sent, departures_sent, errors) are for tests and monitoring.
+    """Runs one car's agent. Counters (heartbeats_sent, departures_sent, lease_requests, units_done, units_failed,
+    results_refused, errors) are for tests and monitoring.
 
     heartbeat_seconds: car seconds between steps. `stop` ends run() (set it from a signal handler); the agent sets it
-    itself when the platform refuses its credential (401), and says why in `stopped_reason`.
+    itself when the platform refuses its credential (401), and says why in `stopped_reason`. executor: runs the work
+    units this car leases; without one the agent only reports the car's state and never asks for work.
     """
 
     def __init__(
@@ -59,17 +85,24 @@ class Agent:
         *,
         heartbeat_seconds: float = protocol.HEARTBEAT_SECONDS,
         stop: threading.Event | None = None,
+        executor: Executor | None = None,
         log: logging.Logger = logging.getLogger("idlefleet.agent"),  # noqa: B008 - a module-level singleton
     ) -> None:
         self.client = client
         self.car = car
         self.clock = clock
+        self.executor = executor
         self.heartbeat_seconds = heartbeat_seconds
         self.stop = stop or threading.Event()
         self.log = log
         self.heartbeats_sent = 0
         self.departures_sent = 0
         self.lease_requests = 0
+        # Units whose result the platform accepted; units that failed here (bad lease, download, model, inference);
+        # outcomes (results or failures) refused with 409 because the lease had expired or been reissued meanwhile.
+        self.units_done = 0
+        self.units_failed = 0
+        self.results_refused = 0
         self.errors = 0
         self.last_heartbeat_response: dict | None = None
         self.stopped_reason: str | None = None
@@ -90,15 +123,17 @@ class Agent:
             if self.stop.is_set() or self.clock.sleep(self.heartbeat_seconds, self.stop):
                 break
         self.log.info(
-            "agent stopped: %d heartbeats, %d departure notices, %d errors",
+            "agent stopped: %d heartbeats, %d departure notices, %d units done, %d failed, %d errors",
             self.heartbeats_sent,
             self.departures_sent,
+            self.units_done,
+            self.units_failed,
             self.errors,
         )
 
     def step(self) -> None:
-        """One iteration: departure notice if due, heartbeat, then ask for work. Never raises: the next step retries,
-        except after a 401, which stops the agent."""
+        """One iteration: departure notice if due, heartbeat, then ask for work and run at most one unit. Never
+        raises: the next step retries, except after a 401, which stops the agent."""
         try:
             now = self.clock.now()
             if self._last_step_at is not None:
@@ -152,6 +187,9 @@ class Agent:
 
     def _send_heartbeat(self, now: datetime) -> dict:
         state = self.car.state(now)
+        if self.executor is not None:
+            # The models this car really holds: the cache's files, each checked against its sha256.
+            state["models_cached"] = self.executor.cache.holds()
         payload = {**state, "observed_at": now.isoformat(), "clock_rate": self.clock.rate}
         _, body = self.client.post(HEARTBEAT_PATH, payload)
         self.last_heartbeat_response = body
@@ -161,16 +199,84 @@ class Agent:
         )
         return state
 
-    # --- the work loop (the marketplace fills this in) ---
+    # --- the work loop ---
 
     def poll_work(self, state: dict) -> None:
-        """Ask for a work unit, only while parked on a network the platform sends work over (never cellular).
+        """Ask for a work unit, only while parked on a network the platform sends work over (never cellular) and only
+        with an executor; run it and report the outcome. At most one unit per call.
 
-        Placeholder: the platform answers 204 (no work) until the marketplace runs work units on cars.
+        POST lease/ {} -> 204: nothing to do. 200: the lease (WorkUnit.from_lease); a malformed one is reported to
+        failure/ (with whatever unit_id and lease_id it has) and not run. The unit's result goes to result/, a
+        failure to failure/; a 409 there means the lease is no longer this car's (expired or reissued): the outcome
+        is dropped quietly. Other errors propagate to step(), which logs them and carries on.
         """
-        if not state["parked"] or state["network"] not in protocol.WORK_NETWORKS:
+        if self.executor is None or not state["parked"] or state["network"] not in protocol.WORK_NETWORKS:
             return
-        status, _ = self.client.post(LEASE_PATH, {})
+        status, lease = self.client.post(LEASE_PATH, {})
         self.lease_requests += 1
-        if status != 204:
-            self.log.warning("the platform offered work (HTTP %s) but this agent cannot run work units yet", status)
+        if status == 204:
+            return
+        if status != 200:
+            self.log.warning("unexpected answer to a lease request (HTTP %s); asking again next time", status)
+            return
+        try:
+            unit = WorkUnit.from_lease(lease)
+        except BadWorkUnit as error:
+            self._refuse_lease(lease, error)
+            return
+        self.log.info(
+            "running work unit %s (lease %s): %d items of model %s",
+            unit.unit_id,
+            unit.lease_id,
+            len(unit.items),
+            unit.model_sha256[:12],
+        )
+        result = self._run_unit(unit)
+        if result.ok:
+            if self._report(RESULT_PATH, result_payload(result), unit.unit_id):
+                self.units_done += 1
+                self.log.info("work unit %s done: %d items in %.2f s", unit.unit_id, result.items, result.seconds)
+        else:
+            self.units_failed += 1
+            self.log.warning("work unit %s failed: %s", unit.unit_id, result.error)
+            self._report(FAILURE_PATH, failure_payload(result), unit.unit_id)
+
+    def _run_unit(self, unit: WorkUnit) -> UnitResult:
+        """executor.run(unit), with the car drawing the executor's power meanwhile (when it can say so)."""
+        set_compute = getattr(self.car, "set_compute", None)
+        if not callable(set_compute):
+            return self.executor.run(unit)
+        # The car accounts for compute energy between its readings: bring it to the present at each change of power.
+        self.car.advance_to(self.clock.now())
+        try:
+            set_compute(self.executor.power_w)
+            return self.executor.run(unit)
+        finally:
+            try:
+                self.car.advance_to(self.clock.now())
+            finally:
+                set_compute(0.0)
+
+    def _refuse_lease(self, lease: object, error: BadWorkUnit) -> None:
+        """Tell the platform a lease could not be read, so it can reissue the unit rather than wait for its expiry."""
+        self.units_failed += 1
+        raw = lease if isinstance(lease, dict) else {}
+        unit_id, lease_id = (raw.get(key) for key in ("unit_id", "lease_id"))
+        if not all(isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH for value in (unit_id, lease_id)):
+            self.log.error("the platform sent a malformed lease that names no unit (%s); ignoring it", error)
+            return
+        self.log.error("the platform sent a malformed lease for unit %s: %s", unit_id, error)
+        message = " ".join(f"malformed lease: {error}".splitlines())[:MAX_ERROR_LENGTH]
+        self._report(FAILURE_PATH, {"unit_id": unit_id, "lease_id": lease_id, "error": message}, unit_id)
+
+    def _report(self, path: str, payload: dict, unit_id: str) -> bool:
+        """POST a unit's outcome; False when the platform answered 409 (the lease is no longer this car's)."""
+        try:
+            self.client.post(path, payload)
+        except AgentHTTPError as error:
+            if error.status != 409:
+                raise
+            self.results_refused += 1
+            self.log.info("lease no longer ours: the platform refused the outcome of unit %s (%s)", unit_id, error)
+            return False
+        return True

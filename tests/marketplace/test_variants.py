@@ -8,8 +8,6 @@ from marketplace import storage
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
 from marketplace.models import InferenceModel
 from marketplace.selectors import variant_pick_auto
-from tests.factories import vehicle_with_credential
-from tests.fleet.agent_requests import signed_headers
 
 pytestmark = pytest.mark.django_db
 
@@ -50,22 +48,6 @@ def test_auto_picks_int8_when_the_tolerance_allows_and_a_wider_precision_when_no
     assert picked.precision in ("fp16", "fp32")
     page = client.get(f"/customer/models/{model.pk}/").content.decode()
     assert f"Auto precision picks {picked.get_precision_display()}" in page
-
-
-def test_a_car_downloads_a_ready_variant_and_nothing_else(client, digits_with_variants, olivia):
-    _, credential = vehicle_with_credential(olivia)
-    variant = digits_with_variants.variants.get(precision="int8")
-    client.logout()
-
-    path = f"/api/v1/agent/artifacts/{variant.sha256}/"
-    response = client.get(path, **signed_headers(credential, path, b"", method="GET"))
-    assert response.status_code == 200
-    assert b"".join(response.streaming_content) == storage.artifact_read(variant.sha256)
-
-    dataset_sha = digits_with_variants.datasets.get().sha256  # stored, but not something cars are served
-    path = f"/api/v1/agent/artifacts/{dataset_sha}/"
-    assert client.get(path, **signed_headers(credential, path, b"", method="GET")).status_code == 404
-    assert client.get(f"/api/v1/agent/artifacts/{variant.sha256}/").status_code == 401
 
 
 @pytest.mark.parametrize(

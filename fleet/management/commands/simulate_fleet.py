@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import tempfile
 import threading
 import time
 import urllib.request
@@ -17,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 from accounts.models import Role, User
 from fleet.agent.client import AgentClient
 from fleet.agent.clock import SimClock
+from fleet.agent.executor import ArtifactCache, Executor, MiB
 from fleet.agent.runner import Agent
 from fleet.agent.simulation import make_fleet
 from fleet.curve import AvailabilityCurve
@@ -27,6 +29,9 @@ from fleet.services import credential_issue, vehicle_register
 # Who owns the simulated cars: the demo owners first (their story in ops/demo.py), then a fleet account.
 DEMO_OWNERS = ["olivia", "oscar", "oscar", "otto"]
 FLEET_OWNER = "simfleet"
+# Each simulated car's model cache: a temporary folder per car, all removed when the command ends.
+SIM_CACHE_BYTES = 1024 * MiB
+DEFAULT_COMPUTE_POWER_W = 100.0
 
 
 class Command(BaseCommand):
@@ -66,39 +71,51 @@ class Command(BaseCommand):
         cars = make_fleet(opts["vehicles"], opts["seed"], start=start, tz=tz)
         vehicles, credentials = self._register(cars, tz)
         stop = threading.Event()
-        agents = [
-            Agent(AgentClient(server, credential), car, SimClock(start, speed), heartbeat_seconds=heartbeat, stop=stop)
-            for car, credential in zip(cars, credentials, strict=True)
-        ]
-        threads = [
-            threading.Thread(target=a.run, name=f"agent-{v.pk}", daemon=True)
-            for a, v in zip(agents, vehicles, strict=True)
-        ]
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+        # Every car has its own model cache, as real cars do; the folder and all in it go when the command ends.
+        with tempfile.TemporaryDirectory(prefix="idlefleet-sim-", ignore_cleanup_errors=True) as cache_root:
+            clients = [AgentClient(server, credential) for credential in credentials]
+            executors = [
+                Executor(
+                    client,
+                    ArtifactCache(tempfile.mkdtemp(prefix=f"car-{vehicle.pk}-", dir=cache_root), SIM_CACHE_BYTES),
+                    threads=1,
+                    power_w=float(vehicle.hardware.typical_power_w or DEFAULT_COMPUTE_POWER_W),
+                )
+                for client, vehicle in zip(clients, vehicles, strict=True)
+            ]
+            agents = [
+                Agent(client, car, SimClock(start, speed), heartbeat_seconds=heartbeat, stop=stop, executor=executor)
+                for car, client, executor in zip(cars, clients, executors, strict=True)
+            ]
+            threads = [
+                threading.Thread(target=a.run, name=f"agent-{v.pk}", daemon=True)
+                for a, v in zip(agents, vehicles, strict=True)
+            ]
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
 
-        if not opts["quiet"]:
-            mix = ", ".join(f"{p}: {sum(c.persona == p for c in cars)}" for p in sorted({c.persona for c in cars}))
+            if not opts["quiet"]:
+                mix = ", ".join(f"{p}: {sum(c.persona == p for c in cars)}" for p in sorted({c.persona for c in cars}))
+                self.stdout.write(
+                    f"simulating {len(cars)} cars ({mix}) at {speed:g}× real time against {server}; "
+                    f"heartbeat every {heartbeat:g} car seconds. Ctrl-C stops."
+                )
+            for thread in threads:
+                thread.start()
+
+            curve = self._sample(vehicles, SimClock(start, speed), tz, stop, opts)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+            sent = sum(a.heartbeats_sent for a in agents)
             self.stdout.write(
-                f"simulating {len(cars)} cars ({mix}) at {speed:g}× real time against {server}; "
-                f"heartbeat every {heartbeat:g} car seconds. Ctrl-C stops."
+                f"fleet stopped: {sent} heartbeats, {sum(a.departures_sent for a in agents)} departure notices, "
+                f"{sum(a.errors for a in agents)} errors"
             )
-        for thread in threads:
-            thread.start()
-
-        curve = self._sample(vehicles, SimClock(start, speed), tz, stop, opts)
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        sent = sum(a.heartbeats_sent for a in agents)
-        self.stdout.write(
-            f"fleet stopped: {sent} heartbeats, {sum(a.departures_sent for a in agents)} departure notices, "
-            f"{sum(a.errors for a in agents)} errors"
-        )
-        if curve.samples != [0] * 24:
-            self.stdout.write(curve.render())
-        if opts["report"]:
-            Path(opts["report"]).write_text(json.dumps(curve.as_dict(), indent=2) + "\n")
+            if curve.samples != [0] * 24:
+                self.stdout.write(curve.render())
+            if opts["report"]:
+                Path(opts["report"]).write_text(json.dumps(curve.as_dict(), indent=2) + "\n")
 
     def _wait_for(self, server: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

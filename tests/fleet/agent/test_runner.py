@@ -48,11 +48,26 @@ class HandClock:
         return self.seconds
 
 
+class EmptyCache:
+    def holds(self) -> list[str]:
+        return []
+
+
+class IdleExecutor:
+    """An executor for a platform that never has work: the agent asks for leases, nothing ever runs."""
+
+    power_w = 100.0
+    cache = EmptyCache()
+
+    def run(self, unit):
+        raise AssertionError("no work unit was leased")
+
+
 def agent_at(start: datetime, seed: int = 2, speed: float = 1.0):
     hand = HandClock()
     clock = SimClock(start, speed, monotonic=hand)
     platform = FakePlatform()
-    agent = Agent(platform, SimulatedCar("commuter", seed, start, BERLIN), clock)
+    agent = Agent(platform, SimulatedCar("commuter", seed, start, BERLIN), clock, executor=IdleExecutor())
     return agent, platform, hand
 
 
@@ -101,6 +116,16 @@ def test_work_is_asked_for_only_when_parked_on_wifi():
     agent.poll_work({"parked": True, "network": "cellular"})
     agent.poll_work({"parked": False, "network": "wifi"})
     assert platform.calls == []
+
+
+def test_an_agent_without_an_executor_never_asks_for_work():
+    agent, platform, _ = agent_at(MONDAY + timedelta(hours=3))
+    agent.executor = None
+
+    agent.step()
+
+    assert platform.paths() == [HEARTBEAT_PATH]
+    assert agent.lease_requests == 0
 
 
 def test_the_agent_stops_when_the_platform_refuses_its_credential(caplog):

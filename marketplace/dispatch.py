@@ -1,0 +1,285 @@
+"""From sold compute to finished work: cutting allocations into work units, leasing them to cars, taking results
+and failures back, reissuing what a lost or departing car held, and assembling a bid's results in item order."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from config.exceptions import ApplicationError
+from fleet.agent.inference import decode_npy, encode_npy
+from fleet.models import Vehicle
+
+from . import sizing, storage
+from .datasets import ParsedDataset
+from .models import Allocation, Bid, WorkUnit
+
+MAX_UNIT_ATTEMPTS = 3
+
+
+# --- Cutting -----------------------------------------------------------------------------------------------------
+
+
+def units_cut(*, allocation: Allocation, car: dict[str, float]) -> list[WorkUnit]:
+    """Give the allocated car work worth the CH it sold: reissued units of the bid first, then new ones.
+
+    `car` describes the car as the round saw it: ch_per_hour, parked_seconds_left, down_mbps, up_mbps, model_cached.
+    Units are sized (marketplace/sizing.py) to fit well inside the car's predicted stay with transfer small next to
+    compute. The bid's last allocation takes whatever items are left, so rounding never strands an item.
+    """
+    bid = Bid.objects.select_for_update().select_related("variant", "dataset").get(pk=allocation.bid_id)
+    per_item = bid.variant.ch_per_item
+    budget = max(1, round(allocation.ch / per_item))
+    units: list[WorkUnit] = []
+    for unit in bid.units.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True).order_by("index"):
+        if budget <= 0:
+            break
+        unit.assigned_vehicle_id, unit.allocation = allocation.vehicle_id, allocation
+        unit.save(update_fields=["assigned_vehicle", "allocation"])
+        units.append(unit)
+        budget -= unit.items
+    fully_allocated = bid.ch_allocated >= bid.ch_total
+    remaining = bid.items - bid.items_unitised
+    to_cut = remaining if fully_allocated else min(max(budget, 0), remaining)
+    size = sizing.items_per_unit(
+        ch_per_item=per_item,
+        car_ch_per_hour=car["ch_per_hour"],
+        parked_seconds_left=car["parked_seconds_left"],
+        down_mbps=car["down_mbps"],
+        up_mbps=car["up_mbps"],
+        item_bytes_in=bid.dataset.size_bytes / max(bid.dataset.item_count, 1),
+        item_bytes_out=4 * 1024,
+        model_bytes=bid.variant.size_bytes or 0,
+        model_cached=car["model_cached"],
+    ) or 1  # fmt: skip
+    index = bid.units.count()
+    start = bid.items_unitised
+    while to_cut > 0:
+        count = min(size, to_cut)
+        units.append(
+            WorkUnit.objects.create(
+                bid=bid,
+                index=index,
+                item_start=start,
+                item_end=start + count,
+                ch=count * per_item,
+                assigned_vehicle_id=allocation.vehicle_id,
+                allocation=allocation,
+            )
+        )
+        index, start, to_cut = index + 1, start + count, to_cut - count
+    if start != bid.items_unitised:
+        Bid.objects.filter(pk=bid.pk).update(items_unitised=start)
+    return units
+
+
+# --- Leasing -----------------------------------------------------------------------------------------------------
+
+
+def unit_lease(*, vehicle: Vehicle, now: datetime | None = None) -> WorkUnit | None:
+    """Hand the car its next queued unit under a fresh lease; None when it has none. Safe under concurrency: the
+    row is claimed with SELECT ... FOR UPDATE SKIP LOCKED inside the transaction."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        unit = (
+            WorkUnit.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(assigned_vehicle=vehicle, status=WorkUnit.Status.QUEUED, bid__status__in=Bid.OPEN_STATUSES)
+            .order_by("bid__created_at", "index")
+            .first()
+        )
+        if unit is None:
+            return None
+        unit.status = WorkUnit.Status.LEASED
+        unit.lease_id = str(uuid.uuid4())
+        unit.leased_at = now
+        unit.lease_expires_at = now + timedelta(seconds=settings.WORK_LEASE_SECONDS)
+        unit.save(update_fields=["status", "lease_id", "leased_at", "lease_expires_at"])
+    return unit
+
+
+def lease_payload(unit: WorkUnit, *, vehicle: Vehicle) -> dict[str, Any]:
+    """The lease JSON the agent's WorkUnit.from_lease reads (fleet/agent/executor.py)."""
+    bid = unit.bid
+    variant, model = bid.variant, bid.inference_model
+    items = _dataset_items(bid).items
+    payload: dict[str, Any] = {
+        "unit_id": str(unit.pk),
+        "lease_id": unit.lease_id,
+        "model_sha256": variant.sha256,
+        "model_url": f"/api/v1/agent/artifacts/{variant.sha256}/",
+        "model_size": variant.size_bytes,
+        "kind": model.kind,
+        "output_name": model.output_name,
+        "batch_size": 32,
+        "precision": variant.precision,
+        # FP8 only runs natively where the hardware declares it; anywhere else it is emulated, and labelled so.
+        "emulated": variant.emulated or (variant.precision == "fp8" and not vehicle.hardware.factor_fp8),
+    }
+    if model.kind == "text":
+        payload["items"] = list(items[unit.item_start : unit.item_end])
+        payload["tokenizer_sha256"] = model.tokenizer_sha256
+        payload["tokenizer_url"] = f"/api/v1/agent/artifacts/{model.tokenizer_sha256}/"
+    else:
+        data, _ = encode_npy(np.asarray(items[unit.item_start : unit.item_end]))
+        payload["items_npy_b64"] = base64.b64encode(data).decode("ascii")
+    return payload
+
+
+def _dataset_items(bid: Bid) -> ParsedDataset:
+    from .services import dataset_items
+
+    return dataset_items(bid.dataset)
+
+
+def _leased_unit(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> WorkUnit:
+    try:
+        unit = WorkUnit.objects.select_for_update().select_related("bid").get(pk=int(unit_id))
+    except (ValueError, WorkUnit.DoesNotExist):
+        message = "No such work unit."
+        raise ApplicationError(f"unit_id: {message}", fields={"unit_id": [message]}, status=404) from None
+    if unit.status != WorkUnit.Status.LEASED or unit.lease_id != lease_id or unit.assigned_vehicle_id != vehicle.pk:
+        raise ApplicationError(
+            "lease_id: this lease is no longer yours (it expired or the unit was reissued).",
+            fields={"lease_id": ["Not your current lease."]},
+            code="lease_lost",
+            status=409,
+        )
+    return unit
+
+
+# --- Results and failures ----------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None = None) -> WorkUnit:
+    """Take a car's outputs for a leased unit: checked (checksum, one output per item, finite), stored, counted once."""
+    now = now or timezone.now()
+    unit = _leased_unit(vehicle=vehicle, unit_id=data["unit_id"], lease_id=data["lease_id"])
+    try:
+        raw = base64.b64decode(data["output_npy_b64"], validate=True)
+        outputs = decode_npy(raw)
+    except (ValueError, OSError) as error:
+        raise ApplicationError(f"output_npy_b64: not a base64 .npy array ({error}).",
+                               fields={"output_npy_b64": ["Not a base64-encoded .npy array."]}) from None  # fmt: skip
+    if hashlib.sha256(raw).hexdigest() != data["output_sha256"]:
+        raise ApplicationError("output_sha256: does not match the outputs sent.",
+                               fields={"output_sha256": ["Does not match the outputs."]})  # fmt: skip
+    if outputs.ndim < 1 or outputs.shape[0] != unit.items or not np.isfinite(outputs).all():
+        raise ApplicationError(
+            f"output_npy_b64: expected {unit.items} finite outputs, got shape {list(outputs.shape)}.",
+            fields={"output_npy_b64": [f"Expected {unit.items} finite outputs."]},
+        )
+    unit.output_sha256 = storage.artifact_save(raw)
+    unit.status, unit.done_by, unit.completed_at = WorkUnit.Status.DONE, vehicle, now
+    unit.seconds, unit.energy_wh = data.get("seconds"), data.get("energy_wh")
+    unit.emulated, unit.runtime_version = bool(data.get("emulated")), str(data.get("runtime_version", ""))[:40]
+    unit.save()
+    bid_finish_if_done(bid=unit.bid)
+    return unit
+
+
+@transaction.atomic
+def unit_failure(*, vehicle: Vehicle, unit_id: str, lease_id: str, error: str) -> WorkUnit:
+    unit = _leased_unit(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
+    _release(unit, error=error[:2000], count_attempt=True)
+    return unit
+
+
+def _release(unit: WorkUnit, *, error: str, count_attempt: bool) -> None:
+    """Give a unit back: to be reissued to the car of a later allocation, or failed for good after too many tries.
+
+    Its CH go back to the bid, so the bid enters the next rounds for them; a failed unit is never billed.
+    """
+    unit.attempts += 1 if count_attempt else 0
+    unit.error = error
+    unit.lease_id, unit.leased_at, unit.lease_expires_at = "", None, None
+    unit.assigned_vehicle, unit.allocation = None, None
+    if unit.attempts >= MAX_UNIT_ATTEMPTS:
+        unit.status = WorkUnit.Status.FAILED
+        unit.save()
+        Bid.objects.filter(pk=unit.bid_id, status__in=Bid.OPEN_STATUSES).update(
+            status=Bid.Status.FAILED, closed_at=timezone.now()
+        )
+        return
+    unit.status = WorkUnit.Status.QUEUED
+    unit.save()
+    Bid.objects.filter(pk=unit.bid_id).update(ch_allocated=F("ch_allocated") - unit.ch)
+
+
+def leases_expire(*, now: datetime | None = None) -> int:
+    """The sweeper: every lease past its expiry is a lost car; its unit is reissued. Safe to run twice."""
+    now = now or timezone.now()
+    count = 0
+    for unit_id in WorkUnit.objects.filter(status=WorkUnit.Status.LEASED, lease_expires_at__lt=now).values_list(
+        "pk", flat=True
+    ):
+        with transaction.atomic():
+            unit = WorkUnit.objects.select_for_update().get(pk=unit_id)
+            if unit.status == WorkUnit.Status.LEASED and unit.lease_expires_at < now:
+                _release(unit, error="lease expired: the car went silent", count_attempt=True)
+                count += 1
+    return count
+
+
+@transaction.atomic
+def vehicle_units_release(*, vehicle: Vehicle) -> int:
+    """A departing car gives back at once every unit it holds or was given; none counts as its failure."""
+    units = list(
+        WorkUnit.objects.select_for_update().filter(
+            assigned_vehicle=vehicle, status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED)
+        )
+    )
+    for unit in units:
+        _release(unit, error="the car left", count_attempt=False)
+    Allocation.objects.filter(vehicle=vehicle, ends_at__gt=timezone.now()).update(ends_at=timezone.now())
+    return len(units)
+
+
+# --- Assembling ---------------------------------------------------------------------------------------------------
+
+
+def bid_finish_if_done(*, bid: Bid) -> bool:
+    """When every item of a bid has a done unit, assemble the outputs in item order and complete the bid."""
+    bid = Bid.objects.select_for_update().select_related("inference_model").get(pk=bid.pk)
+    if bid.status not in Bid.OPEN_STATUSES or bid.items_unitised < bid.items:
+        return False
+    units = list(bid.units.order_by("item_start"))
+    if not units or any(u.status != WorkUnit.Status.DONE for u in units):
+        return False
+    outputs = np.concatenate([decode_npy(storage.artifact_read(u.output_sha256)) for u in units])
+    if outputs.shape[0] != bid.items:
+        return False
+    data, _ = encode_npy(outputs)
+    bid.result_sha256 = storage.artifact_save(data)
+    bid.status, bid.closed_at = Bid.Status.COMPLETED, timezone.now()
+    bid.save(update_fields=["result_sha256", "status", "closed_at"])
+    return True
+
+
+def bid_result_file(*, bid: Bid) -> tuple[bytes, str, str]:
+    """(content, filename, content type): `.npy` for tensor models, JSON lines with each text's vector for text."""
+    outputs = decode_npy(storage.artifact_read(bid.result_sha256))
+    if bid.inference_model.kind == "text":
+        texts = _dataset_items(bid).items
+        buffer = io.StringIO()
+        for index, (text, vector) in enumerate(zip(texts, outputs, strict=True)):
+            buffer.write(_json_line({"index": index, "text": text, "vector": [float(v) for v in np.ravel(vector)]}))
+        return buffer.getvalue().encode(), f"bid-{bid.pk}-results.jsonl", "application/jsonl"
+    data, _ = encode_npy(outputs)
+    return data, f"bid-{bid.pk}-results.npy", "application/octet-stream"
+
+
+def _json_line(value: dict) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":")) + "\n"

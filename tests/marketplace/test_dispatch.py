@@ -1,0 +1,190 @@
+"""Work units: cut from a round's allocations, leased by signed car requests, returned, reissued, assembled."""
+
+import base64
+import hashlib
+import json
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy, encode_npy
+from fleet.models import OptInPolicy
+from marketplace import storage
+from marketplace.dispatch import MAX_UNIT_ATTEMPTS, leases_expire
+from marketplace.inference.catalogue import DIGITS_OUTPUT
+from marketplace.models import Bid, WorkUnit
+from marketplace.rounds import auction_round_run
+from tests.factories import vehicle_with_credential
+from tests.fleet.agent_requests import heartbeat, signed_headers, signed_post
+
+pytestmark = pytest.mark.django_db
+LEASE, RESULT, FAILURE = "/api/v1/agent/lease/", "/api/v1/agent/result/", "/api/v1/agent/failure/"
+
+
+@pytest.fixture
+def cars(client, olivia, oscar):
+    keys = []
+    for owner, min_price in ((olivia, 2), (oscar, 3)):
+        vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
+        assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
+        keys.append((vehicle, credential))
+    return keys
+
+
+@pytest.fixture
+def running_bid(client, digits_with_variants, cars):
+    response = client.post(
+        "/api/v1/bids/",
+        {
+            "inference_model": digits_with_variants.pk,
+            "dataset": digits_with_variants.datasets.get().pk,
+            "max_price_mcents_per_ch": 5000,
+            "budget_cents": 100,
+            "deadline": (timezone.now() + timedelta(hours=2)).isoformat(),
+        },
+        content_type="application/json",
+    )
+    bid = Bid.objects.get(pk=response.json()["id"])
+    auction_round_run()
+    bid.refresh_from_db()
+    return bid
+
+
+def run_unit(lease: dict, model_bytes: bytes) -> dict:
+    """What an honest car sends back for a lease."""
+    items = decode_npy(base64.b64decode(lease["items_npy_b64"]))
+    outputs = ModelRunner(model_bytes, ModelSpec("tensor", lease["output_name"])).run(list(items))
+    data, sha = encode_npy(outputs)
+    return {
+        "unit_id": lease["unit_id"], "lease_id": lease["lease_id"], "output_npy_b64": base64.b64encode(data).decode(),
+        "output_sha256": sha, "items": len(items), "seconds": 0.01, "energy_wh": 0.0003, "runtime_version": "1.32.0",
+    }  # fmt: skip
+
+
+def test_the_allocated_car_runs_every_item_and_the_customer_downloads_them(client, running_bid, cars, alice):
+    (olivias_car, olivias_key), (_, oscars_key) = cars
+    assert running_bid.status == "running"
+    assert running_bid.items_unitised == running_bid.items
+    assert set(running_bid.units.values_list("assigned_vehicle", flat=True)) == {olivias_car.pk}
+
+    assert signed_post(client, oscars_key, LEASE, {}).status_code == 204  # oscar's car sold nothing
+    response = signed_post(client, olivias_key, LEASE, {})
+    assert response.status_code == 200
+    lease = response.json()
+    assert lease["model_sha256"] == running_bid.variant.sha256
+
+    # The car downloads the model of the unit it holds; another car may not.
+    path = lease["model_url"]
+    model = client.get(path, **signed_headers(olivias_key, path, b"", method="GET"))
+    assert model.status_code == 200
+    model_bytes = b"".join(model.streaming_content)
+    assert hashlib.sha256(model_bytes).hexdigest() == lease["model_sha256"]
+    assert client.get(path, **signed_headers(oscars_key, path, b"", method="GET")).status_code == 404
+
+    while lease:
+        assert signed_post(client, olivias_key, RESULT, run_unit(lease, model_bytes)).json() == {"accepted": True}
+        response = signed_post(client, olivias_key, LEASE, {})
+        lease = response.json() if response.status_code == 200 else None
+
+    running_bid.refresh_from_db()
+    assert running_bid.status == "completed"
+    client.force_login(alice)
+    download = client.get(f"/customer/bids/{running_bid.pk}/result/")
+    assert download.status_code == 200
+    outputs = decode_npy(download.content)
+    items = running_bid.dataset and _dataset_array(running_bid)
+    local = ModelRunner(storage.artifact_read(running_bid.variant.sha256), ModelSpec("tensor", DIGITS_OUTPUT)).run(
+        list(items)
+    )
+    assert outputs.shape == (running_bid.items, 10)
+    np.testing.assert_allclose(outputs, local, atol=1e-6)
+
+
+def _dataset_array(bid):
+    from marketplace.services import dataset_items
+
+    return dataset_items(bid.dataset).items
+
+
+def test_bad_results_are_refused_and_change_nothing(client, running_bid, cars):
+    (_, key), (_, other_key) = cars
+    lease = signed_post(client, key, LEASE, {}).json()
+    data, sha = encode_npy(np.zeros((3, 10), dtype=np.float32))  # wrong item count
+    payload = {"unit_id": lease["unit_id"], "lease_id": lease["lease_id"], "items": 3,
+               "output_npy_b64": base64.b64encode(data).decode(), "output_sha256": sha}  # fmt: skip
+
+    wrong_count = signed_post(client, key, RESULT, payload)
+    assert wrong_count.status_code == 400
+    assert "finite outputs" in wrong_count.json()["message"]
+
+    bad_sum = signed_post(client, key, RESULT, {**payload, "output_sha256": "0" * 64})
+    assert bad_sum.json()["fields"] == {"output_sha256": ["Does not match the outputs."]}
+
+    not_yours = signed_post(client, other_key, RESULT, payload)
+    assert not_yours.status_code == 409
+    assert WorkUnit.objects.get(pk=lease["unit_id"]).status == "leased"
+
+
+def test_a_failed_unit_is_reissued_and_fails_for_good_after_three_tries(client, running_bid, cars, settings):
+    settings.AUCTION_INTERVAL_SECONDS = 10
+    (_, key), _ = cars
+    unit_id = None
+    for attempt in range(1, MAX_UNIT_ATTEMPTS + 1):
+        # The next rounds sell the released CH again (within the cars' 90 s heartbeat horizon).
+        auction_round_run(now=timezone.now() + timedelta(seconds=20 * attempt))
+        lease = signed_post(client, key, LEASE, {}).json()
+        unit_id = unit_id or lease["unit_id"]
+        assert lease["unit_id"] == unit_id
+        body = {"unit_id": lease["unit_id"], "lease_id": lease["lease_id"], "error": "inference failed: boom"}
+        assert signed_post(client, key, FAILURE, body).status_code == 200
+    unit = WorkUnit.objects.get(pk=unit_id)
+    assert (unit.status, unit.attempts) == ("failed", MAX_UNIT_ATTEMPTS)
+    running_bid.refresh_from_db()
+    assert running_bid.status == "failed"
+
+
+def test_an_expired_lease_is_swept_and_its_unit_goes_back_to_the_bid(client, running_bid, cars):
+    (_, key), _ = cars
+    lease = signed_post(client, key, LEASE, {}).json()
+    unit = WorkUnit.objects.get(pk=lease["unit_id"])
+
+    assert leases_expire(now=unit.lease_expires_at - timedelta(seconds=1)) == 0
+    assert leases_expire(now=unit.lease_expires_at + timedelta(seconds=1)) == 1
+    assert leases_expire(now=unit.lease_expires_at + timedelta(seconds=2)) == 0  # twice is harmless
+
+    unit.refresh_from_db()
+    assert (unit.status, unit.assigned_vehicle, unit.attempts) == ("queued", None, 1)
+    running_bid.refresh_from_db()
+    assert running_bid.ch_allocated == pytest.approx(running_bid.ch_total - unit.ch)
+    data, sha = encode_npy(np.zeros((unit.items, 10), dtype=np.float32))
+    late = {"unit_id": lease["unit_id"], "lease_id": lease["lease_id"], "items": unit.items,
+            "output_npy_b64": base64.b64encode(data).decode(), "output_sha256": sha}  # fmt: skip
+    assert signed_post(client, key, RESULT, late).status_code == 409  # the lease is gone: its result is not taken
+    unit.refresh_from_db()
+    assert unit.status == "queued"
+
+
+def test_a_departure_notice_releases_the_cars_units_at_once(client, running_bid, cars):
+    (car, key), (other_car, _) = cars
+    signed_post(client, key, LEASE, {})
+
+    response = signed_post(client, key, "/api/v1/agent/departure/", {"observed_at": timezone.now().isoformat()})
+
+    assert response.json()["released_work_units"] == running_bid.units.count()
+    assert not WorkUnit.objects.filter(assigned_vehicle=car).exists()
+    assert WorkUnit.objects.get().attempts == 0  # leaving is not a failure
+    auction_round_run(now=timezone.now() + timedelta(minutes=1))
+    assert set(WorkUnit.objects.values_list("assigned_vehicle", flat=True)) == {other_car.pk}
+
+
+def test_the_lease_payload_is_what_the_agent_reads(client, running_bid, cars):
+    from fleet.agent.executor import WorkUnit as AgentUnit
+
+    (_, key), _ = cars
+    lease = signed_post(client, key, LEASE, {}).json()
+    unit = AgentUnit.from_lease(json.loads(json.dumps(lease)))
+    assert unit.kind == "tensor"
+    assert len(unit.items) == WorkUnit.objects.get(pk=lease["unit_id"]).items

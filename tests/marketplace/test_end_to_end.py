@@ -1,0 +1,96 @@
+"""A customer's bid, end to end: a real Celery worker builds the variants, a round sells the cars' compute, real
+agents (the code that runs in a car) lease the units over signed HTTP, run ONNX Runtime and return the outputs, and
+the assembled results equal local inference."""
+
+import io
+import threading
+import zoneinfo
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+
+from fleet.agent.client import AgentClient
+from fleet.agent.executor import ArtifactCache, Executor
+from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy
+from fleet.agent.runner import Agent
+from fleet.agent.simulation import SimulatedCar
+from marketplace import storage
+from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
+from marketplace.models import Bid, InferenceModel, WorkUnit
+from marketplace.rounds import auction_round_run
+from tests.factories import CustomerFactory, OwnerFactory, vehicle_with_credential
+from tests.waiting import wait_for
+
+TZ = zoneinfo.ZoneInfo("America/Los_Angeles")
+SUNDAY_NIGHT = datetime(2026, 11, 22, 23, 0, tzinfo=TZ)  # every car is home, parked on WiFi
+
+
+class StillClock:
+    rate = 1.0
+
+    def __init__(self, now):
+        self.current = now
+
+    def now(self):
+        return self.current
+
+    def sleep(self, car_seconds, stop: threading.Event) -> bool:
+        return stop.is_set()
+
+
+@pytest.mark.worker
+def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
+    client, live_server, celery_worker_thread, digits_onnx, tmp_path, settings
+):
+    settings.AUCTION_INTERVAL_SECONDS = 10
+    client.force_login(CustomerFactory(username="alice"))
+    model_id = client.post(
+        "/api/v1/models/",
+        {"name": "digits", "onnx_file": SimpleUploadedFile("d.onnx", digits_onnx), "output_name": DIGITS_OUTPUT,
+         "metric": "top1", "tolerance": 0.95},
+    ).json()["id"]  # fmt: skip
+    assert wait_for(lambda: InferenceModel.objects.get(pk=model_id).status == "ready", timeout=60)
+    items = digits_items(300)
+    buffer = io.BytesIO()
+    np.save(buffer, items, allow_pickle=False)
+    dataset_id = client.post(
+        f"/api/v1/models/{model_id}/datasets/", {"file": SimpleUploadedFile("d.npy", buffer.getvalue())}
+    ).json()["id"]
+    model = InferenceModel.objects.get(pk=model_id)
+    assert wait_for(lambda: model.variants.filter(status="ready").count() == 4, timeout=120)
+
+    agents = []
+    for n, seed in enumerate((21, 22, 23)):
+        _, credential = vehicle_with_credential(OwnerFactory(username=f"owner{n}"), time_zone=str(TZ))
+        http = AgentClient(live_server.url, credential)
+        cache = ArtifactCache(tmp_path / f"car{n}", max_bytes=50_000_000)
+        car = SimulatedCar("homebody", seed, SUNDAY_NIGHT, TZ)
+        agents.append(Agent(http, car, StillClock(SUNDAY_NIGHT), executor=Executor(http, cache)))
+    for agent in agents:
+        agent.step()  # heartbeats: the platform now knows three parked cars on WiFi
+
+    bid = client.post(
+        "/api/v1/bids/",
+        {"inference_model": model_id, "dataset": dataset_id, "precision": "auto", "max_price_mcents_per_ch": 5000,
+         "budget_cents": 100, "deadline": (timezone.now() + timedelta(hours=1)).isoformat()},
+        content_type="application/json",
+    ).json()  # fmt: skip
+    assert bid["precision"] == "int8"
+    assert auction_round_run() is not None
+
+    for _ in range(10):  # each step leases and runs at most one unit per car
+        for agent in agents:
+            agent.step()
+        if Bid.objects.get(pk=bid["id"]).status == "completed":
+            break
+
+    done = Bid.objects.get(pk=bid["id"])
+    assert done.status == "completed", list(WorkUnit.objects.values("status", "error"))
+    assert sum(a.units_done for a in agents) == WorkUnit.objects.filter(bid=done).count()
+    outputs = decode_npy(client.get(f"/customer/bids/{done.pk}/result/").content)
+    local = ModelRunner(storage.artifact_read(done.variant.sha256), ModelSpec("tensor", DIGITS_OUTPUT)).run(list(items))
+    assert outputs.shape == (300, 10)
+    np.testing.assert_allclose(outputs, local, atol=1e-5)
