@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
 	$(BIN)/python manage.py catalogue_sync
+	$(BIN)/python manage.py seed_demo_bids
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start --procfile Procfile.demo
 
 test: $(STAMP)

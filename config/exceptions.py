@@ -82,7 +82,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(as_serializer_error(exc))
     elif isinstance(exc, Http404):
-        exc = exceptions.NotFound()
+        exc = exceptions.NotFound(str(exc) if exc.args else None)
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
 

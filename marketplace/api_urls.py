@@ -13,5 +13,6 @@ urlpatterns = [
     path("bids/", apis.BidListApi.as_view(), name="api-bids"),
     path("bids/<int:bid_id>/", apis.BidDetailApi.as_view(), name="api-bid"),
     path("bids/<int:bid_id>/cancel/", apis.BidCancelApi.as_view(), name="api-bid-cancel"),
+    path("bids/<int:bid_id>/result/", apis.BidResultApi.as_view(), name="api-bid-result"),
     path("market/", apis.MarketApi.as_view(), name="api-market"),
 ]

@@ -319,3 +319,21 @@ class AgentFailureApi(AgentWorkApi):
         serializer.is_valid(raise_exception=True)
         dispatch.unit_failure(vehicle=request.user.vehicle, **serializer.validated_data)
         return Response({"accepted": True})
+
+
+class BidResultApi(APIView):
+    """A completed bid's results, in item order: `.npy` for tensor models, JSON lines (index, text, vector) for text."""
+
+    permission_classes = [IsCustomer]
+
+    @extend_schema(parameters=[BID_ID], responses={(200, "application/octet-stream"): bytes, 404: ErrorSerializer})
+    def get(self, request, bid_id: int):
+        from django.http import HttpResponse
+
+        bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
+        if not bid.result_sha256:
+            raise Http404("The results are not ready yet.")
+        content, filename, content_type = dispatch.bid_result_file(bid=bid)
+        response = HttpResponse(content, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response

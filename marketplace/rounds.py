@@ -16,7 +16,7 @@ from fleet.selectors import vehicles_live
 
 from . import auction
 from .dispatch import units_cut
-from .models import Allocation, Bid, PoolClearing, Round
+from .models import Allocation, Bid, PoolClearing, Round, WorkUnit
 
 # Any number that is ours alone: the PostgreSQL advisory lock that lets one round run at a time.
 ROUND_LOCK_KEY = 0x1D1E_F1EE
@@ -41,7 +41,15 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
     Returns the supply and, per car, what dispatch needs: CH per hour per pool (how long a sale keeps it busy), the
     predicted seconds it stays, its measured bandwidth and the model files it holds.
     """
+    # A car is busy while its sold time runs or while it still holds work: it is never sold twice.
     busy = set(Allocation.objects.filter(ends_at__gt=now).values_list("vehicle_id", flat=True))
+    busy |= set(
+        WorkUnit.objects.filter(
+            status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED), assigned_vehicle__isnull=False
+        )
+        .values_list("assigned_vehicle_id", flat=True)
+        .distinct()
+    )
     vehicles = [
         v
         for v in Vehicle.objects.filter(status=Vehicle.Status.ACTIVE).select_related("hardware", "policy")
@@ -102,6 +110,16 @@ def demand_snapshot(*, now: datetime) -> auction.Demand:
     )
 
 
+def bids_expire(*, now: datetime) -> int:
+    """Bids past their deadline close as expired; work not yet handed to a car is released (never billed), and no
+    further unit of theirs is leased. Units already running may still report, but the bid is not completed late."""
+    expired = list(Bid.objects.filter(status__in=Bid.OPEN_STATUSES, deadline__lte=now).values_list("pk", flat=True))
+    if expired:
+        Bid.objects.filter(pk__in=expired).update(status=Bid.Status.EXPIRED, closed_at=now)
+        WorkUnit.objects.filter(bid__in=expired, status=WorkUnit.Status.QUEUED).update(assigned_vehicle=None)
+    return len(expired)
+
+
 def auction_round_run(*, now: datetime | None = None) -> Round | None:
     """Run the round of the current slot, once: a duplicate (two beats, a retried task) returns None."""
     now = now or timezone.now()
@@ -111,9 +129,7 @@ def auction_round_run(*, now: datetime | None = None) -> Round | None:
         round_, created = Round.objects.get_or_create(slot=round_slot(now))
         if not created:
             return None
-        Bid.objects.filter(status=Bid.Status.WAITING, deadline__lte=now).update(
-            status=Bid.Status.EXPIRED, closed_at=now
-        )
+        bids_expire(now=now)
         supply, rates = supply_snapshot(now=now)
         demand = demand_snapshot(now=now)
         reserve = np.array([settings.RESERVE_PRICES_MCENTS_PER_CH[p] for p in auction.POOLS], dtype=np.int64)

@@ -110,3 +110,18 @@ def market_history(*, rounds: int = 120) -> dict:
     for pool in ("int8", "fp16", "fp32", "fp8"):
         series[pool] = [(by_key[(slot, pool)].index_mcents if (slot, pool) in by_key else None) for slot in slots]
     return {"labels": [slot.isoformat() for slot in slots], "series": series}
+
+
+def bid_estimates(*, datasets, variant, market: dict[str, dict]) -> list[dict]:
+    """What each dataset would cost with this variant at the pool's last clearing price (or its reserve)."""
+    from django.conf import settings
+
+    if variant is None or variant.ch_per_item is None:
+        return []
+    last = market.get(variant.precision, {})
+    price = last.get("clearing_price_mcents") or settings.RESERVE_PRICES_MCENTS_PER_CH[variant.precision]
+    rows = []
+    for dataset in datasets:
+        ch = dataset.item_count * variant.ch_per_item
+        rows.append({"dataset": dataset, "ch": ch, "price_mcents": price, "cost_cents": ch * price / 1000})
+    return rows

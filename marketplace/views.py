@@ -146,10 +146,17 @@ def bid_new(request, model_id: int):
             messages.success(request, f"Bid placed: {bid.items} items. It enters the next auction round.")
             return redirect("marketplace:bid", bid_id=bid.pk)
     auto = selectors.variant_pick_auto(model=model)
+    market = selectors.market_latest()
     return render(
         request,
         "marketplace/bid_form.html",
-        {"form": form, "model": model, "market": selectors.market_latest(), "auto": auto},
+        {
+            "form": form,
+            "model": model,
+            "market": market,
+            "auto": auto,
+            "estimates": selectors.bid_estimates(datasets=datasets, variant=auto, market=market),
+        },
         status=400 if form.errors else 200,
     )
 

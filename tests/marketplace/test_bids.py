@@ -77,6 +77,10 @@ def test_the_bid_form_places_a_bid_and_shows_errors(client, digits_with_variants
     deadline = (timezone.now() + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
     form = {"dataset": model.datasets.get().pk, "precision": "auto", "budget_dollars": "2", "deadline": deadline}
 
+    page = client.get(url).content.decode()
+    assert "Estimated cost" in page
+    assert "at $0.0100/CH" in page  # no round yet: the INT8 reserve
+
     bad = client.post(url, {**form, "max_price_cents_per_ch": "0.1"})
     assert bad.status_code == 400
     assert "Below the INT8 reserve price" in bad.content.decode()

@@ -188,3 +188,20 @@ def test_the_lease_payload_is_what_the_agent_reads(client, running_bid, cars):
     unit = AgentUnit.from_lease(json.loads(json.dumps(lease)))
     assert unit.kind == "tensor"
     assert len(unit.items) == WorkUnit.objects.get(pk=lease["unit_id"]).items
+
+
+def test_a_running_bid_past_its_deadline_expires_and_its_queued_work_is_released(client, running_bid, cars):
+    (_, key), _ = cars
+    auction_round_run(now=running_bid.deadline + timedelta(seconds=1))
+
+    running_bid.refresh_from_db()
+    assert running_bid.status == "expired"
+    assert not WorkUnit.objects.filter(assigned_vehicle__isnull=False).exists()
+    assert signed_post(client, key, LEASE, {}).status_code == 204
+
+
+def test_the_results_api_serves_a_completed_bid_only(client, running_bid, cars, alice):
+    client.force_login(alice)
+    response = client.get(f"/api/v1/bids/{running_bid.pk}/result/")
+    assert response.status_code == 404
+    assert response.json()["message"] == "The results are not ready yet."

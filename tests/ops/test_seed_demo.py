@@ -17,3 +17,18 @@ def test_seed_demo_twice_gives_the_same_accounts(client):
     assert admin.is_staff and admin.is_superuser
     for user in User.objects.all():
         assert client.login(username=user.username, password=DEMO_PASSWORD)
+
+
+def test_demo_bids_are_placed_once():
+    from marketplace.models import Bid
+
+    call_command("seed_demo")
+    call_command("catalogue_sync", documents=20)
+    call_command("seed_demo_bids")
+    call_command("seed_demo_bids")
+
+    bids = Bid.objects.order_by("customer__username")
+    assert [(b.customer.username, b.pool, b.status) for b in bids] == [
+        ("alice", "int8", "waiting"),
+        ("bob", "int8", "waiting"),
+    ]
