@@ -56,7 +56,11 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         if v.pk not in busy
     ]
     fee = settings.PLATFORM_FEE_PCT / 100
-    cars, pools, chs, asks = [], [], [], []
+    # Between equal asks, a car that already holds a model some open bid of that pool needs wins: no download.
+    wanted_models: dict[str, set[str]] = {}
+    for pool, sha in Bid.objects.filter(status__in=Bid.OPEN_STATUSES).values_list("pool", "variant__sha256"):
+        wanted_models.setdefault(pool, set()).add(sha)
+    cars, pools, chs, asks, reliabilities = [], [], [], [], []
     rates: dict[int, dict] = {}
     for item in vehicles_live(vehicles, now=now):
         availability = item.availability
@@ -82,13 +86,15 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
             pools.append(auction.POOLS.index(precision))
             chs.append(ch)
             asks.append(ask)
+            holds = bool(wanted_models.get(precision, set()) & rates[vehicle.pk]["models_cached"])
+            reliabilities.append(1.5 if holds else 1.0)
             rates[vehicle.pk]["ch_per_hour"][precision] = ch_per_hour
     supply = auction.Supply(
         car=np.array(cars, dtype=np.int64),
         pool=np.array(pools, dtype=np.int8),
         ch=np.array(chs, dtype=np.float64),
         ask=np.array(asks, dtype=np.int64),
-        reliability=np.ones(len(cars), dtype=np.float64),
+        reliability=np.array(reliabilities, dtype=np.float64),
     )
     return supply, rates
 
@@ -108,6 +114,33 @@ def demand_snapshot(*, now: datetime) -> auction.Demand:
         price=np.array([b[4] for b in bids], dtype=np.int64),
         placed=np.array([int(b[5].timestamp() * 1e6) for b in bids], dtype=np.int64),
     )
+
+
+def clear_all_or_none(*, supply: auction.Supply, demand: auction.Demand, reserve: np.ndarray) -> auction.Result:
+    """Clear, then drop every all-or-none bid that was only partly filled and clear again, until none is.
+
+    An all-or-none bid either gets all the CH it still wants in one round or takes no part in it; dropping it can
+    only lower the price for the others, and each pass removes at least one bid, so this ends.
+    """
+    aon = set(Bid.objects.filter(pk__in=demand.bid.tolist(), all_or_none=True).values_list("pk", flat=True))
+    while True:
+        result = auction.clear(supply=supply, demand=demand, reserve=reserve)
+        if not aon:
+            return result
+        filled = dict.fromkeys(aon, 0.0)
+        for bid_id, ch in zip(result.alloc_bid.tolist(), result.alloc_ch.tolist(), strict=True):
+            if bid_id in filled:
+                filled[bid_id] += ch
+        wanted = dict(zip(demand.bid.tolist(), demand.ch.tolist(), strict=True))
+        partial = {b for b, ch in filled.items() if 0 < ch < wanted.get(b, 0) - auction.CH_QUANTUM}
+        if not partial:
+            return result
+        keep = ~np.isin(demand.bid, list(partial))
+        demand = auction.Demand(
+            bid=demand.bid[keep], pool=demand.pool[keep], ch=demand.ch[keep], price=demand.price[keep],
+            placed=demand.placed[keep],
+        )  # fmt: skip
+        aon -= partial
 
 
 def bids_expire(*, now: datetime) -> int:
@@ -133,7 +166,7 @@ def auction_round_run(*, now: datetime | None = None) -> Round | None:
         supply, rates = supply_snapshot(now=now)
         demand = demand_snapshot(now=now)
         reserve = np.array([settings.RESERVE_PRICES_MCENTS_PER_CH[p] for p in auction.POOLS], dtype=np.int64)
-        result = auction.clear(supply=supply, demand=demand, reserve=reserve)
+        result = clear_all_or_none(supply=supply, demand=demand, reserve=reserve)
         _store(round_, result, reserve, rates, now)
         round_.cars_offered = len(set(supply.car.tolist()))
         round_.bids_considered = len(demand.bid)

@@ -106,3 +106,39 @@ def test_a_bid_below_every_ask_waits_and_an_expired_bid_closes(bid, two_cars):
     auction_round_run(now=bid.deadline + timedelta(minutes=1))
     bid.refresh_from_db()
     assert bid.status == "expired"
+
+
+def test_an_all_or_none_bid_that_cannot_be_filled_takes_no_part(bid, two_cars):
+    round_ = auction_round_run()  # learn what the two cars offer together
+    offered = PoolClearing.objects.get(round=round_, pool="int8").supply_ch
+    Allocation.objects.all().delete()
+    Round.objects.all().delete()
+    Bid.objects.filter(pk=bid.pk).update(ch_allocated=0, status="waiting", items_unitised=0)
+    bid.units.all().delete()
+    greedy = Bid.objects.create(
+        customer=bid.customer, inference_model=bid.inference_model, dataset=bid.dataset, variant=bid.variant,
+        precision_requested="int8", pool="int8", max_price_mcents_per_ch=9000, budget_cents=100_000,
+        deadline=bid.deadline, items=bid.items, ch_total=offered * 2, all_or_none=True,
+    )  # fmt: skip
+
+    auction_round_run(now=timezone.now() + timedelta(minutes=1))
+
+    assert not Allocation.objects.filter(bid=greedy).exists()  # it wanted more than the fleet has: nothing
+    assert Allocation.objects.filter(bid=bid).exists()  # the ordinary bid is not crowded out
+    greedy.refresh_from_db()
+    assert (greedy.status, greedy.ch_allocated) == ("waiting", 0)
+
+
+def test_between_equal_asks_the_car_that_holds_the_model_wins(client, bid, olivia, oscar):
+    from fleet.models import OptInPolicy
+
+    keys = []
+    for owner, cached in ((olivia, []), (oscar, [bid.variant.sha256])):
+        vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=2)  # the same ask
+        signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=90, models_cached=cached))
+        keys.append(vehicle)
+
+    auction_round_run()
+
+    assert Allocation.objects.get().vehicle == keys[1]  # oscar's car already has the model
