@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -57,7 +56,9 @@ def vehicle_register(
     if owner.role != Role.OWNER:
         raise ApplicationError("Only car owners can register vehicles.", code="permission_denied", status=403)
     if energy_price_cents_per_kwh is None:
-        energy_price_cents_per_kwh = settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH
+        from billing.selectors import pricing_current  # pricing sits above the fleet
+
+        energy_price_cents_per_kwh = pricing_current().default_energy_price_cents_per_kwh
     vehicle = Vehicle(
         owner=owner,
         display_name=display_name.strip(),

@@ -1,4 +1,3 @@
-from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -55,7 +54,9 @@ def fleet_live(request):
 @role_required(Role.OWNER)
 @require_http_methods(["GET", "POST"])
 def vehicle_register(request):
-    initial = {"energy_price_cents_per_kwh": settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH}
+    from billing.selectors import pricing_current
+
+    initial = {"energy_price_cents_per_kwh": pricing_current().default_energy_price_cents_per_kwh}
     hw4 = HardwareProfile.objects.filter(name="HW4").first()
     if hw4:
         initial["hardware"] = hw4.pk

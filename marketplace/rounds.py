@@ -6,11 +6,11 @@ import time
 from datetime import datetime, timedelta
 
 import numpy as np
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from billing.selectors import pricing_current
 from fleet.models import Vehicle
 from fleet.selectors import vehicles_live
 
@@ -23,7 +23,7 @@ ROUND_LOCK_KEY = 0x1D1E_F1EE
 
 
 def round_slot(now: datetime) -> datetime:
-    interval = settings.AUCTION_INTERVAL_SECONDS
+    interval = pricing_current().auction_interval_seconds
     return datetime.fromtimestamp(int(now.timestamp()) // interval * interval, tz=now.tzinfo)
 
 
@@ -55,7 +55,7 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         for v in Vehicle.objects.filter(status=Vehicle.Status.ACTIVE).select_related("hardware", "policy")
         if v.pk not in busy
     ]
-    fee = settings.PLATFORM_FEE_PCT / 100
+    fee = pricing_current().platform_fee_pct / 100
     # Between equal asks, a car that already holds a model some open bid of that pool needs wins: no download.
     wanted_models: dict[str, set[str]] = {}
     for pool, sha in Bid.objects.filter(status__in=Bid.OPEN_STATUSES).values_list("pool", "variant__sha256"):
@@ -165,7 +165,8 @@ def auction_round_run(*, now: datetime | None = None) -> Round | None:
         bids_expire(now=now)
         supply, rates = supply_snapshot(now=now)
         demand = demand_snapshot(now=now)
-        reserve = np.array([settings.RESERVE_PRICES_MCENTS_PER_CH[p] for p in auction.POOLS], dtype=np.int64)
+        reserves = pricing_current().reserves  # staff's latest change applies from this round on
+        reserve = np.array([reserves[p] for p in auction.POOLS], dtype=np.int64)
         result = clear_all_or_none(supply=supply, demand=demand, reserve=reserve)
         _store(round_, result, reserve, rates, now)
         round_.cars_offered = len(set(supply.car.tolist()))

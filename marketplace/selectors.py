@@ -114,12 +114,12 @@ def market_history(*, rounds: int = 120) -> dict:
 
 def bid_estimates(*, datasets, variant, market: dict[str, dict]) -> list[dict]:
     """What each dataset would cost with this variant at the pool's last clearing price (or its reserve)."""
-    from django.conf import settings
+    from billing.selectors import pricing_current
 
     if variant is None or variant.ch_per_item is None:
         return []
     last = market.get(variant.precision, {})
-    price = last.get("clearing_price_mcents") or settings.RESERVE_PRICES_MCENTS_PER_CH[variant.precision]
+    price = last.get("clearing_price_mcents") or pricing_current().reserves[variant.precision]
     rows = []
     for dataset in datasets:
         ch = dataset.item_count * variant.ch_per_item

@@ -13,6 +13,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from accounts.models import Role, User
+from billing.selectors import pricing_current
 from config.exceptions import ApplicationError
 from fleet.agent.inference import ModelRunner, ModelSpec
 
@@ -333,8 +334,9 @@ def bid_place(
             raise _field_error("precision", f"The {precision.upper()} variant misses your accuracy tolerance.")
     if variant.ch_per_item is None:
         raise _field_error("precision", "This variant has no cost per item yet (it was built without a dataset).")
-    reserve = settings.RESERVE_PRICES_MCENTS_PER_CH[variant.precision]
-    ceiling = settings.PRICE_CEILING_MCENTS_PER_CH
+    pricing = pricing_current()
+    reserve = pricing.reserves[variant.precision]
+    ceiling = pricing.price_ceiling_mcents
     if not 0 < max_price_mcents_per_ch <= ceiling:
         raise _field_error("max_price_mcents_per_ch", f"Between 1 and {ceiling:,} m¢ per CH.")
     if max_price_mcents_per_ch < reserve:

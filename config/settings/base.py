@@ -231,7 +231,7 @@ MAX_DATASET_UPLOAD_BYTES = env.int("MAX_DATASET_UPLOAD_BYTES", default=200 * 102
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
-# --- Market (staff will set these in the admin with the billing work) ----------------------------------------------
+# --- Market: defaults until staff save a pricing policy in the admin (billing.PricingPolicy) --------------------
 # Prices are milli-cents per CH (1 ¢ = 1000 m¢). GPU marketplaces rent an RTX 4090 (≈6.6 dense INT8 CH/h) for about
 # $0.30–0.45/h, i.e. 5–7 ¢/CH; the reserves sit well below that.
 RESERVE_PRICES_MCENTS_PER_CH = {"int8": 1000, "fp8": 1500, "fp16": 1500, "fp32": 2000}
@@ -239,10 +239,11 @@ PRICE_CEILING_MCENTS_PER_CH = env.int("PRICE_CEILING_MCENTS_PER_CH", default=100
 PLATFORM_FEE_PCT = env.float("PLATFORM_FEE_PCT", default=15.0)
 # A bid's deadline must leave at least this long for the work.
 MIN_BID_LEAD_SECONDS = env.int("MIN_BID_LEAD_SECONDS", default=600)
+# Beat ticks often; a round runs when a new slot of the staff-set interval begins (a tick in the same slot is a no-op).
 CELERY_BEAT_SCHEDULE["auction-round"] = {
     "task": "marketplace.tasks.auction_round",
-    "schedule": AUCTION_INTERVAL_SECONDS,
-    "options": {"expires": AUCTION_INTERVAL_SECONDS},
+    "schedule": 10,
+    "options": {"expires": 10},
 }
 # How long a car may hold a work unit before the sweeper gives it to another car (seconds).
 WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)

@@ -12,7 +12,6 @@ import zoneinfo
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Role, User
@@ -155,7 +154,6 @@ class Command(BaseCommand):
                     hardware=hardware["HW3" if index % 3 == 2 else "HW4"],  # a third are older HW3 cars
                     time_zone=str(tz),
                     battery_capacity_kwh=car.profile.capacity_kwh,
-                    energy_price_cents_per_kwh=settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH,
                     is_simulated=True,
                 )
             else:
