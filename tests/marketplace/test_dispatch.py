@@ -10,44 +10,19 @@ import pytest
 from django.utils import timezone
 
 from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy, encode_npy
-from fleet.models import OptInPolicy
 from marketplace import storage
 from marketplace.dispatch import MAX_UNIT_ATTEMPTS, leases_expire
 from marketplace.inference.catalogue import DIGITS_OUTPUT
-from marketplace.models import Bid, WorkUnit
+from marketplace.models import WorkUnit
 from marketplace.rounds import auction_round_run
-from tests.factories import vehicle_with_credential
-from tests.fleet.agent_requests import heartbeat, signed_headers, signed_post
+from tests.fleet.agent_requests import signed_headers, signed_post
 
 pytestmark = pytest.mark.django_db
 LEASE, RESULT, FAILURE = "/api/v1/agent/lease/", "/api/v1/agent/result/", "/api/v1/agent/failure/"
 
 
 @pytest.fixture
-def cars(client, olivia, oscar):
-    keys = []
-    for owner, min_price in ((olivia, 2), (oscar, 3)):
-        vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
-        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
-        assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
-        keys.append((vehicle, credential))
-    return keys
-
-
-@pytest.fixture
-def running_bid(client, digits_with_variants, cars):
-    response = client.post(
-        "/api/v1/bids/",
-        {
-            "inference_model": digits_with_variants.pk,
-            "dataset": digits_with_variants.datasets.get().pk,
-            "max_price_mcents_per_ch": 5000,
-            "budget_cents": 100,
-            "deadline": (timezone.now() + timedelta(hours=2)).isoformat(),
-        },
-        content_type="application/json",
-    )
-    bid = Bid.objects.get(pk=response.json()["id"])
+def running_bid(bid, cars):
     auction_round_run()
     bid.refresh_from_db()
     return bid

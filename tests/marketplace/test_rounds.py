@@ -16,32 +16,8 @@ HEARTBEAT = "/api/v1/agent/heartbeat/"
 
 
 @pytest.fixture
-def two_cars(client, olivia, oscar):
-    """Two parked HW4 cars on WiFi: olivia asks at least 2 ¢/CH, oscar at least 3 ¢/CH."""
-    cars = []
-    for owner, min_price in ((olivia, 2), (oscar, 3)):
-        vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
-        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
-        assert signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=90)).status_code == 200
-        cars.append(vehicle)
-    return cars
-
-
-@pytest.fixture
-def bid(client, digits_with_variants):
-    response = client.post(
-        "/api/v1/bids/",
-        {
-            "inference_model": digits_with_variants.pk,
-            "dataset": digits_with_variants.datasets.get().pk,
-            "max_price_mcents_per_ch": 5000,
-            "budget_cents": 100,
-            "deadline": (timezone.now() + timedelta(hours=2)).isoformat(),
-        },
-        content_type="application/json",
-    )
-    assert response.status_code == 201
-    return Bid.objects.get(pk=response.json()["id"])
+def two_cars(cars):
+    return [vehicle for vehicle, _ in cars]
 
 
 def test_a_round_sells_the_cheapest_car_at_one_published_price(client, bid, two_cars):
@@ -130,7 +106,6 @@ def test_an_all_or_none_bid_that_cannot_be_filled_takes_no_part(bid, two_cars):
 
 
 def test_between_equal_asks_the_car_that_holds_the_model_wins(client, bid, olivia, oscar):
-    from fleet.models import OptInPolicy
 
     keys = []
     for owner, cached in ((olivia, []), (oscar, [bid.variant.sha256])):
