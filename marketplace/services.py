@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -182,10 +184,15 @@ def dataset_upload(*, owner: User, inference_model: InferenceModel, name: str, f
 
 
 def dataset_items(dataset: Dataset) -> ParsedDataset:
+    """The dataset's items, parsed. Every lease and every variant build needs them: a stored dataset never changes
+    (it is addressed by its sha256), so the last few parsed ones are kept in memory instead of re-read each time."""
     model = dataset.inference_model
-    return parse_dataset(
-        storage.artifact_read(dataset.sha256), fmt=dataset.format, kind=model.kind, inputs=model.inputs
-    )
+    return _parsed(dataset.sha256, dataset.format, model.kind, json.dumps(model.inputs, sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _parsed(sha256: str, fmt: str, kind: str, inputs_json: str) -> ParsedDataset:
+    return parse_dataset(storage.artifact_read(sha256), fmt=fmt, kind=kind, inputs=json.loads(inputs_json))
 
 
 def variants_queue(*, inference_model: InferenceModel, dataset: Dataset) -> list[PrecisionVariant]:
