@@ -19,7 +19,6 @@ demo: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
 	$(BIN)/python manage.py catalogue_sync
-	$(BIN)/python manage.py seed_demo_bids
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start --procfile Procfile.demo
 
 test: $(STAMP)
@@ -35,4 +34,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) var/*.sqlite3* var/celerybeat-schedule* staticfiles
+	rm -rf $(VENV) var/*.sqlite3* var/celerybeat-schedule* var/localstripe-demo.pickle* staticfiles

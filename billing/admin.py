@@ -1,6 +1,17 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from .models import PricingPolicy
+from . import services
+from .models import (
+    BillingProfile,
+    ConnectAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    PaymentAuthorization,
+    Payout,
+    PricingPolicy,
+    Refund,
+    StripeEvent,
+)
 from .selectors import pricing_current
 
 
@@ -56,3 +67,113 @@ class PricingPolicyAdmin(admin.ModelAdmin):
         obj.pk = None
         obj.created_by = request.user
         super().save_model(request, obj, form, False)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """The books are written by the services only: staff read them here, and correct them with reversals."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class LedgerEntryInline(admin.TabularInline):
+    model = LedgerEntry
+    fields = ("account", "amount_cents", "currency", "vehicle", "ch", "energy_wh")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(LedgerTransaction)
+class LedgerTransactionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "created_at", "kind", "description", "bid", "payout", "stripe_object_id")
+    list_filter = ("kind", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("idempotency_key", "description", "stripe_object_id", "bid__id")
+    date_hierarchy = "created_at"
+    inlines = [LedgerEntryInline]
+    list_select_related = ("bid", "payout")
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ("id", "created_at", "transaction", "account", "amount_cents", "currency", "vehicle")
+    list_filter = ("account__kind", "currency", "transaction__kind")
+    search_fields = ("account__user__username", "transaction__idempotency_key")
+    list_select_related = ("transaction", "account__user", "vehicle")
+    show_full_result_count = False
+
+
+@admin.register(PaymentAuthorization)
+class PaymentAuthorizationAdmin(ReadOnlyAdmin):
+    list_display = (
+        "bid", "customer", "status", "amount_cents", "captured_cents", "released_cents", "refunded_cents", "created_at",
+    )  # fmt: skip
+    list_filter = ("status", "currency", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("customer__username", "stripe_payment_intent_id", "bid__id")
+    list_select_related = ("bid", "customer")
+    actions = ["refund_in_full"]
+
+    @admin.action(description="Refund what was captured and not yet refunded")
+    def refund_in_full(self, request, queryset):
+        for auth in queryset.filter(status=PaymentAuthorization.Status.SETTLED):
+            amount = auth.captured_cents - auth.refunded_cents
+            if amount <= 0:
+                continue
+            try:
+                services.refund_create(
+                    authorization=auth, amount_cents=amount, reason="Refunded by staff", by=request.user
+                )
+            except services.ApplicationError as error:
+                self.message_user(request, f"Bid {auth.bid_id}: {error.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"Bid {auth.bid_id}: refunded {amount} ¢.", messages.SUCCESS)
+
+
+@admin.register(Refund)
+class RefundAdmin(ReadOnlyAdmin):
+    list_display = ("id", "authorization", "amount_cents", "reason", "stripe_refund_id", "created_by", "created_at")
+    list_filter = (("created_at", admin.DateFieldListFilter),)
+    list_select_related = ("authorization", "created_by")
+
+
+@admin.register(Payout)
+class PayoutAdmin(ReadOnlyAdmin):
+    list_display = ("id", "owner", "amount_cents", "currency", "period", "status", "stripe_transfer_id", "paid_at")
+    list_filter = ("status", "currency", "period")
+    search_fields = ("owner__username", "stripe_transfer_id", "destination")
+    list_select_related = ("owner",)
+    actions = ["pay_out_now"]
+
+    @admin.action(description="Run payouts now (every owner with enough available)")
+    def pay_out_now(self, request, queryset):
+        sent = services.payouts_run(force=True)
+        self.message_user(request, f"{len(sent)} payout(s) processed.", messages.SUCCESS)
+
+
+@admin.register(ConnectAccount)
+class ConnectAccountAdmin(ReadOnlyAdmin):
+    list_display = ("user", "stripe_account_id", "details_submitted", "payouts_enabled", "updated_at")
+    list_filter = ("payouts_enabled", "details_submitted")
+    search_fields = ("user__username", "stripe_account_id")
+
+
+@admin.register(BillingProfile)
+class BillingProfileAdmin(ReadOnlyAdmin):
+    list_display = ("user", "stripe_customer_id", "card_brand", "card_last4", "updated_at")
+    search_fields = ("user__username", "stripe_customer_id")
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ("event_id", "type", "object_id", "received_at", "processed_at")
+    list_filter = ("type", ("received_at", admin.DateFieldListFilter))
+    search_fields = ("event_id", "object_id")

@@ -58,3 +58,287 @@ class PricingPolicy(models.Model):
             "fp16": self.reserve_fp16_mcents,
             "fp32": self.reserve_fp32_mcents,
         }
+
+
+# --- The ledger ------------------------------------------------------------------------------------------------------
+
+
+class AccountKind(models.TextChoices):
+    """The ledger's accounts. Amounts are signed: + is a debit, − a credit. Each kind has a normal side, and its
+    balance (shown as a positive number) is the sum of its entries times that side.
+
+    The postings (billing/ledger.py):
+      authorize B     Dr stripe_clearing B                 Cr customer_held B
+      release R       Dr customer_held R                   Cr stripe_clearing R
+      capture C       Dr customer_held C, customer_spend C  Cr stripe_clearing C, owner_pending S…, platform_fee F
+      hold over X     Dr owner_pending X                   Cr owner_available X
+      payout A        Dr owner_available A                 Cr owner_paid_out A
+      refund X        Dr refunds X                         Cr customer_spend X
+    so that, at every moment, captured (customer_spend + refunds) = owners' earnings (pending + available + paid out)
+    + the platform's fee, and stripe_clearing = customer_held = authorizations still open.
+    """
+
+    STRIPE_CLEARING = "stripe_clearing", "Stripe clearing (card authorizations open at Stripe)"
+    CUSTOMER_HELD = "customer_held", "Customer funds held (authorized, not yet captured or released)"
+    CUSTOMER_SPEND = "customer_spend", "Customer spend (captured for validated work)"
+    OWNER_PENDING = "owner_pending", "Owner earnings pending (in the hold period)"
+    OWNER_AVAILABLE = "owner_available", "Owner earnings available (to be paid out)"
+    OWNER_PAID_OUT = "owner_paid_out", "Owner earnings paid out"
+    PLATFORM_FEE = "platform_fee", "Platform fee revenue"
+    REFUNDS = "refunds", "Refunds to customers"
+
+
+# +1: debit-normal (authorizations Stripe holds for us, what customers spent, refunds); −1: credit-normal (owed).
+NORMAL_SIDE = {
+    AccountKind.STRIPE_CLEARING: 1,
+    AccountKind.CUSTOMER_HELD: -1,
+    AccountKind.CUSTOMER_SPEND: 1,
+    AccountKind.OWNER_PENDING: -1,
+    AccountKind.OWNER_AVAILABLE: -1,
+    AccountKind.OWNER_PAID_OUT: -1,
+    AccountKind.PLATFORM_FEE: -1,
+    AccountKind.REFUNDS: 1,
+}
+PER_USER_KINDS = {
+    AccountKind.CUSTOMER_HELD, AccountKind.CUSTOMER_SPEND, AccountKind.OWNER_PENDING, AccountKind.OWNER_AVAILABLE,
+    AccountKind.OWNER_PAID_OUT, AccountKind.REFUNDS,
+}  # fmt: skip
+
+
+class LedgerAccount(models.Model):
+    kind = models.CharField(max_length=20, choices=AccountKind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_accounts"
+    )
+    currency = models.CharField(max_length=3, default="usd")
+
+    class Meta:
+        ordering = ["kind", "user_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "user", "currency"], condition=models.Q(user__isnull=False), name="one_account_per_user"
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "currency"], condition=models.Q(user__isnull=True), name="one_platform_account"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = f" of {self.user}" if self.user_id else ""
+        return f"{self.get_kind_display().split(' (')[0]}{owner} ({self.currency.upper()})"
+
+    @property
+    def normal_side(self) -> int:
+        return NORMAL_SIDE[self.kind]
+
+
+class LedgerTransaction(models.Model):
+    """One balanced posting: its entries sum to zero per currency. Append-only (enforced by triggers on PostgreSQL);
+    a correction is a new transaction that reverses an old one. The idempotency key makes a retried task a no-op."""
+
+    class Kind(models.TextChoices):
+        AUTHORIZE = "authorize", "Card authorized"
+        RELEASE = "release", "Authorization released"
+        CAPTURE = "capture", "Captured for validated work"
+        EARNINGS_RELEASE = "earnings_release", "Earnings out of hold"
+        PAYOUT = "payout", "Payout to owner"
+        REFUND = "refund", "Refund"
+        REVERSAL = "reversal", "Reversal (correction)"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices, db_index=True)
+    idempotency_key = models.CharField(max_length=120, unique=True)
+    description = models.CharField(max_length=255, blank=True)
+    bid = models.ForeignKey(
+        "marketplace.Bid", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_transactions"
+    )
+    payout = models.ForeignKey("Payout", null=True, blank=True, on_delete=models.PROTECT, related_name="transactions")
+    reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by")
+    stripe_object_id = models.CharField(max_length=64, blank=True, help_text="The Stripe object this books.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk}"
+
+
+class LedgerEntry(models.Model):
+    transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
+    amount_cents = models.BigIntegerField(help_text="+ debit, − credit.")
+    currency = models.CharField(max_length=3)
+    vehicle = models.ForeignKey(
+        "fleet.Vehicle", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries",
+        help_text="The car whose work earned this (owner earnings).",
+    )  # fmt: skip
+    ch = models.FloatField(null=True, blank=True, help_text="Compute-hours this earning pays for.")
+    energy_wh = models.FloatField(null=True, blank=True, help_text="Energy the car reported for that work.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pk"]
+        verbose_name_plural = "ledger entries"
+        indexes = [models.Index(fields=["account", "created_at"])]
+        constraints = [models.CheckConstraint(condition=~models.Q(amount_cents=0), name="entry_not_zero")]
+
+    def __str__(self) -> str:
+        return f"{self.amount_cents:+d} {self.currency} {self.account}"
+
+
+# --- Stripe-side records ------------------------------------------------------------------------------------------
+
+
+class BillingProfile(models.Model):
+    """A customer's Stripe customer and saved card (only the brand and last four digits are kept here)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="billing_profile")
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    payment_method_id = models.CharField(max_length=64, blank=True)
+    card_brand = models.CharField(max_length=20, blank=True)
+    card_last4 = models.CharField(max_length=4, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Billing of {self.user}"
+
+    @property
+    def has_card(self) -> bool:
+        return bool(self.payment_method_id)
+
+
+class PaymentAuthorization(models.Model):
+    """A bid's card authorization (a PaymentIntent with manual capture) and how it ended.
+
+    Idempotency keys are derived from this row's id and stored before each Stripe call, so a crash between the call
+    and the commit is repaired by calling again with the same key: Stripe answers with the same object.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Authorizing"
+        AUTHORIZED = "authorized", "Authorized"
+        DECLINED = "declined", "Declined"
+        SETTLING = "settling", "Capturing"
+        SETTLED = "settled", "Settled"
+
+    bid = models.OneToOneField("marketplace.Bid", on_delete=models.PROTECT, related_name="authorization")
+    customer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="authorizations")
+    amount_cents = models.PositiveBigIntegerField(help_text="Authorized: the bid's budget.")
+    currency = models.CharField(max_length=3, default="usd")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    stripe_payment_intent_id = models.CharField(max_length=64, blank=True, db_index=True)
+    create_key = models.CharField(max_length=80, unique=True)
+    capture_key = models.CharField(max_length=80, blank=True)
+    capture_cents = models.PositiveBigIntegerField(null=True, blank=True, help_text="Decided before capturing.")
+    captured_cents = models.PositiveBigIntegerField(default=0)
+    released_cents = models.PositiveBigIntegerField(default=0)
+    refunded_cents = models.PositiveBigIntegerField(default=0)
+    work_mcents = models.DecimalField(
+        max_digits=24, decimal_places=6, null=True, blank=True,
+        help_text="Validated work × clearing prices, exactly, in milli-cents (before rounding to the cent).",
+    )  # fmt: skip
+    settlement = models.JSONField(
+        default=dict, blank=True, help_text="The split decided before capturing: fee, and each car's cents, CH, Wh."
+    )
+    failure_code = models.CharField(max_length=60, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Authorization of bid {self.bid_id}"
+
+    @property
+    def open_cents(self) -> int:
+        """Still held on the card."""
+        return self.amount_cents - self.captured_cents - self.released_cents
+
+
+class Refund(models.Model):
+    """A refund of captured money: ours (requested by staff) or one made in Stripe's dashboard, booked from its
+    webhook. One row per Stripe refund id."""
+
+    authorization = models.ForeignKey(PaymentAuthorization, on_delete=models.PROTECT, related_name="refunds")
+    amount_cents = models.PositiveBigIntegerField()
+    reason = models.CharField(max_length=255, blank=True)
+    idempotency_key = models.CharField(max_length=80, unique=True)
+    stripe_refund_id = models.CharField(max_length=64, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stripe_refund_id"], condition=~models.Q(stripe_refund_id=""), name="one_row_per_refund"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Refund of {self.amount_cents} ¢ on bid {self.authorization.bid_id}"
+
+
+class ConnectAccount(models.Model):
+    """An owner's Stripe Connect (Express) account, where payouts go."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="connect_account")
+    stripe_account_id = models.CharField(max_length=64, blank=True)
+    create_key = models.CharField(max_length=80, unique=True)
+    details_submitted = models.BooleanField(default=False)
+    payouts_enabled = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Connect account of {self.user}"
+
+
+class Payout(models.Model):
+    """A transfer of an owner's available earnings to their connected account: one per owner per period."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Sending"
+        PAID = "paid", "Paid"
+        FAILED = "failed", "Failed"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payouts")
+    amount_cents = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    period = models.DateField(help_text="The day (daily) or the Monday (weekly) this payout belongs to.")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING, db_index=True)
+    idempotency_key = models.CharField(max_length=80, unique=True)
+    stripe_transfer_id = models.CharField(max_length=64, blank=True)
+    destination = models.CharField(max_length=64)
+    failure_message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "period", "currency"], name="one_payout_per_owner_and_period"),
+            models.CheckConstraint(condition=models.Q(amount_cents__gt=0), name="payout_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Payout {self.pk} to {self.owner}"
+
+
+class StripeEvent(models.Model):
+    """A webhook event, stored once by its id: a duplicate delivery finds the row and does nothing."""
+
+    event_id = models.CharField(max_length=80, unique=True)
+    type = models.CharField(max_length=80, db_index=True)
+    object_id = models.CharField(max_length=80, blank=True)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"

@@ -1,11 +1,16 @@
 """The pricing in force: the newest PricingPolicy, or the settings' defaults before staff ever set one."""
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Count, F, OuterRef, QuerySet, Subquery, Sum
+from django.utils import timezone
 
-from .models import PricingPolicy
+from . import ledger, settlement
+from .models import AccountKind, LedgerEntry, LedgerTransaction, PaymentAuthorization, PricingPolicy, Refund
 
 
 @dataclass(frozen=True)
@@ -33,4 +38,218 @@ def pricing_current() -> Pricing:
         price_ceiling_mcents=policy.price_ceiling_mcents,
         default_energy_price_cents_per_kwh=policy.default_energy_price_cents_per_kwh,
         auction_interval_seconds=policy.auction_interval_seconds,
+    )
+
+
+@dataclass(frozen=True)
+class PayoutPolicy:
+    min_payout_cents: int
+    earnings_hold_hours: int
+    payout_schedule: str
+
+
+def payout_policy_current() -> PayoutPolicy:
+    policy = PricingPolicy.objects.order_by("-created_at", "-pk").first()
+    if policy is None:
+        return PayoutPolicy(
+            min_payout_cents=settings.MIN_PAYOUT_CENTS,
+            earnings_hold_hours=settings.EARNINGS_HOLD_HOURS,
+            payout_schedule=settings.PAYOUT_SCHEDULE,
+        )
+    return PayoutPolicy(policy.min_payout_cents, policy.earnings_hold_hours, policy.payout_schedule)
+
+
+# --- Customers: test mode, spend history, receipts -------------------------------------------------------------------
+
+
+def stripe_test_mode() -> bool:
+    """Whether cards are Stripe's test payment methods: the local Stripe server, a test key, or none set yet (then
+    saving a card says that payments are not configured)."""
+    return bool(settings.STRIPE_API_BASE) or not settings.STRIPE_SECRET_KEY.startswith("sk_live_")
+
+
+def spend_history(*, user) -> QuerySet[PaymentAuthorization]:
+    """The customer's settled jobs, newest first, each with `settled_at`: when the capture (or the release of an
+    unused hold) was booked."""
+    booked = (
+        LedgerTransaction.objects.filter(
+            bid_id=OuterRef("bid_id"), kind__in=(LedgerTransaction.Kind.CAPTURE, LedgerTransaction.Kind.RELEASE)
+        )
+        .order_by("created_at")
+        .values("created_at")[:1]
+    )
+    return (
+        PaymentAuthorization.objects.filter(customer=user, status=PaymentAuthorization.Status.SETTLED)
+        .select_related("bid__inference_model", "bid__dataset")
+        .annotate(settled_at=Subquery(booked))
+        .order_by(F("settled_at").desc(nulls_last=True), "-created_at", "-pk")
+    )
+
+
+@dataclass(frozen=True)
+class SpendTotals:
+    month_cents: int
+    all_time_cents: int
+    held_cents: int
+    currency: str
+
+
+def spend_totals(*, user, now: datetime | None = None, currency: str = "usd") -> SpendTotals:
+    """What the customer paid, net of refunds, this calendar month and in all (their customer_spend account in the
+    ledger, so it is what the books say), and what their open bids still hold on the card. Cents."""
+    now = now or timezone.now()
+    month_start = timezone.localtime(now).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    entries = LedgerEntry.objects.filter(
+        account__kind=AccountKind.CUSTOMER_SPEND, account__user=user, currency=currency
+    )
+    month = entries.filter(created_at__gte=month_start).aggregate(total=Sum("amount_cents"))["total"] or 0
+    return SpendTotals(
+        month_cents=month,
+        all_time_cents=ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=user.pk, currency=currency),
+        held_cents=ledger.balance(kind=AccountKind.CUSTOMER_HELD, user_id=user.pk, currency=currency),
+        currency=currency,
+    )
+
+
+def _plain(value: Decimal) -> str:
+    return f"{value.normalize():f}" if value else "0"
+
+
+@dataclass(frozen=True)
+class ReceiptLine:
+    """Validated work that one round sold to the bid: `ch` compute-hours at the round's clearing price."""
+
+    round_slot: datetime
+    pool: str
+    ch: float
+    price_mcents_per_ch: int
+    value_mcents: Decimal  # exact: each unit's CH (from its shortest repr) × the price, summed
+
+    @property
+    def value_mcents_text(self) -> str:
+        """The exact amount as plain digits (no exponent), for the receipt."""
+        return _plain(self.value_mcents)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    bid: object  # marketplace.models.Bid
+    authorization: PaymentAuthorization | None
+    lines: list[ReceiptLine]
+    refunds: list[Refund] = field(default_factory=list)
+
+    @property
+    def work_mcents(self) -> Decimal:
+        return sum((line.value_mcents for line in self.lines), Decimal(0))
+
+    @property
+    def work_mcents_text(self) -> str:
+        return _plain(self.work_mcents)
+
+    @property
+    def ch(self) -> float:
+        return sum(line.ch for line in self.lines)
+
+    @property
+    def settled(self) -> bool:
+        return self.authorization is not None and self.authorization.status == PaymentAuthorization.Status.SETTLED
+
+    @property
+    def uncapped_cents(self) -> int:
+        """The work rounded half-up to the cent, once per job (billing/settlement.py)."""
+        return settlement.cents_half_up(self.work_mcents)
+
+    @property
+    def estimate_cents(self) -> int:
+        """What the job would be charged now: never more than the hold."""
+        if self.authorization is None:
+            return self.uncapped_cents
+        return min(self.uncapped_cents, self.authorization.amount_cents)
+
+    @property
+    def capped(self) -> bool:
+        return self.estimate_cents < self.uncapped_cents
+
+    @property
+    def paid_cents(self) -> int:
+        """Charged, less what was refunded."""
+        if self.authorization is None:
+            return 0
+        return self.authorization.captured_cents - self.authorization.refunded_cents
+
+
+def receipt_get(*, bid) -> Receipt:
+    """A bid's receipt: one line per round that sold it validated work. Units under no allocation, or not done
+    (queued, leased, failed), are not billed and do not appear."""
+    from marketplace.models import WorkUnit
+
+    rows = (
+        WorkUnit.objects.filter(bid=bid, status=WorkUnit.Status.DONE, allocation__isnull=False)
+        .values_list(
+            "allocation__round_id",
+            "allocation__round__slot",
+            "allocation__pool",
+            "allocation__price_mcents_per_ch",
+            "ch",
+        )
+        .order_by("allocation__round__slot", "allocation__round_id", "pk")
+    )
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for round_id, slot, pool, price, ch in rows:
+        groups[(slot, round_id, pool, price)].append(ch)
+    lines = [
+        ReceiptLine(
+            round_slot=slot, pool=pool, ch=sum(chs), price_mcents_per_ch=price,
+            value_mcents=sum((Decimal(repr(ch)) * price for ch in chs), Decimal(0)),
+        )
+        for (slot, _, pool, price), chs in groups.items()
+    ]  # fmt: skip
+    authorization = PaymentAuthorization.objects.filter(bid=bid).first()
+    refunds = list(authorization.refunds.order_by("created_at", "pk")) if authorization else []
+    return Receipt(bid=bid, authorization=authorization, lines=lines, refunds=refunds)
+
+
+# --- Staff: the books at a glance ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinanceSummary:
+    """The platform's books, in cents, from the ledger's account totals (billing/models.py, AccountKind)."""
+
+    gross_cents: int  # everything captured, before refunds
+    fee_cents: int
+    refunds_cents: int
+    owner_pending_cents: int
+    owner_available_cents: int
+    owner_paid_out_cents: int
+    open_holds_cents: int
+    transactions: list[tuple[str, int]]  # (kind, how many), every kind
+    currency: str
+
+    @property
+    def net_cents(self) -> int:
+        return self.gross_cents - self.refunds_cents
+
+    @property
+    def take_rate_pct(self) -> Decimal | None:
+        """The platform fee as a share of gross volume, in %; None before the first capture."""
+        if not self.gross_cents:
+            return None
+        return (Decimal(self.fee_cents) * 100 / self.gross_cents).quantize(Decimal("0.01"))
+
+
+def finance_summary(*, currency: str = "usd") -> FinanceSummary:
+    totals = ledger.totals_by_kind(currency=currency)
+    counts = dict(LedgerTransaction.objects.values_list("kind").annotate(n=Count("pk")).order_by())
+    return FinanceSummary(
+        # A refund moves money from customer_spend to refunds: together they are all that was ever captured.
+        gross_cents=totals.get(AccountKind.CUSTOMER_SPEND, 0) + totals.get(AccountKind.REFUNDS, 0),
+        fee_cents=totals.get(AccountKind.PLATFORM_FEE, 0),
+        refunds_cents=totals.get(AccountKind.REFUNDS, 0),
+        owner_pending_cents=totals.get(AccountKind.OWNER_PENDING, 0),
+        owner_available_cents=totals.get(AccountKind.OWNER_AVAILABLE, 0),
+        owner_paid_out_cents=totals.get(AccountKind.OWNER_PAID_OUT, 0),
+        open_holds_cents=totals.get(AccountKind.CUSTOMER_HELD, 0),
+        transactions=[(label, counts.get(kind, 0)) for kind, label in LedgerTransaction.Kind.choices],
+        currency=currency,
     )

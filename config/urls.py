@@ -16,6 +16,7 @@ urlpatterns = [
     path("customer/", include("marketplace.urls")),
     path("market/", marketplace_views.market, name="market"),
     path("", include("fleet.urls")),
+    path("", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -207,9 +207,10 @@ def _release(unit: WorkUnit, *, error: str, count_attempt: bool) -> None:
     if unit.attempts >= MAX_UNIT_ATTEMPTS:
         unit.status = WorkUnit.Status.FAILED
         unit.save()
-        Bid.objects.filter(pk=unit.bid_id, status__in=Bid.OPEN_STATUSES).update(
+        if Bid.objects.filter(pk=unit.bid_id, status__in=Bid.OPEN_STATUSES).update(
             status=Bid.Status.FAILED, closed_at=timezone.now()
-        )
+        ):
+            _settle(unit.bid_id)
         return
     unit.status = WorkUnit.Status.QUEUED
     unit.save()
@@ -263,7 +264,14 @@ def bid_finish_if_done(*, bid: Bid) -> bool:
     bid.result_sha256 = storage.artifact_save(data)
     bid.status, bid.closed_at = Bid.Status.COMPLETED, timezone.now()
     bid.save(update_fields=["result_sha256", "status", "closed_at"])
+    _settle(bid.pk)
     return True
+
+
+def _settle(bid_id: int) -> None:
+    from .services import settle_when_committed
+
+    settle_when_committed(bid_id)
 
 
 def bid_result_file(*, bid: Bid) -> tuple[bytes, str, str]:

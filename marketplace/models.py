@@ -137,6 +137,8 @@ class Bid(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
         EXPIRED = "expired", "Expired"
+        AUTHORIZING = "authorizing", "Authorizing the card"
+        DECLINED = "declined", "Card declined"
 
     OPEN_STATUSES = (Status.WAITING, Status.RUNNING)
 
@@ -182,6 +184,9 @@ class Round(models.Model):
     cars_offered = models.PositiveIntegerField(default=0)
     bids_considered = models.PositiveIntegerField(default=0)
     seconds = models.FloatField(null=True, blank=True, help_text="Time to snapshot, clear and store.")
+    platform_fee_pct = models.DecimalField(
+        max_digits=5, decimal_places=2, default=15, help_text="The fee in force for what this round sold."
+    )
 
     class Meta:
         ordering = ["-slot"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import numpy as np
 from django.db import connection, transaction
@@ -17,6 +18,7 @@ from fleet.selectors import vehicles_live
 from . import auction
 from .dispatch import units_cut
 from .models import Allocation, Bid, PoolClearing, Round, WorkUnit
+from .services import settle_when_committed
 
 # Any number that is ours alone: the PostgreSQL advisory lock that lets one round run at a time.
 ROUND_LOCK_KEY = 0x1D1E_F1EE
@@ -150,6 +152,8 @@ def bids_expire(*, now: datetime) -> int:
     if expired:
         Bid.objects.filter(pk__in=expired).update(status=Bid.Status.EXPIRED, closed_at=now)
         WorkUnit.objects.filter(bid__in=expired, status=WorkUnit.Status.QUEUED).update(assigned_vehicle=None)
+        for bid_id in expired:
+            settle_when_committed(bid_id)
     return len(expired)
 
 
@@ -165,7 +169,9 @@ def auction_round_run(*, now: datetime | None = None) -> Round | None:
         bids_expire(now=now)
         supply, rates = supply_snapshot(now=now)
         demand = demand_snapshot(now=now)
-        reserves = pricing_current().reserves  # staff's latest change applies from this round on
+        pricing = pricing_current()
+        reserves = pricing.reserves  # staff's latest change applies from this round on
+        round_.platform_fee_pct = Decimal(str(pricing.platform_fee_pct))
         reserve = np.array([reserves[p] for p in auction.POOLS], dtype=np.int64)
         result = clear_all_or_none(supply=supply, demand=demand, reserve=reserve)
         _store(round_, result, reserve, rates, now)
@@ -173,7 +179,7 @@ def auction_round_run(*, now: datetime | None = None) -> Round | None:
         round_.bids_considered = len(demand.bid)
         round_.finished_at = timezone.now()
         round_.seconds = time.perf_counter() - started
-        round_.save(update_fields=["cars_offered", "bids_considered", "finished_at", "seconds"])
+        round_.save(update_fields=["cars_offered", "bids_considered", "finished_at", "seconds", "platform_fee_pct"])
     return round_
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -359,20 +360,45 @@ def bid_place(
     smallest_unit = min(dataset.item_count, 100) * variant.ch_per_item
     if budget_cents <= 0 or budget_cents * 1000 < smallest_unit * reserve:
         raise _field_error("budget_cents", "The budget does not cover one work unit at the reserve price.")
-    return Bid.objects.create(
-        customer=customer,
-        inference_model=inference_model,
-        dataset=dataset,
-        variant=variant,
-        precision_requested=precision,
-        pool=variant.precision,
-        max_price_mcents_per_ch=max_price_mcents_per_ch,
-        budget_cents=budget_cents,
-        deadline=deadline,
-        all_or_none=all_or_none,
-        items=dataset.item_count,
-        ch_total=ch_total,
-    )
+    # The budget is held on the card, and the job never costs more than it: all of its CH at the maximum price.
+    worst_case_cents = math.ceil(ch_total * max_price_mcents_per_ch / 1000)
+    if budget_cents < worst_case_cents:
+        raise _field_error(
+            "budget_cents",
+            f"All {dataset.item_count:,} items at your maximum price can cost {worst_case_cents / 100:.2f}: raise the "
+            "budget to that, or lower the maximum price.",
+        )
+    from billing.services import authorization_confirm, authorization_prepare
+
+    with transaction.atomic():
+        bid = Bid.objects.create(
+            customer=customer,
+            inference_model=inference_model,
+            dataset=dataset,
+            variant=variant,
+            precision_requested=precision,
+            pool=variant.precision,
+            max_price_mcents_per_ch=max_price_mcents_per_ch,
+            budget_cents=budget_cents,
+            deadline=deadline,
+            all_or_none=all_or_none,
+            items=dataset.item_count,
+            ch_total=ch_total,
+            status=Bid.Status.AUTHORIZING,
+        )
+        authorization = authorization_prepare(bid=bid)
+    # Committed with its idempotency key: if this request dies during the call, the billing sweeper finishes it.
+    authorization = authorization_confirm(authorization_id=authorization.pk)
+    bid.refresh_from_db()
+    if bid.status == Bid.Status.DECLINED:
+        raise ApplicationError(
+            f"payment_method: your card was not authorized for {budget_cents / 100:.2f} "
+            f"{bid.currency.upper()}: {authorization.failure_message}",
+            fields={"payment_method": [authorization.failure_message]},
+            code="card_declined",
+            status=402,
+        )
+    return bid
 
 
 def bid_cancel(*, bid: Bid) -> Bid:
@@ -389,4 +415,12 @@ def bid_cancel(*, bid: Bid) -> Bid:
             )
         bid.status, bid.closed_at = Bid.Status.CANCELLED, timezone.now()
         bid.save(update_fields=["status", "closed_at"])
+        settle_when_committed(bid.pk)
     return bid
+
+
+def settle_when_committed(bid_id: int) -> None:
+    """A closed bid is charged for its validated work and the rest of its hold released (billing/services.py)."""
+    from billing.tasks import bid_settle
+
+    transaction.on_commit(lambda: bid_settle.delay(bid_id))

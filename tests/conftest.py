@@ -11,6 +11,9 @@ from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
 from marketplace.models import InferenceModel
 from tests.factories import CustomerFactory, OwnerFactory, StaffFactory
 
+# The local Stripe server (billing/localstripe_dev.py), started once per session when a test asks for it.
+pytest_plugins = ["tests.stripe_fixtures"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def redis_server():
@@ -88,7 +91,20 @@ def digits_onnx():
 
 
 @pytest.fixture
-def digits_with_variants(client, alice, run_tasks_inline, digits_onnx):
+def card_for(stripe_server, db):
+    """Save a Stripe test card for a customer, through the local Stripe server: bids hold their budget on it."""
+    from billing.services import card_save
+
+    def add(user, payment_method: str = "pm_card_visa"):
+        return card_save(user=user, payment_method=payment_method)
+
+    return add
+
+
+@pytest.fixture
+def digits_with_variants(client, alice, run_tasks_inline, digits_onnx, card_for):
+    """alice's digits classifier with its variants built, and a card to place bids with."""
+    card_for(alice)
     client.force_login(alice)
     model_id = client.post(
         "/api/v1/models/",

@@ -206,6 +206,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # The SDK logs two lines per call at INFO, with URLs; failures are logged by our code.
+        "stripe": {"level": "WARNING"},
         # The demo quiets runserver's line per request: a simulated fleet makes several a second.
         "django.server": {"level": env.str("DJANGO_SERVER_LOG_LEVEL", default="INFO")},
     },
@@ -237,6 +239,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 RESERVE_PRICES_MCENTS_PER_CH = {"int8": 1000, "fp8": 1500, "fp16": 1500, "fp32": 2000}
 PRICE_CEILING_MCENTS_PER_CH = env.int("PRICE_CEILING_MCENTS_PER_CH", default=100_000)
 PLATFORM_FEE_PCT = env.float("PLATFORM_FEE_PCT", default=15.0)
+# Payout defaults until staff save a pricing policy in the admin.
+MIN_PAYOUT_CENTS = env.int("MIN_PAYOUT_CENTS", default=1000)
+EARNINGS_HOLD_HOURS = env.int("EARNINGS_HOLD_HOURS", default=72)
+PAYOUT_SCHEDULE = env.str("PAYOUT_SCHEDULE", default="weekly")
 # A bid's deadline must leave at least this long for the work.
 MIN_BID_LEAD_SECONDS = env.int("MIN_BID_LEAD_SECONDS", default=600)
 # Beat ticks often; a round runs when a new slot of the staff-set interval begins (a tick in the same slot is a no-op).
@@ -247,6 +253,16 @@ CELERY_BEAT_SCHEDULE["auction-round"] = {
 }
 # How long a car may hold a work unit before the sweeper gives it to another car (seconds).
 WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)
+CELERY_BEAT_SCHEDULE["billing-sweep"] = {
+    "task": "billing.tasks.billing_sweep",
+    "schedule": 60,
+    "options": {"expires": 60},
+}
+CELERY_BEAT_SCHEDULE["payouts"] = {
+    "task": "billing.tasks.payouts",
+    "schedule": 3600,
+    "options": {"expires": 3600},
+}
 CELERY_BEAT_SCHEDULE["leases-sweep"] = {
     "task": "marketplace.tasks.leases_sweep",
     "schedule": 30,

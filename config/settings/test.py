@@ -16,3 +16,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A file, not SQLite's shared in-memory database: that one locks whole tables and ignores the busy timeout,
     # so a test's live server or Celery worker thread would fail on "database table is locked".
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-idlefleet.sqlite3")}  # noqa: F405
+else:
+    # Parallel runs on one machine (a developer's and CI's, say) must not share a test database: each run that uses
+    # its own Redis database number gets its own PostgreSQL test database too.
+    _redis_db = os.environ.get("REDIS_URL", "").rstrip("/").rsplit("/", 1)[-1]
+    if _redis_db.isdigit() and _redis_db != "0":
+        DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{_redis_db}"}  # noqa: F405

@@ -58,7 +58,7 @@ class StillClock:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_killed_agent_process_loses_its_unit_to_another_car(live_server, tmp_path, monkeypatch, settings):
+def test_a_killed_agent_process_loses_its_unit_to_another_car(live_server, tmp_path, monkeypatch, settings, card_for):
     from fleet import availability
 
     settings.AUCTION_INTERVAL_SECONDS = 1
@@ -67,6 +67,7 @@ def test_a_killed_agent_process_loses_its_unit_to_another_car(live_server, tmp_p
     call_command("catalogue_sync", documents=679)  # MiniLM: about two seconds of work for one car
     model = InferenceModel.objects.get(is_catalogue=True, kind="text")
     customer = User.objects.create_user("alice", "alice@example.test", "pw", role=Role.CUSTOMER)
+    card_for(customer)
     bid = services.bid_place(
         customer=customer, inference_model=model, dataset=model.datasets.get(), precision="int8",
         max_price_mcents_per_ch=5000, budget_cents=100, deadline=timezone.now() + timedelta(hours=1),

@@ -43,10 +43,12 @@ class StillClock:
 
 @pytest.mark.worker
 def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
-    client, live_server, celery_worker_thread, digits_onnx, tmp_path, settings
+    client, live_server, celery_worker_thread, digits_onnx, tmp_path, settings, card_for
 ):
     settings.AUCTION_INTERVAL_SECONDS = 10
-    client.force_login(CustomerFactory(username="alice"))
+    alice = CustomerFactory(username="alice")
+    card_for(alice)
+    client.force_login(alice)
     model_id = client.post(
         "/api/v1/models/",
         {"name": "digits", "onnx_file": SimpleUploadedFile("d.onnx", digits_onnx), "output_name": DIGITS_OUTPUT,

@@ -19,7 +19,7 @@ def test_seed_demo_twice_gives_the_same_accounts(client):
         assert client.login(username=user.username, password=DEMO_PASSWORD)
 
 
-def test_demo_bids_are_placed_once():
+def test_demo_bids_are_placed_once(stripe_server):
     from marketplace.models import Bid
 
     call_command("seed_demo")
@@ -32,3 +32,4 @@ def test_demo_bids_are_placed_once():
         ("alice", "int8", "waiting"),
         ("bob", "int8", "waiting"),
     ]
+    assert {b.authorization.status for b in bids} == {"authorized"}  # their budgets are held on test cards

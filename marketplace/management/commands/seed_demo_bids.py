@@ -1,5 +1,6 @@
-"""Give the demo customers a bid each on the catalogue models, so the first rounds have something to sell.
-Safe to run again: a customer with an open bid gets no other."""
+"""Give the demo customers a test card and a bid each on the catalogue models, so the first rounds have something to
+sell. Needs the (local) Stripe server: bids hold their budget on the card. Safe to run again: a customer with a card
+gets no other, and one with an open bid gets no other bid."""
 
 from datetime import timedelta
 
@@ -7,6 +8,8 @@ from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from accounts.models import User
+from billing.models import BillingProfile
+from billing.services import card_save
 from config.exceptions import ApplicationError
 from marketplace import services
 from marketplace.models import Bid, InferenceModel
@@ -31,6 +34,8 @@ class Command(BaseCommand):
             if Bid.objects.filter(customer=customer, status__in=Bid.OPEN_STATUSES).exists():
                 continue
             try:
+                if not BillingProfile.objects.filter(user=customer).exclude(payment_method_id="").exists():
+                    card_save(user=customer, payment_method="pm_card_visa")
                 bid = services.bid_place(
                     customer=customer,
                     inference_model=model,

@@ -2,13 +2,18 @@ import signal
 import time
 import urllib.request
 
+from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from ops.demo import banner
 
 
 class Command(BaseCommand):
-    help = "Wait until the web server answers, print where to log in, then wait for Ctrl-C (used by `make demo`)."
+    help = (
+        "Wait until the web server and the local Stripe server answer, place the demo bids, print where to log in, "
+        "then wait for Ctrl-C (used by `make demo`)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -16,16 +21,27 @@ class Command(BaseCommand):
 
     def handle(self, *args, url: str, timeout: float, **options):
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz/", timeout=2):  # noqa: S310 - our own local URL
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stderr.write(f"the web server did not answer at {url} within {timeout:.0f} s")
-                    return
-                time.sleep(0.5)
+        if not self._wait(f"{url}/healthz/", deadline):
+            self.stderr.write(f"the web server did not answer at {url} within {timeout:.0f} s")
+            return
+        if settings.STRIPE_API_BASE:
+            if self._wait(f"{settings.STRIPE_API_BASE}/_dev/health", deadline):
+                # Bids hold their budget on a card: they can only be placed once Stripe answers.
+                call_command("seed_demo_bids", stdout=self.stdout)
+            else:
+                self.stderr.write(f"the local Stripe server did not answer at {settings.STRIPE_API_BASE}")
         self.stdout.write(banner(url))
         self.stdout.flush()
         # The process manager stops everything when one process exits, so stay until it stops us.
         signal.pause()
+
+    @staticmethod
+    def _wait(address: str, deadline: float) -> bool:
+        while True:
+            try:
+                with urllib.request.urlopen(address, timeout=2):  # noqa: S310 - our own local URLs
+                    return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.5)

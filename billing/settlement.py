@@ -1,0 +1,70 @@
+"""What a finished job costs and who gets it, to the cent. No Django.
+
+Work is priced exactly: a work unit's CH × the clearing price of the round that sold it, in milli-cents (m¢), as a
+Decimal built from the CH's shortest repr, so the same inputs give the same cents on every machine. The total is
+rounded half-up to the cent once, per job; the platform's fee is the fee of each round's price, rounded once; the
+rest is split between the cars by the largest-remainder method, so the shares add up to the charge exactly and no
+car is more than a cent from its exact share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+
+@dataclass(frozen=True)
+class WorkLine:
+    """Validated work of one car sold in one round: `ch` compute-hours at `price_mcents` m¢ per CH."""
+
+    key: Hashable  # who earns it, e.g. (vehicle id, owner id)
+    ch: float
+    price_mcents: int
+    fee_pct: Decimal
+
+    @property
+    def value_mcents(self) -> Decimal:
+        return Decimal(repr(self.ch)) * self.price_mcents
+
+
+@dataclass(frozen=True)
+class Split:
+    charge_cents: int
+    fee_cents: int
+    shares: dict[Hashable, int]  # key -> cents; sum(shares) + fee_cents == charge_cents
+    work_mcents: Decimal
+
+
+def cents_half_up(mcents: Decimal) -> int:
+    return int((mcents / 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def settle(lines: Iterable[WorkLine], *, authorized_cents: int) -> Split:
+    """The charge for `lines` (never above what was authorized), the platform's fee, and each car's share."""
+    lines = [line for line in lines if line.ch > 0]
+    work = sum((line.value_mcents for line in lines), Decimal(0))
+    charge = min(cents_half_up(work), authorized_cents)
+    if charge <= 0 or work <= 0:
+        return Split(charge_cents=0, fee_cents=0, shares={}, work_mcents=work)
+    fee_exact = sum((line.value_mcents * line.fee_pct / 100 for line in lines), Decimal(0))
+    fee = int((Decimal(charge) * fee_exact / work).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    earned: dict[Hashable, Decimal] = {}
+    for line in lines:
+        earned[line.key] = earned.get(line.key, Decimal(0)) + line.value_mcents * (100 - line.fee_pct) / 100
+    return Split(charge_cents=charge, fee_cents=fee, shares=largest_remainder(charge - fee, earned), work_mcents=work)
+
+
+def largest_remainder(total: int, weights: dict[Hashable, Decimal]) -> dict[Hashable, int]:
+    """Split `total` cents in proportion to `weights`: floors first, then one cent each to the largest remainders
+    (ties by key order, so the split is deterministic). Keys whose share is 0 are left out."""
+    weight_sum = sum(weights.values(), Decimal(0))
+    if total <= 0 or weight_sum <= 0:
+        return {}
+    exact = {key: Decimal(total) * weight / weight_sum for key, weight in weights.items()}
+    shares = {key: int(value) for key, value in exact.items()}
+    left = total - sum(shares.values())
+    by_remainder = sorted(exact, key=lambda key: (-(exact[key] - shares[key]), repr(key)))
+    for key in by_remainder[:left]:
+        shares[key] += 1
+    return {key: cents for key, cents in shares.items() if cents > 0}

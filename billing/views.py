@@ -1,0 +1,160 @@
+import logging
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts.models import Role
+from accounts.permissions import role_required, staff_required
+from config.exceptions import ApplicationError
+
+from . import reconciliation, reports, selectors, services, webhooks
+from .forms import CardForm
+from .models import BillingProfile, ConnectAccount, Payout
+
+log = logging.getLogger(__name__)
+
+
+# --- Stripe webhook ------------------------------------------------------------------------------------------------
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request):
+    """Verify, store once, answer at once; a task does the work (billing/webhooks.py)."""
+    from .tasks import stripe_event_process
+
+    try:
+        event, first_time = webhooks.event_receive(
+            payload=request.body, signature=request.headers.get("Stripe-Signature", "")
+        )
+    except webhooks.BadWebhook as error:
+        log.warning("refused a Stripe webhook: %s", error)
+        return HttpResponse(f"Bad webhook: {error}", status=400, content_type="text/plain")
+    if first_time:
+        stripe_event_process.delay(event.event_id)
+    return HttpResponse("ok", content_type="text/plain")
+
+
+# --- Customers: card, spend history, receipts ------------------------------------------------------------------------
+
+
+@role_required(Role.CUSTOMER)
+@require_http_methods(["GET", "POST"])
+def customer_billing(request):
+    """The saved card (add or replace it), and what the customer's settled jobs cost, with a receipt for each."""
+    test_mode = selectors.stripe_test_mode()
+    form = CardForm(request.POST or None)
+    if request.method == "POST" and test_mode and form.is_valid():
+        try:
+            profile = services.card_save(user=request.user, payment_method=form.cleaned_data["payment_method"])
+        except ApplicationError as error:
+            form.add_application_error(error)
+        else:
+            messages.success(request, f"Card saved: {profile.card_brand.title()} ending in {profile.card_last4}.")
+            return redirect("billing:customer-billing")
+    history = Paginator(selectors.spend_history(user=request.user), 25).get_page(request.GET.get("page"))
+    context = {
+        "profile": BillingProfile.objects.filter(user=request.user).first(),
+        "form": form,
+        "test_mode": test_mode,
+        "history": history,
+        "totals": selectors.spend_totals(user=request.user),
+    }
+    return render(request, "billing/customer_billing.html", context, status=400 if form.errors else 200)
+
+
+@role_required(Role.CUSTOMER)
+def receipt(request, bid_id: int):
+    """One job's receipt. Another customer's bid is a 404, the same as a bid that does not exist."""
+    from marketplace.models import Bid
+
+    bid = get_object_or_404(
+        Bid.objects.select_related("inference_model", "dataset", "variant"), pk=bid_id, customer=request.user
+    )
+    return render(request, "billing/receipt.html", {"receipt": selectors.receipt_get(bid=bid), "bid": bid})
+
+
+# --- Owners: earnings dashboard, CSV, payouts ----------------------------------------------------------------------
+
+
+@role_required(Role.OWNER)
+def owner_earnings(request):
+    """What the owner's cars earned: totals by period, a stacked daily chart per car, energy cost, net profit and
+    balances (billing/reports.py)."""
+    now = timezone.now()
+    chart = reports.owner_daily_earnings(owner=request.user, now=now)
+    context = {
+        "summary": reports.owner_earnings_summary(owner=request.user, now=now),
+        "chart": chart,
+        "chart_rows": reports.daily_rows(chart),
+    }
+    return render(request, "billing/owner_earnings.html", context)
+
+
+@role_required(Role.OWNER)
+def owner_earnings_csv(request):
+    """Every earning (and voided earning) of the owner's cars, a line each, streamed."""
+    response = StreamingHttpResponse(
+        reports.owner_earnings_csv_lines(owner=request.user), content_type="text/csv; charset=utf-8"
+    )
+    filename = f"idlefleet-earnings-{request.user.username}-{timezone.localdate().isoformat()}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@role_required(Role.OWNER)
+def owner_payouts(request):
+    account = ConnectAccount.objects.filter(user=request.user).first()
+    payouts = Payout.objects.filter(owner=request.user).order_by("-created_at")
+    return render(request, "billing/owner_payouts.html", {"account": account, "payouts": payouts[:100]})
+
+
+@role_required(Role.OWNER)
+@require_POST
+def owner_onboard(request):
+    """Off to Stripe's hosted onboarding (the local Stripe server's page in the demo); it sends the owner back."""
+    try:
+        url = services.connect_onboarding_url(
+            user=request.user,
+            refresh_url=request.build_absolute_uri(reverse("billing:owner-payouts")),
+            return_url=request.build_absolute_uri(reverse("billing:owner-onboard-return")),
+        )
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return redirect("billing:owner-payouts")
+    return redirect(url)
+
+
+@role_required(Role.OWNER)
+def owner_onboard_return(request):
+    account = ConnectAccount.objects.filter(user=request.user).exclude(stripe_account_id="").first()
+    if account is not None:
+        try:
+            account = services.connect_account_sync(account_id=account.stripe_account_id)
+        except services.stripe_gateway.GatewayError as error:
+            messages.error(request, f"Stripe could not be reached: {error.message}. Your status will update shortly.")
+            return redirect("billing:owner-payouts")
+    if account is not None and account.payouts_enabled:
+        messages.success(request, "Payouts are set up: your available earnings will be sent on the next payout run.")
+    else:
+        messages.warning(request, "Onboarding is not finished yet: Stripe still needs some details from you.")
+    return redirect("billing:owner-payouts")
+
+
+# --- Staff: the books ------------------------------------------------------------------------------------------------
+
+
+@staff_required
+def staff_finance(request):
+    """The books at a glance, and the ledger reconciled against Stripe (a Stripe outage shows the ledger alone)."""
+    return render(
+        request,
+        "billing/staff_finance.html",
+        {"books": selectors.finance_summary(), "report": reconciliation.reconciliation_report()},
+    )

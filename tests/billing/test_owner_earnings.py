@@ -1,0 +1,250 @@
+"""A car owner's earnings page (/owner/earnings/) and its CSV export, read from the ledger."""
+
+import csv
+import io
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from unittest import mock
+
+import pytest
+from django.utils import timezone
+
+from billing import ledger
+from billing.ledger import Leg
+from billing.models import AccountKind, LedgerTransaction
+from billing.reports import CSV_HEADER, owner_daily_earnings, owner_earnings_summary
+from tests.factories import vehicle_with_credential
+
+pytestmark = pytest.mark.django_db
+
+Kind = LedgerTransaction.Kind
+# A Wednesday afternoon: the week began on Monday 10 March, the month on 1 March.
+NOW = datetime(2025, 3, 12, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _site_in_utc(settings):
+    settings.TIME_ZONE = "UTC"
+
+
+def car(owner, name="Blue car", price="20.00"):
+    vehicle, _ = vehicle_with_credential(owner, name=name, energy_price_cents_per_kwh=Decimal(price))
+    return vehicle
+
+
+def at(moment):
+    """Book what follows as if it happened at `moment` (entries take their time from the clock)."""
+    return mock.patch("django.utils.timezone.now", return_value=moment)
+
+
+def capture(customer, *earnings, key, when=None, fee=10):
+    """A customer's job captured: `earnings` are (vehicle, cents, ch, energy_wh) credited to each car's owner."""
+    charged = sum(cents for _, cents, _, _ in earnings) + fee
+    legs = [
+        Leg(AccountKind.CUSTOMER_HELD, charged, user_id=customer.pk),
+        Leg(AccountKind.CUSTOMER_SPEND, charged, user_id=customer.pk),
+        Leg(AccountKind.STRIPE_CLEARING, -charged),
+        Leg(AccountKind.PLATFORM_FEE, -fee),
+    ] + [
+        Leg(AccountKind.OWNER_PENDING, -cents, user_id=v.owner_id, vehicle_id=v.pk, ch=ch, energy_wh=wh)
+        for v, cents, ch, wh in earnings
+    ]
+    with at(when or timezone.now()):
+        return ledger.post(kind=Kind.CAPTURE, key=f"capture:{key}", legs=legs, description=f"job {key}")
+
+
+def release(owner, vehicle, cents, key):
+    return ledger.post(
+        kind=Kind.EARNINGS_RELEASE, key=f"hold_over:{key}",
+        legs=[Leg(AccountKind.OWNER_PENDING, cents, user_id=owner.pk, vehicle_id=vehicle.pk),
+              Leg(AccountKind.OWNER_AVAILABLE, -cents, user_id=owner.pk, vehicle_id=vehicle.pk)],
+    )  # fmt: skip
+
+
+def csv_rows(response):
+    assert response.status_code == 200
+    return list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+
+
+# --- The figures -----------------------------------------------------------------------------------------------------
+
+
+def test_totals_follow_the_calendar_today_this_week_this_month_all_time(olivia, alice):
+    blue = car(olivia)
+    capture(alice, (blue, 500, 1.0, 100), key="today", when=NOW - timedelta(hours=5))
+    capture(alice, (blue, 300, 0.5, 50), key="monday", when=datetime(2025, 3, 10, 0, 30, tzinfo=UTC))
+    capture(alice, (blue, 200, 0.5, 50), key="first", when=datetime(2025, 3, 1, 8, tzinfo=UTC))
+    capture(alice, (blue, 1000, 2.0, 200), key="february", when=datetime(2025, 2, 28, 23, 59, tzinfo=UTC))
+
+    summary = owner_earnings_summary(owner=olivia, now=NOW)
+
+    assert (summary.today_cents, summary.week_cents, summary.month_cents) == (500, 800, 1000)
+    assert summary.all_time_cents == 2000
+    assert summary.ch_sold == pytest.approx(4.0)
+    assert summary.avg_mcents_per_ch == 500_000  # 2000 ¢ over 4 CH: 5 ¢ per CH
+    assert summary.has_earnings
+
+
+def test_days_are_the_sites_calendar_days(olivia, alice):
+    blue = car(olivia)
+    # 02:00 UTC on the 12th is still the evening of the 11th in New York.
+    capture(alice, (blue, 700, 1.0, 100), key="late", when=datetime(2025, 3, 12, 2, tzinfo=UTC))
+
+    with timezone.override("America/New_York"):
+        summary = owner_earnings_summary(owner=olivia, now=NOW)
+        chart = owner_daily_earnings(owner=olivia, days=3, now=NOW)
+
+    assert (summary.today_cents, summary.week_cents) == (0, 700)
+    assert chart["labels"] == ["2025-03-10", "2025-03-11", "2025-03-12"]
+    assert chart["datasets"][0]["data"] == [0, 700, 0]
+
+
+def test_net_profit_is_earnings_less_energy_at_each_cars_own_price(olivia, alice):
+    blue = car(olivia, "Blue car", price="20.00")
+    red = car(olivia, "Red car", price="35.50")
+    capture(alice, (blue, 1000, 2.0, 1000), (red, 500, 1.0, 600), key="one")
+    capture(alice, (blue, 1, 0.0, 500), (red, 1, 0.0, 400), key="two")
+
+    summary = owner_earnings_summary(owner=olivia)
+
+    # Blue: 1.5 kWh × 20 ¢ = 30 ¢. Red: 1.0 kWh × 35.5 ¢ = 35.5 ¢, rounded half up to 36 ¢.
+    assert summary.energy_kwh == pytest.approx(2.5)
+    assert summary.energy_cost_cents == 66
+    assert summary.all_time_cents == 1502
+    assert summary.net_profit_cents == 1502 - 66
+    by_car = {v.name: v for v in summary.vehicles}
+    assert (by_car["Blue car"].energy_cost_cents, by_car["Red car"].energy_cost_cents) == (30, 36)
+    assert by_car["Red car"].net_profit_cents == 501 - 36
+
+
+def test_a_voided_earning_is_taken_back_and_moving_money_to_payout_is_not_earning_again(olivia, alice):
+    blue = car(olivia)
+    capture(alice, (blue, 900, 3.0, 900), key="kept")
+    voided = capture(alice, (blue, 400, 1.0, 300), key="voided")
+    ledger.reverse(txn=voided, key="reverse:voided")
+    # A release undone (pending credited again) and done again: money moving between olivia's own accounts.
+    ledger.reverse(txn=release(olivia, blue, 900, "first"), key="reverse:release")
+    release(olivia, blue, 900, "second")
+    ledger.post(
+        kind=Kind.PAYOUT, key="payout:1",
+        legs=[Leg(AccountKind.OWNER_AVAILABLE, 600, user_id=olivia.pk),
+              Leg(AccountKind.OWNER_PAID_OUT, -600, user_id=olivia.pk)],
+    )  # fmt: skip
+
+    summary = owner_earnings_summary(owner=olivia)
+
+    assert summary.all_time_cents == summary.today_cents == 900
+    assert summary.ch_sold == pytest.approx(3.0)
+    assert summary.energy_kwh == pytest.approx(0.9)
+    assert (summary.pending_cents, summary.available_cents, summary.paid_out_cents) == (0, 300, 600)
+
+
+def test_the_chart_stacks_each_cars_daily_earnings_with_every_day_present(olivia, alice):
+    blue, red = car(olivia, "Blue car"), car(olivia, "Red car")
+    capture(alice, (blue, 100, 1.0, 10), key="a", when=NOW - timedelta(hours=1))
+    capture(alice, (blue, 250, 1.0, 10), (red, 40, 1.0, 10), key="b", when=NOW - timedelta(days=2))
+    capture(alice, (red, 60, 1.0, 10), key="c", when=NOW - timedelta(days=2, hours=3))
+    capture(alice, (red, 999, 1.0, 10), key="too-old", when=NOW - timedelta(days=7))
+
+    chart = owner_daily_earnings(owner=olivia, days=7, now=NOW)
+
+    assert chart["labels"] == [(date(2025, 3, 6) + timedelta(days=n)).isoformat() for n in range(7)]
+    assert [(s["label"], s["data"]) for s in chart["datasets"]] == [
+        ("Blue car", [0, 0, 0, 0, 250, 0, 100]),
+        ("Red car", [0, 0, 0, 0, 100, 0, 0]),
+    ]
+
+
+# --- The page and the CSV --------------------------------------------------------------------------------------------
+
+
+def test_the_page_shows_totals_chart_stats_and_balances(client, olivia, alice):
+    blue = car(olivia, "Blue car", price="25.00")
+    capture(alice, (blue, 1234, 2.0, 2000), key="one")
+    client.force_login(olivia)
+
+    response = client.get("/owner/earnings/")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert page.count("$12.34") >= 4  # today, this week, this month, all time
+    assert "$0.50" in page  # 2 kWh at 25 ¢/kWh
+    assert "$11.84" in page  # net profit
+    assert "617 ¢/CH" in page  # 1234 ¢ over 2 CH
+    assert "released after 72 hours" in page
+    assert 'id="daily-earnings"' in page and "vendor/chartjs/chart.umd.min.js" in page
+    assert "/owner/earnings.csv" in page and "/owner/payouts/" in page
+    assert "No earnings yet" not in page
+    chart = response.context["chart"]
+    assert chart["datasets"][0]["label"] == "Blue car" and chart["datasets"][0]["data"][-1] == 1234
+
+
+def test_an_owner_without_earnings_is_told_when_they_will_appear(client, olivia):
+    car(olivia)
+    client.force_login(olivia)
+
+    page = client.get("/owner/earnings/").content.decode()
+
+    assert "No earnings yet" in page
+    assert "validated" in page
+    assert "chart.umd.min.js" not in page
+
+
+def test_the_csv_lists_each_earning_and_each_voided_one(client, olivia, alice):
+    blue = car(olivia, "=Blue car")
+    earned = capture(alice, (blue, 1234, 2.5, 1500), key="one", when=datetime(2025, 3, 11, 9, 30, tzinfo=UTC))
+    with at(datetime(2025, 3, 12, 10, tzinfo=UTC)):
+        voided = ledger.reverse(txn=earned, key="reverse:one")
+    client.force_login(olivia)
+
+    response = client.get("/owner/earnings.csv")
+
+    assert response["Content-Type"].startswith("text/csv")
+    filename = f"idlefleet-earnings-olivia-{timezone.localdate().isoformat()}.csv"
+    assert response["Content-Disposition"] == f'attachment; filename="{filename}"'
+    header, *rows = csv_rows(response)
+    assert tuple(header) == CSV_HEADER
+    name = "'=Blue car"  # a name that starts like a formula is kept as text
+    assert rows == [
+        ["2025-03-11 09:30:00", str(earned.pk), "", name, "2.500000", "1.500000", "1234", "12.34", "earned"],
+        ["2025-03-12 10:00:00", str(voided.pk), "", name, "-2.500000", "-1.500000", "-1234", "-12.34", "voided"],
+    ]
+
+
+def test_oscar_sees_none_of_olivias_money(client, olivia, oscar, alice):
+    capture(alice, (car(olivia), 5000, 10.0, 5000), key="olivia")
+    car(oscar, "Oscar's car")
+    client.force_login(oscar)
+
+    page = client.get("/owner/earnings/").content.decode()
+    _header, *rows = csv_rows(client.get("/owner/earnings.csv"))
+
+    assert "No earnings yet" in page and "$50.00" not in page
+    assert rows == []
+    summary = owner_earnings_summary(owner=oscar)
+    assert (summary.all_time_cents, summary.pending_cents, summary.has_earnings) == (0, 0, False)
+    assert owner_daily_earnings(owner=oscar)["datasets"] == []
+
+
+def test_only_owners_see_earnings(client, alice):
+    client.force_login(alice)
+
+    assert client.get("/owner/earnings/").status_code == 403
+    assert client.get("/owner/earnings.csv").status_code == 403
+
+
+def test_the_page_costs_a_handful_of_queries_however_many_cars_and_jobs(
+    client, olivia, alice, django_assert_max_num_queries
+):
+    cars = [car(olivia, f"Car {n}", price=f"{20 + n}.00") for n in range(5)]
+    now = timezone.now()
+    for job in range(60):
+        capture(alice, *((v, 100 + job, 0.5, 250) for v in cars), key=job, when=now - timedelta(hours=11 * job))
+    client.force_login(olivia)
+
+    # Session, user, the chart, the figures per car, the balances, the hold period.
+    with django_assert_max_num_queries(6):
+        response = client.get("/owner/earnings/")
+
+    assert response.status_code == 200
+    assert len(response.context["chart"]["datasets"]) == 5

@@ -1,0 +1,381 @@
+"""Staff reconcile the ledger with Stripe: every captured payment, refund and transfer at Stripe has its ledger
+booking with the same amount, and every booking its Stripe object."""
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.core.management import ManagementUtility, call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from billing import ledger, reconciliation, services, stripe_gateway
+from billing.ledger import Leg
+from billing.models import AccountKind, LedgerTransaction
+from billing.reconciliation import AMOUNT_MISMATCH, MISSING_AT_STRIPE, MISSING_IN_LEDGER, Difference
+from tests.billing import builders
+
+pytestmark = pytest.mark.django_db
+
+Kind = LedgerTransaction.Kind
+FINANCE = "/staff/finance/"
+
+
+# --- Stripe's side: stand-ins for the gateway's lists ----------------------------------------------------------------
+
+
+def intent(id: str, *, received: int, status: str = "succeeded", amount: int = 1000):
+    return SimpleNamespace(id=id, object="payment_intent", status=status, amount=amount, amount_received=received,
+                           currency="usd")  # fmt: skip
+
+
+def refund(id: str, amount: int, *, payment_intent: str | None = "pi_1", status: str = "succeeded"):
+    return SimpleNamespace(id=id, object="refund", amount=amount, payment_intent=payment_intent, status=status,
+                           currency="usd")  # fmt: skip
+
+
+def transfer(id: str, amount: int, *, reversed_: int = 0):
+    return SimpleNamespace(id=id, object="transfer", amount=amount, amount_reversed=reversed_, currency="usd")
+
+
+@pytest.fixture
+def stripe_has(monkeypatch):
+    """Make the gateway's lists return these objects (what Stripe holds)."""
+
+    def set_(*, intents=(), refunds=(), transfers=()):
+        monkeypatch.setattr(stripe_gateway, "payment_intents", lambda **kwargs: iter(intents))
+        monkeypatch.setattr(stripe_gateway, "refunds", lambda **kwargs: iter(refunds))
+        monkeypatch.setattr(stripe_gateway, "transfers", lambda **kwargs: iter(transfers))
+
+    return set_
+
+
+# --- The ledger's side: the postings billing/services.py makes -------------------------------------------------------
+
+
+def book_capture(customer, owner, payment_intent: str, cents: int, *, fee: int = 1) -> LedgerTransaction:
+    ledger.post(
+        kind=Kind.AUTHORIZE, key=f"authorize:{payment_intent}", stripe_object_id=payment_intent,
+        legs=[Leg(AccountKind.STRIPE_CLEARING, cents), Leg(AccountKind.CUSTOMER_HELD, -cents, user_id=customer.pk)],
+    )  # fmt: skip
+    return ledger.post(
+        kind=Kind.CAPTURE, key=f"capture:{payment_intent}", stripe_object_id=payment_intent,
+        legs=[
+            Leg(AccountKind.CUSTOMER_HELD, cents, user_id=customer.pk),
+            Leg(AccountKind.CUSTOMER_SPEND, cents, user_id=customer.pk),
+            Leg(AccountKind.STRIPE_CLEARING, -cents),
+            Leg(AccountKind.PLATFORM_FEE, -fee),
+            Leg(AccountKind.OWNER_PENDING, -(cents - fee), user_id=owner.pk),
+        ],
+    )  # fmt: skip
+
+
+def book_refund(customer, refund_id: str, cents: int) -> None:
+    ledger.post(
+        kind=Kind.REFUND, key=f"refund:{refund_id}", stripe_object_id=refund_id,
+        legs=[Leg(AccountKind.REFUNDS, cents, user_id=customer.pk),
+              Leg(AccountKind.CUSTOMER_SPEND, -cents, user_id=customer.pk)],
+    )  # fmt: skip
+
+
+def book_payout(owner, transfer_id: str, cents: int) -> None:
+    ledger.post(
+        kind=Kind.EARNINGS_RELEASE, key=f"hold_over:{transfer_id}",
+        legs=[Leg(AccountKind.OWNER_PENDING, cents, user_id=owner.pk),
+              Leg(AccountKind.OWNER_AVAILABLE, -cents, user_id=owner.pk)],
+    )  # fmt: skip
+    ledger.post(
+        kind=Kind.PAYOUT, key=f"payout:{transfer_id}", stripe_object_id=transfer_id,
+        legs=[Leg(AccountKind.OWNER_AVAILABLE, cents, user_id=owner.pk),
+              Leg(AccountKind.OWNER_PAID_OUT, -cents, user_id=owner.pk)],
+    )  # fmt: skip
+
+
+@pytest.fixture
+def books(alice, olivia):
+    """A captured job (400 ¢, 60 ¢ fee), a 100 ¢ refund of it, and a 300 ¢ payout to olivia."""
+    book_capture(alice, olivia, "pi_1", 400, fee=60)
+    book_refund(alice, "re_1", 100)
+    book_payout(olivia, "tr_1", 300)
+
+
+def matching_stripe():
+    return {
+        "intents": [
+            intent("pi_1", received=400),
+            intent("pi_open", received=0, status="requires_capture"),  # a hold: nothing captured, nothing booked
+            intent("pi_gone", received=0, status="canceled"),
+        ],
+        # The local Stripe server gives the uncaptured rest of a partial capture back as a refund with no payment
+        # intent: that is the hold's release, not a refund.
+        "refunds": [refund("re_1", 100), refund("re_release", 600, payment_intent=None)],
+        "transfers": [transfer("tr_1", 300)],
+    }
+
+
+# --- The report ------------------------------------------------------------------------------------------------------
+
+
+def test_the_books_reconcile_when_every_stripe_object_is_booked_with_its_amount(books, stripe_has):
+    stripe_has(**matching_stripe())
+
+    report = reconciliation.reconciliation_report()
+
+    assert report.reconciles
+    assert report.differences == []
+    assert report.unbalanced_transaction_ids == []
+    assert [(t.what, t.stripe_cents, t.ledger_cents, t.delta_cents) for t in report.totals] == [
+        ("capture", 400, 400, 0),
+        ("refund", 100, 100, 0),
+        ("transfer", 300, 300, 0),
+    ]
+
+
+def test_a_capture_missing_in_the_ledger_is_flagged(books, stripe_has):
+    stripe = matching_stripe()
+    stripe["intents"].append(intent("pi_2", received=250))
+    stripe_has(**stripe)
+
+    report = reconciliation.reconciliation_report()
+
+    assert not report.reconciles
+    assert report.differences == [Difference("capture", MISSING_IN_LEDGER, "pi_2", 250, None)]
+    assert report.totals[0].delta_cents == 250
+
+
+def test_an_amount_that_differs_is_flagged(books, stripe_has):
+    stripe = matching_stripe()
+    stripe["intents"][0] = intent("pi_1", received=401)
+    stripe_has(**stripe)
+
+    (difference,) = reconciliation.reconciliation_report().differences
+
+    assert difference == Difference("capture", AMOUNT_MISMATCH, "pi_1", 401, 400)
+    assert difference.delta_cents == 1
+
+
+def test_a_transfer_missing_from_the_ledger_is_flagged(books, stripe_has):
+    stripe = matching_stripe()
+    stripe["transfers"].append(transfer("tr_2", 700))
+    stripe_has(**stripe)
+
+    report = reconciliation.reconciliation_report()
+
+    assert report.differences == [Difference("transfer", MISSING_IN_LEDGER, "tr_2", 700, None)]
+
+
+def test_a_booking_stripe_knows_nothing_of_is_flagged(books, stripe_has, alice):
+    book_refund(alice, "re_ghost", 5)
+    stripe_has(**matching_stripe())
+
+    report = reconciliation.reconciliation_report()
+
+    assert report.differences == [Difference("refund", MISSING_AT_STRIPE, "re_ghost", None, 5)]
+
+
+def test_a_capture_stripe_canceled_is_an_amount_difference(books, stripe_has):
+    stripe = matching_stripe()
+    stripe["intents"][0] = intent("pi_1", received=0, status="canceled")
+    stripe_has(**stripe)
+
+    assert reconciliation.reconciliation_report().differences == [
+        Difference("capture", AMOUNT_MISMATCH, "pi_1", 0, 400)
+    ]
+
+
+def test_a_reversed_booking_no_longer_counts_and_a_reversed_transfer_nets_out(books, stripe_has):
+    capture = LedgerTransaction.objects.get(kind=Kind.CAPTURE)
+    ledger.reverse(txn=capture, key="reverse:capture")
+    stripe = matching_stripe()
+    stripe["transfers"] = [transfer("tr_1", 500, reversed_=200)]
+    stripe_has(**stripe)
+
+    report = reconciliation.reconciliation_report()
+
+    assert report.differences == [Difference("capture", MISSING_IN_LEDGER, "pi_1", 400, None)]
+
+
+def test_when_stripe_cannot_be_read_the_ledger_side_is_reported_with_the_error(books, stripe_has, monkeypatch):
+    stripe_has(**matching_stripe())
+
+    def unreachable(**kwargs):
+        raise stripe_gateway.GatewayError("Could not connect to Stripe.", code="api_connection_error")
+
+    monkeypatch.setattr(stripe_gateway, "transfers", unreachable)
+
+    report = reconciliation.reconciliation_report()
+
+    assert not report.reconciles
+    assert report.differences == []
+    assert report.stripe_errors == ["Transferred to owners: Stripe could not be read (Could not connect to Stripe.)"]
+    assert [(t.what, t.stripe_cents, t.ledger_cents) for t in report.totals][2] == ("transfer", None, 300)
+
+
+def test_when_stripe_cannot_be_reached_it_is_tried_once_not_once_per_list(books, stripe_has, monkeypatch):
+    import stripe
+
+    stripe_has(**matching_stripe())
+    calls = []
+
+    def unreachable(**kwargs):
+        calls.append(kwargs)
+        try:
+            raise stripe.APIConnectionError("Unexpected error communicating with Stripe.")
+        except stripe.APIConnectionError as error:
+            raise stripe_gateway.GatewayError(error.user_message or str(error)) from error
+
+    for name in ("payment_intents", "refunds", "transfers"):
+        monkeypatch.setattr(stripe_gateway, name, unreachable)
+
+    report = reconciliation.reconciliation_report()
+
+    assert len(calls) == 1
+    assert len(report.stripe_errors) == 3
+    assert [t.stripe_cents for t in report.totals] == [None, None, None]
+
+
+def test_an_unbalanced_transaction_spoils_the_reconciliation(books, stripe_has, monkeypatch):
+    stripe_has(**matching_stripe())
+    monkeypatch.setattr(reconciliation.ledger, "unbalanced_transactions", lambda: [42])
+
+    report = reconciliation.reconciliation_report()
+
+    assert (report.reconciles, report.unbalanced_transaction_ids) == (False, [42])
+
+
+# --- The staff page --------------------------------------------------------------------------------------------------
+
+
+def test_staff_see_the_books_and_that_they_reconcile(client, staff, books, stripe_has):
+    stripe_has(**matching_stripe())
+    client.force_login(staff)
+
+    response = client.get(FINANCE)
+
+    assert response.status_code == 200
+    page = " ".join(response.content.decode().split())
+    for text in (
+        "Gross volume</small><div class=\"stat\">$4.00", "Platform fee revenue</small><div class=\"stat\">$0.60",
+        "take rate 15.00 %", "Refunds</small><div class=\"stat\">$1.00", "$3.00 net of refunds",
+        "Pending (in the hold period)</th><td>$0.40", "Available (to be paid out)</th><td>$0.00",
+        "Paid out</th><td>$3.00", "Open authorizations</small><div class=\"stat\">$0.00",
+        "Books reconcile: no difference.", "Every ledger transaction's entries sum to zero.",
+        "<td>Captured for validated work</td><td>1</td>",
+    ):  # fmt: skip
+        assert text in page, text
+
+
+def test_staff_see_every_difference_in_a_table(client, staff, books, stripe_has, alice):
+    book_refund(alice, "re_ghost", 5)
+    stripe = matching_stripe()
+    stripe["intents"] += [intent("pi_2", received=250)]
+    stripe["transfers"] = [transfer("tr_1", 301)]
+    stripe_has(**stripe)
+    client.force_login(staff)
+
+    page = " ".join(client.get(FINANCE).content.decode().split())
+
+    assert "Books reconcile" not in page
+    assert "Differences (3)" in page
+    for row in (
+        '<code>pi_2</code></td> <td><span class="status status-bad">Missing in the ledger</span></td> '
+        "<td>$2.50</td> <td>—</td>",
+        '<code>re_ghost</code></td> <td><span class="status status-bad">Missing at Stripe</span></td> '
+        "<td>—</td> <td>$0.05</td>",
+        '<code>tr_1</code></td> <td><span class="status status-bad">Amounts differ</span></td> '
+        "<td>$3.01</td> <td>$3.00</td>",
+    ):
+        assert row in page, row
+
+
+def test_a_stripe_outage_shows_the_ledger_and_a_warning_not_an_error_page(client, staff, books, monkeypatch):
+    def unreachable(**kwargs):
+        raise stripe_gateway.GatewayError("Payments are not configured: set STRIPE_SECRET_KEY.")
+
+    for name in ("payment_intents", "refunds", "transfers"):
+        monkeypatch.setattr(stripe_gateway, name, unreachable)
+    client.force_login(staff)
+
+    response = client.get(FINANCE)
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Stripe could not be reached." in page
+    assert page.count("Stripe could not be read (Payments are not configured: set STRIPE_SECRET_KEY.)") == 3
+    assert "Books reconcile" not in page
+    assert "unavailable" in page
+    assert "$4.00" in page  # the ledger's captures
+
+
+def test_only_staff_see_the_finance_page(client, alice, olivia):
+    assert client.get(FINANCE).status_code == 302  # to the login page
+    for user in (alice, olivia):
+        client.force_login(user)
+        assert client.get(FINANCE).status_code == 403
+
+
+# --- The command -----------------------------------------------------------------------------------------------------
+
+
+def test_the_command_exits_0_when_the_books_reconcile(books, stripe_has, capsys):
+    stripe_has(**matching_stripe())
+
+    call_command("reconcile")
+
+    assert "Books reconcile: no difference." in capsys.readouterr().out
+
+
+def test_the_command_exits_1_on_a_difference(books, stripe_has, capsys):
+    stripe = matching_stripe()
+    stripe["intents"].append(intent("pi_2", received=250))
+    stripe_has(**stripe)
+
+    with pytest.raises(SystemExit) as exit_:
+        ManagementUtility(["manage.py", "reconcile"]).execute()
+
+    assert exit_.value.code == 1
+    out = capsys.readouterr()
+    assert "DIFFERENCE capture pi_2: Missing in the ledger (Stripe $2.50, ledger —)" in out.out
+    assert "The books do not reconcile: 1 difference(s)." in out.err
+
+
+def test_the_command_exits_2_when_stripe_cannot_be_read(books, stripe_has, monkeypatch):
+    stripe_has(**matching_stripe())
+
+    def unreachable(**kwargs):
+        raise stripe_gateway.GatewayError("Could not connect to Stripe.")
+
+    monkeypatch.setattr(stripe_gateway, "refunds", unreachable)
+
+    with pytest.raises(CommandError) as error:
+        call_command("reconcile")
+
+    assert error.value.returncode == 2
+
+
+# --- Against the local Stripe server ---------------------------------------------------------------------------------
+
+
+def test_a_job_settled_refunded_and_paid_out_at_the_local_stripe_server_reconciles(
+    alice, alice_card, olivia, olivia_car, onboarded, staff, settings
+):
+    """The real SDK's objects: a partial capture (whose released rest the local server records as a refund), a
+    refund and a transfer. The server is shared by the session, so only this test's objects are checked."""
+    bid = builders.bid_authorized(alice, budget_cents=1000)
+    builders.validate(builders.sell(bid, olivia_car, ch=2.0, price_mcents=5_000))
+    builders.close(bid)
+    auth = services.bid_settle(bid_id=bid.pk)
+    stripe_refund = services.refund_create(authorization=auth, amount_cents=4, reason="slow job", by=staff)
+    onboarded(olivia)
+    settings.MIN_PAYOUT_CENTS = 1
+    services.earnings_release_due(now=timezone.now() + timedelta(hours=73))
+    (payout,) = services.payouts_run(force=True)
+
+    report = reconciliation.reconciliation_report()
+
+    assert payout.stripe_transfer_id.startswith("tr_")
+    ours = {auth.stripe_payment_intent_id, stripe_refund.stripe_refund_id, payout.stripe_transfer_id}
+    assert report.stripe_errors == []
+    assert [d for d in report.differences if d.object_id in ours] == []
+    # Other tests' Stripe objects (their bookings rolled back) show as missing in the ledger, never ours.
+    assert {d.problem for d in report.differences} <= {MISSING_IN_LEDGER}
