@@ -307,7 +307,6 @@ def _field_error(field: str, message: str, **kwargs) -> ApplicationError:
     return ApplicationError(f"{field}: {message}", fields={field: [message]}, **kwargs)
 
 
-@transaction.atomic
 def bid_place(
     *,
     customer: User,
@@ -319,7 +318,11 @@ def bid_place(
     deadline,
     all_or_none: bool = False,
 ) -> Bid:
-    """Enter a bid for the next rounds. The amount of work follows from the dataset and the variant's CH per item."""
+    """Enter a bid for the next rounds. The amount of work follows from the dataset and the variant's CH per item.
+
+    Not one transaction: the bid and its authorization (with its idempotency key) commit before Stripe is called, so
+    a crash during the call leaves a row the billing sweeper completes, and a declined bid stays on record.
+    """
     from django.utils import timezone
 
     from .selectors import variant_passes, variant_pick_auto

@@ -4,6 +4,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required
+from billing.models import BillingProfile
 from config.exceptions import ApplicationError
 
 from . import selectors, services
@@ -156,6 +157,7 @@ def bid_new(request, model_id: int):
             "market": market,
             "auto": auto,
             "estimates": selectors.bid_estimates(datasets=datasets, variant=auto, market=market),
+            "card": BillingProfile.objects.filter(user=request.user).exclude(payment_method_id="").first(),
         },
         status=400 if form.errors else 200,
     )

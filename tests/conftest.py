@@ -102,6 +102,26 @@ def card_for(stripe_server, db):
 
 
 @pytest.fixture
+def onboarded(stripe_server, db):
+    """Finish an owner's Connect onboarding at the local Stripe server (what the owner does on Stripe's page)."""
+    import urllib.request
+
+    from billing import services
+
+    def onboard(owner):
+        services.connect_onboarding_url(user=owner, refresh_url="http://testserver/r", return_url="http://testserver/x")
+        account = owner.connect_account
+        request = urllib.request.Request(  # noqa: S310 - the local test server
+            f"{stripe_server}/_connect/onboard/{account.stripe_account_id}",
+            data=b"", method="POST", headers={"Accept": "application/json"},
+        )  # fmt: skip
+        urllib.request.urlopen(request, timeout=10).read()  # noqa: S310 - the local test server
+        return services.connect_account_sync(account_id=account.stripe_account_id)
+
+    return onboard
+
+
+@pytest.fixture
 def digits_with_variants(client, alice, run_tasks_inline, digits_onnx, card_for):
     """alice's digits classifier with its variants built, and a card to place bids with."""
     card_for(alice)

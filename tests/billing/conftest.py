@@ -44,23 +44,3 @@ def olivia_car(olivia):
 def oscar_car(oscar):
     vehicle, _ = vehicle_with_credential(oscar, name="Oscar's car")
     return vehicle
-
-
-@pytest.fixture
-def onboarded(stripe_server, db):
-    """Finish an owner's Connect onboarding at the local Stripe server (what the owner does on Stripe's page)."""
-    import urllib.request
-
-    from billing import services
-
-    def onboard(owner):
-        services.connect_onboarding_url(user=owner, refresh_url="http://testserver/r", return_url="http://testserver/x")
-        account = owner.connect_account
-        request = urllib.request.Request(  # noqa: S310 - the local test server
-            f"{stripe_server}/_connect/onboard/{account.stripe_account_id}?complete=1",
-            data=b"", method="POST", headers={"Accept": "application/json"},
-        )  # fmt: skip
-        urllib.request.urlopen(request, timeout=10).read()  # noqa: S310 - the local test server
-        return services.connect_account_sync(account_id=account.stripe_account_id)
-
-    return onboard

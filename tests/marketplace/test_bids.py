@@ -112,3 +112,32 @@ def test_another_customers_bid_is_404(client, digits_with_variants, bob):
     assert client.get(f"/customer/bids/{bid_id}/").status_code == 404
     assert client.get("/api/v1/bids/").json() == []
     assert Bid.objects.get().status == "waiting"
+
+
+def test_without_a_card_a_bid_is_refused_and_the_form_says_where_to_add_one(client, digits_with_variants, alice):
+    from billing.models import BillingProfile
+
+    BillingProfile.objects.filter(user=alice).update(payment_method_id="")
+
+    response = client.post("/api/v1/bids/", bid_payload(digits_with_variants), content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json()["fields"]["payment_method"] == ["Add a card on your billing page before placing a bid."]
+    assert not Bid.objects.exists()
+    page = client.get(f"/customer/models/{digits_with_variants.pk}/bid/").content.decode()
+    assert "Add a card first." in page and "/customer/billing/" in page
+
+
+def test_a_declined_card_gets_402_with_stripes_reason_and_the_bid_never_trades(client, digits_with_variants, alice,
+                                                                               card_for):  # fmt: skip
+    card_for(alice, "pm_card_chargeCustomerFail")
+
+    response = client.post("/api/v1/bids/", bid_payload(digits_with_variants), content_type="application/json")
+
+    assert response.status_code == 402
+    body = response.json()
+    assert body["code"] == "card_declined"
+    assert "declined" in body["fields"]["payment_method"][0].lower()
+    bid = Bid.objects.get()
+    assert bid.status == Bid.Status.DECLINED and bid not in Bid.objects.filter(status__in=Bid.OPEN_STATUSES)
+    assert "Your card was declined" in client.get(f"/customer/bids/{bid.pk}/").content.decode()

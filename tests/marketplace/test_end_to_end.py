@@ -1,6 +1,8 @@
 """A customer's bid, end to end: a real Celery worker builds the variants, a round sells the cars' compute, real
 agents (the code that runs in a car) lease the units over signed HTTP, run ONNX Runtime and return the outputs, and
-the assembled results equal local inference."""
+the assembled results equal local inference. Then the money: the job is captured at the local Stripe server for
+exactly its work at the clearing price, the owners see their earnings, a payout run transfers them, Stripe's
+webhooks reach the platform, and the books reconcile with Stripe."""
 
 import io
 import threading
@@ -19,7 +21,7 @@ from fleet.agent.runner import Agent
 from fleet.agent.simulation import SimulatedCar
 from marketplace import storage
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
-from marketplace.models import Bid, InferenceModel, WorkUnit
+from marketplace.models import Bid, InferenceModel, PrecisionVariant, WorkUnit
 from marketplace.rounds import auction_round_run
 from tests.factories import CustomerFactory, OwnerFactory, vehicle_with_credential
 from tests.waiting import wait_for
@@ -43,8 +45,12 @@ class StillClock:
 
 @pytest.mark.worker
 def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
-    client, live_server, celery_worker_thread, digits_onnx, tmp_path, settings, card_for
+    client, live_server, celery_worker_thread, digits_onnx, tmp_path, settings, card_for, onboarded, stripe_server
 ):
+    from billing.localstripe_dev import webhook_register
+
+    webhook_register(stripe_server, url=f"{live_server.url}/billing/stripe/webhook/",
+                     secret=settings.STRIPE_WEBHOOK_SECRET)  # fmt: skip
     settings.AUCTION_INTERVAL_SECONDS = 10
     alice = CustomerFactory(username="alice")
     card_for(alice)
@@ -63,10 +69,13 @@ def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
     ).json()["id"]
     model = InferenceModel.objects.get(pk=model_id)
     assert wait_for(lambda: model.variants.filter(status="ready").count() == 4, timeout=120)
+    # A digit costs a few nano-CH: make each one as heavy as a long document, so the job is worth a few cents.
+    PrecisionVariant.objects.filter(inference_model=model).update(ch_per_item=0.01)
 
-    agents = []
+    agents, owners = [], []
     for n, seed in enumerate((21, 22, 23)):
-        _, credential = vehicle_with_credential(OwnerFactory(username=f"owner{n}"), time_zone=str(TZ))
+        owners.append(OwnerFactory(username=f"owner{n}"))
+        _, credential = vehicle_with_credential(owners[-1], time_zone=str(TZ))
         http = AgentClient(live_server.url, credential)
         cache = ArtifactCache(tmp_path / f"car{n}", max_bytes=50_000_000)
         car = SimulatedCar("homebody", seed, SUNDAY_NIGHT, TZ)
@@ -96,3 +105,49 @@ def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
     local = ModelRunner(storage.artifact_read(done.variant.sha256), ModelSpec("tensor", DIGITS_OUTPUT)).run(list(items))
     assert outputs.shape == (300, 10)
     np.testing.assert_allclose(outputs, local, atol=1e-5)
+    money_follows_the_work(client, done, owners, onboarded, settings)
+
+
+def money_follows_the_work(client, bid, owners, onboarded, settings):
+    from decimal import Decimal
+
+    from billing import ledger, reconciliation, services, stripe_gateway
+    from billing.models import PaymentAuthorization, StripeEvent
+    from billing.settlement import cents_half_up
+
+    # The worker settles the job once it completes (the task is queued when the bid closes).
+    assert wait_for(lambda: PaymentAuthorization.objects.get(bid=bid).status == "settled", timeout=30)
+    auth = PaymentAuthorization.objects.get(bid=bid)
+    work = sum(Decimal(repr(u.ch)) * u.allocation.price_mcents_per_ch for u in bid.units.select_related("allocation"))
+    assert auth.captured_cents == cents_half_up(work) > 0
+    assert auth.released_cents == auth.amount_cents - auth.captured_cents
+    intent = stripe_gateway.payment_retrieve(auth.stripe_payment_intent_id)
+    assert (intent.status, intent.amount_received) == ("succeeded", auth.captured_cents)
+    # Stripe's webhooks (payment_intent.succeeded and the like) reached the live server and were processed.
+    assert wait_for(lambda: StripeEvent.objects.filter(object_id=auth.stripe_payment_intent_id,
+                                                       processed_at__isnull=False).exists(), timeout=15)  # fmt: skip
+
+    earners = [o for o in owners if ledger.balance(kind="owner_pending", user_id=o.pk) > 0]
+    assert earners
+    for owner in owners:
+        client.force_login(owner)
+        page = client.get("/owner/earnings/").content.decode()
+        pending = ledger.balance(kind="owner_pending", user_id=owner.pk)
+        if pending:
+            assert f"${pending // 100}.{pending % 100:02d}" in page
+
+    for owner in owners:
+        onboarded(owner)
+    settings.MIN_PAYOUT_CENTS = 1
+    services.earnings_release_due(now=timezone.now() + timedelta(hours=73))
+    payouts = services.payouts_run(force=True)
+    assert sorted((p.owner_id, p.amount_cents, p.status) for p in payouts) == sorted(
+        (o.pk, ledger.balance(kind="owner_paid_out", user_id=o.pk), "paid") for o in earners
+    )
+    fee = ledger.balance(kind="platform_fee")
+    assert auth.captured_cents == fee + sum(p.amount_cents for p in payouts)
+
+    report = reconciliation.reconciliation_report()
+    ours = {auth.stripe_payment_intent_id, *(p.stripe_transfer_id for p in payouts)}
+    assert report.stripe_errors == [] and report.unbalanced_transaction_ids == []
+    assert [d for d in report.differences if d.object_id in ours] == []
