@@ -4,10 +4,10 @@ from knox.models import AuthToken
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from config.exceptions import ApplicationError, ErrorSerializer
+from config.throttling import LoginRateThrottle
 
 from .models import User
 
@@ -58,8 +58,7 @@ class TokenCreateApi(APIView):
 
     permission_classes = [AllowAny]
     authentication_classes = []
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "token"
+    throttle_classes = [LoginRateThrottle]
 
     @extend_schema_serializer(component_name="TokenCreateInput")
     class InputSerializer(serializers.Serializer):
@@ -71,7 +70,9 @@ class TokenCreateApi(APIView):
         token = serializers.CharField()
         expiry = serializers.DateTimeField()
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 400: ErrorSerializer})
+    @extend_schema(
+        request=InputSerializer, responses={201: OutputSerializer, 400: ErrorSerializer, 429: ErrorSerializer}
+    )
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

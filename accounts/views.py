@@ -1,15 +1,25 @@
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from config.exceptions import ApplicationError
+from config.throttling import rate_limited
 
 from .forms import SignUpForm
 from .services import dashboard_url_name, user_create
 
+# Password guessing and sign-up floods are slowed per client address (README, "Rate limits"); the pages themselves
+# (GET) are never limited.
+_login_limit = rate_limited(
+    "login", rate_setting="THROTTLE_LOGIN", message="Too many login attempts from your network."
+)
+login_view = _login_limit(auth_views.LoginView.as_view(redirect_authenticated_user=True))
 
+
+@rate_limited("signup", rate_setting="THROTTLE_SIGNUP", message="Too many sign-ups from your network.")
 @require_http_methods(["GET", "POST"])
 def signup(request):
     if request.user.is_authenticated:

@@ -1,4 +1,7 @@
 from django.contrib import admin, messages
+from django.db import transaction
+
+from ops.audit import audit_record
 
 from . import services
 from .models import (
@@ -66,7 +69,10 @@ class PricingPolicyAdmin(admin.ModelAdmin):
         # Never edit history: a change is saved as a new version.
         obj.pk = None
         obj.created_by = request.user
-        super().save_model(request, obj, form, False)
+        with transaction.atomic():
+            super().save_model(request, obj, form, False)
+            changes = {name: [form.initial.get(name), form.cleaned_data.get(name)] for name in form.changed_data}
+            audit_record(actor=request.user, action="pricing.change", target=obj, details={"changes": changes})
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -129,12 +135,16 @@ class PaymentAuthorizationAdmin(ReadOnlyAdmin):
             if amount <= 0:
                 continue
             try:
-                services.refund_create(
+                refund = services.refund_create(
                     authorization=auth, amount_cents=amount, reason="Refunded by staff", by=request.user
                 )
             except services.ApplicationError as error:
                 self.message_user(request, f"Bid {auth.bid_id}: {error.message}", messages.ERROR)
             else:
+                audit_record(
+                    actor=request.user, action="payment.refund", target=auth,
+                    details={"bid_id": auth.bid_id, "amount_cents": amount, "refund_id": refund.pk},
+                )  # fmt: skip
                 self.message_user(request, f"Bid {auth.bid_id}: refunded {amount} ¢.", messages.SUCCESS)
 
 

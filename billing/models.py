@@ -71,11 +71,12 @@ class AccountKind(models.TextChoices):
       authorize B     Dr stripe_clearing B                 Cr customer_held B
       release R       Dr customer_held R                   Cr stripe_clearing R
       capture C       Dr customer_held C, customer_spend C  Cr stripe_clearing C, owner_pending S…, platform_fee F
+                      and, for validated replicas:  Dr verification_cost V   Cr owner_pending V…
       hold over X     Dr owner_pending X                   Cr owner_available X
       payout A        Dr owner_available A                 Cr owner_paid_out A
       refund X        Dr refunds X                         Cr customer_spend X
-    so that, at every moment, captured (customer_spend + refunds) = owners' earnings (pending + available + paid out)
-    + the platform's fee, and stripe_clearing = customer_held = authorizations still open.
+    so that, at every moment, captured (customer_spend + refunds) + verification cost = owners' earnings (pending +
+    available + paid out) + the platform's fee, and stripe_clearing = customer_held = authorizations still open.
     """
 
     STRIPE_CLEARING = "stripe_clearing", "Stripe clearing (card authorizations open at Stripe)"
@@ -86,6 +87,7 @@ class AccountKind(models.TextChoices):
     OWNER_PAID_OUT = "owner_paid_out", "Owner earnings paid out"
     PLATFORM_FEE = "platform_fee", "Platform fee revenue"
     REFUNDS = "refunds", "Refunds to customers"
+    VERIFICATION_COST = "verification_cost", "Verification cost (replicas paid by the platform)"
 
 
 # +1: debit-normal (authorizations Stripe holds for us, what customers spent, refunds); −1: credit-normal (owed).
@@ -98,6 +100,7 @@ NORMAL_SIDE = {
     AccountKind.OWNER_PAID_OUT: -1,
     AccountKind.PLATFORM_FEE: -1,
     AccountKind.REFUNDS: 1,
+    AccountKind.VERIFICATION_COST: 1,
 }
 PER_USER_KINDS = {
     AccountKind.CUSTOMER_HELD, AccountKind.CUSTOMER_SPEND, AccountKind.OWNER_PENDING, AccountKind.OWNER_AVAILABLE,
@@ -194,6 +197,7 @@ class BillingProfile(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="billing_profile")
     stripe_customer_id = models.CharField(max_length=64, blank=True)
+    customer_key = models.CharField(max_length=80, blank=True, help_text="Idempotency key of the customer's creation.")
     payment_method_id = models.CharField(max_length=64, blank=True)
     card_brand = models.CharField(max_length=20, blank=True)
     card_last4 = models.CharField(max_length=4, blank=True)

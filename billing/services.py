@@ -49,6 +49,12 @@ TEST_CARDS = {
 }
 
 
+def _stripe_key(action: str, subject) -> str:
+    """An idempotency key for one intended Stripe call, stored with its row before the call. Unique for ever (not
+    only per row id): Stripe keeps keys for 24 h, and a key reused with other parameters is an error."""
+    return f"{action}:{subject}:{uuid.uuid4().hex}"
+
+
 def _field_error(field: str, message: str, *, code: str = "invalid", status: int = 400) -> ApplicationError:
     return ApplicationError(f"{field}: {message}", fields={field: [message]}, code=code, status=status)
 
@@ -63,8 +69,11 @@ def card_save(*, user: User, payment_method: str) -> BillingProfile:
     profile, _ = BillingProfile.objects.get_or_create(user=user)
     try:
         if not profile.stripe_customer_id:
+            if not profile.customer_key:
+                profile.customer_key = _stripe_key("customer", user.pk)
+                profile.save(update_fields=["customer_key", "updated_at"])
             profile.stripe_customer_id = stripe_gateway.customer_create(
-                email=user.email, name=user.get_full_name() or user.username, user_id=user.pk, key=f"customer:{user.pk}"
+                email=user.email, name=user.get_full_name() or user.username, user_id=user.pk, key=profile.customer_key
             )
             profile.save(update_fields=["stripe_customer_id", "updated_at"])
         card = stripe_gateway.card_attach(
@@ -91,7 +100,7 @@ def authorization_prepare(*, bid) -> PaymentAuthorization:
         raise _field_error("budget_cents", f"At least {MIN_AUTHORIZATION_CENTS} ¢: the smallest card payment.")
     return PaymentAuthorization.objects.create(
         bid=bid, customer_id=bid.customer_id, amount_cents=bid.budget_cents, currency=bid.currency,
-        create_key=f"authorize:bid:{bid.pk}",
+        create_key=_stripe_key("authorize", bid.pk),
     )  # fmt: skip
 
 
@@ -155,25 +164,30 @@ def authorizations_resume(*, older_than_seconds: int = 60) -> int:
 # --- Settling a finished job -----------------------------------------------------------------------------------------
 
 
-def _work_lines(bid) -> tuple[list[settlement.WorkLine], dict]:
-    """One line per (car, round price) of the bid's validated units, and each car's CH and energy."""
+def _work_lines(bid) -> tuple[list[settlement.WorkLine], list[settlement.WorkLine], dict]:
+    """The bid's validated work, one line per (car, round price): what the customer pays for (the canonical result
+    of each slice of items), what the platform pays for (replicas that confirmed it), and each car's CH and energy.
+    Rejected results and results still waiting for a second opinion are nobody's to pay."""
     from marketplace.models import WorkUnit
 
     rows = (
-        WorkUnit.objects.filter(bid=bid, status=WorkUnit.Status.DONE, allocation__isnull=False)
-        .values_list("done_by_id", "done_by__owner_id", "allocation__price_mcents_per_ch",
+        WorkUnit.objects.filter(
+            bid=bid, status=WorkUnit.Status.DONE, verification=WorkUnit.Verification.VALID, allocation__isnull=False
+        )
+        .values_list("canonical", "done_by_id", "done_by__owner_id", "allocation__price_mcents_per_ch",
                      "allocation__round__platform_fee_pct")
         .annotate(ch=Sum("ch"), energy_wh=Sum("energy_wh"))
         .order_by()
     )  # fmt: skip
-    lines, usage = [], {}
-    for vehicle_id, owner_id, price, fee_pct, ch, energy_wh in rows:
+    customer_lines, replica_lines, usage = [], [], {}
+    for canonical, vehicle_id, owner_id, price, fee_pct, ch, energy_wh in rows:
         key = f"{vehicle_id}:{owner_id}"
-        lines.append(settlement.WorkLine(key=key, ch=ch, price_mcents=price, fee_pct=Decimal(fee_pct)))
+        line = settlement.WorkLine(key=key, ch=ch, price_mcents=price, fee_pct=Decimal(fee_pct))
+        (customer_lines if canonical else replica_lines).append(line)
         used = usage.setdefault(key, {"ch": 0.0, "energy_wh": 0.0})
         used["ch"] += ch
         used["energy_wh"] += energy_wh or 0.0
-    return lines, usage
+    return customer_lines, replica_lines, usage
 
 
 def bid_settle(*, bid_id: int) -> PaymentAuthorization | None:
@@ -192,14 +206,20 @@ def bid_settle(*, bid_id: int) -> PaymentAuthorization | None:
                 return auth
             if bid.units.filter(status=WorkUnit.Status.LEASED).exists():
                 return auth  # a car is still running a unit of this closed bid: bill it once it reports or expires
-            lines, usage = _work_lines(bid)
+            lines, replica_lines, usage = _work_lines(bid)
             split = settlement.settle(lines, authorized_cents=auth.amount_cents)
+            # A job too small to charge pays nobody, replicas included.
+            replicas = settlement.replicas_pay(replica_lines) if split.charge_cents else {}
             auth.capture_cents, auth.work_mcents = split.charge_cents, split.work_mcents
-            auth.capture_key = f"capture:{auth.pk}" if split.charge_cents else f"cancel:{auth.pk}"
+            auth.capture_key = _stripe_key("capture" if split.charge_cents else "cancel", auth.pk)
             auth.settlement = {
                 "fee_cents": split.fee_cents,
-                "cars": {key: {"cents": split.shares.get(key, 0), **usage[key]} for key in usage},
-            }
+                "cars": {
+                    key: {"cents": split.shares.get(key, 0) + replicas.get(key, 0),
+                          "verification_cents": replicas.get(key, 0), **usage[key]}
+                    for key in usage
+                },
+            }  # fmt: skip
             auth.status = PaymentAuthorization.Status.SETTLING
             auth.save(update_fields=["capture_cents", "work_mcents", "capture_key", "settlement", "status",
                                      "updated_at"])  # fmt: skip
@@ -244,7 +264,9 @@ def settlement_book(*, authorization_id: int) -> PaymentAuthorization:
                 Leg(AccountKind.CUSTOMER_SPEND, captured, user_id=auth.customer_id),
                 Leg(AccountKind.STRIPE_CLEARING, -captured),
                 Leg(AccountKind.PLATFORM_FEE, -auth.settlement["fee_cents"]),
-            ]
+                Leg(AccountKind.VERIFICATION_COST,
+                    sum(car.get("verification_cents", 0) for car in auth.settlement["cars"].values())),
+            ]  # fmt: skip
             for key, car in sorted(auth.settlement["cars"].items()):
                 vehicle_id, owner_id = (int(part) for part in key.split(":"))
                 if car["cents"]:
@@ -294,7 +316,7 @@ def refund_create(*, authorization: PaymentAuthorization, amount_cents: int, rea
             raise _field_error("amount_cents", f"Between 1 and {refundable} ¢ (captured and not yet refunded).")
         refund = Refund.objects.create(
             authorization=auth, amount_cents=amount_cents, reason=reason, created_by=by,
-            idempotency_key=f"refund:{auth.pk}:{uuid.uuid4()}",
+            idempotency_key=_stripe_key("refund", auth.pk),
         )  # fmt: skip
     try:
         stripe_refund = stripe_gateway.refund_create(
@@ -360,7 +382,9 @@ def connect_onboarding_url(*, user: User, refresh_url: str, return_url: str) -> 
     """Where to send an owner to set up (or finish setting up) payouts: Stripe's hosted onboarding."""
     if user.role != Role.OWNER:
         raise ApplicationError("Only car owners receive payouts.", code="permission_denied", status=403)
-    account, _ = ConnectAccount.objects.get_or_create(user=user, defaults={"create_key": f"connect:{user.pk}"})
+    account, _ = ConnectAccount.objects.get_or_create(
+        user=user, defaults={"create_key": _stripe_key("connect", user.pk)}
+    )
     try:
         if not account.stripe_account_id:
             created = stripe_gateway.account_create(email=user.email, user_id=user.pk, key=account.create_key)
@@ -445,7 +469,7 @@ def payouts_run(*, now: datetime | None = None, force: bool = False) -> list[Pay
             payout, created = Payout.objects.get_or_create(
                 owner_id=account.user_id, period=period, currency="usd",
                 defaults={"amount_cents": available, "destination": account.stripe_account_id,
-                          "idempotency_key": f"payout:{account.user_id}:{period.isoformat()}"},
+                          "idempotency_key": _stripe_key("payout", f"{account.user_id}:{period.isoformat()}")},
             )  # fmt: skip
         if created:
             sent.append(payout_send(payout_id=payout.pk))

@@ -68,3 +68,14 @@ def largest_remainder(total: int, weights: dict[Hashable, Decimal]) -> dict[Hash
     for key in by_remainder[:left]:
         shares[key] += 1
     return {key: cents for key, cents in shares.items() if cents > 0}
+
+
+def replicas_pay(lines: Iterable[WorkLine]) -> dict[Hashable, int]:
+    """What the platform pays each car for validated replicas: results that confirmed another car's (verification),
+    which the customer does not pay for. Each car gets its work's value less the fee, rounded half-up once."""
+    earned: dict[Hashable, Decimal] = {}
+    for line in lines:
+        if line.ch > 0:
+            earned[line.key] = earned.get(line.key, Decimal(0)) + line.value_mcents * (100 - line.fee_pct) / 100
+    paid = {key: cents_half_up(value) for key, value in earned.items()}
+    return {key: cents for key, cents in paid.items() if cents > 0}

@@ -1,5 +1,6 @@
 import logging
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpResponse, StreamingHttpResponse
@@ -12,8 +13,9 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.models import Role
 from accounts.permissions import role_required, staff_required
 from config.exceptions import ApplicationError
+from marketplace.selectors import verification_overview
 
-from . import reconciliation, reports, selectors, services, webhooks
+from . import ledger, reconciliation, reports, selectors, services, webhooks
 from .forms import CardForm
 from .models import BillingProfile, ConnectAccount, Payout
 
@@ -156,5 +158,10 @@ def staff_finance(request):
     return render(
         request,
         "billing/staff_finance.html",
-        {"books": selectors.finance_summary(), "report": reconciliation.reconciliation_report()},
+        {
+            "books": selectors.finance_summary(),
+            "report": reconciliation.reconciliation_report(),
+            "verification": verification_overview(trusted_after=settings.VERIFICATION_TRUSTED_AFTER),
+            "verification_cost_cents": ledger.balance(kind="verification_cost"),
+        },
     )

@@ -1,4 +1,7 @@
 from django.contrib import admin
+from django.db import transaction
+
+from ops.audit import audit_record
 
 from .models import HardwareProfile, OptInPolicy, ParkingSession, Vehicle, VehicleCredential, VehicleState
 
@@ -47,13 +50,30 @@ class VehicleAdmin(admin.ModelAdmin):
 
     @admin.action(description="Suspend the selected vehicles")
     def suspend(self, request, queryset):
-        count = queryset.update(status=Vehicle.Status.SUSPENDED, status_reason="Suspended by staff.")
-        self.message_user(request, f"Suspended {count} vehicle(s).")
+        # The service releases the car's work to other cars, tells its owner and records it in the audit log.
+        from .services import vehicle_suspend
+
+        vehicles = list(queryset.exclude(status=Vehicle.Status.SUSPENDED))
+        for vehicle in vehicles:
+            vehicle_suspend(vehicle=vehicle, reason="Suspended by staff.", actor=request.user)
+        self.message_user(request, f"Suspended {len(vehicles)} vehicle(s).")
 
     @admin.action(description="Reactivate the selected vehicles")
     def reactivate(self, request, queryset):
-        count = queryset.update(status=Vehicle.Status.ACTIVE, status_reason="")
+        count = self._set_status(request, queryset, Vehicle.Status.ACTIVE, "", "vehicle.reactivate")
         self.message_user(request, f"Reactivated {count} vehicle(s).")
+
+    def _set_status(self, request, queryset, status: str, reason: str, action: str) -> int:
+        """Change the cars that are not in `status` already, and record each change in the audit log."""
+        with transaction.atomic():
+            vehicles = list(queryset.select_for_update(of=("self",)).exclude(status=status))
+            for vehicle in vehicles:
+                previous = vehicle.status
+                vehicle.status, vehicle.status_reason = status, reason
+                vehicle.save(update_fields=["status", "status_reason"])
+                details = {"previous_status": previous, "reason": reason}
+                audit_record(actor=request.user, action=action, target=vehicle, details=details)
+        return len(vehicles)
 
 
 @admin.register(ParkingSession)

@@ -16,14 +16,14 @@ from . import selectors, services
 from .agent import protocol
 from .authentication import IsVehicle, VehicleSignatureAuthentication
 from .models import HardwareProfile, OptInPolicy, Vehicle
+from .throttling import AgentThrottling
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
 
 
-class AgentApi(APIView):
+class AgentApi(AgentThrottling, APIView):
     authentication_classes = [VehicleSignatureAuthentication]
     permission_classes = [IsVehicle]
-    throttle_classes = []
 
 
 class HeartbeatApi(AgentApi):
@@ -134,13 +134,23 @@ class VehicleOutputSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class HardwareField(serializers.SlugRelatedField):
+    """A hardware profile by name. A name with a NUL character is refused before the lookup, which PostgreSQL would
+    answer with an error (a 500) rather than with no row."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class VehicleListApi(APIView):
     permission_classes = [IsOwner]
 
     @extend_schema_serializer(component_name="VehicleRegisterInput")
     class InputSerializer(serializers.Serializer):
         display_name = serializers.CharField(max_length=80)
-        hardware = serializers.SlugRelatedField(slug_field="name", queryset=HardwareProfile.objects.all())
+        hardware = HardwareField(slug_field="name", queryset=HardwareProfile.objects.all())
         time_zone = serializers.CharField(max_length=64, default="UTC")
         region = serializers.CharField(max_length=64, allow_blank=True, default="")
         battery_capacity_kwh = serializers.FloatField(min_value=5, max_value=300, default=75.0)

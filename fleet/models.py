@@ -101,6 +101,11 @@ class Vehicle(models.Model):
     vin_hash = models.CharField(max_length=64, blank=True, db_index=True)
     vin_last4 = models.CharField(max_length=4, blank=True)
     is_simulated = models.BooleanField(default=False, help_text="Driven by the fleet simulator.")
+    # Reputation (marketplace/verification.py): a streak of validated results earns fewer replicas; a fault resets it.
+    valid_streak = models.PositiveIntegerField(default=0, help_text="Validated results in a row.")
+    results_valid = models.PositiveIntegerField(default=0)
+    results_invalid = models.PositiveIntegerField(default=0)
+    last_fault_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -121,6 +121,36 @@ def vehicle_resume(*, vehicle: Vehicle) -> None:
     vehicle.status = Vehicle.Status.ACTIVE
 
 
+def vehicle_suspend(*, vehicle: Vehicle, reason: str, actor=None) -> Vehicle:
+    """Stop a car taking work (staff, or verification after repeated wrong results): it is offered in no round, the
+    work it holds goes to other cars, and its owner is told why, on their dashboard and by email."""
+    from django.core.mail import send_mail
+    from django.db import transaction
+
+    from marketplace.dispatch import vehicle_units_release
+    from ops.audit import audit_record
+
+    with transaction.atomic():
+        vehicle = Vehicle.objects.select_for_update().select_related("owner").get(pk=vehicle.pk)
+        if vehicle.status == Vehicle.Status.SUSPENDED:
+            return vehicle
+        previous = vehicle.status
+        vehicle.status, vehicle.status_reason = Vehicle.Status.SUSPENDED, reason[:255]
+        vehicle.save(update_fields=["status", "status_reason"])
+        vehicle_units_release(vehicle=vehicle)
+        audit_record(actor=actor, action="vehicle.suspend", target=vehicle,
+                     details={"previous_status": previous, "reason": reason})  # fmt: skip
+    if vehicle.owner.email:
+        send_mail(
+            subject=f"Idlefleet: your car {vehicle.display_name} is suspended",
+            message=f"{vehicle.display_name} no longer receives work.\n\nWhy: {reason}\n",
+            from_email=None,
+            recipient_list=[vehicle.owner.email],
+            fail_silently=True,
+        )
+    return vehicle
+
+
 def windows_validate(windows: Any) -> list[list[int]]:
     """Windows are [[weekday 0–6, start minute 0–1439, end minute 0–1440], ...] in the car's local time."""
     if not isinstance(windows, list) or len(windows) > 50:

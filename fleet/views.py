@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -82,6 +83,7 @@ def vehicle_detail(request, vehicle_id: int):
             "vehicle": item.vehicle,
             "sessions": selectors.parking_sessions_for_vehicle(vehicle=item.vehicle),
             "credentials": item.vehicle.credentials.all()[:10],
+            "trusted_after": settings.VERIFICATION_TRUSTED_AFTER,
         },
     )
 

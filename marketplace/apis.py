@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.http import FileResponse, Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
@@ -14,6 +16,7 @@ from accounts.models import Role
 from accounts.permissions import HasRole
 from config.exceptions import ApplicationError, ErrorSerializer
 from fleet.authentication import IsVehicle, VehicleSignatureAuthentication
+from fleet.throttling import AgentThrottling
 
 from . import dispatch, selectors, services, storage
 from .models import Bid, Dataset, InferenceModel, PrecisionVariant, WorkUnit
@@ -130,19 +133,20 @@ class DatasetListApi(APIView):
         return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
-class AgentArtifactApi(APIView):
+class AgentArtifactApi(AgentThrottling, APIView):
     """A car downloads a model variant or tokenizer by sha256 (signed GET): only the files of a unit it holds under a
     lease, never an arbitrary stored file or another customer's model."""
 
     authentication_classes = [VehicleSignatureAuthentication]
     permission_classes = [IsVehicle]
-    throttle_classes = []
 
     @extend_schema(
         parameters=[OpenApiParameter("sha256", str, OpenApiParameter.PATH)],
         responses={(200, "application/octet-stream"): bytes, 404: ErrorSerializer},
     )
     def get(self, request, sha256: str):
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):  # not a digest (and no NUL byte for PostgreSQL to choke on)
+            raise Http404("No such artifact.")
         # Only what this car needs for a unit it holds: a customer's model is not for every car to fetch.
         leased = WorkUnit.objects.filter(assigned_vehicle=request.user.vehicle, status=WorkUnit.Status.LEASED)
         servable = (
@@ -246,10 +250,9 @@ class MarketApi(APIView):
 # --- The agent's work endpoints (signed requests from cars) ------------------------------------------------------
 
 
-class AgentWorkApi(APIView):
+class AgentWorkApi(AgentThrottling, APIView):
     authentication_classes = [VehicleSignatureAuthentication]
     permission_classes = [IsVehicle]
-    throttle_classes = []
 
 
 class AgentLeaseApi(AgentWorkApi):

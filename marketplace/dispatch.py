@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from config.exceptions import ApplicationError
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import Vehicle
 
-from . import sizing, storage
+from . import sizing, storage, verdicts
 from .datasets import ParsedDataset
 from .models import Allocation, Bid, WorkUnit
 
@@ -41,14 +41,24 @@ def units_cut(*, allocation: Allocation, car: dict[str, float]) -> list[WorkUnit
     per_item = bid.variant.ch_per_item
     budget = max(1, round(allocation.ch / per_item))
     units: list[WorkUnit] = []
+    hardware_id = Vehicle.objects.filter(pk=allocation.vehicle_id).values_list("hardware_id", flat=True).first()
     for unit in bid.units.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True).order_by("index"):
         if budget <= 0:
             break
+        # A replica checks another car's result: it runs on the same hardware class, never on a car that ran it.
+        if unit.replica_of_id and (
+            allocation.vehicle_id in unit.excluded_vehicles
+            or (unit.requires_hardware_id and unit.requires_hardware_id != hardware_id)
+        ):
+            continue
         unit.assigned_vehicle_id, unit.allocation = allocation.vehicle_id, allocation
         unit.save(update_fields=["assigned_vehicle", "allocation"])
         units.append(unit)
         budget -= unit.items
-    fully_allocated = bid.ch_allocated >= bid.ch_total
+    # The round has already added all of its allocations to ch_allocated: only the bid's last one in the round (they
+    # are cut in pk order) takes what is left, or the first car would get the work every other car bought.
+    later = Allocation.objects.filter(round_id=allocation.round_id, bid_id=bid.pk, pk__gt=allocation.pk)
+    fully_allocated = bid.ch_allocated >= bid.ch_total and not later.exists()
     remaining = bid.items - bid.items_unitised
     to_cut = remaining if fully_allocated else min(max(budget, 0), remaining)
     size = sizing.items_per_unit(
@@ -184,6 +194,7 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
     unit.seconds, unit.energy_wh = data.get("seconds"), data.get("energy_wh")
     unit.emulated, unit.runtime_version = bool(data.get("emulated")), str(data.get("runtime_version", ""))[:40]
     unit.save()
+    verdicts.result_recorded(unit=unit, now=now)
     bid_finish_if_done(bid=unit.bid)
     return unit
 
@@ -207,10 +218,16 @@ def _release(unit: WorkUnit, *, error: str, count_attempt: bool) -> None:
     if unit.attempts >= MAX_UNIT_ATTEMPTS:
         unit.status = WorkUnit.Status.FAILED
         unit.save()
+        if unit.replica_of_id:
+            # A copy that no car could run: another car of the class checks the result instead.
+            primary = WorkUnit.objects.select_for_update().get(pk=unit.replica_of_id)
+            group = list(WorkUnit.objects.filter(Q(pk=primary.pk) | Q(replica_of=primary), status=WorkUnit.Status.DONE))
+            verdicts.replica_ensure(primary=primary, group=group or [primary], now=timezone.now())
+            return
         if Bid.objects.filter(pk=unit.bid_id, status__in=Bid.OPEN_STATUSES).update(
             status=Bid.Status.FAILED, closed_at=timezone.now()
         ):
-            _settle(unit.bid_id)
+            settle_bid_later(unit.bid_id)
         return
     unit.status = WorkUnit.Status.QUEUED
     unit.save()
@@ -254,9 +271,15 @@ def bid_finish_if_done(*, bid: Bid) -> bool:
     bid = Bid.objects.select_for_update().select_related("inference_model").get(pk=bid.pk)
     if bid.status not in Bid.OPEN_STATUSES or bid.items_unitised < bid.items:
         return False
-    units = list(bid.units.order_by("item_start"))
-    if not units or any(u.status != WorkUnit.Status.DONE for u in units):
+    # Each slice of items counts once, by its canonical (validated) result, whichever car returned it.
+    canonical = {
+        u.primary_id: u
+        for u in bid.units.filter(canonical=True, verification=WorkUnit.Verification.VALID, status=WorkUnit.Status.DONE)
+    }
+    primaries = list(bid.units.filter(replica_of__isnull=True).order_by("item_start"))
+    if not primaries or any(p.pk not in canonical for p in primaries):
         return False
+    units = [canonical[p.pk] for p in primaries]
     outputs = np.concatenate([decode_npy(storage.artifact_read(u.output_sha256)) for u in units])
     if outputs.shape[0] != bid.items:
         return False
@@ -264,11 +287,11 @@ def bid_finish_if_done(*, bid: Bid) -> bool:
     bid.result_sha256 = storage.artifact_save(data)
     bid.status, bid.closed_at = Bid.Status.COMPLETED, timezone.now()
     bid.save(update_fields=["result_sha256", "status", "closed_at"])
-    _settle(bid.pk)
+    settle_bid_later(bid.pk)
     return True
 
 
-def _settle(bid_id: int) -> None:
+def settle_bid_later(bid_id: int) -> None:
     from .services import settle_when_committed
 
     settle_when_committed(bid_id)

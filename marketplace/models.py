@@ -244,7 +244,28 @@ class WorkUnit(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
+    class Verification(models.TextChoices):
+        """What verification made of a done unit's result (marketplace/verification.py)."""
+
+        PENDING = "pending", "Waiting for another car's result"
+        VALID = "valid", "Validated"
+        INVALID = "invalid", "Rejected: disagrees with the other cars"
+
     bid = models.ForeignKey(Bid, on_delete=models.PROTECT, related_name="units")
+    replica_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="replicas",
+        help_text="The same items run again on another car of the same hardware, to compare the results.",
+    )  # fmt: skip
+    quorum = models.PositiveSmallIntegerField(
+        default=0, help_text="On a primary unit: how many agreeing results validate it (0 until the first result)."
+    )
+    verification = models.CharField(max_length=8, choices=Verification.choices, blank=True, db_index=True)
+    canonical = models.BooleanField(default=False, help_text="The result the customer gets for these items.")
+    requires_hardware = models.ForeignKey(
+        "fleet.HardwareProfile", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="A replica runs on the same hardware class as the result it checks (homogeneous redundancy).",
+    )  # fmt: skip
+    excluded_vehicles = models.JSONField(default=list, blank=True, help_text="Cars that already ran these items.")
     index = models.PositiveIntegerField()
     item_start = models.PositiveIntegerField()
     item_end = models.PositiveIntegerField()
@@ -280,3 +301,7 @@ class WorkUnit(models.Model):
     @property
     def items(self) -> int:
         return self.item_end - self.item_start
+
+    @property
+    def primary_id(self) -> int:
+        return self.replica_of_id or self.pk

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from accounts.models import User
 
-from .models import Dataset, InferenceModel, PrecisionVariant
+from .models import Dataset, InferenceModel, PrecisionVariant, WorkUnit
 
 
 def inference_models_visible(*, user: User) -> QuerySet[InferenceModel]:
@@ -125,3 +127,44 @@ def bid_estimates(*, datasets, variant, market: dict[str, dict]) -> list[dict]:
         ch = dataset.item_count * variant.ch_per_item
         rows.append({"dataset": dataset, "ch": ch, "price_mcents": price, "cost_cents": ch * price / 1000})
     return rows
+
+
+@dataclass(frozen=True)
+class VerificationOverview:
+    results_valid: int
+    results_invalid: int
+    results_pending: int
+    canonical_ch: float
+    replica_ch: float
+    cars_suspended: int
+    cars_trusted: int
+
+    @property
+    def overhead_pct(self) -> float | None:
+        """CH run again to check results, as a share of the CH customers paid for."""
+        return round(100 * self.replica_ch / self.canonical_ch, 1) if self.canonical_ch else None
+
+
+def verification_overview(*, trusted_after: int) -> VerificationOverview:
+    """For staff: how much checking untrusted cars costs and what it catches."""
+    from django.db.models import Count, Sum
+
+    from fleet.models import Vehicle
+
+    done = WorkUnit.objects.filter(status=WorkUnit.Status.DONE)
+    counts = dict(done.values_list("verification").annotate(n=Count("pk")).order_by())
+    ch = dict(done.filter(verification=WorkUnit.Verification.VALID).values_list("canonical").annotate(
+        ch=Sum("ch")).order_by())  # fmt: skip
+    cars = Vehicle.objects.aggregate(
+        suspended=Count("pk", filter=Q(status=Vehicle.Status.SUSPENDED)),
+        trusted=Count("pk", filter=Q(valid_streak__gte=trusted_after)),
+    )
+    return VerificationOverview(
+        results_valid=counts.get(WorkUnit.Verification.VALID, 0),
+        results_invalid=counts.get(WorkUnit.Verification.INVALID, 0),
+        results_pending=counts.get(WorkUnit.Verification.PENDING, 0),
+        canonical_ch=ch.get(True, 0.0) or 0.0,
+        replica_ch=ch.get(False, 0.0) or 0.0,
+        cars_suspended=cars["suspended"],
+        cars_trusted=cars["trusted"],
+    )

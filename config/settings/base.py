@@ -123,6 +123,16 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
 
 # --- API -----------------------------------------------------------------------------------------------------------
+# Rate limits (README, "Rate limits"; config/throttling.py), written "N/s", "N/min", "N/hour" or "N/day". Login and
+# sign-up attempts count per client address; the agent endpoints count per vehicle, and failed agent requests (no or a
+# bad signature) per address.
+THROTTLE_LOGIN = env.str("THROTTLE_LOGIN", default="10/min")
+THROTTLE_SIGNUP = env.str("THROTTLE_SIGNUP", default="10/hour")
+THROTTLE_AGENT = env.str("THROTTLE_AGENT", default="120/min")
+THROTTLE_AGENT_FAILURES = env.str("THROTTLE_AGENT_FAILURES", default="30/min")
+# Proxies in front of the app that append the client's address to X-Forwarded-For. 0: the header is ignored (trusting
+# it blindly would let a client name a new address with every request and escape every per-address limit).
+NUM_PROXIES = env.int("NUM_PROXIES", default=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first, so that an unauthenticated request gets 401 with a WWW-Authenticate header, not 403.
@@ -134,7 +144,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"token": "20/min"},
+    "NUM_PROXIES": NUM_PROXIES,
 }
 REST_KNOX = {
     # knox stores only a digest of each token, so a database dump yields no usable credential.
@@ -252,6 +262,17 @@ CELERY_BEAT_SCHEDULE["auction-round"] = {
     "options": {"expires": 10},
 }
 # How long a car may hold a work unit before the sweeper gives it to another car (seconds).
+# Mail to users (a suspended car's owner, say): printed on the console unless a real backend is configured.
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Idlefleet <noreply@idlefleet.example>")
+
+# Result verification (marketplace/verdicts.py): a car with this many validated results in a row, and no fault in
+# the window, is replicated only for random spot checks at this rate; this many faults in the window suspend a car.
+VERIFICATION_TRUSTED_AFTER = env.int("VERIFICATION_TRUSTED_AFTER", default=10)
+VERIFICATION_SPOT_CHECK_RATE = env.float("VERIFICATION_SPOT_CHECK_RATE", default=0.1)
+VERIFICATION_SUSPEND_AFTER_FAULTS = env.int("VERIFICATION_SUSPEND_AFTER_FAULTS", default=2)
+VERIFICATION_FAULT_WINDOW_HOURS = env.int("VERIFICATION_FAULT_WINDOW_HOURS", default=168)
+VERIFICATION_MAX_REPLICAS = env.int("VERIFICATION_MAX_REPLICAS", default=3)
 WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)
 CELERY_BEAT_SCHEDULE["billing-sweep"] = {
     "task": "billing.tasks.billing_sweep",

@@ -20,3 +20,8 @@ SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 X_FRAME_OPTIONS = "DENY"
+
+# Production runs behind one reverse proxy (README, "Production"): trust its X-Forwarded-For, or every client would
+# share the proxy's address and its rate limits. Set NUM_PROXIES=0 only when clients reach the app directly.
+NUM_PROXIES = env.int("NUM_PROXIES", default=1)
+REST_FRAMEWORK = {**REST_FRAMEWORK, "NUM_PROXIES": NUM_PROXIES}  # noqa: F405

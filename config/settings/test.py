@@ -22,3 +22,7 @@ else:
     _redis_db = os.environ.get("REDIS_URL", "").rstrip("/").rsplit("/", 1)[-1]
     if _redis_db.isdigit() and _redis_db != "0":
         DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{_redis_db}"}  # noqa: F405
+
+# The suite logs in, signs up and sends agent requests far faster than people and cars do; the limits themselves are
+# proven by tests/security/test_throttling.py, which sets small rates.
+THROTTLE_LOGIN = THROTTLE_SIGNUP = THROTTLE_AGENT = THROTTLE_AGENT_FAILURES = "100000/min"

@@ -18,7 +18,7 @@ def metric_label(key: str) -> str:
 @register.filter
 def dollars_per_ch(mcents) -> str:
     """A price in milli-cents per CH as dollars: 5200 -> "$0.0520/CH"."""
-    if mcents is None:
+    if mcents is None or mcents == "":  # "": a missing variable, e.g. a pool before the first round
         return "—"
     return f"${mcents / 100_000:.4f}/CH"
 

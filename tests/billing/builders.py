@@ -70,9 +70,22 @@ def sell(bid: Bid, vehicle, *, ch: float, price_mcents: int, fee_pct=15) -> Allo
 def validate(allocation: Allocation, *, energy_wh: float = 5.0) -> WorkUnit:
     unit = allocation.units.get()
     unit.status, unit.done_by, unit.energy_wh = WorkUnit.Status.DONE, allocation.vehicle, energy_wh
+    unit.verification, unit.canonical = WorkUnit.Verification.VALID, True  # as if another car had agreed
     unit.completed_at = timezone.now()
     unit.save()
     return unit
+
+
+def confirm(unit: WorkUnit, vehicle, *, price_mcents: int, fee_pct=15, valid: bool = True) -> WorkUnit:
+    """Another car ran `unit`'s items again and its result agreed (or, valid=False, was outvoted)."""
+    allocation = sell(unit.bid, vehicle, ch=unit.ch, price_mcents=price_mcents, fee_pct=fee_pct)
+    replica = allocation.units.get()
+    replica.replica_of, replica.item_start, replica.item_end = unit, unit.item_start, unit.item_end
+    replica.status, replica.done_by, replica.energy_wh, replica.completed_at = (
+        WorkUnit.Status.DONE, vehicle, 1.0, timezone.now())  # fmt: skip
+    replica.verification = WorkUnit.Verification.VALID if valid else WorkUnit.Verification.INVALID
+    replica.save()
+    return replica
 
 
 def fail(allocation: Allocation) -> WorkUnit:

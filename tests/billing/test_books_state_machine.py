@@ -1,10 +1,11 @@
 """Random sequences of everything that moves money, checked after every step (hypothesis state machine).
 
 The steps: place a bid (a good or a declined card), a round sells a car's CH to it, a car's unit is validated or
-fails, the job ends and is settled, a refund, earnings come out of hold, a payout run, a duplicate webhook, a retried
-task. The invariants: every transaction sums to zero; no account is negative on its normal side; money captured =
-owners' earnings + platform fee, to the cent; for every authorization, authorized − captured = released once settled;
-and Stripe (the local server) agrees on every capture and transfer.
+fails, another car checks a result (agrees and is paid by the platform, or is outvoted and paid nothing), the job
+ends and is settled, a refund, earnings come out of hold, a payout run, a duplicate webhook, a retried task.
+The invariants: every transaction sums to zero; no account is negative on its normal side; money captured + what
+the platform paid for checks = owners' earnings + platform fee, to the cent; for every authorization, authorized −
+captured = released once settled; and Stripe (the local server) agrees on every capture and transfer.
 """
 
 import itertools
@@ -74,6 +75,16 @@ class Books(RuleBasedStateMachine):
     def car_reports(self, data, ok):
         allocation = data.draw(st.sampled_from(self._leased()))
         (builders.validate if ok else builders.fail)(allocation)
+
+    def _confirmable(self):
+        return list(WorkUnit.objects.filter(bid__in=self._open_bids(), canonical=True, replica_of__isnull=True))
+
+    @precondition(lambda self: self._confirmable())
+    @rule(data=st.data(), price=st.integers(1_000, 20_000), agrees=st.booleans())
+    def another_car_checks_a_result(self, data, price, agrees):
+        unit = data.draw(st.sampled_from(self._confirmable()))
+        others = [c for c in self.cars if c.pk != unit.done_by_id]
+        builders.confirm(unit, data.draw(st.sampled_from(others)), price_mcents=price, valid=agrees)
 
     @precondition(lambda self: self._open_bids())
     @rule(data=st.data(), status=st.sampled_from([Bid.Status.COMPLETED, Bid.Status.EXPIRED, Bid.Status.CANCELLED]))
@@ -146,7 +157,7 @@ class Books(RuleBasedStateMachine):
         totals = ledger.totals_by_kind()
         captured = totals.get("customer_spend", 0) + totals.get("refunds", 0)
         owners = sum(totals.get(k, 0) for k in ("owner_pending", "owner_available", "owner_paid_out"))
-        assert captured == owners + totals.get("platform_fee", 0)
+        assert captured + totals.get("verification_cost", 0) == owners + totals.get("platform_fee", 0)
         assert captured == sum(a.captured_cents for a in PaymentAuthorization.objects.all())
         assert totals.get("stripe_clearing", 0) == totals.get("customer_held", 0)
 

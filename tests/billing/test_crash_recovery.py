@@ -33,7 +33,9 @@ def crash_once(monkeypatch, module, name):
 
 
 def intents_for(bid: Bid) -> list:
-    return [i for i in stripe_gateway.payment_intents() if i.metadata.to_dict().get("bid_id") == str(bid.pk)]
+    """The payment intents at the (session-wide) Stripe server of this bid's customer: each test has a new one."""
+    customer = bid.customer.billing_profile.stripe_customer_id
+    return [i for i in stripe_gateway.payment_intents() if i.customer == customer]
 
 
 def test_a_crash_after_authorizing_then_the_sweeper_gives_one_hold(monkeypatch, alice, alice_card):

@@ -18,7 +18,7 @@ def books_balance() -> None:
     totals = ledger.totals_by_kind()
     captured = totals.get("customer_spend", 0) + totals.get("refunds", 0)
     owners = sum(totals.get(k, 0) for k in ("owner_pending", "owner_available", "owner_paid_out"))
-    assert captured == owners + totals.get("platform_fee", 0)
+    assert captured + totals.get("verification_cost", 0) == owners + totals.get("platform_fee", 0)
     assert totals.get("stripe_clearing", 0) == totals.get("customer_held", 0)
 
 

@@ -20,7 +20,7 @@ from fleet.agent.client import AgentClient
 from fleet.agent.executor import ArtifactCache, Executor
 from fleet.agent.runner import Agent
 from fleet.agent.simulation import SimulatedCar
-from fleet.models import OptInPolicy
+from fleet.models import OptInPolicy, Vehicle
 from marketplace import services
 from marketplace.dispatch import leases_expire
 from marketplace.models import InferenceModel, WorkUnit
@@ -74,6 +74,9 @@ def test_a_killed_agent_process_loses_its_unit_to_another_car(live_server, tmp_p
     )  # fmt: skip
     victim, victim_key = vehicle_with_credential(OwnerFactory(username="victim"), time_zone=tz)
     OptInPolicy.objects.update(battery_floor_pct=10)  # whatever charge the simulated car starts with
+    # This test is about a lost car, not a wrong result: each car's result stands alone (no replicas).
+    settings.VERIFICATION_SPOT_CHECK_RATE = 0.0
+    Vehicle.objects.update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
     (tmp_path / "victim.json").write_text(victim_key.to_file_text(live_server.url))
     agent = subprocess.Popen(
         [sys.executable, "-m", "fleet.agent", "--credential", str(tmp_path / "victim.json"), "--simulate", "homebody",
@@ -106,6 +109,7 @@ def test_a_killed_agent_process_loses_its_unit_to_another_car(live_server, tmp_p
     assert leases_expire(now=WorkUnit.objects.get(pk=unit.pk).lease_expires_at + timedelta(seconds=1)) == 1
     rescuer, rescuer_key = vehicle_with_credential(OwnerFactory(username="rescuer"), time_zone=tz)
     OptInPolicy.objects.update(battery_floor_pct=10)
+    Vehicle.objects.update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
     client = AgentClient(live_server.url, rescuer_key)
     zone = zoneinfo.ZoneInfo(tz)
     other = Agent(client, SimulatedCar("homebody", 5, datetime.now(zone), zone), StillClock(zone),

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.models import Q
 from django.utils import timezone
 
 from fleet.agent.client import AgentClient
@@ -92,15 +93,24 @@ def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
     assert bid["precision"] == "int8"
     assert auction_round_run() is not None
 
-    for _ in range(10):  # each step leases and runs at most one unit per car
+    # New cars have no record: each slice of items runs on two cars and the results are compared, so it takes a
+    # few more rounds and steps (each step leases and runs at most one unit per car).
+    for step in range(1, 30):
         for agent in agents:
             agent.step()
         if Bid.objects.get(pk=bid["id"]).status == "completed":
             break
+        auction_round_run(now=timezone.now() + timedelta(seconds=settings.AUCTION_INTERVAL_SECONDS * step))
 
     done = Bid.objects.get(pk=bid["id"])
     assert done.status == "completed", list(WorkUnit.objects.values("status", "error"))
-    assert sum(a.units_done for a in agents) == WorkUnit.objects.filter(bid=done).count()
+    units = WorkUnit.objects.filter(bid=done)
+    assert sum(a.units_done for a in agents) == units.filter(status="done").count()
+    # Every slice was checked by a second car of the same hardware, and no result was rejected.
+    assert {u.verification for u in units.filter(status="done")} == {"valid"}
+    for primary in units.filter(replica_of__isnull=True):
+        copies = units.filter(status="done").filter(Q(pk=primary.pk) | Q(replica_of=primary))
+        assert copies.count() >= 2 and len({c.done_by_id for c in copies}) == copies.count()
     outputs = decode_npy(client.get(f"/customer/bids/{done.pk}/result/").content)
     local = ModelRunner(storage.artifact_read(done.variant.sha256), ModelSpec("tensor", DIGITS_OUTPUT)).run(list(items))
     assert outputs.shape == (300, 10)
@@ -118,7 +128,8 @@ def money_follows_the_work(client, bid, owners, onboarded, settings):
     # The worker settles the job once it completes (the task is queued when the bid closes).
     assert wait_for(lambda: PaymentAuthorization.objects.get(bid=bid).status == "settled", timeout=30)
     auth = PaymentAuthorization.objects.get(bid=bid)
-    work = sum(Decimal(repr(u.ch)) * u.allocation.price_mcents_per_ch for u in bid.units.select_related("allocation"))
+    billed = bid.units.filter(canonical=True).select_related("allocation")
+    work = sum(Decimal(repr(u.ch)) * u.allocation.price_mcents_per_ch for u in billed)
     assert auth.captured_cents == cents_half_up(work) > 0
     assert auth.released_cents == auth.amount_cents - auth.captured_cents
     intent = stripe_gateway.payment_retrieve(auth.stripe_payment_intent_id)
@@ -144,8 +155,9 @@ def money_follows_the_work(client, bid, owners, onboarded, settings):
     assert sorted((p.owner_id, p.amount_cents, p.status) for p in payouts) == sorted(
         (o.pk, ledger.balance(kind="owner_paid_out", user_id=o.pk), "paid") for o in earners
     )
-    fee = ledger.balance(kind="platform_fee")
-    assert auth.captured_cents == fee + sum(p.amount_cents for p in payouts)
+    fee, replicas = ledger.balance(kind="platform_fee"), ledger.balance(kind="verification_cost")
+    assert replicas > 0  # the platform paid the cars that checked the results
+    assert auth.captured_cents + replicas == fee + sum(p.amount_cents for p in payouts)
 
     report = reconciliation.reconciliation_report()
     ours = {auth.stripe_payment_intent_id, *(p.stripe_transfer_id for p in payouts)}

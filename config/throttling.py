@@ -1,0 +1,135 @@
+"""Rate limits: a small fixed-window counter in the cache (Redis) for the HTML views, and DRF throttles for the API.
+
+Every rate is a setting read on each request (`THROTTLE_*`, README "Rate limits"), written as DRF writes rates:
+"10/min", "5/hour", "120/m", "2/s", "100/day". Like every cache-based limit, these are a brake on abuse (password
+guessing, sign-up floods, a runaway agent), not a security boundary: a burst at a window's edge may pass twice the
+limit, and money is protected by database constraints, not by these.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
+
+PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Rate:
+    requests: int
+    seconds: int
+
+
+def rate_parse(rate: str) -> Rate:
+    """Read a rate: "10/min" -> Rate(10, 60), the period by its first letter (s, m, h, d) as DRF reads it."""
+    try:
+        number, period = rate.split("/")
+        return Rate(requests=int(number), seconds=PERIODS[period.strip()[0].lower()])
+    except (ValueError, KeyError, IndexError):
+        raise ImproperlyConfigured(f"{rate!r} is not a rate: write it like '10/min', '5/hour' or '2/s'.") from None
+
+
+def client_ip(request) -> str:
+    """The client's address: REMOTE_ADDR, or the address the trusted proxies (NUM_PROXIES) put in X-Forwarded-For.
+
+    With NUM_PROXIES = 0 the header is ignored, or a client could send a new address with every request and escape
+    every per-IP limit."""
+    return BaseThrottle().get_ident(request) or "unknown"
+
+
+def _window(rate: Rate, now: float) -> tuple[int, int]:
+    """The current window's number and the whole seconds until it ends (at least 1)."""
+    window = int(now // rate.seconds)
+    return window, max(1, math.ceil((window + 1) * rate.seconds - now))
+
+
+def _key(scope: str, ident: str, window: int) -> str:
+    return f"ratelimit:{scope}:{ident}:{window}"
+
+
+def limit_hit(*, scope: str, ident: str, rate: str) -> int | None:
+    """Count one request of `ident` (an address, say) in `scope`: the seconds to wait (Retry-After) when this request
+    is over the limit, None when it may go on."""
+    parsed = rate_parse(rate)
+    window, retry_after = _window(parsed, time.time())
+    key = _key(scope, ident, window)
+    # add + incr is atomic in Redis: two processes counting at once never lose a hit.
+    cache.add(key, 0, timeout=parsed.seconds + 1)
+    try:
+        used = cache.incr(key)
+    except ValueError:  # the window's key expired between add and incr: this is the first hit of a new one
+        cache.set(key, 1, timeout=parsed.seconds + 1)
+        used = 1
+    return retry_after if used > parsed.requests else None
+
+
+def limit_reached(*, scope: str, ident: str, rate: str) -> int | None:
+    """Whether `ident` has already used up its limit in `scope`, without counting: the seconds to wait, or None."""
+    parsed = rate_parse(rate)
+    window, retry_after = _window(parsed, time.time())
+    used = cache.get(_key(scope, ident, window), 0)
+    return retry_after if used >= parsed.requests else None
+
+
+def too_many_requests(request: HttpRequest, *, retry_after: int, message: str) -> HttpResponse:
+    """The 429 page, with the Retry-After header."""
+    response = render(request, "429.html", {"message": message, "retry_after": retry_after}, status=429)
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+def rate_limited(scope: str, *, rate_setting: str, message: str, methods: tuple[str, ...] = ("POST",)) -> Callable:
+    """Limit an HTML view's `methods` per client address to the rate in `settings.<rate_setting>`; the page itself
+    (a GET) is never limited."""
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapped(request, *args, **kwargs):
+            if request.method in methods:
+                rate = getattr(settings, rate_setting)
+                retry_after = limit_hit(scope=scope, ident=client_ip(request), rate=rate)
+                if retry_after is not None:
+                    return too_many_requests(request, retry_after=retry_after, message=message)
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+# --- DRF ---------------------------------------------------------------------------------------------------------
+
+
+class SettingsRateThrottle(SimpleRateThrottle):
+    """A DRF throttle whose rate is the setting `rate_setting`, read per request. (DRF reads its own
+    DEFAULT_THROTTLE_RATES once, at import: neither the environment of a running test nor a test's `settings` fixture
+    would reach it.)"""
+
+    rate_setting: str = ""
+
+    def get_rate(self) -> str:
+        return getattr(settings, self.rate_setting)
+
+    def parse_rate(self, rate):
+        parsed = rate_parse(rate)
+        return parsed.requests, parsed.seconds
+
+
+class LoginRateThrottle(SettingsRateThrottle):
+    """Password attempts on the API (POST /api/v1/auth/token/), per client address."""
+
+    scope = "login"
+    rate_setting = "THROTTLE_LOGIN"
+
+    def get_cache_key(self, request, view) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": client_ip(request)}

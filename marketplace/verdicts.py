@@ -1,0 +1,174 @@
+"""Checking untrusted cars' results (BOINC-style): replicas on cars of the same hardware, verdicts, reputation.
+
+A car's first result for a slice of items decides how many agreeing results the slice needs (its quorum): 2 for a
+car without a record (its result is run again on another car of the same hardware class, "homogeneous redundancy"),
+1 for a car with a long streak of validated results, except for a random share of spot checks (adaptive
+replication). When two results disagree a third car decides. The pure comparisons live in
+marketplace/verification.py; this module keeps the books of it in the database, inside the transaction that takes
+the result in (marketplace/dispatch.py: unit_result).
+
+Only validated results are billed and paid (billing/services.py); the customer gets the canonical result of each
+slice; a car caught returning a wrong result loses its streak, and repeated faults suspend it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from fleet.agent.inference import decode_npy
+from fleet.models import Vehicle
+
+from . import storage, verification
+from .models import Allocation, Bid, WorkUnit
+
+log = logging.getLogger(__name__)
+Verification = WorkUnit.Verification
+
+
+def result_recorded(*, unit: WorkUnit, now: datetime | None = None) -> None:
+    """A car's result for `unit` was just stored (status DONE): decide what it means. Runs in the caller's
+    transaction; the slice's primary row is locked so two results of one slice are judged one after the other."""
+    now = now or timezone.now()
+    primary = WorkUnit.objects.select_for_update().get(pk=unit.primary_id)
+    if primary.quorum == 0:
+        car = Vehicle.objects.get(pk=unit.done_by_id)
+        replicate = verification.replication_needed(
+            streak=car.valid_streak,
+            faults_recent=_faults_recent(car.pk, now),
+            rng_value=random.random(),  # noqa: S311 - a sampling decision, not a secret
+            spot_check_rate=settings.VERIFICATION_SPOT_CHECK_RATE,
+            trusted_after=settings.VERIFICATION_TRUSTED_AFTER,
+        )
+        primary.quorum = 2 if replicate else 1
+        primary.save(update_fields=["quorum"])
+    WorkUnit.objects.filter(pk=unit.pk).update(verification=Verification.PENDING, canonical=False)
+    slice_decide(primary=primary, now=now)
+
+
+def slice_decide(*, primary: WorkUnit, now: datetime) -> None:
+    group = list(
+        WorkUnit.objects.filter(Q(pk=primary.pk) | Q(replica_of=primary), status=WorkUnit.Status.DONE)
+        .select_related("bid__inference_model", "bid__variant")
+        .order_by("completed_at", "pk")
+    )
+    if not group:
+        return
+    bid = group[0].bid
+    tolerance = verification.Tolerance.for_precision(
+        bid.inference_model.metric, bid.variant.precision, bid.inference_model.tolerance
+    )
+    outputs = [decode_npy(storage.artifact_read(u.output_sha256)) for u in group]
+    verdict = verification.decide(outputs, tolerance, quorum=primary.quorum)
+    if verdict.needs_more:
+        replica_ensure(primary=primary, group=group, now=now)
+        return
+    for index, unit in enumerate(group):
+        decided = (
+            Verification.VALID if index in verdict.valid
+            else Verification.INVALID if index in verdict.invalid
+            else unit.verification
+        )  # fmt: skip
+        canonical = index == verdict.canonical
+        if decided != unit.verification or canonical != unit.canonical:
+            WorkUnit.objects.filter(pk=unit.pk).update(verification=decided, canonical=canonical)
+        if unit.verification in (Verification.PENDING, "") and decided in (Verification.VALID, Verification.INVALID):
+            reputation_record(vehicle_id=unit.done_by_id, valid=decided == Verification.VALID, now=now, unit=unit)
+    # The slice is settled: copies still waiting for a car are not needed any more.
+    for spare in WorkUnit.objects.filter(replica_of=primary, status=WorkUnit.Status.QUEUED):
+        spare.status, spare.error = WorkUnit.Status.FAILED, "not needed: the results already agree"
+        spare.assigned_vehicle = None
+        spare.save(update_fields=["status", "error", "assigned_vehicle"])
+
+
+def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -> WorkUnit | None:
+    """Make sure one more car runs this slice: a car of the same hardware class that has not run it yet."""
+    outstanding = WorkUnit.objects.filter(
+        replica_of=primary, status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED)
+    )
+    if outstanding.exists():
+        return None
+    if primary.replicas.count() >= settings.VERIFICATION_MAX_REPLICAS:
+        _slice_unresolved(primary, now)
+        return None
+    bid = Bid.objects.select_for_update().get(pk=primary.bid_id)
+    excluded = sorted({u.done_by_id for u in group} | set(primary.excluded_vehicles))
+    hardware_id = Vehicle.objects.filter(pk=group[0].done_by_id).values_list("hardware_id", flat=True).first()
+    replica = WorkUnit.objects.create(
+        bid=bid, index=bid.units.count(), item_start=primary.item_start, item_end=primary.item_end, ch=primary.ch,
+        replica_of=primary, requires_hardware_id=hardware_id, excluded_vehicles=excluded,
+    )  # fmt: skip
+    # A car of the same hardware already working for this bid takes it within what it sold; otherwise the bid
+    # buys the CH again in the next round, and units_cut gives it to a suitable car.
+    allocation = (
+        Allocation.objects.filter(bid=bid, ends_at__gt=now, vehicle__hardware_id=hardware_id,
+                                  vehicle__status=Vehicle.Status.ACTIVE)
+        .exclude(vehicle_id__in=excluded)
+        .order_by("ends_at")
+        .first()
+    )  # fmt: skip
+    if allocation is not None:
+        replica.assigned_vehicle_id, replica.allocation = allocation.vehicle_id, allocation
+        replica.save(update_fields=["assigned_vehicle", "allocation"])
+    else:
+        Bid.objects.filter(pk=bid.pk).update(ch_allocated=max(bid.ch_allocated - replica.ch, 0.0))
+    return replica
+
+
+def _slice_unresolved(primary: WorkUnit, now: datetime) -> None:
+    """Too many cars disagree about these items to tell who is right: nobody is blamed, nobody is paid for them,
+    and the bid fails (its customer pays only for what was validated)."""
+    log.warning("slice %s of bid %s: no quorum after %s replicas", primary.pk, primary.bid_id, primary.replicas.count())
+    from .dispatch import settle_bid_later
+
+    if Bid.objects.filter(pk=primary.bid_id, status__in=Bid.OPEN_STATUSES).update(
+        status=Bid.Status.FAILED, closed_at=now
+    ):
+        settle_bid_later(primary.bid_id)
+
+
+def reputation_record(*, vehicle_id: int, valid: bool, now: datetime, unit: WorkUnit | None = None) -> Vehicle:
+    """A streak of validated results earns trust; a rejected result resets it, and repeated faults suspend the car."""
+    car = Vehicle.objects.select_for_update().get(pk=vehicle_id)
+    car.valid_streak = verification.streak_after(car.valid_streak, valid=valid)
+    if valid:
+        car.results_valid += 1
+    else:
+        car.results_invalid += 1
+        car.last_fault_at = now
+    car.save(update_fields=["valid_streak", "results_valid", "results_invalid", "last_fault_at"])
+    if not valid:
+        faults = _faults_recent(car.pk, now)
+        log.warning("vehicle %s returned a wrong result (unit %s); %s fault(s) recently", car.pk,
+                    unit.pk if unit else "?", faults)  # fmt: skip
+        if faults >= settings.VERIFICATION_SUSPEND_AFTER_FAULTS and car.status == Vehicle.Status.ACTIVE:
+            from fleet.services import vehicle_suspend
+
+            car = vehicle_suspend(
+                vehicle=car, actor=None,
+                reason=f"{faults} results in the last {settings.VERIFICATION_FAULT_WINDOW_HOURS} hours disagreed with "
+                       "other cars running the same work. Suspended cars get no work; contact support to appeal.",
+            )  # fmt: skip
+    return car
+
+
+def _faults_recent(vehicle_id: int, now: datetime) -> int:
+    window = timedelta(hours=settings.VERIFICATION_FAULT_WINDOW_HOURS)
+    return WorkUnit.objects.filter(
+        done_by_id=vehicle_id, verification=Verification.INVALID, completed_at__gte=now - window
+    ).count()
+
+
+def slice_resolved(primary: WorkUnit) -> WorkUnit | None:
+    """The canonical result of a slice, or None while it has none."""
+    return (
+        WorkUnit.objects.filter(Q(pk=primary.pk) | Q(replica_of=primary), canonical=True,
+                                verification=Verification.VALID)
+        .order_by("pk")
+        .first()
+    )  # fmt: skip

@@ -1,0 +1,234 @@
+"""Results from untrusted cars are checked (BOINC-style): a new car's result runs again on another car of the same
+hardware and the two are compared; a disagreement brings a third car; a liar is caught, paid nothing, and suspended
+after repeated faults; a car with a long record is only spot-checked."""
+
+import base64
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from billing import ledger, services
+from fleet.agent.inference import decode_npy, encode_npy
+from fleet.models import OptInPolicy, Vehicle
+from marketplace.models import Bid, WorkUnit
+from marketplace.rounds import auction_round_run
+from tests.factories import OwnerFactory, vehicle_with_credential
+from tests.fleet.agent_requests import heartbeat, signed_post
+from tests.marketplace.test_dispatch import LEASE, RESULT, run_unit
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def new_cars(client, settings):
+    """Three parked HW4 cars with no record yet: honest Hana and Hugo, and Liam, whose agent returns noise."""
+    settings.VERIFICATION_SPOT_CHECK_RATE = 0.0
+    settings.AUCTION_INTERVAL_SECONDS = 10  # a round every 10 s: the heartbeats stay fresh over a few rounds
+    cars = {}
+    for name, min_price in (("hana", 2), ("hugo", 2), ("liam", 2)):
+        vehicle, credential = vehicle_with_credential(OwnerFactory(username=name), name=f"{name}'s car")
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
+        assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
+        cars[name] = (vehicle, credential)
+    return cars
+
+
+def model_bytes_of(bid) -> bytes:
+    from marketplace import storage
+
+    return storage.artifact_read(bid.variant.sha256)
+
+
+def lying(lease: dict, model: bytes) -> dict:
+    """What a cheating car sends: random vectors of the right shape, checksummed properly."""
+    honest = run_unit(lease, model)
+    outputs = decode_npy(base64.b64decode(honest["output_npy_b64"]))
+    noise = np.random.default_rng(7).normal(size=outputs.shape).astype(outputs.dtype)
+    data, sha = encode_npy(noise)
+    return {**honest, "output_npy_b64": base64.b64encode(data).decode(), "output_sha256": sha}
+
+
+def work_off(client, credential, model: bytes, *, answer=run_unit) -> int:
+    """The car leases and returns units until it has none; how many it ran."""
+    count = 0
+    while (response := signed_post(client, credential, LEASE, {})).status_code == 200:
+        assert signed_post(client, credential, RESULT, answer(response.json(), model)).status_code == 200
+        count += 1
+    return count
+
+
+def next_round(step: int):
+    return auction_round_run(now=timezone.now() + timedelta(seconds=15 * step))
+
+
+def only_cars(new_cars, *names):
+    """Only these cars of `new_cars` are in the market (the others' owners paused them)."""
+    for name, (vehicle, _) in new_cars.items():
+        Vehicle.objects.filter(pk=vehicle.pk).update(status="active" if name in names else "paused")
+
+
+def test_a_new_cars_result_is_run_again_on_another_car_and_both_are_paid_once_agreed(client, bid, new_cars):
+    (hana, hana_key), (hugo, hugo_key) = new_cars["hana"], new_cars["hugo"]
+    only_cars(new_cars, "hana")
+    model = model_bytes_of(bid)
+    next_round(0)
+    assert work_off(client, hana_key, model) > 0
+
+    bid.refresh_from_db()
+    assert bid.status == Bid.Status.RUNNING  # not complete before a second car agrees
+    primaries = bid.units.filter(replica_of__isnull=True)
+    assert set(primaries.values_list("quorum", "verification")) == {(2, "pending")}
+    replicas = bid.units.filter(replica_of__isnull=False)
+    assert replicas.count() == primaries.count()
+    assert {(r.requires_hardware_id, tuple(r.excluded_vehicles)) for r in replicas} == {(hana.hardware_id, (hana.pk,))}
+
+    only_cars(new_cars, "hugo")
+    next_round(1)
+    assert work_off(client, hugo_key, model) == replicas.count()
+
+    bid.refresh_from_db()
+    assert bid.status == Bid.Status.COMPLETED
+    assert set(bid.units.values_list("verification", flat=True)) == {"valid"}
+    assert set(bid.units.filter(canonical=True).values_list("done_by", flat=True)) == {hana.pk}
+    hana.refresh_from_db()
+    hugo.refresh_from_db()
+    assert (hana.valid_streak, hugo.valid_streak) == (primaries.count(), replicas.count())
+
+
+def test_a_liar_is_outvoted_by_a_third_car_gets_nothing_and_is_suspended(client, bid, new_cars, settings):
+    settings.VERIFICATION_SUSPEND_AFTER_FAULTS = 2
+    (hana, hana_key), (liam, liam_key) = new_cars["hana"], new_cars["liam"]
+    hugo, hugo_key = new_cars["hugo"]
+    model = model_bytes_of(bid)
+    only_cars(new_cars, "liam")
+    next_round(0)
+    lies = work_off(client, liam_key, model, answer=lying)
+    assert lies >= 1
+    # Hana checks Liam's results; they disagree, so Hugo decides.
+    only_cars(new_cars, "hana")
+    next_round(1)
+    assert work_off(client, hana_key, model) == lies
+    only_cars(new_cars, "hugo")
+    next_round(2)
+    assert work_off(client, hugo_key, model) == lies
+
+    bid.refresh_from_db()
+    assert bid.status == Bid.Status.COMPLETED
+    liars_units = bid.units.filter(done_by=liam)
+    assert set(liars_units.values_list("verification", "canonical")) == {("invalid", False)}
+    assert not bid.units.filter(done_by__in=[hana, hugo], verification="invalid").exists()
+    # The customer's results contain none of the liar's outputs: they are the honest cars' own.
+    from marketplace import storage
+
+    canonical = bid.units.filter(canonical=True).order_by("item_start")
+    assert set(canonical.values_list("done_by", flat=True)) <= {hana.pk, hugo.pk}
+    result = decode_npy(storage.artifact_read(bid.result_sha256))
+    honest = np.concatenate([decode_npy(storage.artifact_read(u.output_sha256)) for u in canonical])
+    np.testing.assert_array_equal(result, honest)
+
+    liam.refresh_from_db()
+    assert (liam.valid_streak, liam.results_invalid) == (0, lies)
+    assert (liam.status == Vehicle.Status.SUSPENDED) == (lies >= 2)  # (else still paused by the test)
+
+
+def test_repeated_faults_suspend_the_car_release_its_work_and_tell_its_owner(client, bid, new_cars, settings):
+    settings.VERIFICATION_SUSPEND_AFTER_FAULTS = 2
+    from marketplace.verdicts import reputation_record
+
+    liam, liam_key = new_cars["liam"]
+    only_cars(new_cars, "liam")
+    next_round(0)
+    held = list(bid.units.filter(assigned_vehicle=liam).values_list("pk", flat=True))
+    assert held
+    now = timezone.now()
+    for n in range(2):  # two of its results were outvoted this week
+        WorkUnit.objects.create(bid=bid, index=100 + n, item_start=0, item_end=1, ch=1e-9, status="done",
+                                done_by=liam, verification="invalid", completed_at=now)  # fmt: skip
+
+    car = reputation_record(vehicle_id=liam.pk, valid=False, now=now)
+
+    assert car.status == Vehicle.Status.SUSPENDED
+    assert car.status_reason.startswith("2 results in the last 168 hours disagreed with other cars")
+    assert [m.to for m in mail.outbox] == [[liam.owner.email]]
+    assert "suspended" in mail.outbox[0].subject
+    # Its work goes back to the bid for other cars, and it gets no more.
+    assert not WorkUnit.objects.filter(pk__in=held, assigned_vehicle=liam).exists()
+    assert signed_post(client, liam_key, LEASE, {}).status_code == 204
+    client.force_login(liam.owner)
+    page = client.get(f"/owner/vehicles/{liam.pk}/").content.decode()
+    assert "disagreed with other cars" in page
+    assert "0 validated results in a row · 0 validated, 1 rejected in all" in page
+
+
+def test_the_liar_is_paid_nothing_and_the_platform_pays_the_checking_cars(alice, card_for, new_cars, settings):
+    from tests.billing import builders
+
+    card_for(alice)
+    (hana, _), (hugo, _), (liam, _) = new_cars["hana"], new_cars["hugo"], new_cars["liam"]
+    bid = builders.bid_authorized(alice, budget_cents=5_000)
+    primary = builders.validate(builders.sell(bid, hana, ch=100.0, price_mcents=5_000))  # 500 ¢, canonical
+    for car, verdict in ((hugo, WorkUnit.Verification.VALID), (liam, WorkUnit.Verification.INVALID)):
+        allocation = builders.sell(bid, car, ch=100.0, price_mcents=5_000)
+        WorkUnit.objects.filter(allocation=allocation).update(
+            status="done", done_by=car, verification=verdict, canonical=False, replica_of=primary,
+            completed_at=timezone.now(),
+        )  # fmt: skip
+    builders.close(bid)
+
+    auth = services.bid_settle(bid_id=bid.pk)
+
+    assert auth.captured_cents == 500  # the customer pays for the items once
+    assert ledger.balance(kind="owner_pending", user_id=hana.owner_id) == 425
+    assert ledger.balance(kind="owner_pending", user_id=hugo.owner_id) == 425  # the checker, paid by the platform
+    assert ledger.balance(kind="owner_pending", user_id=liam.owner_id) == 0  # the liar, nothing
+    assert ledger.balance(kind="verification_cost") == 425
+    assert ledger.balance(kind="platform_fee") == 75
+
+
+def test_a_trusted_car_is_only_spot_checked(client, bid, new_cars, settings):
+    hana, hana_key = new_cars["hana"]
+    only_cars(new_cars, "hana")
+    Vehicle.objects.filter(pk=hana.pk).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
+    next_round(0)
+
+    work_off(client, hana_key, model_bytes_of(bid))
+
+    bid.refresh_from_db()
+    assert bid.status == Bid.Status.COMPLETED
+    assert not bid.units.filter(replica_of__isnull=False).exists()
+    assert set(bid.units.values_list("quorum", "verification", "canonical")) == {(1, "valid", True)}
+
+
+def test_a_fault_costs_a_trusted_car_its_trust(client, bid, new_cars, settings):
+    settings.VERIFICATION_SUSPEND_AFTER_FAULTS = 99
+    from marketplace.verdicts import reputation_record
+
+    hana, _ = new_cars["hana"]
+    Vehicle.objects.filter(pk=hana.pk).update(valid_streak=50)
+
+    car = reputation_record(vehicle_id=hana.pk, valid=False, now=timezone.now())
+
+    assert (car.valid_streak, car.results_invalid, car.status) == (0, 1, "active")
+
+
+def test_staff_see_what_verification_costs_and_catches(client, staff, bid, new_cars):
+    hana, _ = new_cars["hana"]
+    liam, _ = new_cars["liam"]
+    primary = WorkUnit.objects.create(bid=bid, index=50, item_start=0, item_end=10, ch=2.0, status="done",
+                                      done_by=hana, verification="valid", canonical=True)  # fmt: skip
+    WorkUnit.objects.create(bid=bid, index=51, item_start=0, item_end=10, ch=2.0, status="done", done_by=liam,
+                            verification="invalid", replica_of=primary)  # fmt: skip
+    WorkUnit.objects.create(bid=bid, index=52, item_start=0, item_end=10, ch=2.0, status="done", done_by=hana,
+                            verification="valid", replica_of=primary)  # fmt: skip
+    Vehicle.objects.filter(pk=liam.pk).update(status="suspended")
+    client.force_login(staff)
+
+    page = client.get("/staff/finance/").content.decode()
+
+    assert "Result verification" in page
+    assert "100.0 %" in page  # 2 CH of checks for 2 CH billed
+    assert '<th scope="row">Results rejected (outvoted by other cars)</th><td>1</td>' in page
+    assert '<th scope="row">Suspended cars</th><td>1</td>' in page

@@ -1,0 +1,167 @@
+"""The documented rate limits hold: login (page and API token), sign-up, and the agent endpoints, each answering 429
+with a message and Retry-After once its limit is used up. The suite's settings raise every limit; each test here
+sets a small one. The cache (where the counts live) is cleared before every test."""
+
+import json
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from config import throttling
+from tests.factories import PASSWORD, vehicle_with_credential
+from tests.fleet.agent_requests import heartbeat, signed_headers, signed_post
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parents[2]
+HEARTBEAT = "/api/v1/agent/heartbeat/"
+
+
+def assert_throttled(response):
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 60
+
+
+def test_the_login_page_refuses_attempts_past_the_limit_even_with_the_right_password(client, settings, alice):
+    settings.THROTTLE_LOGIN = "3/min"
+    for _ in range(3):
+        assert client.post("/login/", {"username": "alice", "password": "guess"}).status_code == 200
+
+    response = client.post("/login/", {"username": "alice", "password": PASSWORD})
+
+    assert_throttled(response)
+    assert "Too many login attempts" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert client.get("/login/").status_code == 200  # the page itself is never limited
+
+
+def test_the_login_limit_is_per_address_and_ends_with_its_window(client, settings, alice, monkeypatch):
+    settings.THROTTLE_LOGIN = "1/min"
+    assert client.post("/login/", {"username": "alice", "password": "guess"}).status_code == 200
+    assert_throttled(client.post("/login/", {"username": "alice", "password": "guess"}))
+
+    # Another address has its own count.
+    other = client.post("/login/", {"username": "alice", "password": PASSWORD}, REMOTE_ADDR="192.0.2.7")
+    assert other.status_code == 302
+
+    # A minute later the first address may try again.
+    later = time.time() + 61
+    monkeypatch.setattr(throttling, "time", SimpleNamespace(time=lambda: later))
+    assert client.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 302
+
+
+def test_a_forged_x_forwarded_for_does_not_escape_the_limit(client, settings):
+    settings.THROTTLE_LOGIN = "2/min"
+    statuses = [
+        client.post("/login/", {"username": "x", "password": "y"}, HTTP_X_FORWARDED_FOR=f"198.51.100.{n}").status_code
+        for n in range(4)
+    ]
+    assert statuses == [200, 200, 429, 429]
+
+
+def test_behind_a_trusted_proxy_the_clients_address_is_counted(client, settings):
+    settings.THROTTLE_LOGIN = "1/min"
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+
+    def attempt(address):
+        return client.post("/login/", {"username": "x", "password": "y"}, HTTP_X_FORWARDED_FOR=address).status_code
+
+    assert [attempt("203.0.113.1"), attempt("203.0.113.1"), attempt("203.0.113.2")] == [200, 429, 200]
+
+
+def test_the_api_token_endpoint_is_limited(client, settings, alice):
+    settings.THROTTLE_LOGIN = "2/min"
+    for _ in range(2):
+        assert client.post("/api/v1/auth/token/", {"username": "alice", "password": "guess"}).status_code == 400
+
+    response = client.post("/api/v1/auth/token/", {"username": "alice", "password": PASSWORD})
+
+    assert_throttled(response)
+    assert response.json()["code"] == "throttled"
+    assert "seconds" in response.json()["message"]
+
+
+def test_sign_up_is_limited(client, settings):
+    from accounts.models import User
+
+    settings.THROTTLE_SIGNUP = "2/hour"
+    for _ in range(2):
+        assert client.post("/signup/", {"username": "newcomer"}).status_code == 400
+    form = {"username": "newcomer", "email": "new@example.test", "role": "customer", "password1": "a-fine-passphrase-9",
+            "password2": "a-fine-passphrase-9"}  # fmt: skip
+
+    response = client.post("/signup/", form)
+
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 3600
+    assert "Too many sign-ups" in response.content.decode()
+    assert not User.objects.filter(username="newcomer").exists()
+    assert client.get("/signup/").status_code == 200
+
+
+def test_agent_requests_are_limited_per_vehicle(client, settings, olivia, oscar):
+    settings.THROTTLE_AGENT = "3/min"
+    _, olivias = vehicle_with_credential(olivia)
+    _, oscars = vehicle_with_credential(oscar)
+    statuses = [signed_post(client, olivias, HEARTBEAT, heartbeat()).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+
+    response = signed_post(client, olivias, HEARTBEAT, heartbeat())
+
+    assert_throttled(response)
+    assert response.json()["code"] == "throttled"
+    # Every agent endpoint shares the car's count; another car has its own.
+    assert_throttled(signed_post(client, olivias, "/api/v1/agent/lease/", {}))
+    assert signed_post(client, oscars, HEARTBEAT, heartbeat()).status_code == 200
+
+
+def test_the_default_agent_limit_is_generous_for_heartbeats():
+    """A heartbeat every 15 s plus a lease, a download and a result per step is far below the default."""
+    base = (ROOT / "config/settings/base.py").read_text()
+    default = re.search(r'THROTTLE_AGENT = env.str\("THROTTLE_AGENT", default="([^"]+)"\)', base).group(1)
+    rate = throttling.rate_parse(default)
+    assert rate.requests * 60 / rate.seconds >= 120
+
+
+def test_failed_agent_requests_are_limited_per_address(client, settings, olivia):
+    settings.THROTTLE_AGENT_FAILURES = "3/min"
+    _, credential = vehicle_with_credential(olivia)
+    unsigned = [client.post(HEARTBEAT, heartbeat(), content_type="application/json").status_code for _ in range(3)]
+    assert unsigned == [401, 401, 401]
+
+    # Past the limit the address is refused before any signature is checked, a good one included.
+    response = signed_post(client, credential, HEARTBEAT, heartbeat())
+    assert_throttled(response)
+    assert "Too many failed agent requests" in response.json()["message"]
+    # A car elsewhere is not affected.
+    body = json.dumps(heartbeat()).encode()
+    elsewhere = client.post(HEARTBEAT, body, content_type="application/json", REMOTE_ADDR="192.0.2.9",
+                            **signed_headers(credential, HEARTBEAT, body))  # fmt: skip
+    assert elsewhere.status_code == 200
+
+
+def test_successful_agent_requests_do_not_count_as_failures(client, settings, olivia):
+    settings.THROTTLE_AGENT_FAILURES = "2/min"
+    _, credential = vehicle_with_credential(olivia)
+    for _ in range(5):
+        assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["THROTTLE_LOGIN", "THROTTLE_SIGNUP", "THROTTLE_AGENT", "THROTTLE_AGENT_FAILURES"])
+def test_each_limit_is_documented_with_its_default(name):
+    base = (ROOT / "config/settings/base.py").read_text()
+    default = re.search(rf'{name} = env.str\("{name}", default="([^"]+)"\)', base).group(1)
+    throttling.rate_parse(default)
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(rf"\| `{name}` \| `{re.escape(default)}` \|", readme), f"{name} ({default}) is not in the README"
+
+
+def test_a_rate_that_is_not_one_is_refused_clearly():
+    from django.core.exceptions import ImproperlyConfigured
+
+    assert throttling.rate_parse("10/min") == throttling.Rate(10, 60)
+    assert throttling.rate_parse("5/hour") == throttling.Rate(5, 3600)
+    with pytest.raises(ImproperlyConfigured, match="not a rate"):
+        throttling.rate_parse("ten per minute")
