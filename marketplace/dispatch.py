@@ -45,7 +45,8 @@ def units_cut(*, allocation: Allocation, car: dict[str, float]) -> list[WorkUnit
     for unit in bid.units.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True).order_by("index"):
         if budget <= 0:
             break
-        # A replica checks another car's result: it runs on the same hardware class, never on a car that ran it.
+        # A replica checks another car's result: it runs on the same hardware class, never on a car that ran it
+        # (rounds.verification_allocate finds it a car when no allocation of the bid fits).
         if unit.replica_of_id and (
             allocation.vehicle_id in unit.excluded_vehicles
             or (unit.requires_hardware_id and unit.requires_hardware_id != hardware_id)
@@ -231,7 +232,8 @@ def _release(unit: WorkUnit, *, error: str, count_attempt: bool) -> None:
         return
     unit.status = WorkUnit.Status.QUEUED
     unit.save()
-    Bid.objects.filter(pk=unit.bid_id).update(ch_allocated=F("ch_allocated") - unit.ch)
+    if unit.replica_of_id is None:  # a replica's CH are bought by verification, not the customer's bid
+        Bid.objects.filter(pk=unit.bid_id).update(ch_allocated=F("ch_allocated") - unit.ch)
 
 
 def leases_expire(*, now: datetime | None = None) -> int:

@@ -175,6 +175,7 @@ def auction_round_run(*, now: datetime | None = None) -> Round | None:
         reserve = np.array([reserves[p] for p in auction.POOLS], dtype=np.int64)
         result = clear_all_or_none(supply=supply, demand=demand, reserve=reserve)
         _store(round_, result, reserve, rates, now)
+        verification_allocate(round_=round_, supply=supply, result=result, reserve=reserve, rates=rates, now=now)
         round_.cars_offered = len(set(supply.car.tolist()))
         round_.bids_considered = len(demand.bid)
         round_.finished_at = timezone.now()
@@ -240,3 +241,45 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
                 "model_cached": allocation.bid.variant.sha256 in info["models_cached"],
             },
         )
+
+
+def verification_allocate(*, round_: Round, supply: auction.Supply, result, reserve, rates, now: datetime) -> int:
+    """Find cars for the replicas waiting for one (marketplace/verdicts.py): the auction cannot, since a replica needs
+    a car of a given hardware class that has not run its items. Each goes to an available car this round did not
+    sell, of the right class, at the pool's clearing price (or the reserve) but never below the car's ask; the
+    platform pays for it, not the customer. Returns the number of replicas placed."""
+    waiting = list(
+        WorkUnit.objects.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True, replica_of__isnull=False,
+                                bid__status__in=Bid.OPEN_STATUSES)
+        .select_related("bid")
+        .order_by("bid__created_at", "index")
+    )  # fmt: skip
+    if not waiting:
+        return 0
+    sold = set(result.alloc_car.tolist())
+    prices = {(auction.POOLS[p.pool] if isinstance(p.pool, int) else p.pool): p.clearing_price for p in result.pools}
+    offers: dict[tuple[int, str], list] = {}  # (car, pool) -> [CH left, ask]
+    for car, pool, ch, ask in zip(supply.car.tolist(), supply.pool.tolist(), supply.ch.tolist(), supply.ask.tolist(),
+                                  strict=True):  # fmt: skip
+        if car not in sold:
+            offers[(car, auction.POOLS[pool])] = [ch, ask]
+    hardware = dict(Vehicle.objects.filter(pk__in={car for car, _ in offers}).values_list("pk", "hardware_id"))
+    placed = 0
+    for unit in waiting:
+        pool = unit.bid.pool
+        for (car, car_pool), offer in offers.items():
+            if car_pool != pool or offer[0] < unit.ch or car in unit.excluded_vehicles:
+                continue
+            if unit.requires_hardware_id and hardware.get(car) != unit.requires_hardware_id:
+                continue
+            price = max(prices.get(pool) or int(reserve[auction.POOLS.index(pool)]), offer[1])
+            hours = unit.ch / rates[car]["ch_per_hour"][pool]
+            allocation = Allocation.objects.create(
+                round=round_, bid=unit.bid, vehicle_id=car, pool=pool, ch=unit.ch, price_mcents_per_ch=price,
+                ends_at=now + timedelta(hours=hours),
+            )  # fmt: skip
+            WorkUnit.objects.filter(pk=unit.pk).update(assigned_vehicle_id=car, allocation=allocation)
+            offer[0] -= unit.ch
+            placed += 1
+            break
+    return placed

@@ -103,8 +103,8 @@ def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -
         bid=bid, index=bid.units.count(), item_start=primary.item_start, item_end=primary.item_end, ch=primary.ch,
         replica_of=primary, requires_hardware_id=hardware_id, excluded_vehicles=excluded,
     )  # fmt: skip
-    # A car of the same hardware already working for this bid takes it within what it sold; otherwise the bid
-    # buys the CH again in the next round, and units_cut gives it to a suitable car.
+    # A car of the same hardware already working for this bid takes it within what it sold; otherwise the next
+    # round finds it a free car of that class (rounds.verification_allocate). The customer's demand is unchanged.
     allocation = (
         Allocation.objects.filter(bid=bid, ends_at__gt=now, vehicle__hardware_id=hardware_id,
                                   vehicle__status=Vehicle.Status.ACTIVE)
@@ -115,8 +115,6 @@ def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -
     if allocation is not None:
         replica.assigned_vehicle_id, replica.allocation = allocation.vehicle_id, allocation
         replica.save(update_fields=["assigned_vehicle", "allocation"])
-    else:
-        Bid.objects.filter(pk=bid.pk).update(ch_allocated=max(bid.ch_allocated - replica.ch, 0.0))
     return replica
 
 
