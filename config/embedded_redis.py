@@ -36,7 +36,8 @@ def server_command(port: int) -> list[str]:
 
 def is_up(port: int) -> bool:
     try:
-        return bool(redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5).ping())
+        # No retries: a closed port must answer "no" at once (redis-py retries refused connections by default).
+        return bool(redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, retry=None).ping())
     except redis.exceptions.ConnectionError:
         return False
 

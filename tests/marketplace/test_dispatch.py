@@ -180,3 +180,22 @@ def test_the_results_api_serves_a_completed_bid_only(client, running_bid, cars, 
     response = client.get(f"/api/v1/bids/{running_bid.pk}/result/")
     assert response.status_code == 404
     assert response.json()["message"] == "The results are not ready yet."
+
+
+def test_a_round_that_sells_a_bid_to_several_cars_gives_each_the_work_it_bought(bid, cars):
+    """Regression (found by bench/chaos.py): the first car used to get every item, since the round had already
+    counted all its allocations when the first one was cut."""
+    from fleet.models import OptInPolicy
+    from marketplace.models import Allocation, Bid
+
+    bid.variant.__class__.objects.filter(pk=bid.variant_id).update(ch_per_item=0.01)
+    Bid.objects.filter(pk=bid.pk).update(ch_total=2.0)
+    OptInPolicy.objects.update(max_energy_kwh_per_day=0.1)  # neither car can sell the whole job alone
+
+    auction_round_run()
+
+    allocations = list(Allocation.objects.filter(bid=bid).order_by("pk"))
+    assert len(allocations) == 2
+    for allocation in allocations:
+        given = sum(u.ch for u in WorkUnit.objects.filter(allocation=allocation))
+        assert given == pytest.approx(allocation.ch, abs=0.01)
