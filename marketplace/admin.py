@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Dataset, InferenceModel, PrecisionVariant
+from .models import Dataset, InferenceModel, PrecisionVariant, ResultFault
 
 
 class PrecisionVariantInline(admin.TabularInline):
@@ -38,3 +38,19 @@ class PrecisionVariantAdmin(admin.ModelAdmin):
     list_display = ("inference_model", "precision", "status", "progress", "size_bytes", "ch_per_item", "emulated")
     list_filter = ("precision", "status", "emulated")
     list_select_related = ("inference_model",)
+
+
+@admin.register(ResultFault)
+class ResultFaultAdmin(admin.ModelAdmin):
+    """Evidence against cars (read-only): what suspended them."""
+
+    list_display = ("created_at", "vehicle", "kind", "unit")
+    list_filter = ("kind", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("vehicle__display_name", "vehicle__owner__username")
+    list_select_related = ("vehicle", "unit")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

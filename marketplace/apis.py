@@ -296,6 +296,7 @@ class AgentResultApi(AgentWorkApi):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         dispatch.unit_result(vehicle=request.user.vehicle, data=serializer.validated_data)
+        # A result refused by a known-answer check is answered like any other: the car learns nothing of probes.
         return Response({"accepted": True})
 
 

@@ -25,6 +25,8 @@ from .datasets import ParsedDataset
 from .models import Allocation, Bid, WorkUnit
 
 MAX_UNIT_ATTEMPTS = 3
+# Items per inference call on the car (INT8 outputs depend a little on the batch an item ran in).
+LEASE_BATCH_SIZE = 32
 
 
 # --- Cutting -----------------------------------------------------------------------------------------------------
@@ -114,7 +116,8 @@ def unit_lease(*, vehicle: Vehicle, now: datetime | None = None) -> WorkUnit | N
         unit.lease_id = str(uuid.uuid4())
         unit.leased_at = now
         unit.lease_expires_at = now + timedelta(seconds=settings.WORK_LEASE_SECONDS)
-        unit.save(update_fields=["status", "lease_id", "leased_at", "lease_expires_at"])
+        unit.probes = verdicts.probes_pick(unit=unit)
+        unit.save(update_fields=["status", "lease_id", "leased_at", "lease_expires_at", "probes"])
     return unit
 
 
@@ -122,7 +125,7 @@ def lease_payload(unit: WorkUnit, *, vehicle: Vehicle) -> dict[str, Any]:
     """The lease JSON the agent's WorkUnit.from_lease reads (fleet/agent/executor.py)."""
     bid = unit.bid
     variant, model = bid.variant, bid.inference_model
-    items = _dataset_items(bid).items
+    leased = leased_items(unit, _dataset_items(bid).items)
     payload: dict[str, Any] = {
         "unit_id": str(unit.pk),
         "lease_id": unit.lease_id,
@@ -131,19 +134,28 @@ def lease_payload(unit: WorkUnit, *, vehicle: Vehicle) -> dict[str, Any]:
         "model_size": variant.size_bytes,
         "kind": model.kind,
         "output_name": model.output_name,
-        "batch_size": 32,
+        "batch_size": LEASE_BATCH_SIZE,
         "precision": variant.precision,
         # FP8 only runs natively where the hardware declares it; anywhere else it is emulated, and labelled so.
         "emulated": variant.emulated or (variant.precision == "fp8" and not vehicle.hardware.factor_fp8),
     }
     if model.kind == "text":
-        payload["items"] = list(items[unit.item_start : unit.item_end])
+        payload["items"] = leased
         payload["tokenizer_sha256"] = model.tokenizer_sha256
         payload["tokenizer_url"] = f"/api/v1/agent/artifacts/{model.tokenizer_sha256}/"
     else:
-        data, _ = encode_npy(np.asarray(items[unit.item_start : unit.item_end]))
+        data, _ = encode_npy(np.asarray(leased))
         payload["items_npy_b64"] = base64.b64encode(data).decode("ascii")
     return payload
+
+
+def leased_items(unit: WorkUnit, items) -> list:
+    """The items a lease hands the car: the unit's own, with the known-answer probes (verdicts.probes_pick) among
+    them where the car cannot tell them apart."""
+    leased = list(items[unit.item_start : unit.item_end])
+    for position, index in unit.probes:  # ascending positions: each lands where it was meant to
+        leased.insert(position, items[index])
+    return leased
 
 
 def _dataset_items(bid: Bid) -> ParsedDataset:
@@ -172,8 +184,9 @@ def _leased_unit(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> WorkUnit:
 
 
 @transaction.atomic
-def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None = None) -> WorkUnit:
-    """Take a car's outputs for a leased unit: checked (checksum, one output per item, finite), stored, counted once."""
+def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None = None) -> WorkUnit | None:
+    """Take a car's outputs for a leased unit: checked (checksum, one output per item, finite, the known answers
+    right), stored, counted once. None when the result was refused for a wrong known answer."""
     now = now or timezone.now()
     unit = _leased_unit(vehicle=vehicle, unit_id=data["unit_id"], lease_id=data["lease_id"])
     try:
@@ -185,11 +198,18 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
     if hashlib.sha256(raw).hexdigest() != data["output_sha256"]:
         raise ApplicationError("output_sha256: does not match the outputs sent.",
                                fields={"output_sha256": ["Does not match the outputs."]})  # fmt: skip
-    if outputs.ndim < 1 or outputs.shape[0] != unit.items or not np.isfinite(outputs).all():
+    leased = unit.items + len(unit.probes)
+    if outputs.ndim < 1 or outputs.shape[0] != leased or not np.isfinite(outputs).all():
         raise ApplicationError(
-            f"output_npy_b64: expected {unit.items} finite outputs, got shape {list(outputs.shape)}.",
-            fields={"output_npy_b64": [f"Expected {unit.items} finite outputs."]},
+            f"output_npy_b64: expected {leased} finite outputs, got shape {list(outputs.shape)}.",
+            fields={"output_npy_b64": [f"Expected {leased} finite outputs."]},
         )
+    if unit.probes:
+        outputs, probes_ok = verdicts.probes_check(unit=unit, outputs=outputs)
+        if not probes_ok:
+            verdicts.probe_failed(unit=unit, vehicle=vehicle, now=now)
+            return None
+        raw, _ = encode_npy(outputs)
     unit.output_sha256 = storage.artifact_save(raw)
     unit.status, unit.done_by, unit.completed_at = WorkUnit.Status.DONE, vehicle, now
     unit.seconds, unit.energy_wh = data.get("seconds"), data.get("energy_wh")

@@ -266,6 +266,10 @@ class WorkUnit(models.Model):
         help_text="A replica runs on the same hardware class as the result it checks (homogeneous redundancy).",
     )  # fmt: skip
     excluded_vehicles = models.JSONField(default=list, blank=True, help_text="Cars that already ran these items.")
+    probes = models.JSONField(
+        default=list, blank=True,
+        help_text="Known-answer items mixed into this lease: [[position in the lease, dataset item], ...].",
+    )  # fmt: skip
     index = models.PositiveIntegerField()
     item_start = models.PositiveIntegerField()
     item_end = models.PositiveIntegerField()
@@ -305,3 +309,23 @@ class WorkUnit(models.Model):
     @property
     def primary_id(self) -> int:
         return self.replica_of_id or self.pk
+
+
+class ResultFault(models.Model):
+    """Evidence against a car: a result outvoted by other cars, or a known answer it got wrong. Repeated faults in
+    a window suspend the car (marketplace/verdicts.py)."""
+
+    class Kind(models.TextChoices):
+        OUTVOTED = "outvoted", "Disagreed with other cars"
+        KNOWN_ANSWER = "known_answer", "Failed a known-answer check"
+
+    vehicle = models.ForeignKey("fleet.Vehicle", on_delete=models.CASCADE, related_name="result_faults")
+    unit = models.ForeignKey(WorkUnit, null=True, blank=True, on_delete=models.SET_NULL, related_name="faults")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} by {self.vehicle}"

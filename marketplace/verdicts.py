@@ -13,6 +13,7 @@ slice; a car caught returning a wrong result loses its streak, and repeated faul
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from fleet.agent.inference import decode_npy
 from fleet.models import Vehicle
 
 from . import storage, verification
-from .models import Allocation, Bid, WorkUnit
+from .models import Allocation, Bid, ResultFault, WorkUnit
 
 log = logging.getLogger(__name__)
 Verification = WorkUnit.Verification
@@ -130,9 +131,14 @@ def _slice_unresolved(primary: WorkUnit, now: datetime) -> None:
         settle_bid_later(primary.bid_id)
 
 
-def reputation_record(*, vehicle_id: int, valid: bool, now: datetime, unit: WorkUnit | None = None) -> Vehicle:
+def reputation_record(
+    *, vehicle_id: int, valid: bool, now: datetime, unit: WorkUnit | None = None,
+    fault: str = ResultFault.Kind.OUTVOTED,
+) -> Vehicle:  # fmt: skip
     """A streak of validated results earns trust; a rejected result resets it, and repeated faults suspend the car."""
     car = Vehicle.objects.select_for_update().get(pk=vehicle_id)
+    if not valid:
+        ResultFault.objects.create(vehicle=car, unit=unit, kind=fault, created_at=now)
     car.valid_streak = verification.streak_after(car.valid_streak, valid=valid)
     if valid:
         car.results_valid += 1
@@ -157,9 +163,7 @@ def reputation_record(*, vehicle_id: int, valid: bool, now: datetime, unit: Work
 
 def _faults_recent(vehicle_id: int, now: datetime) -> int:
     window = timedelta(hours=settings.VERIFICATION_FAULT_WINDOW_HOURS)
-    return WorkUnit.objects.filter(
-        done_by_id=vehicle_id, verification=Verification.INVALID, completed_at__gte=now - window
-    ).count()
+    return ResultFault.objects.filter(vehicle_id=vehicle_id, created_at__gte=now - window).count()
 
 
 def slice_resolved(primary: WorkUnit) -> WorkUnit | None:
@@ -170,3 +174,80 @@ def slice_resolved(primary: WorkUnit) -> WorkUnit | None:
         .order_by("pk")
         .first()
     )  # fmt: skip
+
+
+# --- Known-answer probes ------------------------------------------------------------------------------------------
+
+
+def probes_pick(*, unit: WorkUnit) -> list[list[int]]:
+    """For a share of leases (VERIFICATION_PROBE_RATE), a few other items of the same dataset, mixed in at random
+    places: the platform computes their answers itself, so a car that fakes its work is caught even when no
+    other car runs the unit. [[position in the lease, dataset item], ...], positions ascending."""
+    from .dispatch import _dataset_items
+
+    if random.random() >= settings.VERIFICATION_PROBE_RATE:  # noqa: S311 - sampling, not a secret
+        return []
+    count = len(_dataset_items(unit.bid).items)
+    # Items of other units, so that no input is seen twice in one lease; a one-unit job has only its own.
+    pool = [i for i in range(count) if not unit.item_start <= i < unit.item_end] or list(range(count))
+    chosen = random.sample(pool, min(settings.VERIFICATION_PROBE_ITEMS, len(pool)))
+    positions = sorted(random.sample(range(unit.items + len(chosen)), len(chosen)))
+    return [[position, index] for position, index in zip(positions, chosen, strict=True)]
+
+
+def probes_check(*, unit: WorkUnit, outputs):
+    """(the unit's own outputs, whether the car's answers to the probes match the platform's).
+
+    INT8 dynamic quantization scales each batch by its own values, so the platform computes a probe's answer in the
+    same batch the car ran it in (the lease's items, LEASE_BATCH_SIZE at a time): at most a batch per probe.
+    """
+    import numpy as np
+
+    from .dispatch import LEASE_BATCH_SIZE, _dataset_items, leased_items
+
+    bid = unit.bid
+    leased = leased_items(unit, _dataset_items(bid).items)
+    runner = _runner(bid.variant.sha256, bid.inference_model_id)
+    positions = [position for position, _ in unit.probes]
+    expected = []
+    batches: dict[int, np.ndarray] = {}
+    for position in positions:
+        batch = position // LEASE_BATCH_SIZE
+        if batch not in batches:
+            start = batch * LEASE_BATCH_SIZE
+            batches[batch] = runner.run(leased[start : start + LEASE_BATCH_SIZE], batch_size=LEASE_BATCH_SIZE)
+        expected.append(batches[batch][position % LEASE_BATCH_SIZE])
+    tolerance = verification.Tolerance.for_precision(
+        bid.inference_model.metric, bid.variant.precision, bid.inference_model.tolerance
+    )
+    ok = verification.known_answer_check(outputs[positions], np.stack(expected), tolerance)
+    keep = np.ones(outputs.shape[0], dtype=bool)
+    keep[positions] = False
+    return outputs[keep], ok
+
+
+def probe_failed(*, unit: WorkUnit, vehicle: Vehicle, now: datetime) -> WorkUnit:
+    """The car got a known answer wrong: its result is thrown away (never stored, paid or shown), the fault counts
+    against it, and the unit goes to another car."""
+    from .dispatch import _release
+
+    log.warning("vehicle %s failed a known-answer check on unit %s", vehicle.pk, unit.pk)
+    unit.excluded_vehicles = sorted(set(unit.excluded_vehicles) | {vehicle.pk})
+    unit.save(update_fields=["excluded_vehicles"])
+    reputation_record(vehicle_id=vehicle.pk, valid=False, now=now, unit=unit, fault=ResultFault.Kind.KNOWN_ANSWER)
+    unit.refresh_from_db()
+    if unit.status == WorkUnit.Status.LEASED:  # (a suspension may have released it already)
+        _release(unit, error="a known-answer check failed: given to another car", count_attempt=False)
+    return unit
+
+
+@functools.lru_cache(maxsize=2)
+def _runner(variant_sha256: str, model_id: int):
+    """The platform's own ONNX Runtime session for a variant (kept for the next probes of the same job)."""
+    from fleet.agent.inference import ModelRunner, ModelSpec
+
+    from .models import InferenceModel
+
+    model = InferenceModel.objects.get(pk=model_id)
+    tokenizer = storage.artifact_read(model.tokenizer_sha256).decode() if model.kind == "text" else None
+    return ModelRunner(storage.artifact_read(variant_sha256), ModelSpec(model.kind, model.output_name, tokenizer))

@@ -273,6 +273,9 @@ VERIFICATION_SPOT_CHECK_RATE = env.float("VERIFICATION_SPOT_CHECK_RATE", default
 VERIFICATION_SUSPEND_AFTER_FAULTS = env.int("VERIFICATION_SUSPEND_AFTER_FAULTS", default=2)
 VERIFICATION_FAULT_WINDOW_HOURS = env.int("VERIFICATION_FAULT_WINDOW_HOURS", default=168)
 VERIFICATION_MAX_REPLICAS = env.int("VERIFICATION_MAX_REPLICAS", default=3)
+# Known-answer probes: this share of leases carries this many items whose answers the platform computes itself.
+VERIFICATION_PROBE_RATE = env.float("VERIFICATION_PROBE_RATE", default=0.2)
+VERIFICATION_PROBE_ITEMS = env.int("VERIFICATION_PROBE_ITEMS", default=2)
 WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)
 CELERY_BEAT_SCHEDULE["billing-sweep"] = {
     "task": "billing.tasks.billing_sweep",

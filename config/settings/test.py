@@ -7,6 +7,8 @@ os.environ.setdefault("EMBEDDED_REDIS_PORT", "6399")
 os.environ.setdefault("DEBUG", "false")
 # Beat ticks every second in tests, so the end-to-end heartbeat test sees several ticks quickly.
 os.environ.setdefault("PLATFORM_HEARTBEAT_SECONDS", "1")
+# Known-answer probes are random: tests that count a lease's items turn them on where they mean to (rate 1).
+os.environ.setdefault("VERIFICATION_PROBE_RATE", "0")
 
 from .local import *  # noqa: F403
 

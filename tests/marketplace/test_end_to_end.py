@@ -53,6 +53,7 @@ def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
     webhook_register(stripe_server, url=f"{live_server.url}/billing/stripe/webhook/",
                      secret=settings.STRIPE_WEBHOOK_SECRET)  # fmt: skip
     settings.AUCTION_INTERVAL_SECONDS = 10
+    settings.VERIFICATION_PROBE_RATE = 1.0  # every lease hides known answers: the real agent must answer them too
     alice = CustomerFactory(username="alice")
     card_for(alice)
     client.force_login(alice)
@@ -114,7 +115,12 @@ def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
     outputs = decode_npy(client.get(f"/customer/bids/{done.pk}/result/").content)
     local = ModelRunner(storage.artifact_read(done.variant.sha256), ModelSpec("tensor", DIGITS_OUTPUT)).run(list(items))
     assert outputs.shape == (300, 10)
-    np.testing.assert_allclose(outputs, local, atol=1e-5)
+    # Known answers hidden in the leases change which items share a batch, and INT8 outputs depend a little on their
+    # batch: compare as two honest cars' results are compared.
+    from marketplace.verification import Tolerance, results_agree
+
+    assert results_agree(outputs, local, Tolerance.for_precision("max_abs", "int8"))
+    assert (outputs.argmax(axis=1) == local.argmax(axis=1)).mean() > 0.99
     money_follows_the_work(client, done, owners, onboarded, settings)
 
 

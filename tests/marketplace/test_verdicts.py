@@ -13,7 +13,8 @@ from django.utils import timezone
 from billing import ledger, services
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import OptInPolicy, Vehicle
-from marketplace.models import Bid, WorkUnit
+from marketplace import storage
+from marketplace.models import Bid, ResultFault, WorkUnit
 from marketplace.rounds import auction_round_run
 from tests.factories import OwnerFactory, vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
@@ -144,9 +145,7 @@ def test_repeated_faults_suspend_the_car_release_its_work_and_tell_its_owner(cli
     held = list(bid.units.filter(assigned_vehicle=liam).values_list("pk", flat=True))
     assert held
     now = timezone.now()
-    for n in range(2):  # two of its results were outvoted this week
-        WorkUnit.objects.create(bid=bid, index=100 + n, item_start=0, item_end=1, ch=1e-9, status="done",
-                                done_by=liam, verification="invalid", completed_at=now)  # fmt: skip
+    ResultFault.objects.create(vehicle=liam, kind="outvoted", created_at=now - timedelta(days=2))  # earlier this week
 
     car = reputation_record(vehicle_id=liam.pk, valid=False, now=now)
 
@@ -161,6 +160,7 @@ def test_repeated_faults_suspend_the_car_release_its_work_and_tell_its_owner(cli
     page = client.get(f"/owner/vehicles/{liam.pk}/").content.decode()
     assert "disagreed with other cars" in page
     assert "0 validated results in a row · 0 validated, 1 rejected in all" in page
+    assert list(liam.result_faults.values_list("kind", flat=True)) == ["outvoted", "outvoted"]
 
 
 def test_the_liar_is_paid_nothing_and_the_platform_pays_the_checking_cars(alice, card_for, new_cars, settings):
@@ -232,3 +232,35 @@ def test_staff_see_what_verification_costs_and_catches(client, staff, bid, new_c
     assert "100.0 %" in page  # 2 CH of checks for 2 CH billed
     assert '<th scope="row">Results rejected (outvoted by other cars)</th><td>1</td>' in page
     assert '<th scope="row">Suspended cars</th><td>1</td>' in page
+
+
+def test_known_answers_hidden_in_a_lease_catch_a_trusted_cheat_that_no_replica_would(client, bid, new_cars, settings):
+    settings.VERIFICATION_PROBE_RATE = 1.0
+    settings.VERIFICATION_SUSPEND_AFTER_FAULTS = 99
+    liam, liam_key = new_cars["liam"]
+    hana, hana_key = new_cars["hana"]
+    Vehicle.objects.filter(pk__in=[liam.pk, hana.pk]).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
+    only_cars(new_cars, "liam")
+    next_round(0)
+    lease = signed_post(client, liam_key, LEASE, {}).json()
+    unit = WorkUnit.objects.get(pk=lease["unit_id"])
+    assert len(unit.probes) == settings.VERIFICATION_PROBE_ITEMS
+    leased = decode_npy(base64.b64decode(lease["items_npy_b64"]))
+    assert len(leased) == unit.items + len(unit.probes)  # the car cannot tell which are which
+
+    answer = lying(lease, model_bytes_of(bid))
+    assert signed_post(client, liam_key, RESULT, answer).json() == {"accepted": True}
+
+    unit.refresh_from_db()
+    assert (unit.status, unit.assigned_vehicle_id, unit.output_sha256) == ("queued", None, "")  # thrown away
+    assert liam.pk in unit.excluded_vehicles
+    liam.refresh_from_db()
+    assert (liam.valid_streak, liam.results_invalid) == (0, 1)
+    assert liam.result_faults.get().kind == "known_answer"
+    # An honest car gets the unit, answers the probes right, and its own outputs alone are kept.
+    only_cars(new_cars, "hana")
+    next_round(1)
+    assert work_off(client, hana_key, model_bytes_of(bid)) >= 1
+    unit.refresh_from_db()
+    assert (unit.status, unit.done_by_id, unit.verification) == ("done", hana.pk, "valid")
+    assert decode_npy(storage.artifact_read(unit.output_sha256)).shape[0] == unit.items

@@ -7,6 +7,7 @@ signed agent API); honest cars run the real ONNX model, cheaters return random v
 
 import base64
 import json
+import random
 from datetime import timedelta
 
 import numpy as np
@@ -20,7 +21,7 @@ from fleet.models import OptInPolicy, Vehicle
 from marketplace import storage
 from marketplace.dispatch import lease_payload, unit_lease, unit_result
 from marketplace.inference.catalogue import DIGITS_OUTPUT
-from marketplace.models import Bid, PrecisionVariant, WorkUnit
+from marketplace.models import Bid, PrecisionVariant, ResultFault, WorkUnit
 from marketplace.rounds import auction_round_run
 from tests.factories import OwnerFactory, vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
@@ -35,6 +36,8 @@ def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digit
     settings.VERIFICATION_TRUSTED_AFTER = 5  # honest cars earn trust during the run: adaptive replication shows
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.1
     settings.VERIFICATION_SUSPEND_AFTER_FAULTS = 2
+    settings.VERIFICATION_PROBE_RATE = 0.2  # and known answers hidden in a fifth of the leases
+    random.seed(0)  # which leases carry probes, and which cars are spot-checked: the same every run
     monkeypatch.setattr(availability, "HEARTBEAT_LOST_AFTER_S", 3600.0)  # rounds run on a fast clock here
     model = digits_with_variants
     # Heavy items (as if each were a long document): the job needs most of the fleet, a few items per unit.
@@ -98,6 +101,7 @@ def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digit
         "honest_results": honest.count(), "honest_false_rejections": false_rejections,
         "replication_overhead": round(replica_ch / canonical_ch, 3),
         "cheaters_suspended": Vehicle.objects.filter(pk__in=cheaters, status="suspended").count(),
+        "known_answer_catches": ResultFault.objects.filter(kind="known_answer").count(),
         "rounds": step + 1,
     }  # fmt: skip
     with capsys.disabled():
@@ -105,8 +109,9 @@ def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digit
     assert wrong_accepted == 0
     assert report["cheater_results"] > 0  # the cheaters did return work: they were caught, not idle
     assert false_rejections / honest.count() < 0.01
+    assert not ResultFault.objects.exclude(vehicle_id__in=cheaters).exists()  # no honest car has a fault
     # Every cheater caught twice is suspended (and then gets no more work).
-    caught = [c for c in cheaters if done.filter(done_by=c, verification="invalid").count() >= 2]
+    caught = [c for c in cheaters if ResultFault.objects.filter(vehicle_id=c).count() >= 2]
     assert caught and report["cheaters_suspended"] == len(caught)
     # The customer's results are the model's own outputs, item for item (INT8 outputs depend a little on the batch
     # they ran in: compare as two honest cars are compared).
