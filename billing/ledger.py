@@ -114,6 +114,17 @@ def balance(*, kind: str, user_id: int | None = None, currency: str = "usd") -> 
     return total * NORMAL_SIDE[kind]
 
 
+def balances_by_user(*, kind: str, user_ids, currency: str = "usd") -> dict[int, int]:
+    """One account kind's balance (normal side) for many users, in one query; users without entries are left out."""
+    rows = (
+        LedgerEntry.objects.filter(account__kind=kind, account__user_id__in=user_ids, currency=currency)
+        .values_list("account__user_id")
+        .annotate(total=Sum("amount_cents"))
+        .order_by()
+    )
+    return {user_id: total * NORMAL_SIDE[kind] for user_id, total in rows}
+
+
 def balances(*, user_id: int | None = None, currency: str = "usd") -> dict[str, int]:
     """Every account kind of one user (or the platform's when user_id is None), on its normal side."""
     rows = (

@@ -255,11 +255,6 @@ class PaymentAuthorization(models.Model):
     def __str__(self) -> str:
         return f"Authorization of bid {self.bid_id}"
 
-    @property
-    def open_cents(self) -> int:
-        """Still held on the card."""
-        return self.amount_cents - self.captured_cents - self.released_cents
-
 
 class Refund(models.Model):
     """A refund of captured money: ours (requested by staff) or one made in Stripe's dashboard, booked from its

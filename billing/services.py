@@ -55,8 +55,7 @@ def _stripe_key(action: str, subject) -> str:
     return f"{action}:{subject}:{uuid.uuid4().hex}"
 
 
-def _field_error(field: str, message: str, *, code: str = "invalid", status: int = 400) -> ApplicationError:
-    return ApplicationError(f"{field}: {message}", fields={field: [message]}, code=code, status=status)
+_field_error = ApplicationError.for_field
 
 
 # --- Cards ---------------------------------------------------------------------------------------------------------
@@ -461,8 +460,10 @@ def payouts_run(*, now: datetime | None = None, force: bool = False) -> list[Pay
         sent.append(payout_send(payout_id=payout.pk))
     if period is None:
         return sent
-    for account in ConnectAccount.objects.filter(payouts_enabled=True).exclude(stripe_account_id=""):
-        available = ledger.balance(kind=AccountKind.OWNER_AVAILABLE, user_id=account.user_id)
+    accounts = list(ConnectAccount.objects.filter(payouts_enabled=True).exclude(stripe_account_id=""))
+    availability = ledger.balances_by_user(kind=AccountKind.OWNER_AVAILABLE, user_ids=[a.user_id for a in accounts])
+    for account in accounts:
+        available = availability.get(account.user_id, 0)
         if available < max(policy.min_payout_cents, 1):
             continue
         with transaction.atomic():

@@ -114,7 +114,12 @@ def owner_earnings_csv(request):
 def owner_payouts(request):
     account = ConnectAccount.objects.filter(user=request.user).first()
     payouts = Payout.objects.filter(owner=request.user).order_by("-created_at")
-    return render(request, "billing/owner_payouts.html", {"account": account, "payouts": payouts[:100]})
+    policy = selectors.payout_policy_current()
+    return render(
+        request,
+        "billing/owner_payouts.html",
+        {"account": account, "payouts": payouts[:100], "hold_hours": policy.earnings_hold_hours},
+    )
 
 
 @role_required(Role.OWNER)

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import services, stripe_gateway
-from .models import ConnectAccount, PaymentAuthorization, Payout, StripeEvent
+from .models import PaymentAuthorization, Payout, StripeEvent
 
 log = logging.getLogger(__name__)
 
@@ -83,4 +83,4 @@ def _transfer_changed(transfer_id: str) -> None:
         services.payout_book(payout_id=payout.pk, transfer_id=transfer.id)
 
 
-__all__ = ["BadWebhook", "ConnectAccount", "event_process", "event_receive"]
+__all__ = ["BadWebhook", "event_process", "event_receive"]

@@ -36,6 +36,11 @@ class ApplicationError(Exception):
         self.code = code
         self.status = status
 
+    @classmethod
+    def for_field(cls, field: str, message: str, *, code: str = "invalid", status: int = 400) -> ApplicationError:
+        """The error of one input field: the message names it, and `fields` carries it for forms and the API."""
+        return cls(f"{field}: {message}", fields={field: [message]}, code=code, status=status)
+
 
 class ErrorSerializer(serializers.Serializer):
     """The shape of every error response (used in the OpenAPI schema)."""

@@ -258,28 +258,36 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
         return 0
     sold = set(result.alloc_car.tolist())
     prices = {(auction.POOLS[p.pool] if isinstance(p.pool, int) else p.pool): p.clearing_price for p in result.pools}
-    offers: dict[tuple[int, str], list] = {}  # (car, pool) -> [CH left, ask]
-    for car, pool, ch, ask in zip(supply.car.tolist(), supply.pool.tolist(), supply.ch.tolist(), supply.ask.tolist(),
-                                  strict=True):  # fmt: skip
-        if car not in sold:
-            offers[(car, auction.POOLS[pool])] = [ch, ask]
-    hardware = dict(Vehicle.objects.filter(pk__in={car for car, _ in offers}).values_list("pk", "hardware_id"))
+    unsold = [
+        (car, auction.POOLS[pool], ch, ask)
+        for car, pool, ch, ask in zip(supply.car.tolist(), supply.pool.tolist(), supply.ch.tolist(),
+                                      supply.ask.tolist(), strict=True)
+        if car not in sold
+    ]  # fmt: skip
+    hardware = dict(Vehicle.objects.filter(pk__in={car for car, *_ in unsold}).values_list("pk", "hardware_id"))
+    # The free offers by (pool, hardware class), so each replica looks only at cars that could run it.
+    offers: dict[tuple[str, int | None], list[list]] = {}
+    for car, pool, ch, ask in unsold:
+        offers.setdefault((pool, hardware.get(car)), []).append([car, ch, ask])
     placed = 0
     for unit in waiting:
         pool = unit.bid.pool
-        for (car, car_pool), offer in offers.items():
-            if car_pool != pool or offer[0] < unit.ch or car in unit.excluded_vehicles:
+        if unit.requires_hardware_id:
+            candidates = offers.get((pool, unit.requires_hardware_id), [])
+        else:
+            candidates = [offer for (p, _), group in offers.items() if p == pool for offer in group]
+        for offer in candidates:
+            car, ch_left, ask = offer
+            if ch_left < unit.ch or car in unit.excluded_vehicles:
                 continue
-            if unit.requires_hardware_id and hardware.get(car) != unit.requires_hardware_id:
-                continue
-            price = max(prices.get(pool) or int(reserve[auction.POOLS.index(pool)]), offer[1])
+            price = max(prices.get(pool) or int(reserve[auction.POOLS.index(pool)]), ask)
             hours = unit.ch / rates[car]["ch_per_hour"][pool]
             allocation = Allocation.objects.create(
                 round=round_, bid=unit.bid, vehicle_id=car, pool=pool, ch=unit.ch, price_mcents_per_ch=price,
                 ends_at=now + timedelta(hours=hours),
             )  # fmt: skip
             WorkUnit.objects.filter(pk=unit.pk).update(assigned_vehicle_id=car, allocation=allocation)
-            offer[0] -= unit.ch
+            offer[1] -= unit.ch
             placed += 1
             break
     return placed

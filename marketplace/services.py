@@ -303,8 +303,7 @@ def inference_model_set_tolerance(*, model: InferenceModel, metric: str, toleran
 # --- Bids ------------------------------------------------------------------------------------------------------------
 
 
-def _field_error(field: str, message: str, **kwargs) -> ApplicationError:
-    return ApplicationError(f"{field}: {message}", fields={field: [message]}, **kwargs)
+_field_error = ApplicationError.for_field
 
 
 def bid_place(

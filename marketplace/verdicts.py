@@ -61,9 +61,7 @@ def slice_decide(*, primary: WorkUnit, now: datetime) -> None:
     if not group:
         return
     bid = group[0].bid
-    tolerance = verification.Tolerance.for_precision(
-        bid.inference_model.metric, bid.variant.precision, bid.inference_model.tolerance
-    )
+    tolerance = _tolerance(bid)
     outputs = [decode_npy(storage.artifact_read(u.output_sha256)) for u in group]
     verdict = verification.decide(outputs, tolerance, quorum=primary.quorum)
     if verdict.needs_more:
@@ -85,6 +83,13 @@ def slice_decide(*, primary: WorkUnit, now: datetime) -> None:
         spare.status, spare.error = WorkUnit.Status.FAILED, "not needed: the results already agree"
         spare.assigned_vehicle = None
         spare.save(update_fields=["status", "error", "assigned_vehicle"])
+
+
+def _tolerance(bid: Bid) -> verification.Tolerance:
+    """How close two results of this bid's model and precision must be to agree."""
+    return verification.Tolerance.for_precision(
+        bid.inference_model.metric, bid.variant.precision, bid.inference_model.tolerance
+    )
 
 
 def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -> WorkUnit | None:
@@ -217,9 +222,7 @@ def probes_check(*, unit: WorkUnit, outputs):
             start = batch * LEASE_BATCH_SIZE
             batches[batch] = runner.run(leased[start : start + LEASE_BATCH_SIZE], batch_size=LEASE_BATCH_SIZE)
         expected.append(batches[batch][position % LEASE_BATCH_SIZE])
-    tolerance = verification.Tolerance.for_precision(
-        bid.inference_model.metric, bid.variant.precision, bid.inference_model.tolerance
-    )
+    tolerance = _tolerance(bid)
     ok = verification.known_answer_check(outputs[positions], np.stack(expected), tolerance)
     keep = np.ones(outputs.shape[0], dtype=bool)
     keep[positions] = False
