@@ -4,8 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint format check install clean
+.PHONY: demo test lint format check install clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +23,16 @@ demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start --procfile Procfile.demo
 
 test: $(STAMP)
+	@test -x $(CHROMIUM) || $(MAKE) --no-print-directory chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# tests/browser drive Debian's chromium through Playwright (which never downloads a browser of its own). Without it
+# those tests skip, saying why (CI sets IDLEFLEET_BROWSER_TESTS=required, so there they fail instead).
+chromium:
+	@echo "installing Debian's chromium for the browser tests"
+	@if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+	  { $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "could not install chromium (apt-get as root or passwordless sudo is needed): browser tests will skip"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

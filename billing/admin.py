@@ -1,12 +1,14 @@
 from django.contrib import admin, messages
 from django.db import transaction
 
+from ops.admin import LargeTableAdmin, ReadOnlyAdmin
 from ops.audit import audit_record
 
 from . import services
 from .models import (
     BillingProfile,
     ConnectAccount,
+    LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
     PaymentAuthorization,
@@ -26,7 +28,8 @@ class PricingPolicyAdmin(admin.ModelAdmin):
         "created_at", "created_by", "platform_fee_pct", "reserve_int8_mcents", "reserve_fp8_mcents",
         "reserve_fp16_mcents", "reserve_fp32_mcents", "price_ceiling_mcents", "auction_interval_seconds", "note",
     )  # fmt: skip
-    list_filter = ("created_by", "payout_schedule")
+    # Only the staff who made a version, not every user of the platform.
+    list_filter = (("created_by", admin.RelatedOnlyFieldListFilter), "payout_schedule")
     readonly_fields = ("created_by", "created_at")
     fieldsets = (
         ("Market", {"fields": ("platform_fee_pct", "price_ceiling_mcents", "auction_interval_seconds")}),
@@ -75,19 +78,6 @@ class PricingPolicyAdmin(admin.ModelAdmin):
             audit_record(actor=request.user, action="pricing.change", target=obj, details={"changes": changes})
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """The books are written by the services only: staff read them here, and correct them with reversals."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 class LedgerEntryInline(admin.TabularInline):
     model = LedgerEntry
     fields = ("account", "amount_cents", "currency", "vehicle", "ch", "energy_wh")
@@ -99,23 +89,35 @@ class LedgerEntryInline(admin.TabularInline):
         return False
 
 
+class CurrencyListFilter(admin.SimpleListFilter):
+    """The currencies of the ledger's accounts (a handful of rows), not a DISTINCT over every entry."""
+
+    title = "currency"
+    parameter_name = "currency"
+
+    def lookups(self, request, model_admin):
+        currencies = LedgerAccount.objects.order_by("currency").values_list("currency", flat=True).distinct()
+        return [(currency, currency) for currency in currencies]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(currency=self.value()) if self.value() else queryset
+
+
 @admin.register(LedgerTransaction)
-class LedgerTransactionAdmin(ReadOnlyAdmin):
+class LedgerTransactionAdmin(ReadOnlyAdmin, LargeTableAdmin):
     list_display = ("id", "created_at", "kind", "description", "bid", "payout", "stripe_object_id")
     list_filter = ("kind", ("created_at", admin.DateFieldListFilter))
     search_fields = ("idempotency_key", "description", "stripe_object_id", "bid__id")
-    date_hierarchy = "created_at"
     inlines = [LedgerEntryInline]
-    list_select_related = ("bid", "payout")
+    list_select_related = ("bid__inference_model", "payout__owner")
 
 
 @admin.register(LedgerEntry)
-class LedgerEntryAdmin(ReadOnlyAdmin):
+class LedgerEntryAdmin(ReadOnlyAdmin, LargeTableAdmin):
     list_display = ("id", "created_at", "transaction", "account", "amount_cents", "currency", "vehicle")
-    list_filter = ("account__kind", "currency", "transaction__kind")
+    list_filter = ("account__kind", CurrencyListFilter, "transaction__kind")
     search_fields = ("account__user__username", "transaction__idempotency_key")
     list_select_related = ("transaction", "account__user", "vehicle")
-    show_full_result_count = False
 
 
 @admin.register(PaymentAuthorization)
@@ -125,7 +127,7 @@ class PaymentAuthorizationAdmin(ReadOnlyAdmin):
     )  # fmt: skip
     list_filter = ("status", "currency", ("created_at", admin.DateFieldListFilter))
     search_fields = ("customer__username", "stripe_payment_intent_id", "bid__id")
-    list_select_related = ("bid", "customer")
+    list_select_related = ("bid__inference_model", "customer")
     actions = ["refund_in_full"]
 
     @admin.action(description="Refund what was captured and not yet refunded")
@@ -156,9 +158,9 @@ class RefundAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Payout)
-class PayoutAdmin(ReadOnlyAdmin):
+class PayoutAdmin(ReadOnlyAdmin, LargeTableAdmin):
     list_display = ("id", "owner", "amount_cents", "currency", "period", "status", "stripe_transfer_id", "paid_at")
-    list_filter = ("status", "currency", "period")
+    list_filter = ("status", CurrencyListFilter, "period")
     search_fields = ("owner__username", "stripe_transfer_id", "destination")
     list_select_related = ("owner",)
     actions = ["pay_out_now"]
@@ -174,16 +176,18 @@ class ConnectAccountAdmin(ReadOnlyAdmin):
     list_display = ("user", "stripe_account_id", "details_submitted", "payouts_enabled", "updated_at")
     list_filter = ("payouts_enabled", "details_submitted")
     search_fields = ("user__username", "stripe_account_id")
+    list_select_related = ("user",)
 
 
 @admin.register(BillingProfile)
 class BillingProfileAdmin(ReadOnlyAdmin):
     list_display = ("user", "stripe_customer_id", "card_brand", "card_last4", "updated_at")
     search_fields = ("user__username", "stripe_customer_id")
+    list_select_related = ("user",)
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(ReadOnlyAdmin):
+class StripeEventAdmin(ReadOnlyAdmin, LargeTableAdmin):
     list_display = ("event_id", "type", "object_id", "received_at", "processed_at")
     list_filter = ("type", ("received_at", admin.DateFieldListFilter))
     search_fields = ("event_id", "object_id")

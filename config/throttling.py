@@ -1,4 +1,4 @@
-"""Rate limits: a small fixed-window counter in the cache (Redis) for the HTML views, and DRF throttles for the API.
+"""Rate limits: a small fixed-window counter in Redis for the HTML views and the agent, and DRF throttles for the API.
 
 Every rate is a setting read on each request (`THROTTLE_*`, README "Rate limits"), written as DRF writes rates:
 "10/min", "5/hour", "120/m", "2/s", "100/day". Like every cache-based limit, these are a brake on abuse (password
@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from functools import wraps
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
+
+from config import redis
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -54,22 +55,20 @@ def _window(rate: Rate, now: float) -> tuple[int, int]:
 
 
 def _key(scope: str, ident: str, window: int) -> str:
-    return f"ratelimit:{scope}:{ident}:{window}"
+    return f"idlefleet:ratelimit:{scope}:{ident}:{window}"
 
 
 def limit_hit(*, scope: str, ident: str, rate: str) -> int | None:
     """Count one request of `ident` (an address, say) in `scope`: the seconds to wait (Retry-After) when this request
-    is over the limit, None when it may go on."""
+    is over the limit, None when it may go on. One Redis round trip (INCR is atomic: two processes counting at once
+    never lose a hit), as every signed agent request pays it."""
     parsed = rate_parse(rate)
     window, retry_after = _window(parsed, time.time())
     key = _key(scope, ident, window)
-    # add + incr is atomic in Redis: two processes counting at once never lose a hit.
-    cache.add(key, 0, timeout=parsed.seconds + 1)
-    try:
-        used = cache.incr(key)
-    except ValueError:  # the window's key expired between add and incr: this is the first hit of a new one
-        cache.set(key, 1, timeout=parsed.seconds + 1)
-        used = 1
+    pipe = redis.client().pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, parsed.seconds + 1)  # the window's number is in the key: it only has to go eventually
+    used, _ = pipe.execute()
     return retry_after if used > parsed.requests else None
 
 
@@ -77,7 +76,7 @@ def limit_reached(*, scope: str, ident: str, rate: str) -> int | None:
     """Whether `ident` has already used up its limit in `scope`, without counting: the seconds to wait, or None."""
     parsed = rate_parse(rate)
     window, retry_after = _window(parsed, time.time())
-    used = cache.get(_key(scope, ident, window), 0)
+    used = int(redis.client().get(_key(scope, ident, window)) or 0)
     return retry_after if used >= parsed.requests else None
 
 

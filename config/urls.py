@@ -5,12 +5,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from marketplace import views as marketplace_views
 
 api_v1 = [
-    path("", include("accounts.api_urls")),
     path("", include("fleet.api_urls")),
+    path("", include("accounts.api_urls")),
     path("", include("marketplace.api_urls")),
 ]
 
 urlpatterns = [
+    # First: the agent's requests (heartbeats above all) are most of the traffic, and URLs resolve in this order.
+    path("api/v1/", include(api_v1)),
     path("", include("ops.urls")),
     path("", include("accounts.urls")),
     path("customer/", include("marketplace.urls")),
@@ -18,7 +20,6 @@ urlpatterns = [
     path("", include("fleet.urls")),
     path("", include("billing.urls")),
     path("admin/", admin.site.urls),
-    path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),

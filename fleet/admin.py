@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.db import transaction
 
+from ops.admin import LargeTableAdmin
 from ops.audit import audit_record
 
 from .models import HardwareProfile, OptInPolicy, ParkingSession, Vehicle, VehicleCredential, VehicleState
@@ -38,7 +39,7 @@ class VehicleCredentialInline(admin.TabularInline):
 
 
 @admin.register(Vehicle)
-class VehicleAdmin(admin.ModelAdmin):
+class VehicleAdmin(LargeTableAdmin):
     list_display = ("display_name", "owner", "hardware", "status", "time_zone", "is_simulated", "created_at")
     list_filter = ("status", "hardware", "is_simulated", "time_zone", "region")
     search_fields = ("display_name", "owner__username", "owner__email", "vin_last4")
@@ -77,16 +78,19 @@ class VehicleAdmin(admin.ModelAdmin):
 
 
 @admin.register(ParkingSession)
-class ParkingSessionAdmin(admin.ModelAdmin):
+class ParkingSessionAdmin(LargeTableAdmin):
     list_display = ("vehicle", "arrived_at", "departed_at", "departure_announced")
-    list_filter = ("departure_announced", ("departed_at", admin.EmptyFieldListFilter))
+    list_filter = (
+        "departure_announced",
+        ("departed_at", admin.EmptyFieldListFilter),
+        ("arrived_at", admin.DateFieldListFilter),
+    )
     search_fields = ("vehicle__display_name",)
     list_select_related = ("vehicle",)
-    date_hierarchy = "arrived_at"
 
 
 @admin.register(VehicleState)
-class VehicleStateAdmin(admin.ModelAdmin):
+class VehicleStateAdmin(LargeTableAdmin):
     list_display = ("vehicle", "received_at", "parked", "plugged_in", "battery_pct", "network", "computing")
     list_filter = ("parked", "plugged_in", "network", "computing")
     list_select_related = ("vehicle",)

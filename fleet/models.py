@@ -210,7 +210,11 @@ class ParkingSession(models.Model):
 
     class Meta:
         ordering = ["-arrived_at"]
-        indexes = [models.Index(fields=["vehicle", "-arrived_at"])]
+        indexes = [
+            models.Index(fields=["vehicle", "-arrived_at"]),
+            # The admin's list, newest first (it adds -id to make the order total): read in index order, not sorted.
+            models.Index(fields=["-arrived_at", "-id"], name="fleet_parking_newest"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["vehicle"], condition=Q(departed_at__isnull=True), name="one_open_parking_session_per_vehicle"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import QuerySet
+from django.core.cache import cache
+from django.db import models
+from django.db.models import F, QuerySet
+from django.db.models.functions import RowNumber
 from django.http import Http404
 from django.utils import timezone
 
@@ -96,12 +100,20 @@ def vehicles_live(vehicles: list[Vehicle], *, now: datetime | None = None) -> li
 
     history: dict[int, list[ParkingRecord]] = defaultdict(list)
     open_sessions: dict[int, datetime] = {}
-    sessions = ParkingSession.objects.filter(vehicle_id__in=ids).order_by("vehicle_id", "-arrived_at")
-    for session in sessions.only("vehicle_id", "arrived_at", "departed_at"):
-        if session.departed_at is None:
-            open_sessions[session.vehicle_id] = session.arrived_at
-        elif len(history[session.vehicle_id]) < HISTORY_SESSIONS:
-            history[session.vehicle_id].append(ParkingRecord(session.arrived_at, session.duration_s))
+    # Plain tuples: at fleet scale (tens of thousands of stays) building model instances was most of the time.
+    # Each car's newest stays only (its open one and HISTORY_SESSIONS before it), however long its record grows.
+    newest = models.Window(RowNumber(), partition_by=F("vehicle_id"), order_by=F("arrived_at").desc())
+    sessions = (
+        ParkingSession.objects.filter(vehicle_id__in=ids)
+        .annotate(newest=newest)
+        .filter(newest__lte=HISTORY_SESSIONS + 1)
+        .order_by("vehicle_id", "-arrived_at")
+    )
+    for vehicle_id, arrived_at, departed_at in sessions.values_list("vehicle_id", "arrived_at", "departed_at"):
+        if departed_at is None:
+            open_sessions[vehicle_id] = arrived_at
+        elif len(history[vehicle_id]) < HISTORY_SESSIONS:
+            history[vehicle_id].append(ParkingRecord(arrived_at, (departed_at - arrived_at).total_seconds()))
 
     return [_live(v, states.get(v.pk), history[v.pk], open_sessions.get(v.pk), now) for v in vehicles]
 
@@ -163,7 +175,41 @@ class FleetOverview:
     reasons: list[tuple[str, int]]  # the commonest reasons cars are not available, with counts
 
 
+OVERVIEW_CACHE_KEY = "fleet:overview"
+OVERVIEW_FRESH_S = 15  # a heartbeat's interval: the cars' own figures are up to this old anyway
+OVERVIEW_KEEP_S = 600  # a stale overview is still shown while one request computes the next
+
+
+def fleet_overview_cached() -> FleetOverview:
+    """The fleet overview as of at most OVERVIEW_FRESH_S ago, from the cache.
+
+    Computing it reads every car (seconds at 10,000 cars), so pages never do it per view: when the cached copy is
+    stale, one request (the one that takes the lock) computes the next while the others show the stale one; only
+    with nothing cached at all (a cold cache) does a request wait for it.
+    """
+    cached = cache.get(OVERVIEW_CACHE_KEY)
+    if cached is None:
+        return fleet_overview_refresh()
+    computed_at, overview = cached
+    lock = f"{OVERVIEW_CACHE_KEY}:lock"
+    if time.time() - computed_at < OVERVIEW_FRESH_S or not cache.add(lock, 1, 60):
+        return overview
+    try:
+        return fleet_overview_refresh()
+    finally:
+        cache.delete(lock)
+
+
+def fleet_overview_refresh() -> FleetOverview:
+    """Compute the fleet overview and keep it in the cache (a periodic task may call this, so no page has to)."""
+    overview = fleet_overview()
+    cache.set(OVERVIEW_CACHE_KEY, (time.time(), overview), OVERVIEW_KEEP_S)
+    return overview
+
+
 def fleet_overview(*, now: datetime | None = None) -> FleetOverview:
+    """Every car's availability summed up: what the fleet can offer now. Reads the whole fleet; pages use
+    `fleet_overview_cached`."""
     vehicles = list(Vehicle.objects.select_related("hardware", "policy"))
     live = vehicles_live(vehicles, now=now)
     ch = dict.fromkeys(PRECISIONS, 0.0)

@@ -18,6 +18,7 @@ from config.exceptions import ApplicationError
 from . import state_store
 from .agent import protocol
 from .agent.signing import Credential
+from .authentication import credential_forget
 from .availability import ABSOLUTE_MAX_POWER_W
 from .models import HardwareProfile, OptInPolicy, ParkingSession, Vehicle, VehicleCredential, VehicleState
 
@@ -94,14 +95,20 @@ def credential_issue(*, vehicle: Vehicle) -> Credential:
     """A new signing key for the car; any previous one stops working at once. The private key is returned to be
     shown to the owner once: only the public key is stored."""
     Vehicle.objects.select_for_update().filter(pk=vehicle.pk).first()
-    VehicleCredential.objects.filter(vehicle=vehicle, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    current = VehicleCredential.objects.filter(vehicle=vehicle, revoked_at__isnull=True)
+    for key_id in current.values_list("key_id", flat=True):
+        credential_forget(key_id)
+    current.update(revoked_at=timezone.now())
     credential = Credential.generate(key_id=secrets.token_hex(8))
     VehicleCredential.objects.create(vehicle=vehicle, key_id=credential.key_id, public_key=credential.public_key)
     return credential
 
 
 def credential_revoke(*, credential: VehicleCredential) -> None:
+    """The key stops working: at once in this process, within HEARTBEAT_CREDENTIAL_MAX_AGE_S for heartbeats elsewhere
+    (fleet/authentication.py), at once for everything else."""
     VehicleCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    credential_forget(credential.key_id)
 
 
 def vehicle_pause(*, vehicle: Vehicle) -> None:
@@ -226,13 +233,17 @@ def heartbeat_record(*, vehicle: Vehicle, data: dict[str, Any], received_at: dat
     Only a change of parked/driving touches the database, so a stream of heartbeats costs Redis writes alone.
     """
     state = {**data, "observed_at": data["observed_at"].isoformat(), "received_at": received_at.isoformat()}
-    previous = state_store.state_get(vehicle.pk)
-    announced = _departure_announced_at(previous)
-    leaving = announced is not None and data["parked"]
-    if leaving and (data["observed_at"] - announced).total_seconds() < protocol.DEPARTURE_GRACE_SECONDS:
-        # The car said it is leaving but has not moved yet: it stays "leaving" (not parked, takes no work).
-        state.update(parked=False, departure_announced_at=announced.isoformat())
-    previous = state_store.state_swap(vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp())
+    # The common case in one Redis round trip: the state is stored unless the car had announced its departure.
+    stored, previous = state_store.state_swap_unless_leaving(
+        vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp()
+    )
+    if not stored:
+        announced = _departure_announced_at(previous)
+        leaving = announced is not None and data["parked"]
+        if leaving and (data["observed_at"] - announced).total_seconds() < protocol.DEPARTURE_GRACE_SECONDS:
+            # The car said it is leaving but has not moved yet: it stays "leaving" (not parked, takes no work).
+            state.update(parked=False, departure_announced_at=announced.isoformat())
+        previous = state_store.state_swap(vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp())
     was_parked = None if previous is None else previous.get("parked")
     if was_parked is None or was_parked != state["parked"]:
         _parking_transition(vehicle=vehicle, parked=state["parked"], at=data["observed_at"], announced=False)

@@ -148,9 +148,9 @@ def credential_revoke(request, vehicle_id: int, credential_id: int):
 
 @staff_required
 def staff_fleet(request):
-    return render(request, "fleet/staff_fleet.html", {"overview": selectors.fleet_overview()})
+    return render(request, "fleet/staff_fleet.html", {"overview": selectors.fleet_overview_cached()})
 
 
 @staff_required
 def staff_fleet_live(request):
-    return render(request, "fleet/_staff_fleet_stats.html", {"overview": selectors.fleet_overview()})
+    return render(request, "fleet/_staff_fleet_stats.html", {"overview": selectors.fleet_overview_cached()})

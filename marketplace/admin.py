@@ -1,6 +1,8 @@
 from django.contrib import admin
 
-from .models import Dataset, InferenceModel, PrecisionVariant, ResultFault
+from ops.admin import LargeTableAdmin, ReadOnlyAdmin
+
+from .models import Bid, Dataset, InferenceModel, PrecisionVariant, ResultFault, Round, WorkUnit
 
 
 class PrecisionVariantInline(admin.TabularInline):
@@ -54,3 +56,28 @@ class ResultFaultAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(Bid)
+class BidAdmin(ReadOnlyAdmin, LargeTableAdmin):
+    list_display = ("pk", "customer", "inference_model", "pool", "status", "items", "max_price_mcents_per_ch",
+                    "ch_allocated", "ch_total", "deadline", "created_at")  # fmt: skip
+    list_filter = ("status", "pool", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("=id", "customer__username")
+    list_select_related = ("customer", "inference_model")
+    ordering = ("-pk",)  # the order bids were placed in, read from the primary key's index
+
+
+@admin.register(Round)
+class RoundAdmin(ReadOnlyAdmin, LargeTableAdmin):
+    list_display = ("slot", "cars_offered", "bids_considered", "seconds", "platform_fee_pct", "finished_at")
+    list_filter = (("slot", admin.DateFieldListFilter),)
+
+
+@admin.register(WorkUnit)
+class WorkUnitAdmin(ReadOnlyAdmin, LargeTableAdmin):
+    list_display = ("pk", "bid_id", "index", "status", "verification", "canonical", "assigned_vehicle", "attempts",
+                    "lease_expires_at", "completed_at")  # fmt: skip
+    list_filter = ("status", "verification")
+    search_fields = ("=bid__id",)
+    list_select_related = ("assigned_vehicle",)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from config.exceptions import ApplicationError
@@ -32,68 +32,103 @@ LEASE_BATCH_SIZE = 32
 # --- Cutting -----------------------------------------------------------------------------------------------------
 
 
-def units_cut(*, allocation: Allocation, car: dict[str, float]) -> list[WorkUnit]:
-    """Give the allocated car work worth the CH it sold: reissued units of the bid first, then new ones.
+def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list[dict[str, Any]]) -> int:
+    """Give each allocated car work worth the CH it sold: reissued units of the bid first, then new ones.
 
-    `car` describes the car as the round saw it: ch_per_hour, parked_seconds_left, down_mbps, up_mbps, model_cached.
-    Units are sized (marketplace/sizing.py) to fit well inside the car's predicted stay with transfer small next to
-    compute. The bid's last allocation takes whatever items are left, so rounding never strands an item.
+    `allocations` are a round's, in pk order; `bids` holds their bids, locked by the caller and with ch_allocated
+    already raised by the round; `cars[i]` describes allocations[i]'s car as the round saw it: ch_per_hour,
+    parked_seconds_left, down_mbps, up_mbps, model_cached, hardware_id. Units are sized (marketplace/sizing.py) to fit
+    well inside the car's predicted stay with transfer small next to compute. The bid's last allocation takes whatever
+    items are left, so rounding never strands an item. A constant number of queries, whatever the round's size.
+    Returns the number of units handed out.
     """
-    bid = Bid.objects.select_for_update().select_related("variant", "dataset").get(pk=allocation.bid_id)
-    per_item = bid.variant.ch_per_item
-    budget = max(1, round(allocation.ch / per_item))
-    units: list[WorkUnit] = []
-    hardware_id = Vehicle.objects.filter(pk=allocation.vehicle_id).values_list("hardware_id", flat=True).first()
-    for unit in bid.units.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True).order_by("index"):
-        if budget <= 0:
-            break
-        # A replica checks another car's result: it runs on the same hardware class, never on a car that ran it
-        # (rounds.verification_allocate finds it a car when no allocation of the bid fits).
-        if unit.replica_of_id and (
-            allocation.vehicle_id in unit.excluded_vehicles
-            or (unit.requires_hardware_id and unit.requires_hardware_id != hardware_id)
-        ):
-            continue
-        unit.assigned_vehicle_id, unit.allocation = allocation.vehicle_id, allocation
-        unit.save(update_fields=["assigned_vehicle", "allocation"])
-        units.append(unit)
-        budget -= unit.items
-    # The round has already added all of its allocations to ch_allocated: only the bid's last one in the round (they
-    # are cut in pk order) takes what is left, or the first car would get the work every other car bought.
-    later = Allocation.objects.filter(round_id=allocation.round_id, bid_id=bid.pk, pk__gt=allocation.pk)
-    fully_allocated = bid.ch_allocated >= bid.ch_total and not later.exists()
-    remaining = bid.items - bid.items_unitised
-    to_cut = remaining if fully_allocated else min(max(budget, 0), remaining)
-    size = sizing.items_per_unit(
-        ch_per_item=per_item,
-        car_ch_per_hour=car["ch_per_hour"],
-        parked_seconds_left=car["parked_seconds_left"],
-        down_mbps=car["down_mbps"],
-        up_mbps=car["up_mbps"],
-        item_bytes_in=bid.dataset.size_bytes / max(bid.dataset.item_count, 1),
-        item_bytes_out=4 * 1024,
-        model_bytes=bid.variant.size_bytes or 0,
-        model_cached=car["model_cached"],
-    ) or 1  # fmt: skip
-    index = bid.units.count()
-    start = bid.items_unitised
-    while to_cut > 0:
-        count = min(size, to_cut)
-        units.append(
-            WorkUnit.objects.create(
-                bid=bid,
-                index=index,
-                item_start=start,
-                item_end=start + count,
-                ch=count * per_item,
-                assigned_vehicle_id=allocation.vehicle_id,
-                allocation=allocation,
-            )
-        )
-        index, start, to_cut = index + 1, start + count, to_cut - count
-    if start != bid.items_unitised:
-        Bid.objects.filter(pk=bid.pk).update(items_unitised=start)
-    return units
+    bid_ids = {allocation.bid_id for allocation in allocations}
+    reissued: dict[int, list[WorkUnit]] = {}
+    waiting = WorkUnit.objects.filter(bid_id__in=bid_ids, status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True)
+    for unit in waiting.order_by("bid_id", "index"):
+        reissued.setdefault(unit.bid_id, []).append(unit)
+    next_index = dict(
+        WorkUnit.objects.filter(bid_id__in=bid_ids).values("bid").annotate(n=Count("pk")).values_list("bid", "n")
+    )
+    # Only the bid's last allocation in the round (they are cut in pk order) takes what is left, or the first car
+    # would get the work every other car bought.
+    last_of_bid = {allocation.bid_id: allocation.pk for allocation in allocations}
+    cut: list[tuple] = []  # rows of _CUT_COLUMNS: a big round cuts tens of thousands, too many to build as models
+    reassigned: list[WorkUnit] = []
+    unitised_before = {bid_id: bids[bid_id].items_unitised for bid_id in bid_ids}
+    for allocation, car in zip(allocations, cars, strict=True):
+        bid = bids[allocation.bid_id]
+        per_item = bid.variant.ch_per_item
+        budget = max(1, round(allocation.ch / per_item))
+        left: list[WorkUnit] = []
+        for unit in reissued.get(bid.pk, []):
+            # A replica checks another car's result: it runs on the same hardware class, never on a car that ran it
+            # (rounds.verification_allocate finds it a car when no allocation of the bid fits).
+            if budget <= 0 or (
+                unit.replica_of_id
+                and (
+                    allocation.vehicle_id in unit.excluded_vehicles
+                    or (unit.requires_hardware_id and unit.requires_hardware_id != car["hardware_id"])
+                )
+            ):
+                left.append(unit)
+                continue
+            unit.assigned_vehicle_id, unit.allocation = allocation.vehicle_id, allocation
+            reassigned.append(unit)
+            budget -= unit.items
+        reissued[bid.pk] = left
+        fully_allocated = bid.ch_allocated >= bid.ch_total and last_of_bid[bid.pk] == allocation.pk
+        remaining = bid.items - bid.items_unitised
+        to_cut = remaining if fully_allocated else min(max(budget, 0), remaining)
+        size = sizing.items_per_unit(
+            ch_per_item=per_item,
+            car_ch_per_hour=car["ch_per_hour"],
+            parked_seconds_left=car["parked_seconds_left"],
+            down_mbps=car["down_mbps"],
+            up_mbps=car["up_mbps"],
+            item_bytes_in=bid.dataset.size_bytes / max(bid.dataset.item_count, 1),
+            item_bytes_out=4 * 1024,
+            model_bytes=bid.variant.size_bytes or 0,
+            model_cached=car["model_cached"],
+        ) or 1  # fmt: skip
+        index, start = next_index.get(bid.pk, 0), bid.items_unitised
+        while to_cut > 0:
+            count = min(size, to_cut)
+            cut.append((bid.pk, index, start, start + count, count * per_item, allocation.vehicle_id, allocation.pk))
+            index, start, to_cut = index + 1, start + count, to_cut - count
+        next_index[bid.pk], bid.items_unitised = index, start
+    WorkUnit.objects.bulk_update(reassigned, ["assigned_vehicle", "allocation"], batch_size=1000)
+    _units_insert(cut)
+    changed = [bids[bid_id] for bid_id in bid_ids if bids[bid_id].items_unitised != unitised_before[bid_id]]
+    Bid.objects.bulk_update(changed, ["items_unitised"], batch_size=1000)
+    return len(reassigned) + len(cut)
+
+
+# What differs between the units a round cuts; every other column holds its default.
+_CUT_COLUMNS = ("bid_id", "index", "item_start", "item_end", "ch", "assigned_vehicle_id", "allocation_id")
+
+
+def _units_insert(rows: list[tuple]) -> None:
+    """Insert newly cut units, given as rows of _CUT_COLUMNS; every other column takes its default. On PostgreSQL
+    with one COPY: bulk_create would build a model and prepare each of its 27 columns one value at a time."""
+    if connection.vendor != "postgresql" or not rows:
+        WorkUnit.objects.bulk_create([WorkUnit(**dict(zip(_CUT_COLUMNS, row, strict=True))) for row in rows], 1000)
+        return
+    fields = [f for f in WorkUnit._meta.concrete_fields if not f.primary_key]
+    fresh = WorkUnit()
+    defaults = [f.get_db_prep_save(getattr(fresh, f.attname), connection) for f in fields]
+    at = {name: i for i, name in enumerate(f.attname for f in fields)}
+    where = [at[name] for name in _CUT_COLUMNS]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {WorkUnit._meta.db_table} ({columns}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            values = defaults.copy()
+            for i, value in zip(where, row, strict=True):
+                values[i] = value
+            copy.write_row(values)
 
 
 # --- Leasing -----------------------------------------------------------------------------------------------------
@@ -106,6 +141,8 @@ def unit_lease(*, vehicle: Vehicle, now: datetime | None = None) -> WorkUnit | N
     with transaction.atomic():
         unit = (
             WorkUnit.objects.select_for_update(skip_locked=True, of=("self",))
+            # What lease_payload reads, in the same query.
+            .select_related("bid__variant", "bid__inference_model", "bid__dataset__inference_model")
             .filter(assigned_vehicle=vehicle, status=WorkUnit.Status.QUEUED, bid__status__in=Bid.OPEN_STATUSES)
             .order_by("bid__created_at", "index")
             .first()
@@ -166,7 +203,9 @@ def _dataset_items(bid: Bid) -> ParsedDataset:
 
 def _leased_unit(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> WorkUnit:
     try:
-        unit = WorkUnit.objects.select_for_update().select_related("bid").get(pk=int(unit_id))
+        # Only the unit's row: FOR UPDATE over the join would lock the bid too, and every result of the bid would
+        # wait for the one before it to commit (bid_finish_if_done locks the bid, briefly, at the end).
+        unit = WorkUnit.objects.select_for_update(of=("self",)).select_related("bid").get(pk=int(unit_id))
     except (ValueError, WorkUnit.DoesNotExist):
         message = "No such work unit."
         raise ApplicationError(f"unit_id: {message}", fields={"unit_id": [message]}, status=404) from None
@@ -214,8 +253,9 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
     unit.status, unit.done_by, unit.completed_at = WorkUnit.Status.DONE, vehicle, now
     unit.seconds, unit.energy_wh = data.get("seconds"), data.get("energy_wh")
     unit.emulated, unit.runtime_version = bool(data.get("emulated")), str(data.get("runtime_version", ""))[:40]
-    unit.save()
-    verdicts.result_recorded(unit=unit, now=now)
+    unit.save(update_fields=["output_sha256", "status", "done_by", "completed_at", "seconds", "energy_wh", "emulated",
+                             "runtime_version"])  # fmt: skip
+    verdicts.result_recorded(unit=unit, now=now, outputs=outputs)
     bid_finish_if_done(bid=unit.bid)
     return unit
 
@@ -290,8 +330,18 @@ def vehicle_units_release(*, vehicle: Vehicle) -> int:
 
 def bid_finish_if_done(*, bid: Bid) -> bool:
     """When every item of a bid has a done unit, assemble the outputs in item order and complete the bid."""
-    bid = Bid.objects.select_for_update().select_related("inference_model").get(pk=bid.pk)
+    # The bid's row alone: FOR UPDATE over a join would also lock its inference model, which every bid on a
+    # catalogue model shares, and so make every result of every such bid wait for the one before it.
+    bid = Bid.objects.select_for_update().get(pk=bid.pk)
     if bid.status not in Bid.OPEN_STATUSES or bid.items_unitised < bid.items:
+        return False
+    # Every result asks: answer "not yet" from one indexed query that stops at the first unresolved slice, rather
+    # than loading every unit of the bid each time (quadratic over a job).
+    resolved = WorkUnit.objects.filter(
+        Q(pk=OuterRef("pk")) | Q(replica_of=OuterRef("pk")),
+        canonical=True, verification=WorkUnit.Verification.VALID, status=WorkUnit.Status.DONE,
+    )  # fmt: skip
+    if bid.units.filter(replica_of__isnull=True).exclude(Exists(resolved)).exists():
         return False
     # Each slice of items counts once, by its canonical (validated) result, whichever car returned it.
     canonical = {

@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import numpy as np
 from django.db import connection, transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from billing.selectors import pricing_current
@@ -72,6 +71,7 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         energy_cents_per_hour = availability.power_w / 1000 * float(vehicle.energy_price_cents_per_kwh)
         state = item.state or {}
         rates[vehicle.pk] = {
+            "hardware_id": vehicle.hardware_id,
             "parked_seconds_left": availability.hours_offered * 3600,
             "down_mbps": float(state.get("bandwidth_down_mbps", 0.0)),
             "up_mbps": float(state.get("bandwidth_up_mbps", 0.0)),
@@ -219,28 +219,39 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
                 ends_at=now + timedelta(hours=hours),
             )
         )
-    Allocation.objects.bulk_create(allocations)
-    for bid_id, total in (
-        Allocation.objects.filter(round=round_).values_list("bid_id").annotate(total=Sum("ch")).order_by()
-    ):
-        bid = Bid.objects.select_for_update().get(pk=bid_id)
+    Allocation.objects.bulk_create(allocations)  # sets their pks, in order, on PostgreSQL and SQLite ≥ 3.35
+    totals: dict[int, float] = {}
+    for allocation in allocations:
+        totals[allocation.bid_id] = totals.get(allocation.bid_id, 0.0) + allocation.ch
+    # Locked in pk order, in one query, so two writers of the same bids cannot deadlock.
+    bids = {
+        bid.pk: bid
+        for bid in Bid.objects.select_for_update(of=("self",))
+        .select_related("variant", "dataset")
+        .filter(pk__in=totals)
+        .order_by("pk")
+    }
+    for bid_id, total in totals.items():
+        bid = bids[bid_id]
         allocated = bid.ch_allocated + total
         # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
         bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
         bid.status = Bid.Status.RUNNING
-        bid.save(update_fields=["ch_allocated", "status"])
-    for allocation in Allocation.objects.filter(round=round_).select_related("bid__variant").order_by("pk"):
+    Bid.objects.bulk_update(bids.values(), ["ch_allocated", "status"], batch_size=1000)
+    cars = []
+    for allocation in allocations:
         info = rates[allocation.vehicle_id]
-        units_cut(
-            allocation=allocation,
-            car={
+        cars.append(
+            {
                 "ch_per_hour": info["ch_per_hour"][allocation.pool],
                 "parked_seconds_left": info["parked_seconds_left"],
                 "down_mbps": info["down_mbps"],
                 "up_mbps": info["up_mbps"],
-                "model_cached": allocation.bid.variant.sha256 in info["models_cached"],
-            },
+                "model_cached": bids[allocation.bid_id].variant.sha256 in info["models_cached"],
+                "hardware_id": info["hardware_id"],
+            }
         )
+    units_cut(allocations=allocations, bids=bids, cars=cars)
 
 
 def verification_allocate(*, round_: Round, supply: auction.Supply, result, reserve, rates, now: datetime) -> int:

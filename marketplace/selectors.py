@@ -76,6 +76,16 @@ def bid_get_for_customer(*, user: User, bid_id: int):
         raise Http404("No such bid.") from None
 
 
+def bid_progress(*, bid) -> dict[str, int]:
+    """How many work units the bid has (replicas included) and the items of those done, in one query."""
+    from django.db.models import Count, F, Sum
+
+    return bid.units.aggregate(
+        unit_count=Count("pk"),
+        done_items=Sum(F("item_end") - F("item_start"), filter=Q(status=WorkUnit.Status.DONE), default=0),
+    )
+
+
 def market_latest() -> dict[str, dict]:
     """Per pool: the last round's clearing price, volume and unfilled demand (m¢/CH, CH)."""
     from .models import PoolClearing, Round

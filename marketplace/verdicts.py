@@ -19,7 +19,7 @@ import random
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet.agent.inference import decode_npy
@@ -32,37 +32,56 @@ log = logging.getLogger(__name__)
 Verification = WorkUnit.Verification
 
 
-def result_recorded(*, unit: WorkUnit, now: datetime | None = None) -> None:
+def result_recorded(*, unit: WorkUnit, now: datetime | None = None, outputs=None) -> None:
     """A car's result for `unit` was just stored (status DONE): decide what it means. Runs in the caller's
-    transaction; the slice's primary row is locked so two results of one slice are judged one after the other."""
+    transaction; the slice's primary row is locked so two results of one slice are judged one after the other.
+    `outputs`: the result's outputs when the caller holds them (they are not read back from storage)."""
     now = now or timezone.now()
-    primary = WorkUnit.objects.select_for_update().get(pk=unit.primary_id)
+    # A primary unit was locked and saved by the caller (dispatch.unit_result): its row is this object.
+    primary = unit if unit.replica_of_id is None else WorkUnit.objects.select_for_update().get(pk=unit.replica_of_id)
     if primary.quorum == 0:
-        car = Vehicle.objects.get(pk=unit.done_by_id)
+        # The car's record as read with this request's credential (one query fewer than asking again).
+        car = WorkUnit.done_by.field.get_cached_value(unit, None)
+        streak = (
+            car.valid_streak
+            if car is not None
+            else Vehicle.objects.values_list("valid_streak", flat=True).get(pk=unit.done_by_id)
+        )
+        trusted_after = settings.VERIFICATION_TRUSTED_AFTER
         replicate = verification.replication_needed(
-            streak=car.valid_streak,
-            faults_recent=_faults_recent(car.pk, now),
+            streak=streak,
+            # Recent faults only matter to a car whose streak would trust it: spare the count for the others.
+            faults_recent=_faults_recent(unit.done_by_id, now) if streak >= trusted_after else 0,
             rng_value=random.random(),  # noqa: S311 - a sampling decision, not a secret
             spot_check_rate=settings.VERIFICATION_SPOT_CHECK_RATE,
-            trusted_after=settings.VERIFICATION_TRUSTED_AFTER,
+            trusted_after=trusted_after,
         )
         primary.quorum = 2 if replicate else 1
-        primary.save(update_fields=["quorum"])
-    WorkUnit.objects.filter(pk=unit.pk).update(verification=Verification.PENDING, canonical=False)
-    slice_decide(primary=primary, now=now)
+        if primary is not unit:
+            primary.save(update_fields=["quorum"])
+    # A primary's quorum is written with its verdict's start, in one UPDATE.
+    quorum = {"quorum": primary.quorum} if primary is unit else {}
+    WorkUnit.objects.filter(pk=unit.pk).update(verification=Verification.PENDING, canonical=False, **quorum)
+    slice_decide(primary=primary, now=now, known={} if outputs is None else {unit.pk: outputs})
 
 
-def slice_decide(*, primary: WorkUnit, now: datetime) -> None:
-    group = list(
-        WorkUnit.objects.filter(Q(pk=primary.pk) | Q(replica_of=primary), status=WorkUnit.Status.DONE)
+def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None) -> None:
+    """Judge the slice's results; `known` maps units to outputs already in memory (the others are read)."""
+    known = known or {}
+    # The slice's results and, in the same query, its copies still waiting for a car (done last, if it is settled).
+    units = list(
+        WorkUnit.objects.filter(
+            Q(pk=primary.pk) | Q(replica_of=primary), status__in=(WorkUnit.Status.DONE, WorkUnit.Status.QUEUED)
+        )
         .select_related("bid__inference_model", "bid__variant")
         .order_by("completed_at", "pk")
     )
+    group = [u for u in units if u.status == WorkUnit.Status.DONE]
     if not group:
         return
     bid = group[0].bid
     tolerance = _tolerance(bid)
-    outputs = [decode_npy(storage.artifact_read(u.output_sha256)) for u in group]
+    outputs = [known[u.pk] if u.pk in known else decode_npy(storage.artifact_read(u.output_sha256)) for u in group]
     verdict = verification.decide(outputs, tolerance, quorum=primary.quorum)
     if verdict.needs_more:
         replica_ensure(primary=primary, group=group, now=now)
@@ -79,7 +98,7 @@ def slice_decide(*, primary: WorkUnit, now: datetime) -> None:
         if unit.verification in (Verification.PENDING, "") and decided in (Verification.VALID, Verification.INVALID):
             reputation_record(vehicle_id=unit.done_by_id, valid=decided == Verification.VALID, now=now, unit=unit)
     # The slice is settled: copies still waiting for a car are not needed any more.
-    for spare in WorkUnit.objects.filter(replica_of=primary, status=WorkUnit.Status.QUEUED):
+    for spare in (u for u in units if u.status == WorkUnit.Status.QUEUED and u.replica_of_id == primary.pk):
         spare.status, spare.error = WorkUnit.Status.FAILED, "not needed: the results already agree"
         spare.assigned_vehicle = None
         spare.save(update_fields=["status", "error", "assigned_vehicle"])
@@ -139,30 +158,32 @@ def _slice_unresolved(primary: WorkUnit, now: datetime) -> None:
 def reputation_record(
     *, vehicle_id: int, valid: bool, now: datetime, unit: WorkUnit | None = None,
     fault: str = ResultFault.Kind.OUTVOTED,
-) -> Vehicle:  # fmt: skip
-    """A streak of validated results earns trust; a rejected result resets it, and repeated faults suspend the car."""
-    car = Vehicle.objects.select_for_update().get(pk=vehicle_id)
-    if not valid:
-        ResultFault.objects.create(vehicle=car, unit=unit, kind=fault, created_at=now)
-    car.valid_streak = verification.streak_after(car.valid_streak, valid=valid)
+) -> Vehicle | None:  # fmt: skip
+    """A streak of validated results earns trust; a rejected result resets it, and repeated faults suspend the car.
+    Returns the car after a fault; None after a validated result, which only counts."""
     if valid:
-        car.results_valid += 1
-    else:
-        car.results_invalid += 1
-        car.last_fault_at = now
-    car.save(update_fields=["valid_streak", "results_valid", "results_invalid", "last_fault_at"])
-    if not valid:
-        faults = _faults_recent(car.pk, now)
-        log.warning("vehicle %s returned a wrong result (unit %s); %s fault(s) recently", car.pk,
-                    unit.pk if unit else "?", faults)  # fmt: skip
-        if faults >= settings.VERIFICATION_SUSPEND_AFTER_FAULTS and car.status == Vehicle.Status.ACTIVE:
-            from fleet.services import vehicle_suspend
+        # streak_after(streak, valid=True) is streak + 1: every validated result is one UPDATE, with no read first.
+        Vehicle.objects.filter(pk=vehicle_id).update(
+            valid_streak=F("valid_streak") + 1, results_valid=F("results_valid") + 1
+        )
+        return None
+    car = Vehicle.objects.select_for_update().get(pk=vehicle_id)
+    ResultFault.objects.create(vehicle=car, unit=unit, kind=fault, created_at=now)
+    car.valid_streak = verification.streak_after(car.valid_streak, valid=False)
+    car.results_invalid += 1
+    car.last_fault_at = now
+    car.save(update_fields=["valid_streak", "results_invalid", "last_fault_at"])
+    faults = _faults_recent(car.pk, now)
+    log.warning("vehicle %s returned a wrong result (unit %s); %s fault(s) recently", car.pk,
+                unit.pk if unit else "?", faults)  # fmt: skip
+    if faults >= settings.VERIFICATION_SUSPEND_AFTER_FAULTS and car.status == Vehicle.Status.ACTIVE:
+        from fleet.services import vehicle_suspend
 
-            car = vehicle_suspend(
-                vehicle=car, actor=None,
-                reason=f"{faults} results in the last {settings.VERIFICATION_FAULT_WINDOW_HOURS} hours disagreed with "
-                       "other cars running the same work. Suspended cars get no work; contact support to appeal.",
-            )  # fmt: skip
+        car = vehicle_suspend(
+            vehicle=car, actor=None,
+            reason=f"{faults} results in the last {settings.VERIFICATION_FAULT_WINDOW_HOURS} hours disagreed with "
+                   "other cars running the same work. Suspended cars get no work; contact support to appeal.",
+        )  # fmt: skip
     return car
 
 
@@ -193,9 +214,15 @@ def probes_pick(*, unit: WorkUnit) -> list[list[int]]:
     if random.random() >= settings.VERIFICATION_PROBE_RATE:  # noqa: S311 - sampling, not a secret
         return []
     count = len(_dataset_items(unit.bid).items)
-    # Items of other units, so that no input is seen twice in one lease; a one-unit job has only its own.
-    pool = [i for i in range(count) if not unit.item_start <= i < unit.item_end] or list(range(count))
-    chosen = random.sample(pool, min(settings.VERIFICATION_PROBE_ITEMS, len(pool)))
+    wanted = min(settings.VERIFICATION_PROBE_ITEMS, count)
+    # Items of other units, so that no input is seen twice in one lease; a one-unit job has only its own. Drawn
+    # without listing the dataset, which may hold millions of items.
+    outside = count - unit.items
+    drawn: set[int] = set()
+    while len(drawn) < min(wanted, outside):
+        index = random.randrange(outside)  # noqa: S311 - sampling, not a secret
+        drawn.add(index if index < unit.item_start else index + unit.items)
+    chosen = random.sample(sorted(drawn), len(drawn)) if drawn else random.sample(range(count), wanted)
     positions = sorted(random.sample(range(unit.items + len(chosen)), len(chosen)))
     return [[position, index] for position, index in zip(positions, chosen, strict=True)]
 
@@ -203,27 +230,21 @@ def probes_pick(*, unit: WorkUnit) -> list[list[int]]:
 def probes_check(*, unit: WorkUnit, outputs):
     """(the unit's own outputs, whether the car's answers to the probes match the platform's).
 
-    INT8 dynamic quantization scales each batch by its own values, so the platform computes a probe's answer in the
-    same batch the car ran it in (the lease's items, LEASE_BATCH_SIZE at a time): at most a batch per probe.
+    The platform runs the probes together, as one batch of their own: the car ran them among the unit's items, and
+    INT8 dynamic quantization scales each batch by its own values, but the tolerance between two results of one
+    variant already allows for batch composition (verification._COSINE_MIN), as it must between a unit and its
+    replica, whose leases mix in different probes. So a check costs the probes' inference, not their batches'.
     """
     import numpy as np
 
-    from .dispatch import LEASE_BATCH_SIZE, _dataset_items, leased_items
+    from .dispatch import _dataset_items
 
     bid = unit.bid
-    leased = leased_items(unit, _dataset_items(bid).items)
-    runner = _runner(bid.variant.sha256, bid.inference_model_id)
+    items = _dataset_items(bid).items
     positions = [position for position, _ in unit.probes]
-    expected = []
-    batches: dict[int, np.ndarray] = {}
-    for position in positions:
-        batch = position // LEASE_BATCH_SIZE
-        if batch not in batches:
-            start = batch * LEASE_BATCH_SIZE
-            batches[batch] = runner.run(leased[start : start + LEASE_BATCH_SIZE], batch_size=LEASE_BATCH_SIZE)
-        expected.append(batches[batch][position % LEASE_BATCH_SIZE])
-    tolerance = _tolerance(bid)
-    ok = verification.known_answer_check(outputs[positions], np.stack(expected), tolerance)
+    runner = _runner(bid.variant.sha256, bid.inference_model_id)
+    expected = runner.run([items[index] for _, index in unit.probes], batch_size=len(positions))
+    ok = verification.known_answer_check(outputs[positions], np.asarray(expected), _tolerance(bid))
     keep = np.ones(outputs.shape[0], dtype=bool)
     keep[positions] = False
     return outputs[keep], ok

@@ -167,9 +167,7 @@ def bid_new(request, model_id: int):
 def bid_detail(request, bid_id: int):
     bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
     allocations = bid.allocations.select_related("round", "vehicle__hardware").order_by("-round__slot")[:50]
-    units = bid.units.all()
-    done_items = sum(u.items for u in units if u.status == "done")
-    context = {"bid": bid, "allocations": allocations, "units": units, "done_items": done_items}
+    context = {"bid": bid, "allocations": allocations, **selectors.bid_progress(bid=bid)}
     if request.htmx:
         return render(request, "marketplace/_bid_progress.html", context)
     return render(request, "marketplace/bid_detail.html", context)
@@ -189,12 +187,16 @@ def bid_cancel(request, bid_id: int):
 
 def market(request):
     """Public: the auction's prices, volumes and unfilled demand per pool, and the supply on offer now."""
-    from fleet.selectors import fleet_overview
+    from fleet.selectors import fleet_overview_cached
 
     return render(
         request,
         "marketplace/market.html",
-        {"latest": selectors.market_latest(), "history": selectors.market_history(), "overview": fleet_overview()},
+        {
+            "latest": selectors.market_latest(),
+            "history": selectors.market_history(),
+            "overview": fleet_overview_cached(),
+        },
     )
 
 

@@ -5,7 +5,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
 from accounts.permissions import staff_required
-from fleet.selectors import fleet_overview
+from fleet.selectors import fleet_overview_cached
 
 from .selectors import platform_health_get, user_counts_by_role
 
@@ -19,7 +19,7 @@ def dashboard(request):
     return render(
         request,
         "ops/dashboard.html",
-        {"health": platform_health_get(), "user_counts": user_counts_by_role(), "overview": fleet_overview()},
+        {"health": platform_health_get(), "user_counts": user_counts_by_role(), "overview": fleet_overview_cached()},
     )
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -93,7 +94,8 @@ REDIS_URL = env.str("REDIS_URL", default=f"redis://127.0.0.1:{EMBEDDED_REDIS_POR
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Django's Redis backend, with one client per pool instead of one per call (config/cache.py says why).
+        "BACKEND": "config.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "idlefleet",
     }
@@ -189,6 +191,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# One queue per kind of work, so each can get its own workers as the fleet grows (README, "Deployment"): a worker
+# started without -Q consumes all of them (the demo, the tests); production runs e.g. `worker -Q rounds -c 1`.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = tuple(Queue(name) for name in ("celery", "rounds", "dispatch", "validation", "billing"))
+CELERY_TASK_ROUTES = {
+    "marketplace.tasks.auction_round": {"queue": "rounds"},
+    "marketplace.tasks.leases_sweep": {"queue": "dispatch"},
+    "fleet.tasks.*": {"queue": "dispatch"},
+    "marketplace.tasks.inference_model_validate": {"queue": "validation"},
+    "marketplace.tasks.variant_build": {"queue": "validation"},
+    "billing.tasks.*": {"queue": "billing"},
+}
 
 PLATFORM_HEARTBEAT_SECONDS = env.int("PLATFORM_HEARTBEAT_SECONDS", default=30)
 AUCTION_INTERVAL_SECONDS = env.int("AUCTION_INTERVAL_SECONDS", default=60)
@@ -233,6 +247,13 @@ CELERY_BEAT_SCHEDULE["vehicle-state-snapshot"] = {
     "task": "fleet.tasks.vehicle_states_snapshot",
     "schedule": VEHICLE_STATE_SNAPSHOT_SECONDS,
     "options": {"expires": VEHICLE_STATE_SNAPSHOT_SECONDS},
+}
+# The market and staff pages read the fleet overview from the cache (fleet.selectors.fleet_overview_cached): computing
+# it reads every car, seconds at 10,000 cars, so beat refreshes it as often as a heartbeat comes.
+CELERY_BEAT_SCHEDULE["fleet-overview-refresh"] = {
+    "task": "fleet.tasks.fleet_overview_refresh",
+    "schedule": 15,
+    "options": {"expires": 15},
 }
 
 # --- Inference workloads ---------------------------------------------------------------------------------------------

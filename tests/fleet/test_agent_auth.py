@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+from django.utils import timezone
 
 from fleet import state_store
 from fleet.agent.signing import Credential
@@ -80,11 +81,13 @@ def test_a_signature_for_another_path_is_refused(client, car):
     assert response.status_code == 401
 
 
-def test_a_revoked_credential_is_refused(client, car, olivia):
+def test_a_revoked_credential_is_refused(client, car, olivia, django_capture_on_commit_callbacks):
     vehicle, credential = car
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200  # copied for heartbeats
     client.force_login(olivia)
     stored = VehicleCredential.objects.get(key_id=credential.key_id)
-    client.post(f"/owner/vehicles/{vehicle.pk}/credential/{stored.pk}/revoke/")
+    with django_capture_on_commit_callbacks(execute=True):  # as the request's commit would
+        client.post(f"/owner/vehicles/{vehicle.pk}/credential/{stored.pk}/revoke/")
     client.logout()
 
     response = signed_post(client, credential, HEARTBEAT, heartbeat())
@@ -132,3 +135,35 @@ def test_the_database_holds_no_usable_credential(client, car):
     # What is stored (key id + public key) cannot sign: using it as the key gives a refused request.
     from_dump = Credential(key_id=stored.key_id, private_key=bytes(stored.public_key))
     assert signed_post(client, from_dump, HEARTBEAT, heartbeat()).status_code == 401
+
+
+def test_a_key_revoked_through_the_services_is_refused_at_once_though_heartbeats_use_a_copy(
+    client, car, django_capture_on_commit_callbacks
+):
+    from fleet.services import credential_revoke
+
+    _, credential = car
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
+    copy = state_store.credential_cached(credential.key_id)
+    assert copy is not None  # the next heartbeats read no database
+    with django_capture_on_commit_callbacks(execute=True):
+        credential_revoke(credential=VehicleCredential.objects.get(key_id=credential.key_id))
+    state_store.credential_cache(credential.key_id, copy, ttl_s=60)  # as a heartbeat racing the revocation left it
+
+    response = signed_post(client, credential, HEARTBEAT, heartbeat())
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "credential_invalid"
+
+
+def test_a_key_revoked_behind_the_services_back_stops_heartbeats_when_the_copy_expires(client, car):
+    """An UPDATE in SQL leaves no mark in Redis: heartbeats stop when the copy of the key expires, and every other
+    agent request refuses it at once."""
+    _, credential = car
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
+    VehicleCredential.objects.filter(key_id=credential.key_id).update(revoked_at=timezone.now())
+
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200  # the copy still says valid
+    assert signed_post(client, credential, "/api/v1/agent/lease/", {}).status_code == 401
+    state_store.client().delete(f"idlefleet:credential:{credential.key_id}")  # what its expiry does
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 401
