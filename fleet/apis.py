@@ -16,7 +16,7 @@ from config.exceptions import ErrorSerializer
 
 from . import selectors, services
 from .agent import protocol
-from .authentication import HEARTBEAT_CREDENTIAL_MAX_AGE_S, IsVehicle, VehicleSignatureAuthentication
+from .authentication import IsVehicle, VehicleSignatureAuthentication
 from .models import HardwareProfile, OptInPolicy, Vehicle
 from .throttling import AgentThrottling
 
@@ -42,8 +42,6 @@ class AgentApi(AgentThrottling, APIView):
 
 class HeartbeatApi(AgentApi):
     """A car's state. Kept in Redis; the database is touched only when the car parks or drives off."""
-
-    credential_max_age_s = HEARTBEAT_CREDENTIAL_MAX_AGE_S  # no query for the credential either (authentication.py)
 
     @extend_schema_serializer(component_name="HeartbeatInput")
     class InputSerializer(serializers.Serializer):

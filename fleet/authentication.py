@@ -25,13 +25,13 @@ REPLAYED = "replayed"
 # last_used_at is informative: write it at most this often, so heartbeats do not write to the database every time.
 LAST_USED_RESOLUTION = timedelta(minutes=5)
 
-# A view whose `credential_max_age_s` is set (the heartbeat: nearly all of a fleet's requests) authenticates with a
-# copy of the credential kept in Redis for that long, shared by every web process, so the stream costs PostgreSQL no
-# query. A key revoked through fleet.services is refused at once all the same: credential_forget drops the copy and
-# marks the key in Redis, and the request's nonce check reads the mark in the same round trip. Only a change made
-# behind the services' back (an UPDATE in SQL) waits for the copy to expire; leases, results and every other request
-# read the database.
-HEARTBEAT_CREDENTIAL_MAX_AGE_S = 300  # a car sends 20 heartbeats in that time: 1 in 20 reads the database
+# Agent requests (heartbeats above all: nearly all of a fleet's requests) authenticate with a copy of the credential
+# and its car kept in Redis for CREDENTIAL_COPY_MAX_AGE_S, shared by every web process, so they cost PostgreSQL no
+# query for it. A key revoked through fleet.services is refused at once all the same: credential_forget drops the
+# copy and marks the key in Redis, and the request's nonce check reads the mark in the same round trip. Only a change
+# made behind the services' back (an UPDATE in SQL) waits for the copy to expire. The copy holds what never changes of
+# the car (its id, owner, hardware class); anything else (its status, its record) is read from the database if asked.
+CREDENTIAL_COPY_MAX_AGE_S = 300  # a car sends 20 heartbeats in that time: 1 request in 20 reads the database
 
 
 @dataclass
@@ -74,8 +74,7 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
         if not (16 <= len(nonce) <= 64):
             raise exceptions.AuthenticationFailed(f"{signing.HEADER_NONCE} must be 16 to 64 characters.")
 
-        max_age_s = getattr(request.parser_context.get("view"), "credential_max_age_s", 0)
-        credential = credential_recent(key_id, max_age_s) if max_age_s else credential_get(key_id)
+        credential = credential_recent(key_id, CREDENTIAL_COPY_MAX_AGE_S)
         # One message for unknown, revoked and forged: a caller learns nothing about which keys exist.
         invalid = exceptions.AuthenticationFailed(
             "Invalid or revoked vehicle credential, or a bad signature.", code=CREDENTIAL_INVALID
@@ -103,8 +102,7 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
         if credential.last_used_at is None or now - credential.last_used_at > LAST_USED_RESOLUTION:
             VehicleCredential.objects.filter(pk=credential.pk).update(last_used_at=now)
             credential.last_used_at = now
-            if max_age_s:
-                _credential_cache(credential, ttl_s=None)
+            _credential_cache(credential, ttl_s=None)
         return VehiclePrincipal(vehicle=credential.vehicle, credential=credential), credential
 
 
@@ -127,7 +125,7 @@ def credential_recent(key_id: str, max_age_s: int) -> VehicleCredential | None:
 
 
 _CREDENTIAL_FIELDS = ["id", "vehicle_id", "key_id", "public_key", "revoked_at", "last_used_at"]
-_VEHICLE_FIELDS = ["id", "owner_id", "hardware_id", "status", "time_zone"]
+_VEHICLE_FIELDS = ["id", "owner_id", "hardware_id"]  # never changed; the rest is read fresh when asked
 
 
 def _credential_cache(credential: VehicleCredential, *, ttl_s: int | None) -> None:
@@ -144,7 +142,7 @@ def _credential_cache(credential: VehicleCredential, *, ttl_s: int | None) -> No
 
 def credential_forget(key_id: str) -> None:
     """`key_id` was revoked: every process refuses it from now on (see credential_recent)."""
-    ttl_s = HEARTBEAT_CREDENTIAL_MAX_AGE_S + 60
+    ttl_s = CREDENTIAL_COPY_MAX_AGE_S + 60
     transaction.on_commit(lambda: state_store.credential_revoked_mark(key_id=key_id, ttl_s=ttl_s))
 
 

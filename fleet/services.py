@@ -105,8 +105,7 @@ def credential_issue(*, vehicle: Vehicle) -> Credential:
 
 
 def credential_revoke(*, credential: VehicleCredential) -> None:
-    """The key stops working: at once in this process, within HEARTBEAT_CREDENTIAL_MAX_AGE_S for heartbeats elsewhere
-    (fleet/authentication.py), at once for everything else."""
+    """The key stops working, at once in every process (fleet.authentication.credential_forget)."""
     VehicleCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     credential_forget(credential.key_id)
 

@@ -156,14 +156,12 @@ def test_a_key_revoked_through_the_services_is_refused_at_once_though_heartbeats
     assert response.json()["code"] == "credential_invalid"
 
 
-def test_a_key_revoked_behind_the_services_back_stops_heartbeats_when_the_copy_expires(client, car):
-    """An UPDATE in SQL leaves no mark in Redis: heartbeats stop when the copy of the key expires, and every other
-    agent request refuses it at once."""
+def test_a_key_revoked_behind_the_services_back_is_refused_when_the_copy_expires(client, car):
+    """An UPDATE in SQL leaves no mark in Redis: the key works until the copy of it expires."""
     _, credential = car
     assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
     VehicleCredential.objects.filter(key_id=credential.key_id).update(revoked_at=timezone.now())
 
     assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200  # the copy still says valid
-    assert signed_post(client, credential, "/api/v1/agent/lease/", {}).status_code == 401
     state_store.client().delete(f"idlefleet:credential:{credential.key_id}")  # what its expiry does
     assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 401
