@@ -177,10 +177,11 @@ def main() -> None:
     overview = {"median_ms": round(statistics.median(overview_ms), 1), "every_s": OVERVIEW_FRESH_S}
     print(f"fleet overview of {sizes['vehicles']} cars computed in {overview['median_ms']:.0f} ms (once per "
           f"{OVERVIEW_FRESH_S} s, by one request)")  # fmt: skip
-    # What each gunicorn worker starts from (config/gunicorn.conf.py): everything loaded so far is frozen, out of the
-    # garbage collector's way; without it a full collection now and then puts ~100 ms on a page.
+    # The garbage collector as each gunicorn worker has it (config/gunicorn.conf.py): everything loaded so far frozen
+    # out of its way, full collections rarer; without that a full collection puts 50-100 ms on one page in ten.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(700, 10, 1000)
     print(f"{'page':40} {'queries':>7} {'db ms':>6} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'cpu ms':>7} "
           f"{'login':>6} {'ratio':>6}")  # fmt: skip
     for name, username, url, headers in _pages():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import stripe
+from django.core.cache import cache
 from django.db.models import Case, F, Sum, When
 from django.utils import timezone
 
@@ -239,4 +240,27 @@ def reconciliation_report(*, currency: str = "usd") -> Report:
             continue
         report.totals.append(Total(what, ledger_cents=sum(booked.values()), stripe_cents=sum(at_stripe.values())))
         report.differences += _match(what, at_stripe, seen, booked)
+    return report
+
+
+# --- For the staff's finance page ----------------------------------------------------------------------------------
+
+REPORT_CACHE_KEY = "billing:reconciliation"
+REPORT_FRESH_S = 300  # beat refreshes it more often than this (billing.tasks.reconciliation_refresh)
+
+
+def reconciliation_report_recent(*, currency: str = "usd") -> Report:
+    """The last reconciliation, at most REPORT_FRESH_S old (its `checked_at` says when). Reconciling lists every Stripe
+    object and sums the whole ledger, seconds once the books are big: beat does it, and a page view only when there
+    is no recent report (or the last could not read Stripe, which is never kept)."""
+    report = cache.get(f"{REPORT_CACHE_KEY}:{currency}")
+    if report is not None and (timezone.now() - report.checked_at).total_seconds() < REPORT_FRESH_S:
+        return report
+    return reconciliation_refresh(currency=currency)
+
+
+def reconciliation_refresh(*, currency: str = "usd") -> Report:
+    report = reconciliation_report(currency=currency)
+    if report.stripe_reachable:
+        cache.set(f"{REPORT_CACHE_KEY}:{currency}", report, REPORT_FRESH_S * 2)
     return report

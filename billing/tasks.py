@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import services, webhooks
+from . import reconciliation, services, webhooks
 
 
 @shared_task(ignore_result=True, soft_time_limit=60, time_limit=70)
@@ -34,3 +34,9 @@ def payouts() -> None:
              retry_backoff=5, retry_backoff_max=600, max_retries=12)  # fmt: skip
 def stripe_event_process(event_id: str) -> None:
     webhooks.event_process(event_id=event_id)
+
+
+@shared_task(ignore_result=True, soft_time_limit=120, time_limit=130)
+def reconciliation_refresh() -> None:
+    """Keep the finance page's reconciliation recent, so that no page view reconciles the books itself."""
+    reconciliation.reconciliation_refresh()

@@ -159,13 +159,14 @@ def owner_onboard_return(request):
 
 @staff_required
 def staff_finance(request):
-    """The books at a glance, and the ledger reconciled against Stripe (a Stripe outage shows the ledger alone)."""
+    """The books at a glance, and the ledger's last reconciliation against Stripe, at most a few minutes old (a Stripe
+    outage shows the ledger alone)."""
     return render(
         request,
         "billing/staff_finance.html",
         {
             "books": selectors.finance_summary(),
-            "report": reconciliation.reconciliation_report(),
+            "report": reconciliation.reconciliation_report_recent(),
             "verification": verification_overview(trusted_after=settings.VERIFICATION_TRUSTED_AFTER),
             "verification_cost_cents": ledger.balance(kind="verification_cost"),
         },

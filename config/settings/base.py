@@ -298,6 +298,12 @@ VERIFICATION_MAX_REPLICAS = env.int("VERIFICATION_MAX_REPLICAS", default=3)
 VERIFICATION_PROBE_RATE = env.float("VERIFICATION_PROBE_RATE", default=0.2)
 VERIFICATION_PROBE_ITEMS = env.int("VERIFICATION_PROBE_ITEMS", default=2)
 WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)
+# The finance page shows the last reconciliation (billing.reconciliation.REPORT_FRESH_S at most old).
+CELERY_BEAT_SCHEDULE["reconciliation-refresh"] = {
+    "task": "billing.tasks.reconciliation_refresh",
+    "schedule": 240,
+    "options": {"expires": 240},
+}
 CELERY_BEAT_SCHEDULE["billing-sweep"] = {
     "task": "billing.tasks.billing_sweep",
     "schedule": 60,

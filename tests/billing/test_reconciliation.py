@@ -265,6 +265,38 @@ def test_staff_see_the_books_and_that_they_reconcile(client, staff, books, strip
         assert text in page, text
 
 
+def test_the_page_shows_the_last_reconciliation_and_beat_brings_a_new_one(client, staff, books, stripe_has):
+    """Reconciling reads every Stripe object and the whole ledger: page views reuse a report of the last few minutes,
+    and beat's task makes the next one."""
+    from billing import tasks
+
+    stripe_has(**matching_stripe())
+    client.force_login(staff)
+    assert "Books reconcile: no difference." in client.get(FINANCE).content.decode()
+
+    stripe = matching_stripe()
+    stripe["intents"] += [intent("pi_2", received=250)]  # Stripe now holds a capture the ledger lacks
+    stripe_has(**stripe)
+    assert "Books reconcile: no difference." in client.get(FINANCE).content.decode()  # the report of a moment ago
+
+    tasks.reconciliation_refresh()
+    page = " ".join(client.get(FINANCE).content.decode().split())
+    assert "Differences (1)" in page
+    assert "<code>pi_2</code>" in page
+
+
+def test_a_report_that_could_not_read_stripe_is_not_kept(client, staff, books, stripe_has, monkeypatch):
+    def unreachable(**kwargs):
+        raise stripe_gateway.GatewayError("Stripe is down")
+
+    monkeypatch.setattr(stripe_gateway, "payment_intents", unreachable)
+    client.force_login(staff)
+    assert "Stripe could not be reached." in client.get(FINANCE).content.decode()
+
+    stripe_has(**matching_stripe())  # Stripe is back: the next view reads it again
+    assert "Books reconcile: no difference." in client.get(FINANCE).content.decode()
+
+
 def test_staff_see_every_difference_in_a_table(client, staff, books, stripe_has, alice):
     book_refund(alice, "re_ghost", 5)
     stripe = matching_stripe()
