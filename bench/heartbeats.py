@@ -572,7 +572,8 @@ def _report(args, fleet, first, writes_first, runs, began) -> dict:
         "db_writes_per_heartbeat": round(steady_writes / max(steady_heartbeats, 1), 5),
         "db_note": (
             "writes = tup_inserted + tup_updated + tup_deleted of pg_stat_database; xact_commit also counts every "
-            "read in autocommit: the credential lookup and Django's connection health check (CONN_HEALTH_CHECKS). "
+            "read in autocommit: the credential lookup (when its copy in Redis is missing or expired) and Django's "
+            "connection health check (CONN_HEALTH_CHECKS). "
             "The steady state includes the credentials' last-use stamps (once per car per 5 minutes, the last uses "
             "spread over 5 minutes before the timed runs); the parking sessions are opened at first contact."
         ),

@@ -98,6 +98,10 @@ def test_bad_results_are_refused_and_change_nothing(client, running_bid, cars):
     bad_sum = signed_post(client, key, RESULT, {**payload, "output_sha256": "0" * 64})
     assert bad_sum.json()["fields"] == {"output_sha256": ["Does not match the outputs."]}
 
+    not_base64 = signed_post(client, key, RESULT, {**payload, "output_npy_b64": "AAAA\u00e9AAA"})
+    assert not_base64.status_code == 400
+    assert not_base64.json()["fields"] == {"output_npy_b64": ["Not base64: only ASCII characters."]}
+
     not_yours = signed_post(client, other_key, RESULT, payload)
     assert not_yours.status_code == 409
     assert WorkUnit.objects.get(pk=lease["unit_id"]).status == "leased"
