@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import wraps
+from functools import cache, wraps
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -31,6 +31,7 @@ class Rate:
     seconds: int
 
 
+@cache  # a setting's value, read on every request
 def rate_parse(rate: str) -> Rate:
     """Read a rate: "10/min" -> Rate(10, 60), the period by its first letter (s, m, h, d) as DRF reads it."""
     try:
@@ -58,26 +59,43 @@ def _key(scope: str, ident: str, window: int) -> str:
     return f"idlefleet:ratelimit:{scope}:{ident}:{window}"
 
 
+@dataclass(frozen=True)
+class Counter:
+    """The Redis counter of `ident` in `scope` for the current window of a rate, for callers that read or count it in
+    a round trip of their own (fleet.authentication counts an agent request's hit with its nonce)."""
+
+    key: str
+    limit: int
+    ttl_s: int  # the window's number is in the key: it only has to go eventually
+    retry_after: int  # seconds until the window ends (at least 1)
+
+    def over(self, used: int) -> int | None:
+        """After counting a request: the seconds to wait when `used` is over the limit, else None."""
+        return self.retry_after if used > self.limit else None
+
+    def reached(self, used: int) -> int | None:
+        """Before counting: the seconds to wait when `used` has already reached the limit, else None."""
+        return self.retry_after if used >= self.limit else None
+
+
+def limit_counter(*, scope: str, ident: str, rate: str) -> Counter:
+    parsed = rate_parse(rate)
+    window, retry_after = _window(parsed, time.time())
+    return Counter(
+        key=_key(scope, ident, window), limit=parsed.requests, ttl_s=parsed.seconds + 1, retry_after=retry_after
+    )
+
+
 def limit_hit(*, scope: str, ident: str, rate: str) -> int | None:
     """Count one request of `ident` (an address, say) in `scope`: the seconds to wait (Retry-After) when this request
     is over the limit, None when it may go on. One Redis round trip (INCR is atomic: two processes counting at once
-    never lose a hit), as every signed agent request pays it."""
-    parsed = rate_parse(rate)
-    window, retry_after = _window(parsed, time.time())
-    key = _key(scope, ident, window)
+    never lose a hit)."""
+    counter = limit_counter(scope=scope, ident=ident, rate=rate)
     pipe = redis.client().pipeline(transaction=False)
-    pipe.incr(key)
-    pipe.expire(key, parsed.seconds + 1)  # the window's number is in the key: it only has to go eventually
+    pipe.incr(counter.key)
+    pipe.expire(counter.key, counter.ttl_s)
     used, _ = pipe.execute()
-    return retry_after if used > parsed.requests else None
-
-
-def limit_reached(*, scope: str, ident: str, rate: str) -> int | None:
-    """Whether `ident` has already used up its limit in `scope`, without counting: the seconds to wait, or None."""
-    parsed = rate_parse(rate)
-    window, retry_after = _window(parsed, time.time())
-    used = int(redis.client().get(_key(scope, ident, window)) or 0)
-    return retry_after if used >= parsed.requests else None
+    return counter.over(used)
 
 
 def too_many_requests(request: HttpRequest, *, retry_after: int, message: str) -> HttpResponse:

@@ -2,83 +2,99 @@
 
 from __future__ import annotations
 
+import re
+from typing import Annotated, Any, Literal
+
+import pydantic
 from django.utils import timezone
-from django.utils.functional import cached_property
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
-from rest_framework import serializers, status
+from pydantic_core import PydanticCustomError
+from rest_framework import exceptions, serializers, status
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
-from rest_framework.utils.serializer_helpers import BindingDict
 from rest_framework.views import APIView
 
 from accounts.models import Role
 from accounts.permissions import HasRole
 from config.exceptions import ErrorSerializer
+from config.validation import validated
 
-from . import selectors, services
+from . import selectors, services, state_store
 from .agent import protocol
-from .authentication import IsVehicle, VehicleSignatureAuthentication
+from .authentication import IsVehicle, VehicleSignatureAuthentication, admission_enforce
 from .models import HardwareProfile, OptInPolicy, Vehicle
-from .throttling import AgentThrottling
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
+_SHA256_HEX = re.compile(SHA256_HEX)
 
 
-def _fields_shared(serializer_class: type[serializers.Serializer]) -> BindingDict:
-    """The fields of `serializer_class`, bound once to an instance of their own and then shared (see below)."""
-    shared = serializer_class.__dict__.get("_shared_fields")
-    if shared is None:
-        prototype = serializer_class()
-        shared = BindingDict(prototype)
-        for name, field in prototype.get_fields().items():
-            shared[name] = field
-        serializer_class._shared_fields = shared
-    return shared
+def _sha256_checked(value: str) -> str:
+    if not _SHA256_HEX.match(value):
+        raise PydanticCustomError("sha256", "Expected a sha256 hex digest.")
+    return value
 
 
-class AgentApi(AgentThrottling, APIView):
+class JsonAnswers(DefaultContentNegotiation):
+    """Agents read JSON only: the answer is JSON without parsing the Accept header (30 µs of a heartbeat)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class AgentApi(APIView):
+    """The endpoints a car's agent calls: signed requests (authentication, admission and rate limits:
+    fleet/authentication.py), in JSON."""
+
     authentication_classes = [VehicleSignatureAuthentication]
     permission_classes = [IsVehicle]
+    parser_classes = [JSONParser]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JsonAnswers
+
+
+SHA256 = Annotated[
+    str, pydantic.AfterValidator(_sha256_checked), pydantic.WithJsonSchema({"type": "string", "pattern": SHA256_HEX})
+]
+
+
+class HeartbeatInput(pydantic.BaseModel):
+    """A car's state, as its agent reports it every HEARTBEAT_SECONDS. Validated by pydantic (config/validation.py):
+    a heartbeat is nearly all of a fleet's requests."""
+
+    model_config = pydantic.ConfigDict(allow_inf_nan=False, title="HeartbeatInput")
+
+    observed_at: pydantic.AwareDatetime
+    clock_rate: float = pydantic.Field(1.0, ge=0.001, le=protocol.MAX_CLOCK_RATE)
+    parked: bool
+    plugged_in: bool
+    charge_power_w: float = pydantic.Field(0.0, ge=0, le=protocol.MAX_POWER_W)
+    battery_pct: float = pydantic.Field(ge=0, le=100)
+    battery_capacity_kwh: float = pydantic.Field(None, ge=1, le=protocol.MAX_BATTERY_KWH)  # None: not reported
+    network: Literal[protocol.NETWORKS]
+    bandwidth_down_mbps: float = pydantic.Field(0.0, ge=0, le=protocol.MAX_BANDWIDTH_MBPS)
+    bandwidth_up_mbps: float = pydantic.Field(0.0, ge=0, le=protocol.MAX_BANDWIDTH_MBPS)
+    latency_ms: float = pydantic.Field(0.0, ge=0, le=protocol.MAX_LATENCY_MS)
+    runtime_version: str = pydantic.Field("", max_length=40)
+    models_cached: list[SHA256] = pydantic.Field(default_factory=list, max_length=1000)
+    computing: bool = False
+    compute_power_w: float = pydantic.Field(0.0, ge=0, le=protocol.MAX_POWER_W)
+    energy_used_today_wh: float = pydantic.Field(0.0, ge=0, le=1_000_000)
+
+    def as_state(self) -> dict[str, Any]:
+        """The fields as fleet.services.heartbeat_record takes them (an unreported capacity is left out)."""
+        data = self.model_dump()
+        if data["battery_capacity_kwh"] is None:
+            del data["battery_capacity_kwh"]
+        return data
 
 
 class HeartbeatApi(AgentApi):
-    """A car's state. Kept in Redis; the database is touched only when the car parks or drives off."""
+    """A car's state. Kept in Redis; the database is touched only when the car parks or drives off. Admitted in the
+    same Redis round trip as the state is stored."""
 
-    @extend_schema_serializer(component_name="HeartbeatInput")
-    class InputSerializer(serializers.Serializer):
-        observed_at = serializers.DateTimeField()
-        clock_rate = serializers.FloatField(min_value=0.001, max_value=protocol.MAX_CLOCK_RATE, default=1.0)
-        parked = serializers.BooleanField()
-        plugged_in = serializers.BooleanField()
-        charge_power_w = serializers.FloatField(min_value=0, max_value=protocol.MAX_POWER_W, default=0.0)
-        battery_pct = serializers.FloatField(min_value=0, max_value=100)
-        battery_capacity_kwh = serializers.FloatField(min_value=1, max_value=protocol.MAX_BATTERY_KWH, required=False)
-        network = serializers.ChoiceField(choices=protocol.NETWORKS)
-        bandwidth_down_mbps = serializers.FloatField(min_value=0, max_value=protocol.MAX_BANDWIDTH_MBPS, default=0.0)
-        bandwidth_up_mbps = serializers.FloatField(min_value=0, max_value=protocol.MAX_BANDWIDTH_MBPS, default=0.0)
-        latency_ms = serializers.FloatField(min_value=0, max_value=protocol.MAX_LATENCY_MS, default=0.0)
-        runtime_version = serializers.CharField(max_length=40, allow_blank=True, default="")
-        models_cached = serializers.ListField(
-            child=serializers.RegexField(SHA256_HEX, error_messages={"invalid": "Expected a sha256 hex digest."}),
-            max_length=1000,
-            default=list,
-        )
-        computing = serializers.BooleanField(default=False)
-        compute_power_w = serializers.FloatField(min_value=0, max_value=protocol.MAX_POWER_W, default=0.0)
-        energy_used_today_wh = serializers.FloatField(min_value=0, max_value=1_000_000, default=0.0)
-
-        @cached_property
-        def fields(self):
-            # DRF deep-copies a serializer's declared fields for every instance: 0.2 ms of CPU, a tenth of a
-            # heartbeat. These fields are bound once and shared, which is safe because they keep no state between
-            # calls and read no context (no nested serializer, no default that depends on the request).
-            return _fields_shared(type(self))
-
-        def validate(self, attrs):
-            if attrs["observed_at"].tzinfo is None:
-                raise serializers.ValidationError({"observed_at": "Include the UTC offset, e.g. 2026-11-26T07:30:00Z."})
-            if attrs["parked"] is False and attrs["computing"]:
-                raise serializers.ValidationError({"computing": "A car that is driving cannot be computing."})
-            return attrs
+    admission_deferred = True  # see fleet.authentication.VehicleSignatureAuthentication
 
     @extend_schema_serializer(component_name="HeartbeatOutput")
     class OutputSerializer(serializers.Serializer):
@@ -86,13 +102,23 @@ class HeartbeatApi(AgentApi):
         next_heartbeat_s = serializers.IntegerField()
 
     @extend_schema(
-        request=InputSerializer, responses={200: OutputSerializer, 400: ErrorSerializer, 401: ErrorSerializer}
+        request=HeartbeatInput, responses={200: OutputSerializer, 400: ErrorSerializer, 401: ErrorSerializer}
     )
     def post(self, request):
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        principal = request.user
+        try:
+            data = validated(HeartbeatInput, request.data)
+            if not data.parked and data.computing:
+                raise exceptions.ValidationError({"computing": ["A car that is driving cannot be computing."]})
+        except exceptions.ValidationError:
+            # Admitted all the same (its nonce claimed, counted against the car's rate), or refused for what it is.
+            admission_enforce(request, principal, state_store.agent_admit(principal.admission))
+            raise
         received_at = timezone.now()
-        services.heartbeat_record(vehicle=request.user.vehicle, data=serializer.validated_data, received_at=received_at)
+        admitted = services.heartbeat_record(
+            vehicle=principal.vehicle, data=data.as_state(), received_at=received_at, admission=principal.admission
+        )
+        admission_enforce(request, principal, admitted)  # refused: nothing was stored
         return Response({"received_at": received_at, "next_heartbeat_s": protocol.HEARTBEAT_SECONDS})
 
 

@@ -1,15 +1,41 @@
-"""Authentication of the car's agent: an Ed25519-signed request (see fleet/agent/signing.py for the scheme)."""
+"""Authentication of the car's agent: an Ed25519-signed request (see fleet/agent/signing.py for the scheme), and the
+agent's rate limits.
+
+A heartbeat is nearly all of a fleet's requests, so a good one costs PostgreSQL nothing and Redis one round trip:
+
+- the credential is read from a copy (its car's id, owner and hardware class, which never change) kept in this
+  process, else in Redis, else loaded from the database; a copy is at most CREDENTIAL_COPY_MAX_AGE_S old;
+- after the signature is checked, one Redis script admits the request (fleet.state_store.agent_admit): it refuses an
+  address past its failure limit, a revoked key, a replayed nonce and a car past its rate, claims the nonce, counts
+  the request, and (for a heartbeat) stores the car's state, all at once.
+
+A key revoked through fleet.services is refused at once all the same: credential_forget marks it in Redis, and the
+admission reads the mark. Only a change made behind the services' back (an UPDATE in SQL) waits for the copies to
+expire.
+
+Rate limits: a car sends a heartbeat every 15 s and a few work requests around it, so THROTTLE_AGENT (120/min by
+default, per car, every credential it has had sharing the count) is far above what a healthy agent needs: it stops a
+runaway or copied credential, not a car. Requests that fail to authenticate (no signature, a bad or revoked key, a
+replay, a wrong clock) are counted per client address: past THROTTLE_AGENT_FAILURES the address is refused with 429
+until the window ends, a good request included.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
+from cachetools import TLRUCache
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
+
+from config.throttling import client_ip, limit_counter, limit_hit
 
 from . import state_store
 from .agent import signing
@@ -21,16 +47,16 @@ CREDENTIAL_INVALID = "credential_invalid"
 CLOCK_SKEW = "clock_skew"
 REPLAYED = "replayed"
 
-# last_used_at is informative: write it at most this often, so heartbeats do not write to the database every time.
+# last_used_at is informative: stamped at most this often per key, so heartbeats do not write to the database.
 LAST_USED_RESOLUTION = timedelta(minutes=5)
 
-# Agent requests (heartbeats above all: nearly all of a fleet's requests) authenticate with a copy of the credential
-# and its car kept in Redis for CREDENTIAL_COPY_MAX_AGE_S, shared by every web process, so they cost PostgreSQL no
-# query for it. A key revoked through fleet.services is refused at once all the same: credential_forget drops the
-# copy and marks the key in Redis, and the request's nonce check reads the mark in the same round trip. Only a change
-# made behind the services' back (an UPDATE in SQL) waits for the copy to expire. The copy holds what never changes of
-# the car (its id, owner, hardware class); anything else (its status, its record) is read from the database if asked.
-CREDENTIAL_COPY_MAX_AGE_S = 300  # a car sends 20 heartbeats in that time: 1 request in 20 reads the database
+CREDENTIAL_COPY_MAX_AGE_S = 300  # a car sends 20 heartbeats in that time: 1 request in 20 reads Redis for its key
+# Copies kept in one process (about 1 KB each). Past that the least recently used go, and their cars' next requests
+# read Redis: a fleet larger than this per web process wants its proxy to send each car to the same processes.
+CREDENTIAL_COPIES_PER_PROCESS = 50_000
+
+RATE_SCOPE = "agent"
+FAILURES_SCOPE = "agent-failures"
 
 
 @dataclass
@@ -43,13 +69,45 @@ class VehiclePrincipal:
     is_staff: bool = False
     role: str = "vehicle"
     pk = None
+    # Set while the request is signed but not yet admitted (by its view: see VehicleSignatureAuthentication).
+    admission: state_store.Admission | None = None
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """What an agent request needs of a credential and its car, and until when (Unix time) it may be used."""
+
+    credential: list[Any]  # _CREDENTIAL_FIELDS
+    vehicle: list[Any]  # _VEHICLE_FIELDS
+    public_key: Ed25519PublicKey
+    expires_at: float
+
+
+_CREDENTIAL_FIELDS = ["id", "vehicle_id", "key_id", "public_key", "revoked_at"]
+_VEHICLE_FIELDS = ["id", "owner_id", "hardware_id"]  # never changed; the rest is read fresh when asked
+
+# The copies in this process expire when the Redis copy they came from does, so no copy outlives its maximum age.
+_copies: TLRUCache = TLRUCache(
+    maxsize=CREDENTIAL_COPIES_PER_PROCESS, ttu=lambda _key, copy, _now: copy.expires_at, timer=time.time
+)
+_copies_lock = threading.Lock()  # cachetools' caches are not thread-safe (gunicorn's gthread workers are threads)
 
 
 class VehicleSignatureAuthentication(authentication.BaseAuthentication):
+    """Checks the signature, then admits the request (see the module's docstring), unless its view says
+    `admission_deferred = True`: then the view calls fleet.state_store.agent_admit with request.user.admission (with
+    its own writes: a heartbeat's state), then admission_enforce."""
+
     def authenticate_header(self, request) -> str:
         return signing.SCHEME
 
     def authenticate(self, request):
+        try:
+            return self._authenticate(request)
+        except (exceptions.NotAuthenticated, exceptions.AuthenticationFailed) as refused:
+            raise failure_counted(request, refused) from None
+
+    def _authenticate(self, request):
         headers = request.headers
         key_id = headers.get(signing.HEADER_KEY)
         if not key_id:
@@ -73,15 +131,11 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
         if not (16 <= len(nonce) <= 64):
             raise exceptions.AuthenticationFailed(f"{signing.HEADER_NONCE} must be 16 to 64 characters.")
 
-        credential = credential_recent(key_id, CREDENTIAL_COPY_MAX_AGE_S)
+        failures = limit_counter(scope=FAILURES_SCOPE, ident=client_ip(request), rate=settings.THROTTLE_AGENT_FAILURES)
+        copy = _copy_get(key_id, failures=failures)
         # One message for unknown, revoked and forged: a caller learns nothing about which keys exist.
-        invalid = exceptions.AuthenticationFailed(
-            "Invalid or revoked vehicle credential, or a bad signature.", code=CREDENTIAL_INVALID
-        )
-        if credential is None:
-            raise invalid
-        if not signing.verify(
-            public_key=bytes(credential.public_key),
+        if copy is None or not signing.verify_with(
+            public_key=copy.public_key,
             signature=headers[signing.HEADER_SIGNATURE],
             method=request.method,
             path=request.get_full_path(),
@@ -89,65 +143,114 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
             nonce=nonce,
             body=request.body,
         ):
-            raise invalid
-        # Checked after the signature, so a forger cannot burn a real car's nonces.
-        claimed, revoked = state_store.nonce_claim(key_id=key_id, nonce=nonce, ttl_s=2 * window)
-        if revoked:  # revoked since the copy in Redis was made (credential_forget)
-            raise invalid
-        if not claimed:
-            raise exceptions.AuthenticationFailed("This request was already received (replayed nonce).", code=REPLAYED)
+            raise _invalid()
 
-        now = timezone.now()
-        if credential.last_used_at is None or now - credential.last_used_at > LAST_USED_RESOLUTION:
-            VehicleCredential.objects.filter(pk=credential.pk).update(last_used_at=now)
-            credential.last_used_at = now
-            _credential_cache(credential, ttl_s=None)
-        return VehiclePrincipal(vehicle=credential.vehicle, credential=credential), credential
-
-
-def credential_recent(key_id: str, max_age_s: int) -> VehicleCredential | None:
-    """credential_get, from the copy in Redis when there is one (at most `max_age_s` old, see above). The copy holds
-    what an agent request reads of the credential and its vehicle; any other field is loaded if something asks."""
-    cached = state_store.credential_cached(key_id)
-    if cached is not None:
-        vehicle = Vehicle.from_db("default", _VEHICLE_FIELDS, cached["vehicle"])
-        credential = VehicleCredential.from_db("default", _CREDENTIAL_FIELDS, cached["credential"])
-        credential.public_key = bytes.fromhex(credential.public_key)
-        if credential.last_used_at is not None:
-            credential.last_used_at = datetime.fromisoformat(credential.last_used_at)
+        credential = VehicleCredential.from_db("default", _CREDENTIAL_FIELDS, copy.credential)
+        vehicle = Vehicle.from_db("default", _VEHICLE_FIELDS, copy.vehicle)
         VehicleCredential.vehicle.field.set_cached_value(credential, vehicle)
-        return credential
-    credential = credential_get(key_id)
-    if credential is not None:
-        _credential_cache(credential, ttl_s=max_age_s)
-    return credential
+        # Checked and counted after the signature, so a forger can neither burn a car's nonces nor use up its rate.
+        admission = state_store.Admission(
+            key_id=key_id,
+            nonce=nonce,
+            nonce_ttl_s=2 * window,
+            failures=failures,
+            rate=limit_counter(scope=RATE_SCOPE, ident=str(vehicle.pk), rate=settings.THROTTLE_AGENT),
+            stamp_ttl_s=int(LAST_USED_RESOLUTION.total_seconds()),
+        )
+        principal = VehiclePrincipal(vehicle=vehicle, credential=credential, admission=admission)
+        if not getattr(request.parser_context.get("view"), "admission_deferred", False):
+            admission_enforce(request, principal, state_store.agent_admit(admission))
+        return principal, credential
 
 
-_CREDENTIAL_FIELDS = ["id", "vehicle_id", "key_id", "public_key", "revoked_at", "last_used_at"]
-_VEHICLE_FIELDS = ["id", "owner_id", "hardware_id"]  # never changed; the rest is read fresh when asked
+def admission_enforce(request, principal: VehiclePrincipal, admitted: state_store.Admitted) -> None:
+    """Refuse the request as Redis said (401 or 429), or mark it admitted (and stamp the credential's last use when
+    due)."""
+    outcome = admitted.outcome
+    if outcome == state_store.FAILURES:
+        raise _too_many_failures(principal.admission.failures.retry_after)
+    if outcome == state_store.THROTTLED:
+        raise exceptions.Throttled(principal.admission.rate.retry_after)
+    if outcome == state_store.REVOKED:  # since the copy was made (credential_forget)
+        raise failure_counted(request, _invalid())
+    if outcome == state_store.REPLAYED:
+        refused = exceptions.AuthenticationFailed("This request was already received (replayed nonce).", code=REPLAYED)
+        raise failure_counted(request, refused)
+    principal.admission = None
+    if admitted.stamp_due:
+        VehicleCredential.objects.filter(pk=principal.credential.pk).update(last_used_at=timezone.now())
 
 
-def _credential_cache(credential: VehicleCredential, *, ttl_s: int | None) -> None:
-    """Keep the copy of `credential` in Redis for ttl_s seconds (None: keep the copy's remaining time)."""
-    values = {name: getattr(credential, name) for name in _CREDENTIAL_FIELDS}
-    values["public_key"] = bytes(credential.public_key).hex()
-    values["last_used_at"] = credential.last_used_at.isoformat() if credential.last_used_at else None
-    copy = {
-        "credential": [values[name] for name in _CREDENTIAL_FIELDS],
-        "vehicle": [getattr(credential.vehicle, name) for name in _VEHICLE_FIELDS],
-    }
-    state_store.credential_cache(credential.key_id, copy, ttl_s=ttl_s)
+def failure_counted(request, refused: exceptions.APIException) -> exceptions.APIException:
+    """Count a failed request against its address: `refused`, or 429 once the address is past its limit."""
+    retry_after = limit_hit(scope=FAILURES_SCOPE, ident=client_ip(request), rate=settings.THROTTLE_AGENT_FAILURES)
+    return refused if retry_after is None else _too_many_failures(retry_after)
+
+
+def _too_many_failures(retry_after: int) -> exceptions.Throttled:
+    return exceptions.Throttled(
+        retry_after, detail="Too many failed agent requests from this address: wait before trying again."
+    )
+
+
+def _invalid() -> exceptions.AuthenticationFailed:
+    return exceptions.AuthenticationFailed(
+        "Invalid or revoked vehicle credential, or a bad signature.", code=CREDENTIAL_INVALID
+    )
+
+
+def _copy_get(key_id: str, *, failures) -> _Copy | None:
+    """The copy of the unrevoked credential `key_id`: from this process, else from Redis (in the round trip that reads
+    the address's failures: an address past its limit is refused before its signature is checked), else from the
+    database (then copied to Redis). None when there is no such credential."""
+    with _copies_lock:
+        copy = _copies.get(key_id)
+    if copy is not None:
+        return copy
+    failed, values = state_store.agent_lookup(key_id=key_id, failures_key=failures.key)
+    if failures.reached(failed) is not None:
+        raise _too_many_failures(failures.retry_after)
+    if values is None:
+        credential = credential_get(key_id)
+        if credential is None:
+            return None
+        values = {
+            "credential": [getattr(credential, name) for name in _CREDENTIAL_FIELDS],
+            "vehicle": [getattr(credential.vehicle, name) for name in _VEHICLE_FIELDS],
+            "expires_at": time.time() + CREDENTIAL_COPY_MAX_AGE_S,
+        }
+        values["credential"][_CREDENTIAL_FIELDS.index("public_key")] = bytes(credential.public_key).hex()
+        state_store.credential_cache(key_id, values, ttl_s=CREDENTIAL_COPY_MAX_AGE_S)
+    fields = list(values["credential"])
+    public_key = bytes.fromhex(fields[_CREDENTIAL_FIELDS.index("public_key")])
+    fields[_CREDENTIAL_FIELDS.index("public_key")] = public_key
+    copy = _Copy(
+        credential=fields,
+        vehicle=values["vehicle"],
+        public_key=Ed25519PublicKey.from_public_bytes(public_key),
+        expires_at=values["expires_at"],
+    )
+    with _copies_lock:
+        _copies[key_id] = copy
+    return copy
+
+
+def credential_copies_clear() -> None:
+    """Forget this process's copies (what their expiry does; for tests and for a process that must see a change made
+    in SQL at once)."""
+    with _copies_lock:
+        _copies.clear()
 
 
 def credential_forget(key_id: str) -> None:
-    """`key_id` was revoked: every process refuses it from now on (see credential_recent)."""
-    ttl_s = CREDENTIAL_COPY_MAX_AGE_S + 60
+    """`key_id` was revoked: every process refuses it from now on (see the module's docstring)."""
+    ttl_s = 2 * CREDENTIAL_COPY_MAX_AGE_S  # longer than any copy lives
     transaction.on_commit(lambda: state_store.credential_revoked_mark(key_id=key_id, ttl_s=ttl_s))
 
 
 def credential_get(key_id: str) -> VehicleCredential | None:
     """The unrevoked credential `key_id`, with its vehicle and the vehicle's hardware and owner, from the database
-    (agent requests read the copy in Redis: credential_recent)."""
+    (agent requests read a copy first: VehicleSignatureAuthentication)."""
     return (
         VehicleCredential.objects.select_related("vehicle__hardware", "vehicle__owner")
         .filter(key_id=key_id, revoked_at__isnull=True)

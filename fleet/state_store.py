@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from config.redis import client
+from config.throttling import Counter
 
 SEEN_KEY = "idlefleet:vehicles:seen"  # sorted set: vehicle id -> Unix time of its last heartbeat
 
@@ -28,17 +30,27 @@ def state_swap(*, vehicle_id: int, state: dict[str, Any], received_ts: float) ->
     return json.loads(previous) if previous else None
 
 
-# Swap in one round trip, unless the car has announced its departure: then the caller must see the previous state
-# before it decides what to store (see fleet.services.heartbeat_record), so nothing is written and it is returned.
-_SWAP_UNLESS_LEAVING = """
-local previous = redis.call("GET", KEYS[1])
-if previous and string.find(previous, '"departure_announced_at"', 1, true) then
-  return {0, previous}
+# Swap unless the car has announced its departure: then the caller must see the previous state before it decides
+# what to store (see fleet.services.heartbeat_record), so nothing is written and it is returned.
+_SWAP_UNLESS_LEAVING_FUNCTION = """
+local function swap_unless_leaving(state_key, seen_key, state, received_ts, vehicle_id)
+  local previous = redis.call("GET", state_key)
+  if previous and string.find(previous, '"departure_announced_at"', 1, true) then
+    return 0, previous
+  end
+  redis.call("SET", state_key, state)
+  redis.call("ZADD", seen_key, received_ts, vehicle_id)
+  return 1, previous or false
 end
-redis.call("SET", KEYS[1], ARGV[1])
-redis.call("ZADD", KEYS[2], ARGV[2], ARGV[3])
-return {1, previous or false}
 """
+
+_SWAP_UNLESS_LEAVING = (
+    _SWAP_UNLESS_LEAVING_FUNCTION
+    + """
+local stored, previous = swap_unless_leaving(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+return {stored, previous}
+"""
+)
 
 
 @cache
@@ -55,6 +67,82 @@ def state_swap_unless_leaving(
         keys=[_key(vehicle_id), SEEN_KEY], args=[json.dumps(state), received_ts, str(vehicle_id)]
     )
     return bool(stored), (json.loads(previous) if previous else None)
+
+
+# --- Admitting a signed agent request -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admitting one signed agent request (its signature already checked) checks and counts in Redis."""
+
+    key_id: str
+    nonce: str
+    nonce_ttl_s: int  # a nonce is remembered this long: longer than a signature is valid
+    failures: Counter  # failed requests of the client's address: refused once at the limit
+    rate: Counter  # requests of the car: refused past the limit
+    stamp_ttl_s: int  # the credential's last use is due to be stamped in the database at most this often
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What Redis said of an Admission: `outcome` is ADMITTED, or why the request is refused (nothing was written
+    then but the nonce and the car's count, as the checks go in the order of _ADMIT)."""
+
+    outcome: str
+    stamp_due: bool = False  # admitted, and the first request of this key in stamp_ttl_s
+    stored: bool = False  # with a heartbeat's state: whether it was stored (see state_swap_unless_leaving)
+    previous: dict[str, Any] | None = None  # ... and the state it replaced
+
+
+ADMITTED, FAILURES, REVOKED, REPLAYED, THROTTLED = "admitted", "failures", "revoked", "replayed", "throttled"
+
+# One round trip: every check and count of a signed request in order, then (for a heartbeat) its state, so a request
+# that is refused never writes a state. KEYS: the address's failure counter, the nonce, the key's revocation mark,
+# the car's request counter, the key's last-use stamp [, the car's state, SEEN_KEY]. ARGV: the failure limit, the
+# nonce's TTL, the request limit, the request counter's TTL, the stamp's TTL [, the state, its Unix time, the car].
+_ADMIT = (
+    _SWAP_UNLESS_LEAVING_FUNCTION
+    + f"""
+if tonumber(redis.call("GET", KEYS[1]) or "0") >= tonumber(ARGV[1]) then return {{"{FAILURES}"}} end
+if redis.call("EXISTS", KEYS[3]) == 1 then return {{"{REVOKED}"}} end
+if not redis.call("SET", KEYS[2], "1", "NX", "EX", ARGV[2]) then return {{"{REPLAYED}"}} end
+local used = redis.call("INCR", KEYS[4])
+redis.call("EXPIRE", KEYS[4], ARGV[4])
+if used > tonumber(ARGV[3]) then return {{"{THROTTLED}"}} end
+local stamp = redis.call("SET", KEYS[5], "1", "NX", "EX", ARGV[5]) and 1 or 0
+if #KEYS == 5 then return {{"{ADMITTED}", stamp}} end
+local stored, previous = swap_unless_leaving(KEYS[6], KEYS[7], ARGV[6], ARGV[7], ARGV[8])
+return {{"{ADMITTED}", stamp, stored, previous}}
+"""
+)
+
+
+@cache
+def _admit():
+    return client().register_script(_ADMIT)
+
+
+def agent_admit(
+    admission: Admission, *, vehicle_id: int | None = None, state: dict[str, Any] | None = None, received_ts: float = 0
+) -> Admitted:
+    """Admit a signed agent request, and store the car's heartbeat `state` with it if one is given (atomically, as
+    state_swap_unless_leaving does): one Redis round trip."""
+    a = admission
+    keys = [a.failures.key, _nonce_key(a.key_id, a.nonce), _revoked_key(a.key_id), a.rate.key, _stamp_key(a.key_id)]
+    args = [a.failures.limit, a.nonce_ttl_s, a.rate.limit, a.rate.ttl_s, a.stamp_ttl_s]
+    if state is not None:
+        keys += [_key(vehicle_id), SEEN_KEY]
+        args += [json.dumps(state), received_ts, str(vehicle_id)]
+    outcome, *rest = _admit()(keys=keys, args=args)
+    if outcome != ADMITTED:
+        return Admitted(outcome)
+    stamp_due = bool(rest[0])
+    if state is None:
+        return Admitted(outcome, stamp_due=stamp_due)
+    return Admitted(
+        outcome, stamp_due=stamp_due, stored=bool(rest[1]), previous=json.loads(rest[2]) if rest[2] else None
+    )
 
 
 def state_get(vehicle_id: int) -> dict[str, Any] | None:
@@ -74,14 +162,12 @@ def seen_since(ts: float) -> list[int]:
     return [int(i) for i in client().zrangebyscore(SEEN_KEY, ts, "+inf")]
 
 
-def nonce_claim(*, key_id: str, nonce: str, ttl_s: int) -> tuple[bool, bool]:
-    """(whether this is the first time the (key, nonce) pair is seen within ttl_s (False: a replay), whether the key
-    was revoked lately (credential_revoked_mark)): both in one round trip, as every signed request asks them."""
-    pipe = client().pipeline(transaction=False)
-    pipe.set(f"idlefleet:nonce:{key_id}:{nonce}", 1, nx=True, ex=ttl_s)
-    pipe.exists(_revoked_key(key_id))
-    claimed, revoked = pipe.execute()
-    return bool(claimed), bool(revoked)
+def agent_lookup(*, key_id: str, failures_key: str) -> tuple[int, dict[str, Any] | None]:
+    """What an agent request whose key this process has no copy of reads before its signature is checked, in one round
+    trip: how many failed requests its address has made in the current window (the counter `failures_key`), and the
+    copy of the credential `key_id` in Redis (credential_cache), or None."""
+    failures, copy = client().mget([failures_key, _credential_key(key_id)])
+    return int(failures or 0), (json.loads(copy) if copy else None)
 
 
 def credential_revoked_mark(*, key_id: str, ttl_s: int) -> None:
@@ -98,13 +184,9 @@ def credential_cached(key_id: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def credential_cache(key_id: str, values: dict[str, Any], *, ttl_s: int | None) -> None:
-    """Keep that copy for ttl_s seconds; None keeps the time the copy already had left (and does nothing when there
-    is no copy any more)."""
-    if ttl_s is None:
-        client().set(_credential_key(key_id), json.dumps(values), keepttl=True, xx=True)
-    else:
-        client().set(_credential_key(key_id), json.dumps(values), ex=ttl_s)
+def credential_cache(key_id: str, values: dict[str, Any], *, ttl_s: int) -> None:
+    """Keep that copy for ttl_s seconds."""
+    client().set(_credential_key(key_id), json.dumps(values), ex=ttl_s)
 
 
 def _credential_key(key_id: str) -> str:
@@ -113,3 +195,11 @@ def _credential_key(key_id: str) -> str:
 
 def _revoked_key(key_id: str) -> str:
     return f"idlefleet:credential:{key_id}:revoked"
+
+
+def _stamp_key(key_id: str) -> str:
+    return f"idlefleet:credential:{key_id}:used"
+
+
+def _nonce_key(key_id: str, nonce: str) -> str:
+    return f"idlefleet:nonce:{key_id}:{nonce}"

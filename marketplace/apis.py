@@ -16,8 +16,7 @@ from rest_framework.views import APIView
 from accounts.models import Role
 from accounts.permissions import HasRole
 from config.exceptions import ApplicationError, ErrorSerializer
-from fleet.authentication import IsVehicle, VehicleSignatureAuthentication
-from fleet.throttling import AgentThrottling
+from fleet.apis import AgentApi
 
 from . import dispatch, selectors, services, storage
 from .models import Bid, Dataset, InferenceModel, PrecisionVariant, WorkUnit
@@ -134,12 +133,9 @@ class DatasetListApi(APIView):
         return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
-class AgentArtifactApi(AgentThrottling, APIView):
+class AgentArtifactApi(AgentApi):
     """A car downloads a model variant or tokenizer by sha256 (signed GET): only the files of a unit it holds under a
     lease, never an arbitrary stored file or another customer's model."""
-
-    authentication_classes = [VehicleSignatureAuthentication]
-    permission_classes = [IsVehicle]
 
     @extend_schema(
         parameters=[OpenApiParameter("sha256", str, OpenApiParameter.PATH)],
@@ -266,12 +262,7 @@ class Base64Field(serializers.CharField):
         return value
 
 
-class AgentWorkApi(AgentThrottling, APIView):
-    authentication_classes = [VehicleSignatureAuthentication]
-    permission_classes = [IsVehicle]
-
-
-class AgentLeaseApi(AgentWorkApi):
+class AgentLeaseApi(AgentApi):
     """Ask for a work unit: 200 with the lease (items, model to download, lease id), or 204 when there is none."""
 
     @extend_schema(request=None, responses={200: dict, 204: None, 401: ErrorSerializer})
@@ -283,7 +274,7 @@ class AgentLeaseApi(AgentWorkApi):
         return Response(dispatch.lease_payload(unit, vehicle=vehicle))
 
 
-class AgentResultApi(AgentWorkApi):
+class AgentResultApi(AgentApi):
     """A unit's outputs: a base64 `.npy` with its sha256, one output per item. 409 when the lease is no longer yours."""
 
     @extend_schema_serializer(component_name="UnitResult")
@@ -316,7 +307,7 @@ class AgentResultApi(AgentWorkApi):
         return Response({"accepted": True})
 
 
-class AgentFailureApi(AgentWorkApi):
+class AgentFailureApi(AgentApi):
     """The car could not run a unit (download, checksum, runtime error): it is reissued, or failed after 3 tries."""
 
     @extend_schema_serializer(component_name="UnitFailure")

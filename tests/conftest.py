@@ -31,7 +31,10 @@ def redis_server():
 def _clean_cache(redis_server):
     from django.core.cache import cache
 
-    cache.clear()
+    from fleet.authentication import credential_copies_clear
+
+    cache.clear()  # the whole Redis db: heartbeats, nonces, rate counts, credential copies
+    credential_copies_clear()  # and this process's copies of credentials
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from fleet import state_store
+from fleet.authentication import credential_copies_clear
 from fleet.agent.signing import Credential
 from fleet.models import VehicleCredential
 from tests.factories import vehicle_with_credential
@@ -163,5 +164,21 @@ def test_a_key_revoked_behind_the_services_back_is_refused_when_the_copy_expires
     VehicleCredential.objects.filter(key_id=credential.key_id).update(revoked_at=timezone.now())
 
     assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200  # the copy still says valid
+    state_store.client().delete(f"idlefleet:credential:{credential.key_id}")  # what their expiry does
+    credential_copies_clear()
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 401
+
+
+def test_a_process_keeps_its_copy_of_a_key_no_longer_than_redis_keeps_the_copy_it_came_from(client, car):
+    _, credential = car
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
+    credential_copies_clear()
+    copy = state_store.credential_cached(credential.key_id)
+    state_store.credential_cache(credential.key_id, {**copy, "expires_at": time.time() + 0.5}, ttl_s=60)
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200  # this process copies it
+    VehicleCredential.objects.filter(key_id=credential.key_id).update(revoked_at=timezone.now())
+
+    time.sleep(0.6)
     state_store.client().delete(f"idlefleet:credential:{credential.key_id}")  # what its expiry does
+
     assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 401
