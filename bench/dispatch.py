@@ -225,14 +225,13 @@ def serve(port: int, errorlog: str) -> None:
             import django
 
             django.setup()
-            from django.core.wsgi import get_wsgi_application
-
+            from config import wsgi
             from config.celery import app
 
             # The tasks a request queues (the settlement of a finished bid) run in it, after its commit: counted here.
             app.conf.task_always_eager = True
             _instrument()
-            return _metered(get_wsgi_application())
+            return _metered(wsgi.application)  # the production application (agent requests: lean middleware)
 
     Server().run()
 

@@ -205,7 +205,11 @@ def _leased_unit(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> WorkUnit:
     try:
         # Only the unit's row: FOR UPDATE over the join would lock the bid too, and every result of the bid would
         # wait for the one before it to commit (bid_finish_if_done locks the bid, briefly, at the end).
-        unit = WorkUnit.objects.select_for_update(of=("self",)).select_related("bid").get(pk=int(unit_id))
+        unit = (
+            WorkUnit.objects.select_for_update(of=("self",))
+            .select_related("bid__inference_model", "bid__variant")  # what judging the result reads
+            .get(pk=int(unit_id))
+        )
     except (ValueError, WorkUnit.DoesNotExist):
         message = "No such work unit."
         raise ApplicationError(f"unit_id: {message}", fields={"unit_id": [message]}, status=404) from None
@@ -220,6 +224,12 @@ def _leased_unit(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> WorkUnit:
 
 
 # --- Results and failures ----------------------------------------------------------------------------------------
+
+
+# What a result sets on its unit.
+_RESULT_FIELDS = (
+    "output_sha256", "status", "done_by", "completed_at", "seconds", "energy_wh", "emulated", "runtime_version",
+)  # fmt: skip
 
 
 @transaction.atomic
@@ -253,9 +263,8 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
     unit.status, unit.done_by, unit.completed_at = WorkUnit.Status.DONE, vehicle, now
     unit.seconds, unit.energy_wh = data.get("seconds"), data.get("energy_wh")
     unit.emulated, unit.runtime_version = bool(data.get("emulated")), str(data.get("runtime_version", ""))[:40]
-    unit.save(update_fields=["output_sha256", "status", "done_by", "completed_at", "seconds", "energy_wh", "emulated",
-                             "runtime_version"])  # fmt: skip
-    verdicts.result_recorded(unit=unit, now=now, outputs=outputs)
+    # Saved with its verdict's first step (or the verdict itself), in one UPDATE.
+    verdicts.result_recorded(unit=unit, now=now, outputs=outputs, unsaved=_RESULT_FIELDS)
     bid_finish_if_done(bid=unit.bid)
     return unit
 

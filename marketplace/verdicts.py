@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -32,14 +34,17 @@ log = logging.getLogger(__name__)
 Verification = WorkUnit.Verification
 
 
-def result_recorded(*, unit: WorkUnit, now: datetime | None = None, outputs=None) -> None:
-    """A car's result for `unit` was just stored (status DONE): decide what it means. Runs in the caller's
+def result_recorded(*, unit: WorkUnit, now: datetime | None = None, outputs=None, unsaved: Sequence[str] = ()) -> None:
+    """A car's result for `unit` was just taken (status DONE): decide what it means. Runs in the caller's
     transaction; the slice's primary row is locked so two results of one slice are judged one after the other.
-    `outputs`: the result's outputs when the caller holds them (they are not read back from storage)."""
+    `outputs`: the result's outputs when the caller holds them (they are not read back from storage). `unsaved`: the
+    fields of `unit` the caller set and leaves to this function to save (with the verdict, when the result stands
+    alone: one UPDATE)."""
     now = now or timezone.now()
-    # A primary unit was locked and saved by the caller (dispatch.unit_result): its row is this object.
+    # A primary unit was locked by the caller (dispatch.unit_result): its row is this object.
     primary = unit if unit.replica_of_id is None else WorkUnit.objects.select_for_update().get(pk=unit.replica_of_id)
-    if primary.quorum == 0:
+    first_result = primary.quorum == 0
+    if first_result:
         # The car's record as read with this request's credential (one query fewer than asking again).
         car = WorkUnit.done_by.field.get_cached_value(unit, None)
         streak = (
@@ -59,9 +64,19 @@ def result_recorded(*, unit: WorkUnit, now: datetime | None = None, outputs=None
         primary.quorum = 2 if replicate else 1
         if primary is not unit:
             primary.save(update_fields=["quorum"])
+    if primary is unit and first_result and unit.quorum == 1 and outputs is not None:
+        # Not replicated (a trusted car, no spot check): the slice is this one result, judged now, and written with
+        # the result in one UPDATE. No other result of the slice exists: copies are only made once it is judged.
+        verdict = verification.decide([outputs], _tolerance(unit.bid), quorum=1)
+        valid = 0 in verdict.valid
+        unit.verification = Verification.VALID if valid else Verification.INVALID
+        unit.canonical = verdict.canonical == 0
+        unit.save(update_fields=[*unsaved, "quorum", "verification", "canonical"])
+        reputation_record(vehicle_id=unit.done_by_id, valid=valid, now=now, unit=unit)
+        return
     # A primary's quorum is written with its verdict's start, in one UPDATE.
-    quorum = {"quorum": primary.quorum} if primary is unit else {}
-    WorkUnit.objects.filter(pk=unit.pk).update(verification=Verification.PENDING, canonical=False, **quorum)
+    unit.verification, unit.canonical = Verification.PENDING, False
+    unit.save(update_fields=[*unsaved, "verification", "canonical", *(["quorum"] if primary is unit else [])])
     slice_decide(primary=primary, now=now, known={} if outputs is None else {unit.pk: outputs})
 
 
@@ -265,9 +280,19 @@ def probe_failed(*, unit: WorkUnit, vehicle: Vehicle, now: datetime) -> WorkUnit
     return unit
 
 
-@functools.lru_cache(maxsize=2)
 def _runner(variant_sha256: str, model_id: int):
-    """The platform's own ONNX Runtime session for a variant (kept for the next probes of the same job)."""
+    """The platform's own ONNX Runtime session for a variant (kept for the next probes of the same job). Made once
+    per process: the results of a job's first units arrive together, and each thread loading the model itself would
+    cost a second of CPU and the model's memory again."""
+    with _runner_lock:
+        return _runner_made(variant_sha256, model_id)
+
+
+_runner_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _runner_made(variant_sha256: str, model_id: int):
     from fleet.agent.inference import ModelRunner, ModelSpec
 
     from .models import InferenceModel
