@@ -31,7 +31,9 @@ class VehicleCredentialInline(admin.TabularInline):
     model = VehicleCredential
     extra = 0
     fields = ("key_id", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("key_id", "created_at", "last_used_at")
+    # Revoked by the "Revoke the selected vehicles' keys" action, which tells every web process at once (an edit
+    # here would not: fleet/authentication.py).
+    readonly_fields = ("key_id", "created_at", "last_used_at", "revoked_at")
     can_delete = False
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -47,7 +49,7 @@ class VehicleAdmin(LargeTableAdmin):
     readonly_fields = ("vin_hash", "vin_last4", "created_at")
     raw_id_fields = ("owner",)
     inlines = [OptInPolicyInline, VehicleCredentialInline]
-    actions = ["suspend", "reactivate"]
+    actions = ["suspend", "reactivate", "keys_revoke"]
 
     @admin.action(description="Suspend the selected vehicles")
     def suspend(self, request, queryset):
@@ -63,6 +65,18 @@ class VehicleAdmin(LargeTableAdmin):
     def reactivate(self, request, queryset):
         count = self._set_status(request, queryset, Vehicle.Status.ACTIVE, "", "vehicle.reactivate")
         self.message_user(request, f"Reactivated {count} vehicle(s).")
+
+    @admin.action(description="Revoke the selected vehicles' keys")
+    def keys_revoke(self, request, queryset):
+        from .services import credential_revoke
+
+        credentials = list(VehicleCredential.objects.filter(vehicle__in=queryset, revoked_at__isnull=True))
+        with transaction.atomic():
+            for credential in credentials:
+                credential_revoke(credential=credential)
+                audit_record(actor=request.user, action="vehicle.key_revoke", target=credential.vehicle,
+                             details={"key_id": credential.key_id})  # fmt: skip
+        self.message_user(request, f"Revoked {len(credentials)} key(s): those cars' agents stop until re-paired.")
 
     def _set_status(self, request, queryset, status: str, reason: str, action: str) -> int:
         """Change the cars that are not in `status` already, and record each change in the audit log."""

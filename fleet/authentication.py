@@ -32,7 +32,6 @@ from cachetools import TLRUCache
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
 from config.throttling import client_ip, limit_counter, limit_hit
@@ -47,7 +46,8 @@ CREDENTIAL_INVALID = "credential_invalid"
 CLOCK_SKEW = "clock_skew"
 REPLAYED = "replayed"
 
-# last_used_at is informative: stamped at most this often per key, so heartbeats do not write to the database.
+# last_used_at is informative: a key's use is noted in Redis at most this often, and written to the database in bulk
+# by fleet.services.credentials_last_used_record (with the heartbeat snapshot): heartbeats never write to it.
 LAST_USED_RESOLUTION = timedelta(minutes=5)
 
 CREDENTIAL_COPY_MAX_AGE_S = 300  # a car sends 20 heartbeats in that time: 1 request in 20 reads Redis for its key
@@ -85,6 +85,7 @@ class _Copy:
 
 _CREDENTIAL_FIELDS = ["id", "vehicle_id", "key_id", "public_key", "revoked_at"]
 _VEHICLE_FIELDS = ["id", "owner_id", "hardware_id"]  # never changed; the rest is read fresh when asked
+_PUBLIC_KEY = _CREDENTIAL_FIELDS.index("public_key")
 
 # The copies in this process expire when the Redis copy they came from does, so no copy outlives its maximum age.
 _copies: TLRUCache = TLRUCache(
@@ -164,8 +165,7 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
 
 
 def admission_enforce(request, principal: VehiclePrincipal, admitted: state_store.Admitted) -> None:
-    """Refuse the request as Redis said (401 or 429), or mark it admitted (and stamp the credential's last use when
-    due)."""
+    """Refuse the request as Redis said (401 or 429), or mark it admitted."""
     outcome = admitted.outcome
     if outcome == state_store.FAILURES:
         raise _too_many_failures(principal.admission.failures.retry_after)
@@ -177,8 +177,6 @@ def admission_enforce(request, principal: VehiclePrincipal, admitted: state_stor
         refused = exceptions.AuthenticationFailed("This request was already received (replayed nonce).", code=REPLAYED)
         raise failure_counted(request, refused)
     principal.admission = None
-    if admitted.stamp_due:
-        VehicleCredential.objects.filter(pk=principal.credential.pk).update(last_used_at=timezone.now())
 
 
 def failure_counted(request, refused: exceptions.APIException) -> exceptions.APIException:
@@ -211,19 +209,15 @@ def _copy_get(key_id: str, *, failures) -> _Copy | None:
     if failures.reached(failed) is not None:
         raise _too_many_failures(failures.retry_after)
     if values is None:
-        credential = credential_get(key_id)
-        if credential is None:
+        row = credential_row(key_id)
+        if row is None:
             return None
-        values = {
-            "credential": [getattr(credential, name) for name in _CREDENTIAL_FIELDS],
-            "vehicle": [getattr(credential.vehicle, name) for name in _VEHICLE_FIELDS],
-            "expires_at": time.time() + CREDENTIAL_COPY_MAX_AGE_S,
-        }
-        values["credential"][_CREDENTIAL_FIELDS.index("public_key")] = bytes(credential.public_key).hex()
+        credential, vehicle = list(row[: len(_CREDENTIAL_FIELDS)]), list(row[len(_CREDENTIAL_FIELDS) :])
+        credential[_PUBLIC_KEY] = bytes(credential[_PUBLIC_KEY]).hex()
+        values = {"credential": credential, "vehicle": vehicle, "expires_at": time.time() + CREDENTIAL_COPY_MAX_AGE_S}
         state_store.credential_cache(key_id, values, ttl_s=CREDENTIAL_COPY_MAX_AGE_S)
     fields = list(values["credential"])
-    public_key = bytes.fromhex(fields[_CREDENTIAL_FIELDS.index("public_key")])
-    fields[_CREDENTIAL_FIELDS.index("public_key")] = public_key
+    public_key = fields[_PUBLIC_KEY] = bytes.fromhex(fields[_PUBLIC_KEY])
     copy = _Copy(
         credential=fields,
         vehicle=values["vehicle"],
@@ -248,12 +242,13 @@ def credential_forget(key_id: str) -> None:
     transaction.on_commit(lambda: state_store.credential_revoked_mark(key_id=key_id, ttl_s=ttl_s))
 
 
-def credential_get(key_id: str) -> VehicleCredential | None:
-    """The unrevoked credential `key_id`, with its vehicle and the vehicle's hardware and owner, from the database
-    (agent requests read a copy first: VehicleSignatureAuthentication)."""
+def credential_row(key_id: str) -> tuple | None:
+    """What a copy holds of the unrevoked credential `key_id` and its car (_CREDENTIAL_FIELDS, then _VEHICLE_FIELDS),
+    from the database, or None: one small query, as a fleet's requests ask it once per key per copy's lifetime."""
+    vehicle_fields = ["vehicle__" + name.removesuffix("_id") for name in _VEHICLE_FIELDS]  # vehicle__owner, ...
     return (
-        VehicleCredential.objects.select_related("vehicle__hardware", "vehicle__owner")
-        .filter(key_id=key_id, revoked_at__isnull=True)
+        VehicleCredential.objects.filter(key_id=key_id, revoked_at__isnull=True)
+        .values_list(*_CREDENTIAL_FIELDS, *vehicle_fields)
         .first()
     )
 

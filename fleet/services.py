@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -321,3 +322,22 @@ def vehicle_states_snapshot(*, since: timedelta = timedelta(minutes=10)) -> int:
         rows, update_conflicts=True, unique_fields=["vehicle"], update_fields=[n for n in STATE_FIELDS]
     )
     return len(rows)
+
+
+def credentials_last_used_record() -> int:
+    """Write the keys' last uses that agent requests noted in Redis (fleet.authentication: at most once per key per
+    LAST_USED_RESOLUTION) to the database, in bulk: no agent request writes it. Safe to run twice. Returns the number
+    of credentials stamped."""
+    until = time.time()
+    used = state_store.credentials_used(until=until)
+    stamped = 0
+    keys = list(used)
+    for start in range(0, len(keys), 1000):
+        batch = keys[start : start + 1000]
+        rows = list(VehicleCredential.objects.filter(key_id__in=batch).only("pk", "key_id"))
+        for credential in rows:
+            credential.last_used_at = datetime.fromtimestamp(used[credential.key_id], tz=UTC)
+        VehicleCredential.objects.bulk_update(rows, ["last_used_at"])
+        stamped += len(rows)
+    state_store.credentials_used_forget(until=until)  # after the database has them: a crash loses none
+    return stamped

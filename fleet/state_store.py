@@ -6,6 +6,7 @@ heartbeat (every 15 s) brings them back.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -81,7 +82,7 @@ class Admission:
     nonce_ttl_s: int  # a nonce is remembered this long: longer than a signature is valid
     failures: Counter  # failed requests of the client's address: refused once at the limit
     rate: Counter  # requests of the car: refused past the limit
-    stamp_ttl_s: int  # the credential's last use is due to be stamped in the database at most this often
+    stamp_ttl_s: int  # the credential's last use is noted for the database (credentials_used) at most this often
 
 
 @dataclass(frozen=True)
@@ -90,17 +91,18 @@ class Admitted:
     then but the nonce and the car's count, as the checks go in the order of _ADMIT)."""
 
     outcome: str
-    stamp_due: bool = False  # admitted, and the first request of this key in stamp_ttl_s
     stored: bool = False  # with a heartbeat's state: whether it was stored (see state_swap_unless_leaving)
     previous: dict[str, Any] | None = None  # ... and the state it replaced
 
 
 ADMITTED, FAILURES, REVOKED, REPLAYED, THROTTLED = "admitted", "failures", "revoked", "replayed", "throttled"
+USED_KEY = "idlefleet:credentials:used"  # sorted set: key id -> Unix time of its last use, not yet in the database
 
 # One round trip: every check and count of a signed request in order, then (for a heartbeat) its state, so a request
 # that is refused never writes a state. KEYS: the address's failure counter, the nonce, the key's revocation mark,
-# the car's request counter, the key's last-use stamp [, the car's state, SEEN_KEY]. ARGV: the failure limit, the
-# nonce's TTL, the request limit, the request counter's TTL, the stamp's TTL [, the state, its Unix time, the car].
+# the car's request counter, the key's last-use stamp, USED_KEY [, the car's state, SEEN_KEY]. ARGV: the failure
+# limit, the nonce's TTL, the request limit, the request counter's TTL, the stamp's TTL, now, the key id [, the state,
+# its Unix time, the car].
 _ADMIT = (
     _SWAP_UNLESS_LEAVING_FUNCTION
     + f"""
@@ -110,10 +112,10 @@ if not redis.call("SET", KEYS[2], "1", "NX", "EX", ARGV[2]) then return {{"{REPL
 local used = redis.call("INCR", KEYS[4])
 redis.call("EXPIRE", KEYS[4], ARGV[4])
 if used > tonumber(ARGV[3]) then return {{"{THROTTLED}"}} end
-local stamp = redis.call("SET", KEYS[5], "1", "NX", "EX", ARGV[5]) and 1 or 0
-if #KEYS == 5 then return {{"{ADMITTED}", stamp}} end
-local stored, previous = swap_unless_leaving(KEYS[6], KEYS[7], ARGV[6], ARGV[7], ARGV[8])
-return {{"{ADMITTED}", stamp, stored, previous}}
+if redis.call("SET", KEYS[5], "1", "NX", "EX", ARGV[5]) then redis.call("ZADD", KEYS[6], ARGV[6], ARGV[7]) end
+if #KEYS == 6 then return {{"{ADMITTED}"}} end
+local stored, previous = swap_unless_leaving(KEYS[7], KEYS[8], ARGV[8], ARGV[9], ARGV[10])
+return {{"{ADMITTED}", stored, previous}}
 """
 )
 
@@ -130,19 +132,25 @@ def agent_admit(
     state_swap_unless_leaving does): one Redis round trip."""
     a = admission
     keys = [a.failures.key, _nonce_key(a.key_id, a.nonce), _revoked_key(a.key_id), a.rate.key, _stamp_key(a.key_id)]
-    args = [a.failures.limit, a.nonce_ttl_s, a.rate.limit, a.rate.ttl_s, a.stamp_ttl_s]
+    keys.append(USED_KEY)
+    args = [a.failures.limit, a.nonce_ttl_s, a.rate.limit, a.rate.ttl_s, a.stamp_ttl_s, time.time(), a.key_id]
     if state is not None:
         keys += [_key(vehicle_id), SEEN_KEY]
         args += [json.dumps(state), received_ts, str(vehicle_id)]
     outcome, *rest = _admit()(keys=keys, args=args)
-    if outcome != ADMITTED:
+    if outcome != ADMITTED or state is None:
         return Admitted(outcome)
-    stamp_due = bool(rest[0])
-    if state is None:
-        return Admitted(outcome, stamp_due=stamp_due)
-    return Admitted(
-        outcome, stamp_due=stamp_due, stored=bool(rest[1]), previous=json.loads(rest[2]) if rest[2] else None
-    )
+    return Admitted(outcome, stored=bool(rest[0]), previous=json.loads(rest[1]) if rest[1] else None)
+
+
+def credentials_used(until: float) -> dict[str, float]:
+    """The keys used up to `until` (Unix time) whose use the database has not been told of, with when."""
+    return dict(client().zrangebyscore(USED_KEY, "-inf", until, withscores=True))
+
+
+def credentials_used_forget(until: float) -> None:
+    """The database has been told of the uses up to `until` (a use noted since stays for the next time)."""
+    client().zremrangebyscore(USED_KEY, "-inf", until)
 
 
 def state_get(vehicle_id: int) -> dict[str, Any] | None:

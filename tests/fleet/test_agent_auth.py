@@ -2,14 +2,16 @@
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
 from fleet import state_store
-from fleet.authentication import credential_copies_clear
 from fleet.agent.signing import Credential
+from fleet.authentication import credential_copies_clear
 from fleet.models import VehicleCredential
+from fleet.services import credentials_last_used_record
 from tests.factories import vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_headers, signed_post
 
@@ -182,3 +184,20 @@ def test_a_process_keeps_its_copy_of_a_key_no_longer_than_redis_keeps_the_copy_i
     state_store.client().delete(f"idlefleet:credential:{credential.key_id}")  # what its expiry does
 
     assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 401
+
+
+def test_a_keys_last_use_is_written_by_the_snapshot_not_by_its_heartbeats(client, car):
+    from fleet.tasks import vehicle_states_snapshot
+
+    _, credential = car
+    before = timezone.now()
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
+    assert VehicleCredential.objects.get(key_id=credential.key_id).last_used_at is None
+
+    vehicle_states_snapshot()
+
+    last_used = VehicleCredential.objects.get(key_id=credential.key_id).last_used_at
+    assert before - timedelta(seconds=1) <= last_used <= timezone.now()
+    # Noted once per LAST_USED_RESOLUTION: the next heartbeats have nothing new to write.
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
+    assert credentials_last_used_record() == 0

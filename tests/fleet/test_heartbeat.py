@@ -33,6 +33,11 @@ def car(olivia):
         ({"parked": False, "computing": True}, "computing", "A car that is driving cannot be computing."),
         ({"models_cached": ["../../etc/passwd"]}, "models_cached.0", "Expected a sha256 hex digest."),
         ({"compute_power_w": 1e9}, "compute_power_w", "Ensure this value is less than or equal to 20000.0."),
+        ({"observed_at": "2026-11-26T07:30:00"}, "observed_at", "Include the UTC offset"),
+        ({"battery_pct": None}, "battery_pct", "This field may not be null."),
+        ({"parked": "perhaps"}, "parked", "Must be a valid boolean."),
+        ({"runtime_version": "x" * 41}, "runtime_version", "Ensure this field has no more than 40 characters."),
+        ({"models_cached": "a" * 64}, "models_cached", 'Expected a list of items but got type "str".'),
     ],
 )
 def test_a_bad_heartbeat_gets_a_400_naming_the_field_and_changes_nothing(client, car, overrides, field, message):
@@ -56,6 +61,13 @@ def test_a_missing_field_is_named(client, car):
     response = signed_post(client, credential, HEARTBEAT, payload)
     assert response.status_code == 400
     assert response.json()["fields"] == {"parked": ["This field is required."]}
+
+
+def test_a_body_that_is_not_an_object_gets_a_400(client, car):
+    _, credential = car
+    response = signed_post(client, credential, HEARTBEAT, body=b"[1, 2]")
+    assert response.status_code == 400
+    assert response.json()["fields"] == {"non_field_errors": ["Invalid data. Expected a dictionary, but got list."]}
 
 
 def test_a_body_that_is_not_json_gets_a_400(client, car):

@@ -264,3 +264,31 @@ def test_known_answers_hidden_in_a_lease_catch_a_trusted_cheat_that_no_replica_w
     unit.refresh_from_db()
     assert (unit.status, unit.done_by_id, unit.verification) == ("done", hana.pk, "valid")
     assert decode_npy(storage.artifact_read(unit.output_sha256)).shape[0] == unit.items
+
+
+def test_the_probes_model_is_loaded_once_when_the_first_results_arrive_together(monkeypatch):
+    """A job's first results arrive at once; each web thread loading the model would cost its CPU and memory again."""
+    import functools
+    import threading
+    import time
+
+    from marketplace import verdicts
+
+    loads = []
+
+    @functools.lru_cache(maxsize=2)
+    def slow_load(variant_sha256, model_id):
+        loads.append(variant_sha256)
+        time.sleep(0.05)  # building an ONNX Runtime session takes a while
+        return object()
+
+    monkeypatch.setattr(verdicts, "_runner_made", slow_load)
+    runners = []
+    threads = [threading.Thread(target=lambda: runners.append(verdicts._runner("ab" * 32, 1))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert loads == ["ab" * 32]
+    assert len(runners) == 4 and len({id(runner) for runner in runners}) == 1

@@ -2,6 +2,7 @@
 the log in the admin and nobody can change it there."""
 
 import pytest
+from django.test import Client
 
 from billing import services
 from billing.models import PaymentAuthorization, PricingPolicy
@@ -135,3 +136,24 @@ def test_staff_read_the_log_in_the_admin_and_cannot_change_it(client, staff, oli
     assert client.post(f"/admin/ops/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
     event.refresh_from_db()
     assert event.action == "vehicle.suspend"
+
+
+def test_revoking_cars_keys_in_the_admin_stops_their_agents_at_once(
+    client, staff, olivia, django_capture_on_commit_callbacks
+):
+    from tests.fleet.agent_requests import heartbeat, signed_post
+
+    client.force_login(staff)
+    blue, key = vehicle_with_credential(olivia, name="Blue car")
+    agent = Client()
+    assert signed_post(agent, key, "/api/v1/agent/heartbeat/", heartbeat()).status_code == 200  # its key is copied
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/admin/fleet/vehicle/", {"action": "keys_revoke", "_selected_action": [blue.pk]}, follow=True
+        )
+
+    assert "Revoked 1 key(s)" in response.content.decode()
+    assert signed_post(agent, key, "/api/v1/agent/heartbeat/", heartbeat()).status_code == 401
+    [event] = AuditEvent.objects.filter(action="vehicle.key_revoke")
+    assert (event.actor, event.target_id, event.details) == (staff, str(blue.pk), {"key_id": key.key_id})

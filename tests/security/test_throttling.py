@@ -117,6 +117,32 @@ def test_agent_requests_are_limited_per_vehicle(client, settings, olivia, oscar)
     assert signed_post(client, oscars, HEARTBEAT, heartbeat()).status_code == 200
 
 
+def test_a_heartbeat_over_the_limit_stores_nothing(client, settings, olivia):
+    """A refused heartbeat is refused in the same Redis round trip that would store it: the car's state stays."""
+    from fleet import state_store
+
+    settings.THROTTLE_AGENT = "1/min"
+    vehicle, credential = vehicle_with_credential(olivia)
+    assert signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=80.0)).status_code == 200
+
+    assert_throttled(signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=50.0)))
+    assert state_store.state_get(vehicle.pk)["battery_pct"] == 80.0
+
+
+def test_an_invalid_heartbeat_counts_against_the_car_and_cannot_be_replayed(client, settings, olivia):
+    settings.THROTTLE_AGENT = "2/min"
+    _, credential = vehicle_with_credential(olivia)
+    body = json.dumps(heartbeat(battery_pct=101)).encode()
+    headers = signed_headers(credential, HEARTBEAT, body)
+    assert client.post(HEARTBEAT, body, content_type="application/json", **headers).status_code == 400
+
+    replayed = client.post(HEARTBEAT, body, content_type="application/json", **headers)
+    assert replayed.status_code == 401
+    assert replayed.json()["code"] == "replayed"
+    assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
+    assert_throttled(signed_post(client, credential, HEARTBEAT, heartbeat()))
+
+
 def test_the_default_agent_limit_is_generous_for_heartbeats():
     """A heartbeat every 15 s plus a lease, a download and a result per step is far below the default."""
     base = (ROOT / "config/settings/base.py").read_text()
