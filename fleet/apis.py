@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -59,13 +60,17 @@ SHA256 = Annotated[
 ]
 
 
+# The car's clock, with its offset; kept in UTC from here on, as every other time in the platform is.
+OBSERVED_AT = Annotated[pydantic.AwareDatetime, pydantic.AfterValidator(lambda value: value.astimezone(UTC))]
+
+
 class HeartbeatInput(pydantic.BaseModel):
     """A car's state, as its agent reports it every HEARTBEAT_SECONDS. Validated by pydantic (config/validation.py):
     a heartbeat is nearly all of a fleet's requests."""
 
     model_config = pydantic.ConfigDict(allow_inf_nan=False, title="HeartbeatInput")
 
-    observed_at: pydantic.AwareDatetime
+    observed_at: OBSERVED_AT
     clock_rate: float = pydantic.Field(1.0, ge=0.001, le=protocol.MAX_CLOCK_RATE)
     parked: bool
     plugged_in: bool

@@ -152,3 +152,10 @@ def test_a_car_that_announced_leaving_is_not_parked_again_by_its_next_heartbeat(
     )
     signed_post(client, credential, HEARTBEAT, heartbeat(observed_at=at_work.isoformat()))
     assert ParkingSession.objects.get(vehicle=vehicle, departed_at__isnull=True).arrived_at == at_work
+
+
+def test_a_cars_clock_is_kept_in_utc_whatever_its_offset(client, car):
+    vehicle, credential = car
+    response = signed_post(client, credential, HEARTBEAT, heartbeat(observed_at="2026-11-26T08:30:00+01:00"))
+    assert response.status_code == 200
+    assert state_store.state_get(vehicle.pk)["observed_at"] == "2026-11-26T07:30:00+00:00"

@@ -194,7 +194,8 @@ def test_a_round_that_sells_a_bid_to_several_cars_gives_each_the_work_it_bought(
 
     bid.variant.__class__.objects.filter(pk=bid.variant_id).update(ch_per_item=0.01)
     Bid.objects.filter(pk=bid.pk).update(ch_total=2.0)
-    OptInPolicy.objects.update(max_energy_kwh_per_day=0.1)  # neither car can sell the whole job alone
+    # Neither car can sell the whole job alone: 0.05 kWh is half an hour at 100 W, 1.2 CH, however long it stays.
+    OptInPolicy.objects.update(max_energy_kwh_per_day=0.05)
 
     auction_round_run()
 
