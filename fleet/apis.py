@@ -24,7 +24,7 @@ from config.validation import validated
 
 from . import selectors, services, state_store
 from .agent import protocol
-from .authentication import IsVehicle, VehicleSignatureAuthentication, admission_enforce
+from .authentication import IsVehicle, VehicleSignatureAuthentication, admission_enforce, failure_counted
 from .models import HardwareProfile, OptInPolicy, Vehicle
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
@@ -53,6 +53,13 @@ class AgentApi(APIView):
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JsonAnswers
+
+    def handle_exception(self, exc):
+        # Every refused signature, key, clock or nonce counts once against the client's address, wherever it was
+        # found: in authentication, or in a view that admits its requests itself (HeartbeatApi).
+        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+            exc = failure_counted(self.request, exc)
+        return super().handle_exception(exc)
 
 
 SHA256 = Annotated[
@@ -112,7 +119,7 @@ class HeartbeatApi(AgentApi):
     def post(self, request):
         principal = request.user
         try:
-            data = validated(HeartbeatInput, request.data)
+            data = validated(HeartbeatInput, request)
             if not data.parked and data.computing:
                 raise exceptions.ValidationError({"computing": ["A car that is driving cannot be computing."]})
         except exceptions.ValidationError:

@@ -103,12 +103,6 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
         return signing.SCHEME
 
     def authenticate(self, request):
-        try:
-            return self._authenticate(request)
-        except (exceptions.NotAuthenticated, exceptions.AuthenticationFailed) as refused:
-            raise failure_counted(request, refused) from None
-
-    def _authenticate(self, request):
         headers = request.headers
         key_id = headers.get(signing.HEADER_KEY)
         if not key_id:
@@ -172,15 +166,15 @@ def admission_enforce(request, principal: VehiclePrincipal, admitted: state_stor
     if outcome == state_store.THROTTLED:
         raise exceptions.Throttled(principal.admission.rate.retry_after)
     if outcome == state_store.REVOKED:  # since the copy was made (credential_forget)
-        raise failure_counted(request, _invalid())
+        raise _invalid()
     if outcome == state_store.REPLAYED:
-        refused = exceptions.AuthenticationFailed("This request was already received (replayed nonce).", code=REPLAYED)
-        raise failure_counted(request, refused)
+        raise exceptions.AuthenticationFailed("This request was already received (replayed nonce).", code=REPLAYED)
     principal.admission = None
 
 
 def failure_counted(request, refused: exceptions.APIException) -> exceptions.APIException:
-    """Count a failed request against its address: `refused`, or 429 once the address is past its limit."""
+    """Count a failed request against its address: `refused`, or 429 once the address is past its limit. Called once
+    per refused request, by the agent views' exception handler (fleet.apis.AgentApi)."""
     retry_after = limit_hit(scope=FAILURES_SCOPE, ident=client_ip(request), rate=settings.THROTTLE_AGENT_FAILURES)
     return refused if retry_after is None else _too_many_failures(retry_after)
 

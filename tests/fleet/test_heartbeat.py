@@ -159,3 +159,16 @@ def test_a_cars_clock_is_kept_in_utc_whatever_its_offset(client, car):
     response = signed_post(client, credential, HEARTBEAT, heartbeat(observed_at="2026-11-26T08:30:00+01:00"))
     assert response.status_code == 200
     assert state_store.state_get(vehicle.pk)["observed_at"] == "2026-11-26T07:30:00+00:00"
+
+
+def test_a_body_that_is_not_sent_as_json_gets_a_415_and_changes_nothing(client, car):
+    import json
+
+    from tests.fleet.agent_requests import signed_headers
+
+    vehicle, credential = car
+    body = json.dumps(heartbeat()).encode()
+    response = client.post(HEARTBEAT, body, content_type="text/plain", **signed_headers(credential, HEARTBEAT, body))
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+    assert state_store.state_get(vehicle.pk) is None

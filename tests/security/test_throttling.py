@@ -168,6 +168,20 @@ def test_failed_agent_requests_are_limited_per_address(client, settings, olivia)
     assert elsewhere.status_code == 200
 
 
+@pytest.mark.parametrize("path", [HEARTBEAT, "/api/v1/agent/lease/"])
+def test_a_refused_agent_request_counts_once_against_its_address(client, settings, olivia, path):
+    settings.THROTTLE_AGENT_FAILURES = "2/min"
+    _, credential = vehicle_with_credential(olivia)
+    body = json.dumps(heartbeat() if path == HEARTBEAT else {}).encode()
+    headers = signed_headers(credential, path, body)
+    assert client.post(path, body, content_type="application/json", **headers).status_code in (200, 204)
+
+    assert client.post(path, body, content_type="application/json", **headers).status_code == 401  # a replay
+
+    # One failure of two allowed: the address is not refused yet.
+    assert signed_post(client, credential, path, heartbeat() if path == HEARTBEAT else {}).status_code in (200, 204)
+
+
 def test_successful_agent_requests_do_not_count_as_failures(client, settings, olivia):
     settings.THROTTLE_AGENT_FAILURES = "2/min"
     _, credential = vehicle_with_credential(olivia)
