@@ -228,28 +228,22 @@ def policy_update(*, policy: OptInPolicy, **changes: Any) -> OptInPolicy:
 
 
 def heartbeat_record(
-    *, vehicle: Vehicle, data: dict[str, Any], received_at: datetime, admission: state_store.Admission | None = None
+    *, vehicle: Vehicle, data: dict[str, Any], received_at: datetime, admission: state_store.Admission
 ) -> state_store.Admitted:
     """Keep the car's state hot in Redis and open or close its parking session when it parks or drives off.
 
-    Only a change of parked/driving touches the database, so a stream of heartbeats costs Redis writes alone. With the
-    request's `admission` (fleet.authentication) the state is stored in the round trip that admits the request, and
-    nothing at all when the request is refused: the caller enforces what is returned.
+    Only a change of parked/driving touches the database, so a stream of heartbeats costs Redis writes alone. The state
+    is stored in the round trip that admits the request (`admission`, from fleet.authentication), and nothing at all
+    when the request is refused: the caller enforces what is returned.
     """
     state = {**data, "observed_at": data["observed_at"].isoformat(), "received_at": received_at.isoformat()}
     # The common case in one Redis round trip: the state is stored unless the car had announced its departure.
-    if admission is None:
-        stored, previous = state_store.state_swap_unless_leaving(
-            vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp()
-        )
-        admitted = state_store.Admitted(state_store.ADMITTED, stored=stored, previous=previous)
-    else:
-        admitted = state_store.agent_admit(
-            admission, vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp()
-        )
-        if admitted.outcome != state_store.ADMITTED:
-            return admitted
-        stored, previous = admitted.stored, admitted.previous
+    admitted = state_store.agent_admit(
+        admission, vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp()
+    )
+    if admitted.outcome != state_store.ADMITTED:
+        return admitted
+    stored, previous = admitted.stored, admitted.previous
     if not stored:
         announced = _departure_announced_at(previous)
         leaving = announced is not None and data["parked"]

@@ -31,45 +31,6 @@ def state_swap(*, vehicle_id: int, state: dict[str, Any], received_ts: float) ->
     return json.loads(previous) if previous else None
 
 
-# Swap unless the car has announced its departure: then the caller must see the previous state before it decides
-# what to store (see fleet.services.heartbeat_record), so nothing is written and it is returned.
-_SWAP_UNLESS_LEAVING_FUNCTION = """
-local function swap_unless_leaving(state_key, seen_key, state, received_ts, vehicle_id)
-  local previous = redis.call("GET", state_key)
-  if previous and string.find(previous, '"departure_announced_at"', 1, true) then
-    return 0, previous
-  end
-  redis.call("SET", state_key, state)
-  redis.call("ZADD", seen_key, received_ts, vehicle_id)
-  return 1, previous or false
-end
-"""
-
-_SWAP_UNLESS_LEAVING = (
-    _SWAP_UNLESS_LEAVING_FUNCTION
-    + """
-local stored, previous = swap_unless_leaving(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
-return {stored, previous}
-"""
-)
-
-
-@cache
-def _swap_unless_leaving():
-    return client().register_script(_SWAP_UNLESS_LEAVING)
-
-
-def state_swap_unless_leaving(
-    *, vehicle_id: int, state: dict[str, Any], received_ts: float
-) -> tuple[bool, dict[str, Any] | None]:
-    """Like state_swap, atomically, unless the stored state says the car announced its departure: then nothing is
-    stored. Returns (stored, previous state). One round trip where state_get then state_swap took two."""
-    stored, previous = _swap_unless_leaving()(
-        keys=[_key(vehicle_id), SEEN_KEY], args=[json.dumps(state), received_ts, str(vehicle_id)]
-    )
-    return bool(stored), (json.loads(previous) if previous else None)
-
-
 # --- Admitting a signed agent request -----------------------------------------------------------------------------
 
 
@@ -91,7 +52,7 @@ class Admitted:
     then but the nonce and the car's count, as the checks go in the order of _ADMIT)."""
 
     outcome: str
-    stored: bool = False  # with a heartbeat's state: whether it was stored (see state_swap_unless_leaving)
+    stored: bool = False  # with a heartbeat's state: whether it was stored (not when the car announced its departure)
     previous: dict[str, Any] | None = None  # ... and the state it replaced
 
 
@@ -99,13 +60,13 @@ ADMITTED, FAILURES, REVOKED, REPLAYED, THROTTLED = "admitted", "failures", "revo
 USED_KEY = "idlefleet:credentials:used"  # sorted set: key id -> Unix time of its last use, not yet in the database
 
 # One round trip: every check and count of a signed request in order, then (for a heartbeat) its state, so a request
-# that is refused never writes a state. KEYS: the address's failure counter, the nonce, the key's revocation mark,
-# the car's request counter, the key's last-use stamp, USED_KEY [, the car's state, SEEN_KEY]. ARGV: the failure
+# that is refused never writes a state. The state is stored unless the car has announced its departure: then the
+# caller must see the previous state before it decides what to store (fleet.services.heartbeat_record), so nothing is
+# written and the previous state is returned. KEYS: the address's failure counter, the nonce, the key's revocation
+# mark, the car's request counter, the key's last-use stamp, USED_KEY [, the car's state, SEEN_KEY]. ARGV: the failure
 # limit, the nonce's TTL, the request limit, the request counter's TTL, the stamp's TTL, now, the key id [, the state,
 # its Unix time, the car].
-_ADMIT = (
-    _SWAP_UNLESS_LEAVING_FUNCTION
-    + f"""
+_ADMIT = f"""
 if tonumber(redis.call("GET", KEYS[1]) or "0") >= tonumber(ARGV[1]) then return {{"{FAILURES}"}} end
 if redis.call("EXISTS", KEYS[3]) == 1 then return {{"{REVOKED}"}} end
 if not redis.call("SET", KEYS[2], "1", "NX", "EX", ARGV[2]) then return {{"{REPLAYED}"}} end
@@ -114,10 +75,14 @@ redis.call("EXPIRE", KEYS[4], ARGV[4])
 if used > tonumber(ARGV[3]) then return {{"{THROTTLED}"}} end
 if redis.call("SET", KEYS[5], "1", "NX", "EX", ARGV[5]) then redis.call("ZADD", KEYS[6], ARGV[6], ARGV[7]) end
 if #KEYS == 6 then return {{"{ADMITTED}"}} end
-local stored, previous = swap_unless_leaving(KEYS[7], KEYS[8], ARGV[8], ARGV[9], ARGV[10])
-return {{"{ADMITTED}", stored, previous}}
+local previous = redis.call("GET", KEYS[7])
+if previous and string.find(previous, '"departure_announced_at"', 1, true) then
+  return {{"{ADMITTED}", 0, previous}}
+end
+redis.call("SET", KEYS[7], ARGV[8])
+redis.call("ZADD", KEYS[8], ARGV[9], ARGV[10])
+return {{"{ADMITTED}", 1, previous or false}}
 """
-)
 
 
 @cache
@@ -128,8 +93,8 @@ def _admit():
 def agent_admit(
     admission: Admission, *, vehicle_id: int | None = None, state: dict[str, Any] | None = None, received_ts: float = 0
 ) -> Admitted:
-    """Admit a signed agent request, and store the car's heartbeat `state` with it if one is given (atomically, as
-    state_swap_unless_leaving does): one Redis round trip."""
+    """Admit a signed agent request, and store the car's heartbeat `state` with it if one is given (see _ADMIT): one
+    Redis round trip."""
     a = admission
     keys = [a.failures.key, _nonce_key(a.key_id, a.nonce), _revoked_key(a.key_id), a.rate.key, _stamp_key(a.key_id)]
     keys.append(USED_KEY)
