@@ -32,6 +32,7 @@ from cachetools import TLRUCache
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from django.db import transaction
+from django.http.request import HttpHeaders
 from rest_framework import authentication, exceptions, permissions
 
 from config.throttling import client_ip, limit_counter, limit_hit
@@ -64,7 +65,7 @@ class VehiclePrincipal:
     """request.user for agent requests: the car, not a person."""
 
     vehicle: Vehicle
-    credential: VehicleCredential
+    key_id: str  # the credential that signed the request (request.auth)
     is_authenticated: bool = True
     is_staff: bool = False
     role: str = "vehicle"
@@ -77,15 +78,22 @@ class VehiclePrincipal:
 class _Copy:
     """What an agent request needs of a credential and its car, and until when (Unix time) it may be used."""
 
-    credential: list[Any]  # _CREDENTIAL_FIELDS
-    vehicle: list[Any]  # _VEHICLE_FIELDS
     public_key: Ed25519PublicKey
+    vehicle: list[Any]  # _VEHICLE_FIELDS
     expires_at: float
 
 
-_CREDENTIAL_FIELDS = ["id", "vehicle_id", "key_id", "public_key", "revoked_at"]
 _VEHICLE_FIELDS = ["id", "owner_id", "hardware_id"]  # never changed; the rest is read fresh when asked
-_PUBLIC_KEY = _CREDENTIAL_FIELDS.index("public_key")
+# The signature's headers, as the WSGI environ names them.
+_KEY, _TIMESTAMP, _NONCE, _SIGNATURE = (
+    HttpHeaders.to_wsgi_name(header)
+    for header in (signing.HEADER_KEY, signing.HEADER_TIMESTAMP, signing.HEADER_NONCE, signing.HEADER_SIGNATURE)
+)
+_SIGNATURE_HEADERS = [
+    (signing.HEADER_TIMESTAMP, _TIMESTAMP),
+    (signing.HEADER_NONCE, _NONCE),
+    (signing.HEADER_SIGNATURE, _SIGNATURE),
+]
 
 # The copies in this process expire when the Redis copy they came from does, so no copy outlives its maximum age.
 _copies: TLRUCache = TLRUCache(
@@ -103,17 +111,15 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
         return signing.SCHEME
 
     def authenticate(self, request):
-        headers = request.headers
-        key_id = headers.get(signing.HEADER_KEY)
+        meta = request.META  # not request.headers, which copies every header of the request first
+        key_id = meta.get(_KEY)
         if not key_id:
             raise exceptions.NotAuthenticated(f"Sign agent requests; the {signing.HEADER_KEY} header is missing.")
-        missing = [
-            h for h in (signing.HEADER_TIMESTAMP, signing.HEADER_NONCE, signing.HEADER_SIGNATURE) if not headers.get(h)
-        ]
+        missing = [header for header, name in _SIGNATURE_HEADERS if not meta.get(name)]
         if missing:
             raise exceptions.AuthenticationFailed(f"Missing header {missing[0]}.")
         try:
-            timestamp = int(headers[signing.HEADER_TIMESTAMP])
+            timestamp = int(meta[_TIMESTAMP])
         except ValueError:
             raise exceptions.AuthenticationFailed(f"{signing.HEADER_TIMESTAMP} must be Unix seconds.") from None
         window = settings.AGENT_SIGNATURE_WINDOW_SECONDS
@@ -122,7 +128,7 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
                 f"Request timestamp is more than {window} s from the server's clock: check the car's clock.",
                 code=CLOCK_SKEW,
             )
-        nonce = headers[signing.HEADER_NONCE]
+        nonce = meta[_NONCE]
         if not (16 <= len(nonce) <= 64):
             raise exceptions.AuthenticationFailed(f"{signing.HEADER_NONCE} must be 16 to 64 characters.")
 
@@ -131,7 +137,7 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
         # One message for unknown, revoked and forged: a caller learns nothing about which keys exist.
         if copy is None or not signing.verify_with(
             public_key=copy.public_key,
-            signature=headers[signing.HEADER_SIGNATURE],
+            signature=meta[_SIGNATURE],
             method=request.method,
             path=request.get_full_path(),
             timestamp=timestamp,
@@ -140,9 +146,7 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
         ):
             raise _invalid()
 
-        credential = VehicleCredential.from_db("default", _CREDENTIAL_FIELDS, copy.credential)
         vehicle = Vehicle.from_db("default", _VEHICLE_FIELDS, copy.vehicle)
-        VehicleCredential.vehicle.field.set_cached_value(credential, vehicle)
         # Checked and counted after the signature, so a forger can neither burn a car's nonces nor use up its rate.
         admission = state_store.Admission(
             key_id=key_id,
@@ -152,10 +156,10 @@ class VehicleSignatureAuthentication(authentication.BaseAuthentication):
             rate=limit_counter(scope=RATE_SCOPE, ident=str(vehicle.pk), rate=settings.THROTTLE_AGENT),
             stamp_ttl_s=int(LAST_USED_RESOLUTION.total_seconds()),
         )
-        principal = VehiclePrincipal(vehicle=vehicle, credential=credential, admission=admission)
+        principal = VehiclePrincipal(vehicle=vehicle, key_id=key_id, admission=admission)
         if not getattr(request.parser_context.get("view"), "admission_deferred", False):
             admission_enforce(request, principal, state_store.agent_admit(admission))
-        return principal, credential
+        return principal, key_id
 
 
 def admission_enforce(request, principal: VehiclePrincipal, admitted: state_store.Admitted) -> None:
@@ -206,16 +210,16 @@ def _copy_get(key_id: str, *, failures) -> _Copy | None:
         row = credential_row(key_id)
         if row is None:
             return None
-        credential, vehicle = list(row[: len(_CREDENTIAL_FIELDS)]), list(row[len(_CREDENTIAL_FIELDS) :])
-        credential[_PUBLIC_KEY] = bytes(credential[_PUBLIC_KEY]).hex()
-        values = {"credential": credential, "vehicle": vehicle, "expires_at": time.time() + CREDENTIAL_COPY_MAX_AGE_S}
+        public_key, *vehicle = row
+        values = {
+            "public_key": bytes(public_key).hex(),
+            "vehicle": vehicle,
+            "expires_at": time.time() + CREDENTIAL_COPY_MAX_AGE_S,
+        }
         state_store.credential_cache(key_id, values, ttl_s=CREDENTIAL_COPY_MAX_AGE_S)
-    fields = list(values["credential"])
-    public_key = fields[_PUBLIC_KEY] = bytes.fromhex(fields[_PUBLIC_KEY])
     copy = _Copy(
-        credential=fields,
+        public_key=Ed25519PublicKey.from_public_bytes(bytes.fromhex(values["public_key"])),
         vehicle=values["vehicle"],
-        public_key=Ed25519PublicKey.from_public_bytes(public_key),
         expires_at=values["expires_at"],
     )
     with _copies_lock:
@@ -237,12 +241,12 @@ def credential_forget(key_id: str) -> None:
 
 
 def credential_row(key_id: str) -> tuple | None:
-    """What a copy holds of the unrevoked credential `key_id` and its car (_CREDENTIAL_FIELDS, then _VEHICLE_FIELDS),
-    from the database, or None: one small query, as a fleet's requests ask it once per key per copy's lifetime."""
-    vehicle_fields = ["vehicle__" + name.removesuffix("_id") for name in _VEHICLE_FIELDS]  # vehicle__owner, ...
+    """What a copy holds of the unrevoked credential `key_id` (its public key, then its car's _VEHICLE_FIELDS), from
+    the database, or None: one small query, as a fleet's requests ask it once per key per copy's lifetime."""
+    vehicle_fields = ["vehicle__" + name.removesuffix("_id") for name in _VEHICLE_FIELDS]  # vehicle__id, __owner, ...
     return (
         VehicleCredential.objects.filter(key_id=key_id, revoked_at__isnull=True)
-        .values_list(*_CREDENTIAL_FIELDS, *vehicle_fields)
+        .values_list("public_key", *vehicle_fields)
         .first()
     )
 
