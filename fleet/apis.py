@@ -23,7 +23,7 @@ from config.exceptions import ErrorSerializer
 from config.validation import validated
 
 from . import selectors, services, state_store
-from .agent import protocol
+from .agent import hardware, protocol
 from .authentication import IsVehicle, VehicleSignatureAuthentication, admission_enforce, failure_counted
 from .models import HardwareProfile, OptInPolicy, Vehicle
 
@@ -158,6 +158,47 @@ class DepartureApi(AgentApi):
             received_at=timezone.now(),
         )
         return Response({"released_work_units": released})
+
+
+class HardwareApi(AgentApi):
+    """What the car's compute can do (fleet/agent/hardware.py), sent when the agent starts. The platform derives the
+    car's compute class from it: which numerics its INT8 kernels have."""
+
+    @extend_schema_serializer(component_name="HardwareInput")
+    class InputSerializer(serializers.Serializer):
+        arch = serializers.RegexField(r"^[a-z0-9_]{1,16}$", help_text='e.g. "x86_64", "arm64".')
+        isa = serializers.ListField(
+            child=serializers.RegexField(r"^[a-z0-9_]{1,32}$"), max_length=hardware.MAX_FEATURES, allow_empty=True,
+            help_text='CPU features as Linux names them, e.g. ["avx2", "avx512_vnni"].',
+        )  # fmt: skip
+        cpu_model = serializers.CharField(max_length=200, allow_blank=True, default="")
+        cpus = serializers.IntegerField(min_value=1, max_value=4096)
+        accelerator = serializers.CharField(max_length=80, allow_blank=True, default="")
+        providers = serializers.ListField(
+            child=serializers.RegexField(r"^[A-Za-z0-9_]{1,64}$"), max_length=hardware.MAX_PROVIDERS, default=list
+        )
+        runtime_version = serializers.CharField(max_length=40, allow_blank=True, default="")
+        fp8 = serializers.BooleanField(default=False)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer(
+                "HardwareAccepted", {"compute_class": serializers.CharField(), "description": serializers.CharField()}
+            ),
+            400: ErrorSerializer,
+            401: ErrorSerializer,
+        },
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        vehicle = services.vehicle_compute_report(
+            vehicle=request.user.vehicle, report=serializer.validated_data, at=timezone.now()
+        )
+        return Response(
+            {"compute_class": vehicle.compute_class, "description": hardware.CLASS_NAMES[vehicle.compute_class]}
+        )
 
 
 # --- The owner's API ----------------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Can a car take work now, and how much? A pure function (no Django), unit-tested and benchmarked at scale.
 
 Units: power in W, energy in kWh, time in seconds (hours where named), compute in CH (one hour of 100 dense INT8
-TOPS). A car's CH rate for precision p is int8_tops * factor[p] / 100 per hour at its typical power draw; capped below
-that draw, throughput scales down in proportion.
+TOPS). A car's rated CH rate for precision p is int8_tops * factor[p] / 100 per hour at its typical power draw; capped
+below that draw, throughput scales down in proportion. Once the car has been measured running work of a precision
+(`Hardware.measured_ch_per_hour`), that measured rate replaces the rating: cars are often far slower than rated.
+Times are the car's own clock; a simulated car's clock may run `clock_rate` times faster than real time, while its
+computing takes real time, so a measured rate counts 1 / clock_rate as much per car hour.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class Hardware:
     factors: dict[str, float]  # precision -> throughput factor relative to INT8; absent = unsupported
     typical_power_w: float
     max_power_w: float
+    # precision -> CH per hour of computing, real time, as measured on this car (its slowest workload of that
+    # precision); absent = not measured yet, the rating applies
+    measured_ch_per_hour: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class CarState:
     network: str
     energy_used_today_kwh: float
     computing: bool = False
+    clock_rate: float = 1.0  # car seconds per real second (1 for a real car)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ class Availability:
     limited_by: str = ""  # which limit set hours_offered: "departure", "leave_at", "window", "energy cap", "battery"
     ch_offered: dict[str, float] = field(default_factory=dict)  # precision -> CH over hours_offered
     energy_kwh: float = 0.0  # energy that work would use
+    ch_per_hour: dict[str, float] = field(default_factory=dict)  # precision -> CH per car hour used for ch_offered
+    measured: frozenset[str] = frozenset()  # the precisions whose rate was measured on the car (else rated)
 
 
 # Below this much work a car is not worth dispatching to: a work unit would not finish.
@@ -184,12 +193,8 @@ def availability_get(
     seconds = min(limits.values())
     limited_by = next(name for name in _LIMIT_ORDER if limits[name] <= seconds + _TIE_S)
     hours = seconds / 3600
-    scale = power_w / hardware.typical_power_w
-    ch_offered = {
-        precision: hours * hardware.int8_tops * factor / 100 * scale
-        for precision, factor in hardware.factors.items()
-        if factor > 0
-    }
+    rates = rates_per_car_hour(hardware, power_w=power_w, clock_rate=state.clock_rate)
+    ch_offered = {precision: hours * rate for precision, rate in rates.items()}
     return Availability(
         available=True,
         reasons=(),
@@ -198,7 +203,30 @@ def availability_get(
         limited_by=limited_by,
         ch_offered=ch_offered,
         energy_kwh=power_w * hours / 1000,
+        ch_per_hour=rates,
+        measured=frozenset(p for p in rates if p in hardware.measured_ch_per_hour),
     )
+
+
+def rated_ch_per_hour(hardware: Hardware, precision: str, *, power_w: float) -> float:
+    """The hardware profile's rate for `precision` at `power_w` (throughput scales with power below the typical
+    draw), CH per hour; 0 when the hardware does not run that precision."""
+    factor = hardware.factors.get(precision, 0.0)
+    return hardware.int8_tops * factor / 100 * power_w / hardware.typical_power_w if factor > 0 else 0.0
+
+
+def rates_per_car_hour(hardware: Hardware, *, power_w: float, clock_rate: float = 1.0) -> dict[str, float]:
+    """CH per car hour for every precision the hardware runs: the measured rate where there is one (counted in car
+    time), else the rated one."""
+    rates = {}
+    for precision, factor in hardware.factors.items():
+        if factor <= 0:
+            continue
+        measured = hardware.measured_ch_per_hour.get(precision)
+        rates[precision] = (
+            measured / max(clock_rate, 1e-9) if measured else rated_ch_per_hour(hardware, precision, power_w=power_w)
+        )
+    return rates
 
 
 def _battery_seconds(state: CarState, floor_pct: float, power_w: float) -> float:

@@ -106,6 +106,13 @@ class Vehicle(models.Model):
     results_valid = models.PositiveIntegerField(default=0)
     results_invalid = models.PositiveIntegerField(default=0)
     last_fault_at = models.DateTimeField(null=True, blank=True)
+    # What the car's agent reports about its compute (fleet/agent/hardware.py), and the class the platform derives from
+    # it: accuracy and speed are measured per class and per car, never assumed from the hardware profile.
+    compute = models.JSONField(default=dict, blank=True, help_text="The agent's hardware report.")
+    compute_class = models.CharField(
+        max_length=24, blank=True, db_index=True, help_text="Derived from the report: which INT8 kernels the car runs."
+    )
+    compute_reported_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -227,3 +234,41 @@ class ParkingSession(models.Model):
     @property
     def duration_s(self) -> float | None:
         return (self.departed_at - self.arrived_at).total_seconds() if self.departed_at else None
+
+
+class VehicleThroughput(models.Model):
+    """How fast a car really runs one workload (a model variant's file, by sha256), measured where the work runs: a
+    self-test on first use, then every unit's timing (fleet.services.throughput_record). Sizing, the CH a car offers
+    and its energy-based ask use these, not the hardware profile's rated speed, once they exist.
+
+    Speeds are real seconds on the car; a simulated car whose clock runs faster is converted where car time is meant.
+    """
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="throughputs")
+    workload = models.CharField(max_length=64, help_text="sha256 of the model file run.")
+    precision = models.CharField(max_length=8, choices=Precision.choices)
+    ch_per_item = models.FloatField(help_text="The workload's fixed cost per item, CH.")
+    items_per_s = models.FloatField(help_text="Items per second of compute, smoothed over the car's units.")
+    wh_per_item = models.FloatField(help_text="Energy per item, Wh, as the car measured it.")
+    samples = models.PositiveIntegerField(default=0, help_text="Runs measured (the self-test is the first).")
+    compute_class = models.CharField(max_length=24, blank=True, help_text="The car's class when measured.")
+    measured_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["vehicle", "precision", "workload"]
+        constraints = [
+            models.UniqueConstraint(fields=["vehicle", "workload"], name="one_throughput_per_vehicle_workload"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle} {self.precision} {self.items_per_s:.3g} items/s"
+
+    @property
+    def ch_per_hour(self) -> float:
+        """Compute-hours delivered per hour of computing (real time)."""
+        return self.items_per_s * self.ch_per_item * 3600
+
+    @property
+    def wh_per_ch(self) -> float:
+        """Energy per compute-hour delivered, Wh."""
+        return self.wh_per_item / self.ch_per_item if self.ch_per_item else 0.0

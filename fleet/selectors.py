@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from .availability import (
     availability_get,
 )
 from .departure import ParkingRecord, remaining_parked_seconds
-from .models import ParkingSession, Vehicle, VehicleState
+from .models import ParkingSession, Vehicle, VehicleState, VehicleThroughput
 
 HISTORY_SESSIONS = 200  # completed parking sessions used for departure prediction
 
@@ -46,6 +46,16 @@ def vehicle_get_for_owner(*, owner: User, vehicle_id: int) -> Vehicle:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """What a car was measured doing on one workload (fleet.models.VehicleThroughput), real time."""
+
+    precision: str
+    items_per_s: float
+    ch_per_hour: float
+    wh_per_ch: float
+
+
+@dataclass(frozen=True)
 class LiveVehicle:
     vehicle: Vehicle
     state: dict[str, Any] | None  # the last heartbeat (Redis, or the database snapshot if Redis lost it)
@@ -53,17 +63,43 @@ class LiveVehicle:
     heartbeat_age_s: float | None
     car_now: datetime | None  # the car's clock now (simulated cars run fast)
     parked_since: datetime | None
+    measured: dict[str, Measured] = field(default_factory=dict)  # workload (model file sha256) -> measured figures
 
     @property
     def online(self) -> bool:
         return self.heartbeat_age_s is not None and self.heartbeat_age_s <= HEARTBEAT_LOST_AFTER_S
 
+    @property
+    def clock_rate(self) -> float:
+        """Car seconds per real second (a simulated car's clock runs fast)."""
+        return float((self.state or {}).get("clock_rate", 1.0)) or 1.0
 
-def _hardware(vehicle: Vehicle) -> Hardware:
+
+def hardware_of(vehicle: Vehicle, measured: dict[str, Measured] | None = None) -> Hardware:
     hw = vehicle.hardware
+    slowest: dict[str, float] = {}
+    for figures in (measured or {}).values():
+        slowest[figures.precision] = min(slowest.get(figures.precision, figures.ch_per_hour), figures.ch_per_hour)
     return Hardware(
-        int8_tops=hw.int8_tops, factors=hw.factors, typical_power_w=hw.typical_power_w, max_power_w=hw.max_power_w
+        int8_tops=hw.int8_tops, factors=hw.factors, typical_power_w=hw.typical_power_w, max_power_w=hw.max_power_w,
+        measured_ch_per_hour=slowest,
+    )  # fmt: skip
+
+
+def measurements_of(vehicle_ids: list[int]) -> dict[int, dict[str, Measured]]:
+    """Each car's measured figures per workload, in one query."""
+    measured: dict[int, dict[str, Measured]] = defaultdict(dict)
+    rows = VehicleThroughput.objects.filter(vehicle_id__in=vehicle_ids).values_list(
+        "vehicle_id", "workload", "precision", "items_per_s", "ch_per_item", "wh_per_item"
     )
+    for vehicle_id, workload, precision, items_per_s, ch_per_item, wh_per_item in rows:
+        measured[vehicle_id][workload] = Measured(
+            precision=precision,
+            items_per_s=items_per_s,
+            ch_per_hour=items_per_s * ch_per_item * 3600,
+            wh_per_ch=wh_per_item / ch_per_item if ch_per_item else 0.0,
+        )
+    return measured
 
 
 def _policy(vehicle: Vehicle) -> Policy:
@@ -89,7 +125,7 @@ def _state_from_snapshot(snapshot: VehicleState) -> dict[str, Any]:
 
 
 def vehicles_live(vehicles: list[Vehicle], *, now: datetime | None = None) -> list[LiveVehicle]:
-    """Each vehicle with its live state and what it can offer now (in three queries, whatever the count)."""
+    """Each vehicle with its live state and what it can offer now (in four queries, whatever the count)."""
     now = now or timezone.now()
     ids = [v.pk for v in vehicles]
     states = state_store.states_get(ids)
@@ -115,13 +151,14 @@ def vehicles_live(vehicles: list[Vehicle], *, now: datetime | None = None) -> li
         elif len(history[vehicle_id]) < HISTORY_SESSIONS:
             history[vehicle_id].append(ParkingRecord(arrived_at, (departed_at - arrived_at).total_seconds()))
 
-    return [_live(v, states.get(v.pk), history[v.pk], open_sessions.get(v.pk), now) for v in vehicles]
+    measured = measurements_of(ids)
+    return [_live(v, states.get(v.pk), history[v.pk], open_sessions.get(v.pk), now, measured[v.pk]) for v in vehicles]
 
 
-def _live(vehicle, state, history, parked_since, now) -> LiveVehicle:
+def _live(vehicle, state, history, parked_since, now, measured) -> LiveVehicle:
     if state is None:
         availability = Availability(available=False, reasons=("no heartbeat yet: is the agent running?",))
-        return LiveVehicle(vehicle, None, availability, None, None, parked_since)
+        return LiveVehicle(vehicle, None, availability, None, None, parked_since, measured)
     received_at = datetime.fromisoformat(state["received_at"])
     age = max((now - received_at).total_seconds(), 0.0)
     car_now = datetime.fromisoformat(state["observed_at"]) + timedelta(seconds=age * float(state.get("clock_rate", 1)))
@@ -137,6 +174,7 @@ def _live(vehicle, state, history, parked_since, now) -> LiveVehicle:
         network=state["network"],
         energy_used_today_kwh=float(state.get("energy_used_today_wh", 0)) / 1000,
         computing=bool(state.get("computing")),
+        clock_rate=float(state.get("clock_rate", 1.0)) or 1.0,
     )
     policy = _policy(vehicle)
     left = remaining_parked_seconds(
@@ -147,14 +185,14 @@ def _live(vehicle, state, history, parked_since, now) -> LiveVehicle:
         declared_departure=policy.leave_at if policy.leave_at and policy.leave_at > car_now else None,
     )
     availability = availability_get(
-        hardware=_hardware(vehicle),
+        hardware=hardware_of(vehicle, measured),
         policy=policy,
         state=car_state,
         vehicle_status=vehicle.status,
         tz=tz,
         parked_seconds_left=left,
     )
-    return LiveVehicle(vehicle, state, availability, age, car_now, parked_since)
+    return LiveVehicle(vehicle, state, availability, age, car_now, parked_since, measured)
 
 
 def vehicle_live_for_owner(*, owner: User, vehicle_id: int) -> LiveVehicle:

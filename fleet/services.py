@@ -17,11 +17,20 @@ from accounts.models import Role, User
 from config.exceptions import ApplicationError
 
 from . import state_store
-from .agent import protocol
+from .agent import hardware, protocol
 from .agent.signing import Credential
 from .authentication import credential_forget
 from .availability import ABSOLUTE_MAX_POWER_W
-from .models import HardwareProfile, OptInPolicy, ParkingSession, Vehicle, VehicleCredential, VehicleState
+from .models import (
+    HardwareProfile,
+    OptInPolicy,
+    ParkingSession,
+    Vehicle,
+    VehicleCredential,
+    VehicleState,
+    VehicleThroughput,
+)
+from .signals import vehicle_stopped_working
 
 
 def _raise_for(error: ValidationError) -> None:
@@ -111,11 +120,22 @@ def credential_revoke(*, credential: VehicleCredential) -> None:
     credential_forget(credential.key_id)
 
 
-def vehicle_pause(*, vehicle: Vehicle) -> None:
+def vehicle_pause(*, vehicle: Vehicle) -> int:
+    """The owner stops the car taking work: what it holds goes back to the market at once (it is not paid for work
+    it does not finish). Returns the number of work units released."""
     if vehicle.status == Vehicle.Status.SUSPENDED:
         raise ApplicationError("This car is suspended by Idlefleet; pausing changes nothing.", code="suspended")
-    Vehicle.objects.filter(pk=vehicle.pk).update(status=Vehicle.Status.PAUSED)
-    vehicle.status = Vehicle.Status.PAUSED
+    with transaction.atomic():
+        Vehicle.objects.filter(pk=vehicle.pk).update(status=Vehicle.Status.PAUSED)
+        vehicle.status = Vehicle.Status.PAUSED
+        return vehicle_work_stop(vehicle=vehicle, reason="paused by its owner")
+
+
+def vehicle_work_stop(*, vehicle: Vehicle, reason: str) -> int:
+    """Announce that the car can no longer run the work it holds (fleet.signals); the marketplace releases it.
+    Returns the number of work units released."""
+    responses = vehicle_stopped_working.send(sender=Vehicle, vehicle=vehicle, reason=reason)
+    return sum(count for _, count in responses if isinstance(count, int))
 
 
 def vehicle_resume(*, vehicle: Vehicle) -> None:
@@ -132,9 +152,7 @@ def vehicle_suspend(*, vehicle: Vehicle, reason: str, actor=None) -> Vehicle:
     """Stop a car taking work (staff, or verification after repeated wrong results): it is offered in no round, the
     work it holds goes to other cars, and its owner is told why, on their dashboard and by email."""
     from django.core.mail import send_mail
-    from django.db import transaction
 
-    from marketplace.dispatch import vehicle_units_release
     from ops.audit import audit_record
 
     with transaction.atomic():
@@ -144,7 +162,7 @@ def vehicle_suspend(*, vehicle: Vehicle, reason: str, actor=None) -> Vehicle:
         previous = vehicle.status
         vehicle.status, vehicle.status_reason = Vehicle.Status.SUSPENDED, reason[:255]
         vehicle.save(update_fields=["status", "status_reason"])
-        vehicle_units_release(vehicle=vehicle)
+        vehicle_work_stop(vehicle=vehicle, reason="suspended by Idlefleet")
         audit_record(actor=actor, action="vehicle.suspend", target=vehicle,
                      details={"previous_status": previous, "reason": reason})  # fmt: skip
     if vehicle.owner.email:
@@ -254,7 +272,14 @@ def heartbeat_record(
     was_parked = None if previous is None else previous.get("parked")
     if was_parked is None or was_parked != state["parked"]:
         _parking_transition(vehicle=vehicle, parked=state["parked"], at=data["observed_at"], announced=False)
+    if previous is not None and _can_work(previous) and not _can_work(state):
+        # The moment a car drives off or loses WiFi, its work goes to other cars (the sweeper would, seconds later).
+        vehicle_work_stop(vehicle=vehicle, reason="driving" if not state["parked"] else f"on {state['network']}")
     return admitted
+
+
+def _can_work(state: dict[str, Any]) -> bool:
+    return bool(state.get("parked")) and state.get("network") in protocol.WORK_NETWORKS
 
 
 def _departure_announced_at(state: dict[str, Any] | None) -> datetime | None:
@@ -290,10 +315,67 @@ def vehicle_depart(*, vehicle: Vehicle, observed_at: datetime, received_at: date
             observed_at=observed_at.isoformat(), received_at=received_at.isoformat(),
         )  # fmt: skip
         state_store.state_swap(vehicle_id=vehicle.pk, state=previous, received_ts=received_at.timestamp())
-    # The marketplace sits above the fleet: imported here, where the one call that needs it is made.
-    from marketplace.dispatch import vehicle_units_release
+    return vehicle_work_stop(vehicle=vehicle, reason="the car left")
 
-    return vehicle_units_release(vehicle=vehicle)
+
+def vehicle_compute_report(*, vehicle: Vehicle, report: dict[str, Any], at: datetime) -> Vehicle:
+    """Store what the car's agent says its compute can do, and the class the platform derives from it
+    (fleet/agent/hardware.py). A car whose class changes (a new computer, or an agent that now reports its CPU) keeps
+    no measurement of the old one: the marketplace measures speed per car and variant, accuracy per class."""
+    report = {**report, "isa": hardware.clean_features(report.get("isa", ()))}
+    compute_class = hardware.compute_class(report)
+    with transaction.atomic():
+        previous = Vehicle.objects.select_for_update().values_list("compute_class", flat=True).get(pk=vehicle.pk)
+        if previous and previous != compute_class:
+            VehicleThroughput.objects.filter(vehicle_id=vehicle.pk).delete()  # measured on other hardware
+        Vehicle.objects.filter(pk=vehicle.pk).update(
+            compute=report, compute_class=compute_class, compute_reported_at=at
+        )
+    vehicle.compute, vehicle.compute_class, vehicle.compute_reported_at = report, compute_class, at
+    return vehicle
+
+
+# A new unit's timing weighs this much in the car's measured speed (the rest is its history): a car that slows down
+# (heat, a busy computer) is followed within a few units, one slow unit does not halve its offer.
+THROUGHPUT_SMOOTHING = 0.3
+# Shorter compute than this is timer noise: a tiny unit of a tiny model says little about speed.
+MIN_MEASURED_SECONDS = 1e-3
+
+
+def throughput_record(
+    *,
+    vehicle: Vehicle,
+    workload: str,
+    precision: str,
+    ch_per_item: float,
+    items: int,
+    seconds: float,
+    energy_wh: float,
+    at: datetime,
+    first: bool = False,
+) -> VehicleThroughput | None:
+    """Fold one run of `items` items of `workload` (the model file's sha256) in `seconds` of compute, using
+    `energy_wh`, into the car's measured speed and energy. `first` (a self-test) replaces what was measured before.
+    Smoothed on seconds per item, so a slow unit weighs as much as the time it took. Returns None for a run with
+    nothing to measure."""
+    if items <= 0 or seconds is None or seconds < 0 or ch_per_item <= 0:
+        return None
+    seconds_per_item = max(seconds, MIN_MEASURED_SECONDS) / items
+    wh_per_item = max(energy_wh or 0.0, 0.0) / items
+    with transaction.atomic():
+        row = VehicleThroughput.objects.select_for_update().filter(vehicle=vehicle, workload=workload).first()
+        if row is None:
+            row = VehicleThroughput(vehicle=vehicle, workload=workload)
+        elif not first:
+            weight = THROUGHPUT_SMOOTHING
+            seconds_per_item = (1 - weight) / row.items_per_s + weight * seconds_per_item
+            wh_per_item = (1 - weight) * row.wh_per_item + weight * wh_per_item
+        row.precision, row.ch_per_item, row.compute_class = precision, ch_per_item, vehicle.compute_class
+        row.items_per_s, row.wh_per_item = 1 / seconds_per_item, wh_per_item
+        row.samples = 1 if first else row.samples + 1
+        row.measured_at = at
+        row.save()
+    return row
 
 
 STATE_FIELDS = [f.name for f in VehicleState._meta.get_fields() if f.concrete and f.name not in ("id", "vehicle")]

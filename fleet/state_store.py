@@ -131,6 +131,15 @@ def states_get(vehicle_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     return {i: json.loads(raw) for i, raw in zip(ids, raws, strict=True) if raw}
 
 
+def last_seen(vehicle_ids: Iterable[int]) -> dict[int, float]:
+    """When each car's last heartbeat was received (Unix time), for those that sent one."""
+    ids = list(vehicle_ids)
+    if not ids:
+        return {}
+    scores = client().zmscore(SEEN_KEY, [str(i) for i in ids])
+    return {i: float(score) for i, score in zip(ids, scores, strict=True) if score is not None}
+
+
 def seen_since(ts: float) -> list[int]:
     return [int(i) for i in client().zrangebyscore(SEEN_KEY, ts, "+inf")]
 

@@ -5,6 +5,7 @@ from . import apis
 urlpatterns = [
     path("agent/artifacts/<str:sha256>/", apis.AgentArtifactApi.as_view(), name="agent-artifact"),
     path("agent/lease/", apis.AgentLeaseApi.as_view(), name="agent-lease"),
+    path("agent/lease/renew/", apis.AgentLeaseRenewApi.as_view(), name="agent-lease-renew"),
     path("agent/result/", apis.AgentResultApi.as_view(), name="agent-result"),
     path("agent/failure/", apis.AgentFailureApi.as_view(), name="agent-failure"),
     path("models/", apis.InferenceModelListApi.as_view(), name="api-models"),

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import re
 
+from django.db.models import Q
 from django.http import FileResponse, Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -19,20 +26,31 @@ from config.exceptions import ApplicationError, ErrorSerializer
 from fleet.apis import AgentApi
 
 from . import dispatch, selectors, services, storage
-from .models import Bid, Dataset, InferenceModel, PrecisionVariant, WorkUnit
+from .models import Bid, Dataset, InferenceModel, PrecisionVariant, SelfTest, VariantAccuracy, WorkUnit
 
 IsCustomer = HasRole.of(Role.CUSTOMER)
 MODEL_ID = OpenApiParameter("model_id", int, OpenApiParameter.PATH)
 
 
+class VariantAccuracySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = VariantAccuracy
+        fields = ("compute_class", "passes", "metrics", "cars_tested", "cars_failed", "platform", "measured_at")
+        read_only_fields = fields
+
+
 class VariantOutputSerializer(serializers.ModelSerializer):
     meets_tolerance = serializers.SerializerMethodField()
+    accuracy_by_class = VariantAccuracySerializer(
+        source="accuracies", many=True, read_only=True,
+        help_text="Accuracy against FP32 per compute class: the platform's CPU, and the cars' self-tests.",
+    )  # fmt: skip
 
     class Meta:
         model = PrecisionVariant
         fields = (
             "precision", "method", "status", "progress", "size_bytes", "ch_per_item", "emulated", "metrics",
-            "items_per_s", "error", "meets_tolerance",
+            "items_per_s", "error", "meets_tolerance", "accuracy_by_class",
         )  # fmt: skip
         read_only_fields = fields
 
@@ -40,22 +58,52 @@ class VariantOutputSerializer(serializers.ModelSerializer):
         return selectors.variant_passes(variant)
 
 
+class PoolOutlookSerializer(serializers.Serializer):
+    precision = serializers.CharField()
+    runnable = serializers.BooleanField()
+    cars = serializers.IntegerField(help_text="Active, opted-in cars that run it, outside classes it fails on.")
+    ch_on_offer = serializers.FloatField(help_text="CH the cars available now offer in this pool.")
+    reserve_mcents = serializers.IntegerField()
+    problem = serializers.CharField(help_text="Why it cannot run; empty when it can.")
+
+
 class InferenceModelOutputSerializer(serializers.ModelSerializer):
     variants = VariantOutputSerializer(many=True, read_only=True)
     auto_precision = serializers.SerializerMethodField()
+    outlook = serializers.SerializerMethodField()
 
     class Meta:
         model = InferenceModel
         fields = (
             "id", "name", "description", "kind", "is_catalogue", "onnx_sha256", "onnx_size", "output_name", "inputs",
             "outputs", "opset", "metric", "tolerance", "status", "rejection_reason", "created_at", "variants",
-            "auto_precision",
+            "auto_precision", "outlook",
         )  # fmt: skip
         read_only_fields = fields
 
+    def _outlook(self, model) -> list[selectors.PoolOutlook]:
+        # The fleet's capability is read once per response, however many models it lists.
+        if "fleet" not in self.context:
+            self.context["fleet"] = selectors.fleet_capability()
+        cached = self.context.setdefault("outlooks", {})
+        if model.pk not in cached:
+            cached[model.pk] = selectors.pools_outlook(model=model, fleet=self.context["fleet"])
+        return cached[model.pk]
+
     def get_auto_precision(self, model) -> str | None:
-        variant = selectors.variant_pick_auto(model=model)
-        return variant.precision if variant else None
+        """What "auto" would run now: the cheapest precision the fleet's cars run within the tolerance (None:
+        nothing can run)."""
+        pool = selectors.auto_pick(self._outlook(model))
+        return pool.precision if pool else None
+
+    @extend_schema_field(PoolOutlookSerializer(many=True))
+    def get_outlook(self, model) -> list[dict]:
+        """Per precision, cheapest first: whether the fleet can run this model's variant, and why not."""
+        return [
+            {"precision": p.precision, "runnable": p.runnable, "cars": p.cars, "ch_on_offer": p.ch_on_offer,
+             "reserve_mcents": p.reserve_mcents, "problem": p.problem}
+            for p in self._outlook(model)
+        ]  # fmt: skip
 
 
 class DatasetOutputSerializer(serializers.ModelSerializer):
@@ -81,7 +129,7 @@ class InferenceModelListApi(APIView):
 
     @extend_schema(responses={200: InferenceModelOutputSerializer(many=True)})
     def get(self, request):
-        models = selectors.inference_models_visible(user=request.user).prefetch_related("variants")
+        models = selectors.inference_models_visible(user=request.user).prefetch_related("variants__accuracies")
         return Response(InferenceModelOutputSerializer(models, many=True).data)
 
     @extend_schema(
@@ -144,11 +192,14 @@ class AgentArtifactApi(AgentApi):
     def get(self, request, sha256: str):
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):  # not a digest (and no NUL byte for PostgreSQL to choke on)
             raise Http404("No such artifact.")
-        # Only what this car needs for a unit it holds: a customer's model is not for every car to fetch.
-        leased = WorkUnit.objects.filter(assigned_vehicle=request.user.vehicle, status=WorkUnit.Status.LEASED)
+        # Only what this car needs for a unit or self-test it holds: a customer's model is not for every car to fetch.
+        vehicle = request.user.vehicle
+        leased = WorkUnit.objects.filter(assigned_vehicle=vehicle, status=WorkUnit.Status.LEASED)
+        tests = SelfTest.objects.filter(vehicle=vehicle, status=SelfTest.Status.LEASED)
         servable = (
-            leased.filter(bid__variant__sha256=sha256).exists()
+            leased.filter(variant__sha256=sha256).exists()
             or leased.filter(bid__inference_model__tokenizer_sha256=sha256).exists()
+            or tests.filter(Q(variant__sha256=sha256) | Q(variant__inference_model__tokenizer_sha256=sha256)).exists()
         )
         if not servable or not storage.artifact_exists(sha256):
             raise Http404("No such artifact.")
@@ -263,15 +314,40 @@ class Base64Field(serializers.CharField):
 
 
 class AgentLeaseApi(AgentApi):
-    """Ask for a work unit: 200 with the lease (items, model to download, lease id), or 204 when there is none."""
+    """Ask for a work unit: 200 with the lease (items, model to download, lease id, how long it lasts), 204 when there
+    is none, 409 when the car may not work now (paused, suspended, driving, off WiFi: the message says which). A car
+    that never ran a variant gets a self-test of it first, leased like a unit (its id starts "selftest-")."""
 
-    @extend_schema(request=None, responses={200: dict, 204: None, 401: ErrorSerializer})
+    @extend_schema(request=None, responses={200: dict, 204: None, 401: ErrorSerializer, 409: ErrorSerializer})
     def post(self, request):
         vehicle = request.user.vehicle
         unit = dispatch.unit_lease(vehicle=vehicle)
         if unit is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(dispatch.lease_payload(unit, vehicle=vehicle))
+
+
+class AgentLeaseRenewApi(AgentApi):
+    """The car is still working: its lease runs on for another lease length. 409 when the lease is no longer the car's
+    (reissued, the car paused...), or the unit took far longer than the car's measured speed predicts: stop it."""
+
+    @extend_schema_serializer(component_name="LeaseRenew")
+    class InputSerializer(serializers.Serializer):
+        unit_id = serializers.CharField(max_length=40)
+        lease_id = serializers.CharField(max_length=40)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer("LeaseRenewed", {"lease_seconds": serializers.FloatField()}),
+            400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer,
+        },
+    )  # fmt: skip
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        seconds = dispatch.lease_renew(vehicle=request.user.vehicle, **serializer.validated_data)
+        return Response({"lease_seconds": seconds})
 
 
 class AgentResultApi(AgentApi):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,16 +18,21 @@ from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from config.exceptions import ApplicationError
+from fleet import state_store
+from fleet.agent import protocol
 from fleet.agent.inference import decode_npy, encode_npy
-from fleet.models import Vehicle
+from fleet.models import Vehicle, VehicleThroughput
+from fleet.services import throughput_record
 
-from . import sizing, storage, verdicts
+from . import selftests, sizing, storage, verdicts
 from .datasets import ParsedDataset
-from .models import Allocation, Bid, WorkUnit
+from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
 
 MAX_UNIT_ATTEMPTS = 3
 # Items per inference call on the car (INT8 outputs depend a little on the batch an item ran in).
 LEASE_BATCH_SIZE = 32
+# What one item's output weighs on the way back, bytes (an embedding of 384 floats is 1.5 kB): sizing's upload term.
+ITEM_OUTPUT_BYTES = 4 * 1024
 
 
 # --- Cutting -----------------------------------------------------------------------------------------------------
@@ -60,11 +66,24 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
         bid = bids[allocation.bid_id]
         per_item = bid.variant.ch_per_item
         budget = max(1, round(allocation.ch / per_item))
+        fully_allocated = bid.ch_allocated >= bid.ch_total and last_of_bid[bid.pk] == allocation.pk
+        size = sizing.items_per_unit(
+            ch_per_item=per_item,
+            car_ch_per_hour=car["ch_per_hour"],
+            parked_seconds_left=car["parked_seconds_left"],
+            down_mbps=car["down_mbps"],
+            up_mbps=car["up_mbps"],
+            item_bytes_in=bid.dataset.size_bytes / max(bid.dataset.item_count, 1),
+            item_bytes_out=ITEM_OUTPUT_BYTES,
+            model_bytes=bid.variant.size_bytes or 0,
+            model_cached=car["model_cached"],
+        ) or 1  # fmt: skip
+        index = next_index.get(bid.pk, 0)
         left: list[WorkUnit] = []
         for unit in reissued.get(bid.pk, []):
             # A replica checks another car's result: it runs on the same hardware class, never on a car that ran it
             # (rounds.verification_allocate finds it a car when no allocation of the bid fits).
-            if budget <= 0 or (
+            if (budget <= 0 and not fully_allocated) or (
                 unit.replica_of_id
                 and (
                     allocation.vehicle_id in unit.excluded_vehicles
@@ -73,31 +92,36 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
             ):
                 left.append(unit)
                 continue
+            rest = unit.item_end
+            if unit.replica_of_id is None and unit.items > size:
+                unit.item_end, unit.ch = unit.item_start + size, size * per_item
             unit.assigned_vehicle_id, unit.allocation = allocation.vehicle_id, allocation
             reassigned.append(unit)
             budget -= unit.items
+            # A unit given back by a car with more time or speed than this one is cut to this car's size, the rest
+            # into units of that size too: this car's while its budget lasts, else left for the next rounds.
+            for start in range(unit.item_end, rest, size):
+                end = min(start + size, rest)
+                mine = budget > 0 or fully_allocated
+                cut.append(
+                    (bid.pk, unit.variant_id, index, start, end, (end - start) * per_item,
+                     allocation.vehicle_id if mine else None, allocation.pk if mine else None)
+                )  # fmt: skip
+                budget -= (end - start) if mine else 0
+                index += 1
         reissued[bid.pk] = left
-        fully_allocated = bid.ch_allocated >= bid.ch_total and last_of_bid[bid.pk] == allocation.pk
         remaining = bid.items - bid.items_unitised
         to_cut = remaining if fully_allocated else min(max(budget, 0), remaining)
-        size = sizing.items_per_unit(
-            ch_per_item=per_item,
-            car_ch_per_hour=car["ch_per_hour"],
-            parked_seconds_left=car["parked_seconds_left"],
-            down_mbps=car["down_mbps"],
-            up_mbps=car["up_mbps"],
-            item_bytes_in=bid.dataset.size_bytes / max(bid.dataset.item_count, 1),
-            item_bytes_out=4 * 1024,
-            model_bytes=bid.variant.size_bytes or 0,
-            model_cached=car["model_cached"],
-        ) or 1  # fmt: skip
-        index, start = next_index.get(bid.pk, 0), bid.items_unitised
+        start = bid.items_unitised
         while to_cut > 0:
             count = min(size, to_cut)
-            cut.append((bid.pk, index, start, start + count, count * per_item, allocation.vehicle_id, allocation.pk))
+            cut.append(
+                (bid.pk, bid.variant_id, index, start, start + count, count * per_item, allocation.vehicle_id,
+                 allocation.pk)
+            )  # fmt: skip
             index, start, to_cut = index + 1, start + count, to_cut - count
         next_index[bid.pk], bid.items_unitised = index, start
-    WorkUnit.objects.bulk_update(reassigned, ["assigned_vehicle", "allocation"], batch_size=1000)
+    WorkUnit.objects.bulk_update(reassigned, ["assigned_vehicle", "allocation", "item_end", "ch"], batch_size=1000)
     _units_insert(cut)
     changed = [bids[bid_id] for bid_id in bid_ids if bids[bid_id].items_unitised != unitised_before[bid_id]]
     Bid.objects.bulk_update(changed, ["items_unitised"], batch_size=1000)
@@ -105,7 +129,9 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
 
 
 # What differs between the units a round cuts; every other column holds its default.
-_CUT_COLUMNS = ("bid_id", "index", "item_start", "item_end", "ch", "assigned_vehicle_id", "allocation_id")
+_CUT_COLUMNS = (
+    "bid_id", "variant_id", "index", "item_start", "item_end", "ch", "assigned_vehicle_id", "allocation_id",
+)  # fmt: skip
 
 
 def _units_insert(rows: list[tuple]) -> None:
@@ -134,54 +160,126 @@ def _units_insert(rows: list[tuple]) -> None:
 # --- Leasing -----------------------------------------------------------------------------------------------------
 
 
-def unit_lease(*, vehicle: Vehicle, now: datetime | None = None) -> WorkUnit | None:
+def vehicle_work_refusal(*, vehicle: Vehicle, state: dict[str, Any] | None) -> str | None:
+    """Why the car may not take or keep work now, in the owner's words; None when it may (or its state is not known:
+    vehicles_silent_release deals with a car that stopped heartbeating). `vehicle` with its status read fresh,
+    `state` its last heartbeat."""
+    if vehicle.status == Vehicle.Status.PAUSED:
+        return "paused by its owner"
+    if vehicle.status == Vehicle.Status.SUSPENDED:
+        return "suspended by Idlefleet"
+    if state is None:
+        return None  # Redis lost it (a restart): the car's next heartbeat tells; the sweeper acts on its silence
+    if not state.get("parked"):
+        return "leaving" if state.get("departure_announced_at") else "driving"
+    if state.get("network") not in protocol.WORK_NETWORKS:
+        return f"on {state.get('network')}: work only runs on WiFi"
+    return None
+
+
+def unit_lease(*, vehicle: Vehicle, now: datetime | None = None) -> WorkUnit | SelfTest | None:
     """Hand the car its next queued unit under a fresh lease; None when it has none. Safe under concurrency: the
-    row is claimed with SELECT ... FOR UPDATE SKIP LOCKED inside the transaction."""
+    row is claimed with SELECT ... FOR UPDATE SKIP LOCKED inside the transaction.
+
+    Refused (409, nothing changes but that the car's work goes back to the market) to a car that is paused,
+    suspended, driving or off WiFi. A car that never ran the unit's variant gets a self-test of it first
+    (marketplace/selftests.py); one whose self-test missed the variant's tolerance gives its units of it back. The
+    lease lasts the unit's predicted run time on this car plus a margin (sizing.lease_seconds); the agent renews it.
+    """
     now = now or timezone.now()
+    vehicle = Vehicle.objects.select_related("hardware").get(pk=vehicle.pk)
+    state = state_store.state_get(vehicle.pk)
+    refusal = vehicle_work_refusal(vehicle=vehicle, state=state)
+    if refusal is not None:
+        if WorkUnit.objects.filter(assigned_vehicle=vehicle, status=WorkUnit.Status.QUEUED).exists():
+            vehicle_units_release(vehicle=vehicle, reason=f"the car cannot work: {refusal}")
+        raise ApplicationError(f"This car cannot take work now: {refusal}.", code="cannot_work", status=409)
+    measured = {
+        row.workload: row for row in VehicleThroughput.objects.filter(vehicle=vehicle).only(
+            "workload", "items_per_s")
+    }  # fmt: skip
     with transaction.atomic():
-        unit = (
-            WorkUnit.objects.select_for_update(skip_locked=True, of=("self",))
-            # What lease_payload reads, in the same query.
-            .select_related("bid__variant", "bid__inference_model", "bid__dataset__inference_model")
-            .filter(assigned_vehicle=vehicle, status=WorkUnit.Status.QUEUED, bid__status__in=Bid.OPEN_STATUSES)
-            .order_by("bid__created_at", "index")
-            .first()
-        )
-        if unit is None:
-            return None
+        while True:
+            unit = (
+                WorkUnit.objects.select_for_update(skip_locked=True, of=("self",))
+                # What lease_payload reads, in the same query.
+                .select_related("variant", "bid__inference_model", "bid__dataset__inference_model")
+                .filter(assigned_vehicle=vehicle, status=WorkUnit.Status.QUEUED, bid__status__in=Bid.OPEN_STATUSES)
+                .order_by("bid__created_at", "index")
+                .first()
+            )
+            if unit is None:
+                return None
+            if unit.variant.sha256 in measured:
+                break
+            if not selftests.self_test_failed(vehicle=vehicle, variant=unit.variant):
+                return selftests.self_test_issue(vehicle=vehicle, unit=unit, now=now)
+            units_of_variant_release(
+                vehicle=vehicle, variant=unit.variant,
+                reason=f"the {unit.variant.precision.upper()} variant missed the model's tolerance on this car",
+            )  # fmt: skip
+        unit.probes = verdicts.probes_pick(unit=unit)
+        predicted = (unit.items + len(unit.probes)) / measured[unit.variant.sha256].items_per_s
         unit.status = WorkUnit.Status.LEASED
         unit.lease_id = str(uuid.uuid4())
         unit.leased_at = now
-        unit.lease_expires_at = now + timedelta(seconds=settings.WORK_LEASE_SECONDS)
-        unit.probes = verdicts.probes_pick(unit=unit)
-        unit.save(update_fields=["status", "lease_id", "leased_at", "lease_expires_at", "probes"])
+        unit.predicted_seconds = predicted
+        unit.lease_expires_at = now + timedelta(seconds=_lease_seconds(unit, state))
+        unit.save(update_fields=["status", "lease_id", "leased_at", "lease_expires_at", "probes", "predicted_seconds"])
     return unit
 
 
-def lease_payload(unit: WorkUnit, *, vehicle: Vehicle) -> dict[str, Any]:
-    """The lease JSON the agent's WorkUnit.from_lease reads (fleet/agent/executor.py)."""
-    bid = unit.bid
-    variant, model = bid.variant, bid.inference_model
-    leased = leased_items(unit, _dataset_items(bid).items)
+def _transfer_seconds(unit: WorkUnit, state: dict[str, Any] | None) -> float:
+    """Seconds the unit's downloads and upload take at the car's measured bandwidth (the model only if it lacks it)."""
+    state = state or {}
+    down, up = float(state.get("bandwidth_down_mbps") or 0), float(state.get("bandwidth_up_mbps") or 0)
+    dataset = unit.bid.dataset
+    items = unit.items + len(unit.probes)
+    size_in = items * dataset.size_bytes / max(dataset.item_count, 1)
+    if unit.variant.sha256 not in (state.get("models_cached") or []):
+        size_in += unit.variant.size_bytes or 0
+    seconds = sizing.transfer_seconds(size_in, down) + sizing.transfer_seconds(items * ITEM_OUTPUT_BYTES, up)
+    return seconds if math.isfinite(seconds) else float(settings.WORK_LEASE_SECONDS)
+
+
+def _lease_seconds(unit: WorkUnit, state: dict[str, Any] | None) -> float:
+    transfer = _transfer_seconds(unit, state)
+    return selftests.lease_seconds_for(predicted_s=unit.predicted_seconds or 0.0, transfer_s=transfer)
+
+
+def lease_payload(unit: WorkUnit | SelfTest, *, vehicle: Vehicle) -> dict[str, Any]:
+    """The lease JSON the agent's WorkUnit.from_lease reads (fleet/agent/executor.py): a unit's, or a self-test's."""
+    if isinstance(unit, SelfTest):
+        return selftests.self_test_payload(unit, vehicle=vehicle, batch_size=LEASE_BATCH_SIZE)
+    leased = leased_items(unit, _dataset_items(unit.bid).items)
+    payload = variant_payload(unit.variant, vehicle=vehicle, items=leased, batch_size=LEASE_BATCH_SIZE)
+    lease = (unit.lease_expires_at - unit.leased_at).total_seconds() if unit.lease_expires_at else None
+    payload.update(unit_id=str(unit.pk), lease_id=unit.lease_id, ch=unit.ch, lease_seconds=lease)
+    return payload
+
+
+def variant_payload(variant: PrecisionVariant, *, vehicle: Vehicle, items: list, batch_size: int) -> dict[str, Any]:
+    """The lease fields that say what to run and on which items (a unit's and a self-test's alike)."""
+    model = variant.inference_model
     payload: dict[str, Any] = {
-        "unit_id": str(unit.pk),
-        "lease_id": unit.lease_id,
         "model_sha256": variant.sha256,
         "model_url": f"/api/v1/agent/artifacts/{variant.sha256}/",
         "model_size": variant.size_bytes,
         "kind": model.kind,
         "output_name": model.output_name,
-        "batch_size": LEASE_BATCH_SIZE,
+        "batch_size": batch_size,
         "precision": variant.precision,
-        # FP8 only runs natively where the hardware declares it; anywhere else it is emulated, and labelled so.
-        "emulated": variant.emulated or (variant.precision == "fp8" and not vehicle.hardware.factor_fp8),
+        # FP8 only runs natively where the hardware declares it (its profile and its own report); anywhere else it
+        # is emulated, and labelled so.
+        "emulated": variant.emulated
+        or (variant.precision == "fp8" and not (vehicle.hardware.factor_fp8 and (vehicle.compute or {}).get("fp8"))),
     }
     if model.kind == "text":
-        payload["items"] = leased
+        payload["items"] = items
         payload["tokenizer_sha256"] = model.tokenizer_sha256
         payload["tokenizer_url"] = f"/api/v1/agent/artifacts/{model.tokenizer_sha256}/"
     else:
-        data, _ = encode_npy(np.asarray(leased))
+        data, _ = encode_npy(np.asarray(items))
         payload["items_npy_b64"] = base64.b64encode(data).decode("ascii")
     return payload
 
@@ -201,13 +299,49 @@ def _dataset_items(bid: Bid) -> ParsedDataset:
     return dataset_items(bid.dataset)
 
 
+@transaction.atomic
+def lease_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datetime | None = None) -> float:
+    """The car is still working on its unit: its lease runs for another lease length from now (returned, seconds).
+
+    409 when the lease is no longer the car's, when the car may no longer work (paused, suspended, driving, off
+    WiFi: its work goes back to the market), or when it has held the unit HOLD_RUN_FACTOR times longer than its
+    measured speed predicts (the unit goes to another car; the car's measured speed follows its timing)."""
+    now = now or timezone.now()
+    if selftests.is_self_test(unit_id):
+        return selftests.self_test_renew(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id, now=now)
+    unit = _leased_unit(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
+    fresh = Vehicle.objects.only("status").get(pk=vehicle.pk)
+    state = state_store.state_get(vehicle.pk)
+    refusal = vehicle_work_refusal(vehicle=fresh, state=state)
+    if refusal is not None:
+        _release(unit, error=f"the car cannot work: {refusal}", count_attempt=False)
+        raise ApplicationError(
+            f"lease_id: this car cannot work now ({refusal}): the unit went back to the market.",
+            fields={"lease_id": ["Released."]}, code="lease_lost", status=409,
+        )  # fmt: skip
+    transfer = _transfer_seconds(unit, state)
+    lease = _lease_seconds(unit, state)
+    held = (now - (unit.leased_at or now)).total_seconds()
+    limit = sizing.hold_limit_seconds(predicted_s=unit.predicted_seconds or 0.0, transfer_s=transfer, lease_s=lease)
+    if held > limit:
+        _release(unit, error=f"held {held:.0f} s, far past its predicted {unit.predicted_seconds or 0:.0f} s",
+                 count_attempt=True)  # fmt: skip
+        raise ApplicationError(
+            "lease_id: this unit has taken far longer than the car's measured speed predicts: it went to another car.",
+            fields={"lease_id": ["Held too long."]}, code="lease_lost", status=409,
+        )  # fmt: skip
+    unit.lease_expires_at = now + timedelta(seconds=lease)
+    unit.save(update_fields=["lease_expires_at"])
+    return lease
+
+
 def _leased_unit(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> WorkUnit:
     try:
         # Only the unit's row: FOR UPDATE over the join would lock the bid too, and every result of the bid would
         # wait for the one before it to commit (bid_finish_if_done locks the bid, briefly, at the end).
         unit = (
             WorkUnit.objects.select_for_update(of=("self",))
-            .select_related("bid__inference_model", "bid__variant")  # what judging the result reads
+            .select_related("bid__inference_model", "bid__dataset", "variant")  # what judging the result reads
             .get(pk=int(unit_id))
         )
     except (ValueError, WorkUnit.DoesNotExist):
@@ -232,12 +366,9 @@ _RESULT_FIELDS = (
 )  # fmt: skip
 
 
-@transaction.atomic
-def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None = None) -> WorkUnit | None:
-    """Take a car's outputs for a leased unit: checked (checksum, one output per item, finite, the known answers
-    right), stored, counted once. None when the result was refused for a wrong known answer."""
-    now = now or timezone.now()
-    unit = _leased_unit(vehicle=vehicle, unit_id=data["unit_id"], lease_id=data["lease_id"])
+def outputs_checked(data: dict[str, Any], *, expected: int) -> tuple[np.ndarray, bytes]:
+    """A result's outputs and their .npy bytes: base64 of a .npy array matching its sha256, `expected` finite outputs.
+    Anything else is a 400 naming the field, and nothing is stored."""
     try:
         raw = base64.b64decode(data["output_npy_b64"], validate=True)
         outputs = decode_npy(raw)
@@ -247,12 +378,31 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
     if hashlib.sha256(raw).hexdigest() != data["output_sha256"]:
         raise ApplicationError("output_sha256: does not match the outputs sent.",
                                fields={"output_sha256": ["Does not match the outputs."]})  # fmt: skip
-    leased = unit.items + len(unit.probes)
-    if outputs.ndim < 1 or outputs.shape[0] != leased or not np.isfinite(outputs).all():
+    if outputs.ndim < 1 or outputs.shape[0] != expected or not np.isfinite(outputs).all():
         raise ApplicationError(
-            f"output_npy_b64: expected {leased} finite outputs, got shape {list(outputs.shape)}.",
-            fields={"output_npy_b64": [f"Expected {leased} finite outputs."]},
+            f"output_npy_b64: expected {expected} finite outputs, got shape {list(outputs.shape)}.",
+            fields={"output_npy_b64": [f"Expected {expected} finite outputs."]},
         )
+    return outputs, raw
+
+
+@transaction.atomic
+def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None = None) -> WorkUnit | None:
+    """Take a car's outputs for a leased unit: checked (checksum, one output per item, finite, the known answers
+    right), stored, counted once; the unit's timing updates the car's measured speed. None when the result was
+    refused for a wrong known answer. A self-test's outputs go to selftests.self_test_result."""
+    now = now or timezone.now()
+    if selftests.is_self_test(str(data["unit_id"])):
+        selftests.self_test_result(vehicle=vehicle, data=data, now=now)
+        return None
+    unit = _leased_unit(vehicle=vehicle, unit_id=data["unit_id"], lease_id=data["lease_id"])
+    leased = unit.items + len(unit.probes)
+    outputs, raw = outputs_checked(data, expected=leased)
+    throughput_record(
+        vehicle=vehicle, workload=unit.variant.sha256, precision=unit.variant.precision,
+        ch_per_item=unit.variant.ch_per_item or 0.0, items=leased, seconds=data.get("seconds"),
+        energy_wh=data.get("energy_wh") or 0.0, at=now,
+    )  # fmt: skip
     if unit.probes:
         outputs, probes_ok = verdicts.probes_check(unit=unit, outputs=outputs)
         if not probes_ok:
@@ -270,7 +420,9 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
 
 
 @transaction.atomic
-def unit_failure(*, vehicle: Vehicle, unit_id: str, lease_id: str, error: str) -> WorkUnit:
+def unit_failure(*, vehicle: Vehicle, unit_id: str, lease_id: str, error: str) -> WorkUnit | SelfTest:
+    if selftests.is_self_test(unit_id):
+        return selftests.self_test_failure(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id, error=error)
     unit = _leased_unit(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
     _release(unit, error=error[:2000], count_attempt=True)
     return unit
@@ -321,17 +473,165 @@ def leases_expire(*, now: datetime | None = None) -> int:
 
 
 @transaction.atomic
-def vehicle_units_release(*, vehicle: Vehicle) -> int:
-    """A departing car gives back at once every unit it holds or was given; none counts as its failure."""
+def vehicle_units_release(*, vehicle: Vehicle, reason: str = "the car left") -> int:
+    """A car that can no longer work (it left, was paused or suspended, drives, is off WiFi or went silent) gives back
+    at once every unit it holds or was given; none counts as its failure. Its sold time ends."""
     units = list(
         WorkUnit.objects.select_for_update().filter(
             assigned_vehicle=vehicle, status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED)
         )
     )
     for unit in units:
-        _release(unit, error="the car left", count_attempt=False)
+        _release(unit, error=reason, count_attempt=False)
+    SelfTest.objects.filter(vehicle=vehicle, status=SelfTest.Status.LEASED).update(status=SelfTest.Status.LOST)
     Allocation.objects.filter(vehicle=vehicle, ends_at__gt=timezone.now()).update(ends_at=timezone.now())
     return len(units)
+
+
+@transaction.atomic
+def units_of_variant_release(*, vehicle: Vehicle, variant: PrecisionVariant, reason: str) -> int:
+    """The car may not run `variant` (its self-test missed the tolerance): its queued units of it go back to the
+    market, without counting as its failure. Returns how many."""
+    units = list(
+        WorkUnit.objects.select_for_update().filter(
+            assigned_vehicle=vehicle, variant=variant, status=WorkUnit.Status.QUEUED
+        )
+    )
+    for unit in units:
+        _release(unit, error=reason, count_attempt=False)
+    return len(units)
+
+
+# Of its predicted stay, the share a car's queued work may fill once its speed is measured: the rest absorbs a run
+# slower than measured or a departure earlier than predicted.
+STAY_SHARE = 0.75
+
+
+@transaction.atomic
+def units_fit(*, vehicle: Vehicle, variant: PrecisionVariant, now: datetime) -> tuple[int, int]:
+    """The car's speed on `variant` was just measured (its self-test): cut its queued units of the variant to what it
+    can finish. Each unit is sized for the measured speed (sizing.items_per_unit: compute within a quarter of the
+    predicted stay, so within its lease too), and the car keeps work for at most STAY_SHARE of its predicted stay
+    (the CH it sold take longer than its rating said); the rest goes back to its bid, whose next rounds sell it
+    again. A replica is never split (it
+    must cover its slice): one too big goes back whole. Returns (units kept, units given back)."""
+    from fleet.selectors import vehicles_live
+
+    vehicle = Vehicle.objects.select_related("hardware", "policy").get(pk=vehicle.pk)
+    units = list(
+        WorkUnit.objects.select_for_update(of=("self",))
+        .select_related("bid__dataset", "allocation")
+        .filter(assigned_vehicle=vehicle, status=WorkUnit.Status.QUEUED, variant=variant)
+        .order_by("bid__created_at", "index")
+    )
+    live = vehicles_live([vehicle], now=now)[0]
+    figures = live.measured.get(variant.sha256)
+    if not units or figures is None:
+        return len(units), 0
+    stay_car_s = live.availability.hours_offered * 3600 if live.availability.available else 0.0
+    # Real seconds of computing the car has for this work, and the items that fill them at its measured speed.
+    seconds = STAY_SHARE * stay_car_s / live.clock_rate
+    budget = initial = math.floor(seconds * figures.items_per_s)
+    state = live.state or {}
+    kept = given_back = 0
+    for unit in units:
+        per_unit = sizing.items_per_unit(
+            ch_per_item=variant.ch_per_item or 0.0, car_ch_per_hour=figures.ch_per_hour / live.clock_rate,
+            parked_seconds_left=stay_car_s, down_mbps=float(state.get("bandwidth_down_mbps") or 0),
+            up_mbps=float(state.get("bandwidth_up_mbps") or 0),
+            item_bytes_in=unit.bid.dataset.size_bytes / max(unit.bid.dataset.item_count, 1),
+            item_bytes_out=ITEM_OUTPUT_BYTES, model_bytes=variant.size_bytes or 0, model_cached=True,
+        )  # fmt: skip
+        size = min(per_unit, budget)
+        if unit.replica_of_id is not None:
+            if unit.items > size:
+                _give_back(unit)
+                given_back += 1
+            else:
+                budget -= unit.items
+                kept += 1
+            continue
+        if size <= 0:
+            _give_back(unit)
+            given_back += 1
+            continue
+        if unit.items > size:
+            rest = unit_split(unit, at=unit.item_start + size)
+            _give_back(rest)
+            given_back += 1
+        budget -= unit.items
+        kept += 1
+    # The car's sold time ends when its kept work should: it is busy while it holds units anyway.
+    work_s = (initial - budget) / figures.items_per_s
+    Allocation.objects.filter(vehicle=vehicle, ends_at__gt=now + timedelta(seconds=work_s)).update(
+        ends_at=now + timedelta(seconds=work_s)
+    )
+    return kept, given_back
+
+
+def unit_split(unit: WorkUnit, *, at: int) -> WorkUnit:
+    """Cut a queued primary unit in two at item `at`: `unit` keeps [item_start, at), the new unit (returned, queued,
+    assigned like `unit`) holds [at, item_end). Their CH add up to the unit's."""
+    splittable = unit.replica_of_id is None and unit.status == WorkUnit.Status.QUEUED
+    if not splittable or not unit.item_start < at < unit.item_end:
+        raise ValueError("only a queued primary unit is split, strictly inside its items")
+    per_item = unit.ch / unit.items
+    index = WorkUnit.objects.filter(bid_id=unit.bid_id).count()
+    rest = WorkUnit.objects.create(
+        bid_id=unit.bid_id, variant_id=unit.variant_id, index=index, item_start=at, item_end=unit.item_end,
+        ch=unit.ch - per_item * (at - unit.item_start), assigned_vehicle_id=unit.assigned_vehicle_id,
+        allocation=unit.allocation, attempts=unit.attempts,
+    )  # fmt: skip
+    unit.item_end, unit.ch = at, per_item * (at - unit.item_start)
+    unit.save(update_fields=["item_end", "ch"])
+    return rest
+
+
+def _give_back(unit: WorkUnit) -> None:
+    """A queued unit the car will not run goes back to its bid (no attempt counted): the next rounds sell its CH
+    again (a replica's CH were never the customer's: verification finds it another car)."""
+    unit.assigned_vehicle, unit.allocation = None, None
+    unit.save(update_fields=["assigned_vehicle", "allocation"])
+    if unit.replica_of_id is None:
+        Bid.objects.filter(pk=unit.bid_id).update(ch_allocated=F("ch_allocated") - unit.ch)
+
+
+def vehicles_silent_release(*, now: datetime | None = None) -> int:
+    """The sweeper's other half: every car holding work whose heartbeats stopped (none for HEARTBEAT_LOST_AFTER_S,
+    1.5 heartbeat intervals), or whose last heartbeat says it cannot work (driving, off WiFi), or that is no longer
+    active, gives its work back at once. With the sweep every third of an interval, a silent car's units are back on
+    the market within two heartbeat intervals of its last heartbeat. Returns the number of cars released."""
+    from fleet.availability import HEARTBEAT_LOST_AFTER_S
+
+    now = now or timezone.now()
+    holders = set(
+        WorkUnit.objects.filter(status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED),
+                                assigned_vehicle__isnull=False)
+        .values_list("assigned_vehicle_id", flat=True)
+        .distinct()
+    )  # fmt: skip
+    holders |= set(SelfTest.objects.filter(status=SelfTest.Status.LEASED).values_list("vehicle_id", flat=True))
+    if not holders:
+        return 0
+    seen = state_store.last_seen(holders)
+    states = state_store.states_get(holders)
+    released = 0
+    for vehicle in Vehicle.objects.filter(pk__in=holders).only("pk", "status"):
+        last = seen.get(vehicle.pk)
+        silent_s = now.timestamp() - last if last is not None else math.inf
+        if silent_s > HEARTBEAT_LOST_AFTER_S:
+            reason = f"no heartbeat for {silent_s:.0f} s" if last is not None else "no heartbeat"
+        else:
+            reason = vehicle_work_refusal(vehicle=vehicle, state=states.get(vehicle.pk))
+        if reason is not None:
+            vehicle_units_release(vehicle=vehicle, reason=f"the car cannot work: {reason}")
+            released += 1
+    return released
+
+
+def vehicle_stopped_working_received(sender, *, vehicle: Vehicle, reason: str, **kwargs) -> int:
+    """fleet.signals.vehicle_stopped_working: the car's work goes back to the market."""
+    return vehicle_units_release(vehicle=vehicle, reason=reason)
 
 
 # --- Assembling ---------------------------------------------------------------------------------------------------

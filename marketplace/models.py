@@ -252,6 +252,10 @@ class WorkUnit(models.Model):
         INVALID = "invalid", "Rejected: disagrees with the other cars"
 
     bid = models.ForeignKey(Bid, on_delete=models.PROTECT, related_name="units")
+    variant = models.ForeignKey(
+        PrecisionVariant, on_delete=models.PROTECT, related_name="+",
+        help_text="What the unit runs: the bid's variant when it was cut (an auto bid may move to another precision).",
+    )  # fmt: skip
     replica_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="replicas",
         help_text="The same items run again on another car of the same hardware, to compare the results.",
@@ -283,6 +287,9 @@ class WorkUnit(models.Model):
     lease_id = models.CharField(max_length=36, blank=True)
     leased_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    predicted_seconds = models.FloatField(
+        null=True, blank=True, help_text="The run time the lease was sized for (real seconds on the car)."
+    )
     attempts = models.PositiveSmallIntegerField(default=0)
     output_sha256 = models.CharField(max_length=64, blank=True)
     done_by = models.ForeignKey(
@@ -329,3 +336,71 @@ class ResultFault(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} by {self.vehicle}"
+
+
+class SelfTest(models.Model):
+    """A car's first run of a variant: the held-out items of a customer's dataset, timed and compared with FP32.
+
+    It measures where the work runs (PRODUCT.md: accuracy and speed are properties of (variant, hardware)): the car's
+    speed on this variant (fleet.models.VehicleThroughput) and whether the variant meets the customer's tolerance on
+    this car's hardware. A car that misses it gets none of that variant's work; its result also counts for its
+    compute class (VariantAccuracy). Unpaid, like a host's benchmark on other marketplaces."""
+
+    class Status(models.TextChoices):
+        LEASED = "leased", "Running on the car"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Missed the tolerance"
+        LOST = "lost", "Lost (expired or released)"
+
+    vehicle = models.ForeignKey("fleet.Vehicle", on_delete=models.CASCADE, related_name="self_tests")
+    variant = models.ForeignKey(PrecisionVariant, on_delete=models.CASCADE, related_name="self_tests")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    items = models.JSONField(default=list, help_text="The dataset's held-out items run, by index.")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.LEASED, db_index=True)
+    lease_id = models.CharField(max_length=36)
+    leased_at = models.DateTimeField()
+    lease_expires_at = models.DateTimeField()
+    compute_class = models.CharField(max_length=24, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    energy_wh = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    runtime_version = models.CharField(max_length=40, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-leased_at"]
+        indexes = [models.Index(fields=["vehicle", "variant", "status"])]
+
+    def __str__(self) -> str:
+        return f"Self-test of {self.variant} on {self.vehicle}: {self.get_status_display()}"
+
+    @property
+    def unit_id(self) -> str:
+        """The id the car knows the self-test by (the work endpoints tell the two kinds apart by it)."""
+        return f"{SELF_TEST_PREFIX}{self.pk}"
+
+
+SELF_TEST_PREFIX = "selftest-"
+
+
+class VariantAccuracy(models.Model):
+    """A variant's accuracy against FP32 on one compute class: measured by the platform on its own CPU when the
+    variant is built, then by every car of the class in its self-test (the worst seen is kept)."""
+
+    variant = models.ForeignKey(PrecisionVariant, on_delete=models.CASCADE, related_name="accuracies")
+    compute_class = models.CharField(max_length=24)
+    metrics = models.JSONField(default=dict, help_text="The worst measured on this class (accuracy.py's metrics).")
+    passes = models.BooleanField(help_text="Whether every measurement on this class met the model's tolerance.")
+    cars_tested = models.PositiveIntegerField(default=0)
+    cars_failed = models.PositiveIntegerField(default=0)
+    platform = models.BooleanField(default=False, help_text="Also measured on the platform's own CPU.")
+    measured_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["variant", "compute_class"]
+        constraints = [
+            models.UniqueConstraint(fields=["variant", "compute_class"], name="one_accuracy_per_variant_class"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.variant} on {self.compute_class}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -11,13 +13,16 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.selectors import pricing_current
+from fleet.availability import rated_ch_per_hour
 from fleet.models import Vehicle
-from fleet.selectors import vehicles_live
+from fleet.selectors import hardware_of, vehicles_live
 
 from . import auction
 from .dispatch import units_cut
-from .models import Allocation, Bid, PoolClearing, Round, WorkUnit
+from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
 from .services import settle_when_committed
+
+log = logging.getLogger(__name__)
 
 # Any number that is ours alone: the PostgreSQL advisory lock that lets one round run at a time.
 ROUND_LOCK_KEY = 0x1D1E_F1EE
@@ -38,9 +43,13 @@ def _lock_rounds() -> None:
 def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
     """One row per (available car, precision it can run): the CH it can deliver before it leaves, and its ask.
 
-    The ask never runs an owner at a loss: max(the owner's minimum, energy cost per CH ÷ (1 − platform fee)).
-    Returns the supply and, per car, what dispatch needs: CH per hour per pool (how long a sale keeps it busy), the
-    predicted seconds it stays, its measured bandwidth and the model files it holds.
+    Speeds and energy are the car's measured ones (fleet.models.VehicleThroughput) for the variants the pool's open
+    bids run, the hardware profile's rating only for a variant the car has not run yet: its CH per hour in a pool is
+    the slowest of those, its energy per CH the highest. A car whose self-test missed the tolerance of every variant
+    a pool's bids run is not offered there. The ask never runs an owner at a loss: max(the owner's minimum, energy
+    cost per CH ÷ (1 − platform fee)). Returns the supply and, per car, what dispatch needs: CH per car hour per pool
+    (how long a sale keeps it busy) and per variant it measured (sizing), the predicted seconds it stays, its clock
+    rate, its measured bandwidth and the model files it holds.
     """
     # A car is busy while its sold time runs or while it still holds work: it is never sold twice.
     busy = set(Allocation.objects.filter(ends_at__gt=now).values_list("vehicle_id", flat=True))
@@ -57,10 +66,12 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         if v.pk not in busy
     ]
     fee = pricing_current().platform_fee_pct / 100
-    # Between equal asks, a car that already holds a model some open bid of that pool needs wins: no download.
+    # The variants (model files) open bids of each pool run. Between equal asks, a car that already holds one wins:
+    # no download.
     wanted_models: dict[str, set[str]] = {}
     for pool, sha in Bid.objects.filter(status__in=Bid.OPEN_STATUSES).values_list("pool", "variant__sha256"):
         wanted_models.setdefault(pool, set()).add(sha)
+    failed = self_tests_failed([v.pk for v in vehicles])
     cars, pools, chs, asks, reliabilities = [], [], [], [], []
     rates: dict[int, dict] = {}
     for item in vehicles_live(vehicles, now=now):
@@ -68,29 +79,52 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         if not availability.available or availability.hours_offered <= 0:
             continue
         vehicle = item.vehicle
-        energy_cents_per_hour = availability.power_w / 1000 * float(vehicle.energy_price_cents_per_kwh)
         state = item.state or {}
+        clock_rate = item.clock_rate
+        hardware = hardware_of(vehicle)
         rates[vehicle.pk] = {
             "hardware_id": vehicle.hardware_id,
             "parked_seconds_left": availability.hours_offered * 3600,
+            "clock_rate": clock_rate,
             "down_mbps": float(state.get("bandwidth_down_mbps", 0.0)),
             "up_mbps": float(state.get("bandwidth_up_mbps", 0.0)),
             "models_cached": set(state.get("models_cached", [])),
             "ch_per_hour": {},
+            # Per variant it ran: CH per car hour (sizing a unit of that variant).
+            "measured": {sha: figures.ch_per_hour / clock_rate for sha, figures in item.measured.items()},
+            "rated": {},
         }
-        for precision, ch in availability.ch_offered.items():
-            if ch <= 0 or precision not in auction.POOLS:
+        for precision, pool_rate in availability.ch_per_hour.items():
+            if pool_rate <= 0 or precision not in auction.POOLS:
                 continue
-            ch_per_hour = ch / availability.hours_offered
-            energy_mcents_per_ch = energy_cents_per_hour * 1000 / ch_per_hour
+            rated = rated_ch_per_hour(hardware, precision, power_w=availability.power_w)
+            rates[vehicle.pk]["rated"][precision] = rated
+            wanted = wanted_models.get(precision, set())
+            runnable = wanted - failed.get(vehicle.pk, set())
+            if wanted and not runnable:
+                continue  # its self-tests say none of this pool's work meets its customers' tolerance on this car
+            if runnable:
+                pool_rate = min(
+                    item.measured[sha].ch_per_hour / clock_rate if sha in item.measured else rated for sha in runnable
+                )
+                wh_per_ch = max(
+                    item.measured[sha].wh_per_ch if sha in item.measured else availability.power_w / rated
+                    for sha in runnable
+                )
+            else:
+                wh_per_ch = availability.power_w / pool_rate
+            if pool_rate <= 0:
+                continue
+            # Wh per CH × ¢ per kWh = m¢ per CH.
+            energy_mcents_per_ch = wh_per_ch * float(vehicle.energy_price_cents_per_kwh)
             ask = max(vehicle.policy.min_price_cents_per_ch * 1000, int(np.ceil(energy_mcents_per_ch / (1 - fee))))
             cars.append(vehicle.pk)
             pools.append(auction.POOLS.index(precision))
-            chs.append(ch)
+            chs.append(availability.hours_offered * pool_rate)
             asks.append(ask)
-            holds = bool(wanted_models.get(precision, set()) & rates[vehicle.pk]["models_cached"])
+            holds = bool(wanted & rates[vehicle.pk]["models_cached"])
             reliabilities.append(1.5 if holds else 1.0)
-            rates[vehicle.pk]["ch_per_hour"][precision] = ch_per_hour
+            rates[vehicle.pk]["ch_per_hour"][precision] = pool_rate
     supply = auction.Supply(
         car=np.array(cars, dtype=np.int64),
         pool=np.array(pools, dtype=np.int8),
@@ -99,6 +133,23 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         reliability=np.array(reliabilities, dtype=np.float64),
     )
     return supply, rates
+
+
+def self_tests_failed(vehicle_ids: list[int]) -> dict[int, set[str]]:
+    """Per car, the variants (model files) its last self-test of missed the tolerance on its hardware."""
+    last: dict[tuple[int, str], str] = {}
+    rows = (
+        SelfTest.objects.filter(vehicle_id__in=vehicle_ids, status__in=(SelfTest.Status.PASSED, SelfTest.Status.FAILED))
+        .order_by("completed_at")
+        .values_list("vehicle_id", "variant__sha256", "status")
+    )
+    for vehicle_id, sha, status in rows:
+        last[(vehicle_id, sha)] = status
+    failed: dict[int, set[str]] = {}
+    for (vehicle_id, sha), status in last.items():
+        if status == SelfTest.Status.FAILED:
+            failed.setdefault(vehicle_id, set()).add(sha)
+    return failed
 
 
 def demand_snapshot(*, now: datetime) -> auction.Demand:
@@ -145,6 +196,48 @@ def clear_all_or_none(*, supply: auction.Supply, demand: auction.Demand, reserve
         aon -= partial
 
 
+def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
+    """ "Auto" is decided again every round, so a bid is never stranded in a pool no car offers now: an auto bid with
+    work left whose pool has no offer it could trade with (an ask at or below its maximum price) moves to the
+    cheapest precision that has one and that the fleet can run for its model (selectors.pools_outlook: ready, within
+    the tolerance, cars that run it, the reserve within the maximum). Its work not yet on a car moves with it; units
+    already on cars, or done, keep their variant. The CH per item are a model's at every precision, so the bid's work
+    and its hold on the card do not change. Returns the number of bids moved."""
+    from .selectors import pools_outlook
+
+    bids = list(
+        Bid.objects.filter(status__in=Bid.OPEN_STATUSES, precision_requested="auto", deadline__gt=now)
+        .select_related("variant", "inference_model")
+        .order_by("pk")
+    )
+    cheapest: dict[str, int] = {}
+    for pool_index, ask in zip(supply.pool.tolist(), supply.ask.tolist(), strict=True):
+        pool = auction.POOLS[pool_index]
+        cheapest[pool] = min(cheapest.get(pool, ask), ask)
+    moved = 0
+    for bid in bids:
+        if bid.ch_total - bid.ch_allocated < auction.CH_QUANTUM:
+            continue  # all of it is on cars already
+        if cheapest.get(bid.pool, math.inf) <= bid.max_price_mcents_per_ch:
+            continue  # its pool can trade it this round
+        for pool in pools_outlook(model=bid.inference_model, max_price_mcents=bid.max_price_mcents_per_ch):
+            if (
+                pool.runnable
+                and pool.precision != bid.pool
+                and cheapest.get(pool.precision, math.inf) <= bid.max_price_mcents_per_ch
+                and math.isclose(pool.variant.ch_per_item, bid.variant.ch_per_item, rel_tol=1e-9)
+            ):
+                log.info("auto bid %s moves from %s to %s: no car offers %s it can buy now", bid.pk, bid.pool,
+                         pool.precision, bid.pool.upper())  # fmt: skip
+                Bid.objects.filter(pk=bid.pk).update(variant=pool.variant, pool=pool.precision)
+                WorkUnit.objects.filter(
+                    bid=bid, status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True, replica_of__isnull=True
+                ).update(variant=pool.variant)
+                moved += 1
+                break
+    return moved
+
+
 def bids_expire(*, now: datetime) -> int:
     """Bids past their deadline close as expired; work not yet handed to a car is released (never billed), and no
     further unit of theirs is leased. Units already running may still report, but the bid is not completed late."""
@@ -168,6 +261,7 @@ def auction_round_run(*, now: datetime | None = None) -> Round | None:
             return None
         bids_expire(now=now)
         supply, rates = supply_snapshot(now=now)
+        auto_bids_redecide(supply=supply, now=now)
         demand = demand_snapshot(now=now)
         pricing = pricing_current()
         reserves = pricing.reserves  # staff's latest change applies from this round on
@@ -207,7 +301,7 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
         strict=True,
     ):  # fmt: skip
         pool = auction.POOLS[pool_index]
-        hours = ch / rates[car_id]["ch_per_hour"][pool]
+        hours = ch / rates[car_id]["ch_per_hour"][pool] / rates[car_id]["clock_rate"]  # real hours of its time
         allocations.append(
             Allocation(
                 round=round_,
@@ -241,9 +335,11 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
     cars = []
     for allocation in allocations:
         info = rates[allocation.vehicle_id]
+        sha = bids[allocation.bid_id].variant.sha256
         cars.append(
             {
-                "ch_per_hour": info["ch_per_hour"][allocation.pool],
+                # Sized at the car's measured speed on this bid's variant (its rating before it ran it).
+                "ch_per_hour": info["measured"].get(sha) or info["rated"][allocation.pool],
                 "parked_seconds_left": info["parked_seconds_left"],
                 "down_mbps": info["down_mbps"],
                 "up_mbps": info["up_mbps"],
@@ -292,7 +388,7 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
             if ch_left < unit.ch or car in unit.excluded_vehicles:
                 continue
             price = max(prices.get(pool) or int(reserve[auction.POOLS.index(pool)]), ask)
-            hours = unit.ch / rates[car]["ch_per_hour"][pool]
+            hours = unit.ch / rates[car]["ch_per_hour"][pool] / rates[car]["clock_rate"]
             allocation = Allocation.objects.create(
                 round=round_, bid=unit.bid, vehicle_id=car, pool=pool, ch=unit.ch, price_mcents_per_ch=price,
                 ends_at=now + timedelta(hours=hours),

@@ -46,7 +46,9 @@ def variant_passes(variant: PrecisionVariant) -> bool | None:
 
 
 def variant_pick_auto(*, model: InferenceModel, available: set[str] | None = None) -> PrecisionVariant | None:
-    """The cheapest variant that meets the model's tolerance ("auto" precision)."""
+    """The cheapest variant that meets the model's tolerance on the platform's measurement, among `available`
+    precisions (all when None), regardless of the fleet: what "auto" would run with every car at hand. What it runs
+    with the cars there are is `pools_outlook` / `auto_pick`."""
     from .inference.costing import AUTO_ORDER
 
     variants = {v.precision: v for v in model.variants.all()}
@@ -59,6 +61,128 @@ def variant_pick_auto(*, model: InferenceModel, available: set[str] | None = Non
         if variant_passes(variant):
             return variant
     return None
+
+
+@dataclass(frozen=True)
+class PoolOutlook:
+    """Whether a model's variant of one precision can run on the fleet, and how much supply there is for it now."""
+
+    precision: str
+    variant: PrecisionVariant | None
+    cars: int  # active, opted-in cars whose hardware runs the precision, outside classes it misses the tolerance on
+    ch_on_offer: float  # CH the cars available now offer in this pool (the fleet overview: at most 15 s old)
+    reserve_mcents: int
+    problem: str  # why it cannot run, in the customer's words; "" when it can
+
+    @property
+    def runnable(self) -> bool:
+        return not self.problem
+
+
+def pools_outlook(
+    *, model: InferenceModel, max_price_mcents: int | None = None, fleet: dict | None = None
+) -> list[PoolOutlook]:
+    """For each precision, cheapest first (costing.AUTO_ORDER): can the fleet run this model's variant of it?
+
+    It can when the variant is ready and meets the model's tolerance (as the platform measured it when building it),
+    its pool's reserve is within `max_price_mcents` (when given), and some active, opted-in car has hardware that
+    runs the precision and is not of a compute class the variant missed the tolerance on (VariantAccuracy, from the
+    cars' self-tests). A car need not be online now: the fleet's cars park and leave all day. `ch_on_offer` is what
+    the cars available now offer in the pool. `fleet`: fleet_capability(), when the caller already has it."""
+    from billing.selectors import pricing_current
+    from fleet.agent.hardware import CLASS_NAMES
+    from fleet.selectors import fleet_overview_cached
+
+    from .inference.costing import AUTO_ORDER
+
+    variants = {v.precision: v for v in model.variants.all()}
+    reserves = pricing_current().reserves
+    fleet = fleet_capability() if fleet is None else fleet
+    overview = fleet_overview_cached()
+    failing = _classes_failing([v.pk for v in variants.values()])
+    outlook = []
+    for precision in AUTO_ORDER:
+        variant = variants.get(precision)
+        reserve = reserves[precision]
+        problem, cars = "", 0
+        if variant is None:
+            problem = "no variant built yet"
+        elif variant.status != PrecisionVariant.Status.READY:
+            problem = f"its variant is {variant.get_status_display().lower()}"
+        elif precision != "fp32" and not variant_passes(variant):
+            measured = _metric_value(variant.metrics, model.metric)
+            problem = f"misses your tolerance ({model.metric} {measured} against {model.tolerance:g})"
+        else:
+            bad = failing.get(variant.pk, set())
+            runs = [(n, compute_class) for (runs_it, compute_class), n in fleet.get(precision, {}).items() if runs_it]
+            cars = sum(n for n, compute_class in runs if compute_class not in bad)
+            if not runs:
+                problem = f"no car runs {precision.upper()}"
+            elif not cars:
+                names = ", ".join(sorted(CLASS_NAMES.get(c, c) for c in bad))
+                problem = f"misses your tolerance on every car that runs it ({names})"
+            elif max_price_mcents is not None and max_price_mcents < reserve:
+                problem = f"its reserve price is {reserve:,} m¢ per CH, above your maximum"
+        outlook.append(
+            PoolOutlook(precision=precision, variant=variant, cars=cars, reserve_mcents=reserve, problem=problem,
+                        ch_on_offer=overview.ch_per_precision.get(precision, 0.0))
+        )  # fmt: skip
+    return outlook
+
+
+def auto_pick(outlook: list[PoolOutlook], *, ch_needed: float | None = None) -> PoolOutlook | None:
+    """What "auto" runs: the cheapest runnable precision whose cars on offer now can do the job (`ch_needed` CH), else
+    the cheapest runnable one (its cars are away now; the bid waits for them); None when none can run."""
+    runnable = [pool for pool in outlook if pool.runnable]
+    if ch_needed is not None:
+        for pool in runnable:
+            if pool.ch_on_offer >= ch_needed:
+                return pool
+    return runnable[0] if runnable else None
+
+
+def outlook_message(outlook: list[PoolOutlook]) -> str:
+    """Why nothing can run, precision by precision."""
+    return "; ".join(f"{pool.precision.upper()}: {pool.problem}" for pool in outlook if pool.problem)
+
+
+def _metric_value(metrics: dict, metric: str) -> str:
+    key = {"cosine": "cosine_min", "top1": "top1_agreement", "max_abs": "max_abs_error"}.get(metric, "")
+    return f"{metrics[key]:.4f}" if key in metrics else "not measured"
+
+
+def fleet_capability() -> dict[str, dict[tuple[bool, str], int]]:
+    """Active, opted-in cars by precision: {precision: {(its hardware runs it, compute class): cars}}, one query."""
+    from django.db.models import Count
+
+    from fleet.models import Vehicle
+
+    rows = (
+        Vehicle.objects.filter(status=Vehicle.Status.ACTIVE, policy__enabled=True)
+        .values_list("compute_class", "hardware__factor_int8", "hardware__factor_fp8", "hardware__factor_fp16",
+                     "hardware__factor_fp32")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )  # fmt: skip
+    fleet: dict[str, dict[tuple[bool, str], int]] = {}
+    for compute_class, int8, fp8, fp16, fp32, n in rows:
+        for precision, factor in (("int8", int8), ("fp8", fp8), ("fp16", fp16), ("fp32", fp32)):
+            key = (bool(factor), compute_class or "")
+            fleet.setdefault(precision, {})[key] = fleet.get(precision, {}).get(key, 0) + n
+    return fleet
+
+
+def _classes_failing(variant_ids: list[int]) -> dict[int, set[str]]:
+    """Per variant, the compute classes on which a car's self-test missed the model's tolerance."""
+    from .models import VariantAccuracy
+
+    failing: dict[int, set[str]] = {}
+    rows = VariantAccuracy.objects.filter(variant_id__in=variant_ids, passes=False).values_list(
+        "variant_id", "compute_class"
+    )
+    for variant_id, compute_class in rows:
+        failing.setdefault(variant_id, set()).add(compute_class)
+    return failing
 
 
 def bids_for_customer(*, user: User) -> QuerySet:

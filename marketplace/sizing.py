@@ -103,3 +103,30 @@ def items_per_unit(
         _most_items((1 + transfer_ratio) * budget, model_download, compute_per_item + transfer_per_item),
     )
     return int(items) if items >= min_items else 0
+
+
+# --- How long a lease lasts ----------------------------------------------------------------------------------------
+
+# A lease covers twice the unit's predicted run time plus what its transfers take, and a little more: a car slower
+# than measured by half still finishes within its first lease. The agent renews it every third of its length while
+# it works, so a longer run is never taken for a lost car.
+LEASE_RUN_FACTOR = 2.0
+LEASE_EXTRA_S = 30.0
+# Renewals keep a unit for at most this many times its predicted run (plus transfers): a car that slowed down more
+# than that gives the unit back, and its measured speed (updated from every unit) sizes its next one.
+HOLD_RUN_FACTOR = 4.0
+
+
+def lease_seconds(*, predicted_s: float, transfer_s: float, floor_s: float, ceiling_s: float) -> float:
+    """The length of one lease (and of each renewal), real seconds: LEASE_RUN_FACTOR × the predicted compute time +
+    the transfers + LEASE_EXTRA_S, kept within [floor_s, ceiling_s]."""
+    if not (predicted_s >= 0 and transfer_s >= 0 and 0 < floor_s <= ceiling_s):
+        raise ValueError("Need predicted_s >= 0, transfer_s >= 0 and 0 < floor_s <= ceiling_s.")
+    wanted = LEASE_RUN_FACTOR * predicted_s + transfer_s + LEASE_EXTRA_S
+    return min(max(wanted, floor_s), ceiling_s)
+
+
+def hold_limit_seconds(*, predicted_s: float, transfer_s: float, lease_s: float) -> float:
+    """How long renewals may keep a unit in all, real seconds from its lease: HOLD_RUN_FACTOR × the predicted compute
+    time + the transfers, and never less than one lease."""
+    return max(HOLD_RUN_FACTOR * predicted_s + transfer_s, lease_s)

@@ -1,4 +1,5 @@
 from celery import shared_task
+from django.utils import timezone
 
 from . import services
 from .models import InferenceModel, PrecisionVariant
@@ -27,6 +28,9 @@ def auction_round() -> None:
 
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
 def leases_sweep() -> None:
-    from .dispatch import leases_expire
+    from .dispatch import leases_expire, vehicles_silent_release
+    from .selftests import self_tests_expire
 
+    vehicles_silent_release()
     leases_expire()
+    self_tests_expire(now=timezone.now())

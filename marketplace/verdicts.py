@@ -67,7 +67,7 @@ def result_recorded(*, unit: WorkUnit, now: datetime | None = None, outputs=None
     if primary is unit and first_result and unit.quorum == 1 and outputs is not None:
         # Not replicated (a trusted car, no spot check): the slice is this one result, judged now, and written with
         # the result in one UPDATE. No other result of the slice exists: copies are only made once it is judged.
-        verdict = verification.decide([outputs], _tolerance(unit.bid), quorum=1)
+        verdict = verification.decide([outputs], _tolerance(unit), quorum=1)
         valid = 0 in verdict.valid
         unit.verification = Verification.VALID if valid else Verification.INVALID
         unit.canonical = verdict.canonical == 0
@@ -88,14 +88,13 @@ def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None)
         WorkUnit.objects.filter(
             Q(pk=primary.pk) | Q(replica_of=primary), status__in=(WorkUnit.Status.DONE, WorkUnit.Status.QUEUED)
         )
-        .select_related("bid__inference_model", "bid__variant")
+        .select_related("bid__inference_model", "variant")
         .order_by("completed_at", "pk")
     )
     group = [u for u in units if u.status == WorkUnit.Status.DONE]
     if not group:
         return
-    bid = group[0].bid
-    tolerance = _tolerance(bid)
+    tolerance = _tolerance(group[0])
     outputs = [known[u.pk] if u.pk in known else decode_npy(storage.artifact_read(u.output_sha256)) for u in group]
     verdict = verification.decide(outputs, tolerance, quorum=primary.quorum)
     if verdict.needs_more:
@@ -119,11 +118,10 @@ def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None)
         spare.save(update_fields=["status", "error", "assigned_vehicle"])
 
 
-def _tolerance(bid: Bid) -> verification.Tolerance:
-    """How close two results of this bid's model and precision must be to agree."""
-    return verification.Tolerance.for_precision(
-        bid.inference_model.metric, bid.variant.precision, bid.inference_model.tolerance
-    )
+def _tolerance(unit: WorkUnit) -> verification.Tolerance:
+    """How close two results of this unit's model and precision must be to agree."""
+    model = unit.bid.inference_model
+    return verification.Tolerance.for_precision(model.metric, unit.variant.precision, model.tolerance)
 
 
 def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -> WorkUnit | None:
@@ -140,8 +138,9 @@ def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -
     excluded = sorted({u.done_by_id for u in group} | set(primary.excluded_vehicles))
     hardware_id = Vehicle.objects.filter(pk=group[0].done_by_id).values_list("hardware_id", flat=True).first()
     replica = WorkUnit.objects.create(
-        bid=bid, index=bid.units.count(), item_start=primary.item_start, item_end=primary.item_end, ch=primary.ch,
-        replica_of=primary, requires_hardware_id=hardware_id, excluded_vehicles=excluded,
+        bid=bid, variant_id=primary.variant_id, index=bid.units.count(), item_start=primary.item_start,
+        item_end=primary.item_end, ch=primary.ch, replica_of=primary, requires_hardware_id=hardware_id,
+        excluded_vehicles=excluded,
     )  # fmt: skip
     # A car of the same hardware already working for this bid takes it within what it sold; otherwise the next
     # round finds it a free car of that class (rounds.verification_allocate). The customer's demand is unchanged.
@@ -257,9 +256,9 @@ def probes_check(*, unit: WorkUnit, outputs):
     bid = unit.bid
     items = _dataset_items(bid).items
     positions = [position for position, _ in unit.probes]
-    runner = _runner(bid.variant.sha256, bid.inference_model_id)
+    runner = runner_for(unit.variant.sha256, bid.inference_model_id)
     expected = runner.run([items[index] for _, index in unit.probes], batch_size=len(positions))
-    ok = verification.known_answer_check(outputs[positions], np.asarray(expected), _tolerance(bid))
+    ok = verification.known_answer_check(outputs[positions], np.asarray(expected), _tolerance(unit))
     keep = np.ones(outputs.shape[0], dtype=bool)
     keep[positions] = False
     return outputs[keep], ok
@@ -280,7 +279,7 @@ def probe_failed(*, unit: WorkUnit, vehicle: Vehicle, now: datetime) -> WorkUnit
     return unit
 
 
-def _runner(variant_sha256: str, model_id: int):
+def runner_for(variant_sha256: str, model_id: int):
     """The platform's own ONNX Runtime session for a variant (kept for the next probes of the same job). Made once
     per process: the results of a job's first units arrive together, and each thread loading the model itself would
     cost a second of CPU and the model's memory again."""
@@ -291,7 +290,7 @@ def _runner(variant_sha256: str, model_id: int):
 _runner_lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def _runner_made(variant_sha256: str, model_id: int):
     from fleet.agent.inference import ModelRunner, ModelSpec
 

@@ -57,11 +57,14 @@ def _model_context(request, model):
     from .inference.costing import AUTO_ORDER
 
     # Cheapest first: the order in which "auto" considers them.
-    variants = sorted(model.variants.all(), key=lambda v: AUTO_ORDER.index(v.precision))
+    variants = sorted(model.variants.prefetch_related("accuracies"), key=lambda v: AUTO_ORDER.index(v.precision))
+    outlook = {pool.precision: pool for pool in selectors.pools_outlook(model=model)}
+    auto = selectors.auto_pick(list(outlook.values()))
     return {
         "model": model,
-        "variants": [(v, selectors.variant_passes(v)) for v in variants],
-        "auto": selectors.variant_pick_auto(model=model),
+        "variants": [(v, selectors.variant_passes(v), outlook.get(v.precision)) for v in variants],
+        "auto": auto.variant if auto else None,
+        "nothing_runs": selectors.outlook_message(list(outlook.values())) if auto is None else "",
         "building": any(v.status in ("queued", "building") for v in variants) or model.status == "validating",
         "datasets": selectors.datasets_visible(user=request.user, model=model),
         "editable": model.owner_id == request.user.pk,
@@ -146,7 +149,9 @@ def bid_new(request, model_id: int):
         else:
             messages.success(request, f"Bid placed: {bid.items} items. It enters the next auction round.")
             return redirect("marketplace:bid", bid_id=bid.pk)
-    auto = selectors.variant_pick_auto(model=model)
+    outlook = selectors.pools_outlook(model=model)
+    picked = selectors.auto_pick(outlook)
+    auto = picked.variant if picked else None
     market = selectors.market_latest()
     return render(
         request,
@@ -156,6 +161,8 @@ def bid_new(request, model_id: int):
             "model": model,
             "market": market,
             "auto": auto,
+            "outlook": outlook,
+            "nothing_runs": selectors.outlook_message(outlook) if picked is None else "",
             "estimates": selectors.bid_estimates(datasets=datasets, variant=auto, market=market),
             "card": BillingProfile.objects.filter(user=request.user).exclude(payment_method_id="").first(),
         },

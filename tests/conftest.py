@@ -126,7 +126,12 @@ def onboarded(stripe_server, db):
 
 @pytest.fixture
 def digits_with_variants(client, alice, run_tasks_inline, digits_onnx, card_for):
-    """alice's digits classifier with its variants built, and a card to place bids with."""
+    """alice's digits classifier with its variants built, a card to place bids with, and a fleet that can run it: a
+    registered HW4 car (it sends no heartbeat, so it takes no part in any round; a bid that nothing could run is
+    refused)."""
+    from tests.factories import vehicle_with_credential
+
+    vehicle_with_credential(OwnerFactory(username="fleet"), name="A car of the fleet")
     card_for(alice)
     client.force_login(alice)
     model_id = client.post(

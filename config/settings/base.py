@@ -302,7 +302,16 @@ VERIFICATION_MAX_REPLICAS = env.int("VERIFICATION_MAX_REPLICAS", default=3)
 # Known-answer probes: this share of leases carries this many items whose answers the platform computes itself.
 VERIFICATION_PROBE_RATE = env.float("VERIFICATION_PROBE_RATE", default=0.2)
 VERIFICATION_PROBE_ITEMS = env.int("VERIFICATION_PROBE_ITEMS", default=2)
+# A lease lasts the unit's predicted run on the car plus a margin (marketplace/sizing.py), at least
+# WORK_LEASE_MIN_SECONDS and at most WORK_LEASE_SECONDS; the agent renews it while it works. A self-test, whose run
+# nothing predicts yet, is leased for the minimum and may be renewed up to WORK_LEASE_SECONDS in all.
 WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)
+WORK_LEASE_MIN_SECONDS = env.int("WORK_LEASE_MIN_SECONDS", default=60)
+# The compute classes an INT8 variant must give exact numbers on (fleet/agent/hardware.py), besides the platform's own
+# CPU: every class, so one variant serves any car. A platform whose cars and own CPU all have VNNI (or are ARM) may
+# list only those and get the faster full-range recipe (marketplace/inference/quantization.py, int8_recipes).
+INT8_TARGET_CLASSES = env.list("INT8_TARGET_CLASSES", default=["x86_64-vnni", "x86_64-avx2", "x86_64-baseline",
+                                                                 "arm64-dotprod", "arm64-neon", "other"])  # fmt: skip
 # The finance page shows the last reconciliation (billing.reconciliation.REPORT_FRESH_S at most old).
 CELERY_BEAT_SCHEDULE["reconciliation-refresh"] = {
     "task": "billing.tasks.reconciliation_refresh",
@@ -319,8 +328,11 @@ CELERY_BEAT_SCHEDULE["payouts"] = {
     "schedule": 3600,
     "options": {"expires": 3600},
 }
+# The sweeper reissues expired leases and the work of cars gone silent (no heartbeat for 1.5 intervals), driving or
+# off WiFi. Every third of a heartbeat interval, so a silent car's units are back within two intervals (README).
+DISPATCH_SWEEP_SECONDS = env.float("DISPATCH_SWEEP_SECONDS", default=5.0)
 CELERY_BEAT_SCHEDULE["leases-sweep"] = {
     "task": "marketplace.tasks.leases_sweep",
-    "schedule": 30,
-    "options": {"expires": 30},
+    "schedule": DISPATCH_SWEEP_SECONDS,
+    "options": {"expires": DISPATCH_SWEEP_SECONDS},
 }

@@ -27,6 +27,9 @@ The lease JSON (the body of a 200 from POST /api/v1/agent/lease/), as WorkUnit.f
                              the batch, so the platform checks with the same batching)
     precision         str    e.g. "int8", "fp16", "fp8"
     emulated          bool   optional, default false: FP8 run on a car without FP8 hardware (run as delivered)
+    lease_seconds     number optional: how long the lease lasts (s); the agent renews it (POST lease/renew/) while
+                             the unit runs, every third of that (runner.py)
+    ch                number optional: the unit's work in compute-hours (what a simulated car's energy is counted on)
 
 The result (POST /api/v1/agent/result/) and failure (POST /api/v1/agent/failure/) bodies are result_payload() and
 failure_payload() below.
@@ -61,6 +64,7 @@ MAX_TOKENIZER_BYTES = 32 * MiB
 MAX_BATCH_SIZE = 1024
 MAX_ITEMS = 100_000
 MAX_ID_LENGTH = 200
+MAX_LEASE_SECONDS = 7 * 24 * 3600
 # Sessions kept warm: each holds a model's weights in memory, and a car shares its memory with the car.
 MAX_SESSIONS = 4
 # A failure message goes to the platform and the owner's pages: one line, bounded.
@@ -250,6 +254,8 @@ class WorkUnit:
     batch_size: int
     precision: str
     emulated: bool = False
+    lease_seconds: float | None = None
+    ch: float | None = None
 
     @classmethod
     def from_lease(cls, lease: dict) -> WorkUnit:
@@ -287,7 +293,19 @@ class WorkUnit:
             batch_size=_int_field(lease, "batch_size", 1, MAX_BATCH_SIZE),
             precision=_text_field(lease, "precision", max_length=16),
             emulated=emulated,
+            lease_seconds=_number_field(lease, "lease_seconds", 1, MAX_LEASE_SECONDS),
+            ch=_number_field(lease, "ch", 0, 1e6),
         )
+
+
+def _number_field(lease: dict, name: str, low: float, high: float) -> float | None:
+    """An optional number in [low, high]; None when absent."""
+    value = lease.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise BadWorkUnit(name, f"must be a number from {low:g} to {high:g}")
+    return float(value)
 
 
 def _text_field(lease: dict, name: str, *, max_length: int = MAX_ID_LENGTH) -> str:
@@ -385,6 +403,9 @@ class UnitResult:
     emulated: bool = False
     runtime_version: str = ""
     error: str = ""
+    # Stopped on purpose (the car leaves, the lease was lost): the platform already took the unit back, so nothing is
+    # reported.
+    cancelled: bool = False
 
 
 def result_payload(result: UnitResult) -> dict:
@@ -419,6 +440,10 @@ class UnitFailed(Exception):
     """Internal: a unit cannot complete; the message is what the platform is told."""
 
 
+class UnitCancelled(Exception):
+    """Internal: the unit was stopped between two batches (Executor.run's `cancel` was set)."""
+
+
 def runtime_version() -> str:
     import onnxruntime
 
@@ -433,6 +458,12 @@ class Executor:
     model file (bytes) this car downloads. Keeps up to max_sessions warm sessions, one per model file, precision and
     output (for a registered model the last two are fixed, so in effect one per (model_sha256, precision)).
     Not for concurrent run() calls: a car runs one unit at a time.
+
+    Simulation only: `slowdown` k ≥ 1 makes the car k times slower than this machine (after each batch it waits k - 1
+    times the batch's time), as a slower or throttled chip is; `emulated_wh_per_ch` ({precision: Wh per CH}) counts a
+    unit's energy as the car's own chip would use it for the unit's CH (the lease's `ch`), instead of this machine's
+    power × time: a simulated car runs its work on a host CPU far slower than its chip, and the host's watts say
+    nothing of the car's battery (README, "The simulated fleet").
     """
 
     def __init__(
@@ -445,7 +476,11 @@ class Executor:
         clock: Callable[[], float] = time.monotonic,
         max_model_bytes: int = MAX_MODEL_BYTES,
         max_sessions: int = MAX_SESSIONS,
+        slowdown: float = 1.0,
+        emulated_wh_per_ch: dict[str, float] | None = None,
     ) -> None:
+        if slowdown < 1:
+            raise ValueError("slowdown must be at least 1")
         self.client = client
         self.cache = cache
         self.threads = threads
@@ -453,14 +488,17 @@ class Executor:
         self.clock = clock
         self.max_model_bytes = max_model_bytes
         self.max_sessions = max_sessions
+        self.slowdown = slowdown
+        self.emulated_wh_per_ch = dict(emulated_wh_per_ch or {})
         self.runtime_version = runtime_version()
         self._sessions: OrderedDict[tuple, ModelRunner] = OrderedDict()
         # Counters for tests and monitoring.
         self.downloads = 0
         self.sessions_loaded = 0
 
-    def run(self, unit: WorkUnit) -> UnitResult:
-        """Run every item of `unit`; never raises for a failing unit (ok=False with a short error instead)."""
+    def run(self, unit: WorkUnit, *, cancel: threading.Event | None = None) -> UnitResult:
+        """Run every item of `unit`; never raises for a failing unit (ok=False with a short error instead). Setting
+        `cancel` (from another thread) stops the unit after the batch that runs: cancelled=True, nothing to report."""
         base = {
             "unit_id": unit.unit_id,
             "lease_id": unit.lease_id,
@@ -470,9 +508,11 @@ class Executor:
         try:
             runner = self._runner(unit)
             started = self.clock()
-            outputs = self._infer(runner, unit)
+            outputs = self._infer(runner, unit, cancel)
             output_npy, output_sha256 = encode_npy(outputs)
             seconds = max(0.0, self.clock() - started)
+        except UnitCancelled:
+            return UnitResult(**base, ok=False, error="stopped before the end", cancelled=True)
         except UnitFailed as failure:
             return UnitResult(**base, ok=False, error=_one_line(str(failure)))
         except Exception as error:
@@ -485,12 +525,32 @@ class Executor:
             output_sha256=output_sha256,
             items=len(outputs),
             seconds=seconds,
-            energy_wh=self.power_w * seconds / 3600,
+            energy_wh=self._energy_wh(unit, seconds),
         )
 
-    def _infer(self, runner: ModelRunner, unit: WorkUnit) -> np.ndarray:
+    def _energy_wh(self, unit: WorkUnit, seconds: float) -> float:
+        """Wh the unit used: this car's power × compute time, or (simulation) its chip's Wh per CH × the unit's CH."""
+        emulated = self.emulated_wh_per_ch.get(unit.precision)
+        if emulated is not None and unit.ch is not None:
+            return emulated * unit.ch
+        return self.power_w * seconds / 3600
+
+    def _infer(self, runner: ModelRunner, unit: WorkUnit, cancel: threading.Event | None = None) -> np.ndarray:
+        def between_batches(seconds: float) -> None:
+            if cancel is not None and cancel.is_set():
+                raise UnitCancelled
+            if self.slowdown > 1:
+                # A slower chip: the batch takes k times as long. Waiting on `cancel` lets a departure cut it short.
+                extra = (self.slowdown - 1) * seconds
+                if cancel is None:
+                    time.sleep(extra)
+                elif cancel.wait(extra):
+                    raise UnitCancelled
+
         try:
-            outputs = runner.run(unit.items, batch_size=unit.batch_size)
+            outputs = runner.run(unit.items, batch_size=unit.batch_size, between_batches=between_batches)
+        except UnitCancelled:
+            raise
         except Exception as error:
             # ONNX Runtime's errors (wrong shape, wrong type) are plain Exceptions; numpy's stacking raises ValueError.
             raise UnitFailed(f"inference failed: {_describe(error)}") from error

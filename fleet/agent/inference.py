@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,17 @@ class ModelRunner:
         (output,) = self.session.run([self.spec.output_name], self.feeds(items))
         return np.asarray(output, dtype=np.float32)
 
-    def run(self, items: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
-        parts = [self.run_batch(batch) for batch in batches(items, batch_size)]
+    def run(
+        self, items: Sequence[Any], *, batch_size: int = 32, between_batches: Callable[[float], None] | None = None
+    ) -> np.ndarray:
+        """The chosen output for every item, in `batch_size` batches. `between_batches(seconds)` is called after each
+        batch with the seconds it took: it may raise to stop the run (the car leaves, the lease is lost) or sleep."""
+        parts = []
+        for batch in batches(items, batch_size):
+            started = time.perf_counter()
+            parts.append(self.run_batch(batch))
+            if between_batches is not None:
+                between_batches(time.perf_counter() - started)
         return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
 
 

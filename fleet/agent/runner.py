@@ -3,16 +3,23 @@
 One step every heartbeat interval (car seconds). The departure notice goes out in the last step before the car drives
 off, so the platform releases the car's work while it is still parked rather than finding out from a missed heartbeat.
 A step runs at most one work unit, after its heartbeat and never in a step that announced a departure.
+
+While a unit runs, a second thread keeps the car in touch: it sends the heartbeats (a working car is never taken for
+gone), renews the unit's lease every third of its length (POST lease/renew/), and when the car is about to drive off
+or the platform says the lease is no longer the car's, it sends the departure notice and stops the unit between two
+batches. The agent tells the platform what its compute can do (hardware.py) before its first heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from . import protocol
+from . import hardware, protocol
 from .client import AgentHTTPError, AgentUnavailable
 from .executor import (
     MAX_ERROR_LENGTH,
@@ -28,6 +35,8 @@ from .executor import (
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
 DEPARTURE_PATH = "/api/v1/agent/departure/"
 LEASE_PATH = "/api/v1/agent/lease/"
+RENEW_PATH = "/api/v1/agent/lease/renew/"
+HARDWARE_PATH = "/api/v1/agent/hardware/"
 RESULT_PATH = "/api/v1/agent/result/"
 FAILURE_PATH = "/api/v1/agent/failure/"
 
@@ -74,7 +83,10 @@ class Agent:
 
     heartbeat_seconds: car seconds between steps. `stop` ends run() (set it from a signal handler); the agent sets it
     itself when the platform refuses its credential (401), and says why in `stopped_reason`. executor: runs the work
-    units this car leases; without one the agent only reports the car's state and never asks for work.
+    units this car leases; without one the agent only reports the car's state and never asks for work. hardware: what
+    the car's compute can do (hardware.detect() when not given), reported before the first heartbeat of an agent
+    with an executor. units_stopped counts units stopped part-way (a departure, a lost lease); lease_renewals the
+    renewals the platform granted.
     """
 
     def __init__(
@@ -86,6 +98,7 @@ class Agent:
         heartbeat_seconds: float = protocol.HEARTBEAT_SECONDS,
         stop: threading.Event | None = None,
         executor: Executor | None = None,
+        hardware: dict | None = None,
         log: logging.Logger = logging.getLogger("idlefleet.agent"),  # noqa: B008 - a module-level singleton
     ) -> None:
         self.client = client
@@ -103,7 +116,13 @@ class Agent:
         self.units_done = 0
         self.units_failed = 0
         self.results_refused = 0
+        self.units_stopped = 0
+        self.lease_renewals = 0
         self.errors = 0
+        self.hardware = hardware
+        self.hardware_reported: dict | None = None  # the platform's answer: the car's compute class
+        # The car is read by the step and, while a unit runs, by the thread that keeps its heartbeats going.
+        self._car_lock = threading.Lock()
         self.last_heartbeat_response: dict | None = None
         self.stopped_reason: str | None = None
         # The departure already announced, so that two steps before the same departure send one notice.
@@ -139,7 +158,10 @@ class Agent:
             if self._last_step_at is not None:
                 self._step_interval_s = (now - self._last_step_at).total_seconds()
             self._last_step_at = now
-            self.car.advance_to(now)
+            if self.executor is not None and self.hardware_reported is None:
+                self._report_hardware()
+            with self._car_lock:
+                self.car.advance_to(now)
             departing = self._announce_departure(now)
             state = self._send_heartbeat(now)
             # A car about to leave takes no new work: the platform has just released what it had.
@@ -185,8 +207,29 @@ class Agent:
         self.log.info("departure notice sent: driving off in %.0f car seconds", seconds)
         return True
 
+    def _report_hardware(self) -> None:
+        """Tell the platform what this car's compute can do, once per run. An unreachable platform is asked again at
+        the next step; a refused report (400) is not sent again. Neither stops the heartbeat."""
+        if self.hardware is None:
+            self.hardware = hardware.detect()
+        try:
+            _, body = self.client.post(HARDWARE_PATH, self.hardware)
+        except AgentUnavailable as error:
+            self.log.warning("could not report this car's compute yet: %s", error)
+            return
+        except AgentHTTPError as error:
+            if error.status == 401:
+                raise
+            self.log.error("the platform refused this car's compute report: %s", error)
+            self.hardware_reported = {}
+            return
+        self.hardware_reported = body or {}
+        described = self.hardware_reported.get("description") or hardware.compute_class(self.hardware)
+        self.log.info("compute reported: %s", described)
+
     def _send_heartbeat(self, now: datetime) -> dict:
-        state = self.car.state(now)
+        with self._car_lock:
+            state = self.car.state(now)
         if self.executor is not None:
             # The models this car really holds: the cache's files, each checked against its sha256.
             state["models_cached"] = self.executor.cache.holds()
@@ -232,7 +275,10 @@ class Agent:
             unit.model_sha256[:12],
         )
         result = self._run_unit(unit)
-        if result.ok:
+        if result.cancelled:
+            self.units_stopped += 1
+            self.log.info("work unit %s stopped part-way: the platform has taken it back", unit.unit_id)
+        elif result.ok:
             if self._report(RESULT_PATH, result_payload(result), unit.unit_id):
                 self.units_done += 1
                 self.log.info("work unit %s done: %d items in %.2f s", unit.unit_id, result.items, result.seconds)
@@ -242,20 +288,65 @@ class Agent:
             self._report(FAILURE_PATH, failure_payload(result), unit.unit_id)
 
     def _run_unit(self, unit: WorkUnit) -> UnitResult:
-        """executor.run(unit), with the car drawing the executor's power meanwhile (when it can say so)."""
+        """executor.run(unit), with the car drawing the executor's power meanwhile (when it can say so), and a second
+        thread keeping its heartbeats and its lease going (_keep_alive)."""
+        cancel, done = threading.Event(), threading.Event()
+        keeper = threading.Thread(
+            target=self._keep_alive, args=(unit, cancel, done), name=f"{threading.current_thread().name}-keeper",
+            daemon=True,
+        )  # fmt: skip
         set_compute = getattr(self.car, "set_compute", None)
-        if not callable(set_compute):
-            return self.executor.run(unit)
-        # The car accounts for compute energy between its readings: bring it to the present at each change of power.
-        self.car.advance_to(self.clock.now())
-        try:
-            set_compute(self.executor.power_w)
-            return self.executor.run(unit)
-        finally:
-            try:
+        if callable(set_compute):
+            # The car accounts for compute energy between its readings: bring it to the present at each change.
+            with self._car_lock:
                 self.car.advance_to(self.clock.now())
-            finally:
-                set_compute(0.0)
+                set_compute(self.executor.power_w)
+        keeper.start()
+        try:
+            return self.executor.run(unit, cancel=cancel)
+        finally:
+            done.set()
+            keeper.join()
+            if callable(set_compute):
+                with self._car_lock:
+                    try:
+                        self.car.advance_to(self.clock.now())
+                    finally:
+                        set_compute(0.0)
+
+    def _keep_alive(self, unit: WorkUnit, cancel: threading.Event, done: threading.Event) -> None:
+        """While `unit` runs (until `done`): heartbeats every heartbeat interval, the lease renewed every third of its
+        length; on a departure or a lost lease, `cancel` the unit. Errors are logged; the next tick tries again."""
+        heartbeat_every = self.heartbeat_seconds / max(self.clock.rate, 1e-9)  # real seconds
+        renew_every = unit.lease_seconds / 3 if unit.lease_seconds else math.inf
+        last_heartbeat = last_renewal = time.monotonic()
+        while not done.wait(max(0.05, min(heartbeat_every, renew_every))):
+            ticked = time.monotonic()
+            try:
+                if ticked - last_heartbeat >= heartbeat_every * 0.999:
+                    now = self.clock.now()
+                    with self._car_lock:
+                        self.car.advance_to(now)
+                    if self._announce_departure(now):
+                        self.log.info("the car is leaving: stopping work unit %s", unit.unit_id)
+                        cancel.set()
+                        return
+                    self._send_heartbeat(now)
+                    last_heartbeat = ticked
+                if ticked - last_renewal >= renew_every * 0.999:
+                    self.client.post(RENEW_PATH, {"unit_id": unit.unit_id, "lease_id": unit.lease_id})
+                    self.lease_renewals += 1
+                    last_renewal = ticked
+            except AgentHTTPError as error:
+                self.errors += 1
+                if error.status == 409:  # the lease is gone (reissued, the car paused...): stop working for nothing
+                    self.log.info("lease of work unit %s lost (%s): stopping it", unit.unit_id, error)
+                    cancel.set()
+                    return
+                self.log.error("the platform refused a request while a unit ran: %s", error)
+            except Exception as error:
+                self.errors += 1
+                self.log.warning("while a unit ran: %s: %s", type(error).__name__, error)
 
     def _refuse_lease(self, lease: object, error: BadWorkUnit) -> None:
         """Tell the platform a lease could not be read, so it can reissue the unit rather than wait for its expiry."""

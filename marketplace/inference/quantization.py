@@ -8,8 +8,10 @@ the accuracy gate (`accuracy.passes`, `costing.pick_auto`).
 
 Precisions:
 - fp16: weights and activations in float16, inputs and outputs kept float32 (`keep_io_types`), so feeds do not change.
-- int8: ONNX Runtime quantization, weights int8 per output channel. Dynamic (activation scales computed per batch
+- int8: ONNX Runtime quantization, weights per output channel. Dynamic (activation scales computed per batch
   at run time) or static QDQ (activation scales fixed from the customer's calibration feeds); see `build_variant`.
+  How the integers are multiplied is a recipe (`int8_recipes`): an INT8 variant must give the same numbers on every
+  CPU it is sent to, and on the platform's, which checks the cars' answers with it.
 - fp8: *emulated*. ONNX Runtime's CPU provider has no FP8 MatMul, so the variant keeps float32 storage and compute
   but every float initializer has been rounded through float8 e4m3 (per-tensor scale). Its accuracy is what FP8
   weights give; its speed and size are FP32's. Activations are not rounded.
@@ -18,18 +20,30 @@ Precisions:
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from fleet.agent import hardware
 from marketplace.inference.accuracy import cosine_per_item
 from marketplace.inference.validation import TEXT, model_kind, reject_external_data
 
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 INT8_METHODS = ("auto", "dynamic", "static")
+
+# INT8 recipes: how ONNX Runtime's kernels multiply uint8 activations by the weights, and where that is exact.
+# - u8s8: int8 weights, full range. The fastest kernels everywhere, but exact only where the CPU sums int8 products
+#   into 32 bits (x86 VNNI, ARM); x86 without VNNI adds two products into a saturating int16 (vpmaddubsw), and
+#   MiniLM's worst document falls to cosine 0.948 there (fleet/agent/hardware.py).
+# - u8s7: int8 weights in 7 bits (reduce_range): two products of 255 × 64 never overflow an int16, so the result is
+#   exact on every CPU, and VNNI CPUs keep their fast kernels; one bit less of weight precision.
+# - u8u8: uint8 weights: ONNX Runtime's U8U8 kernels widen to 16 bits first, exact on every CPU, 8 bits of weights;
+#   on VNNI CPUs slower than the int8-weight kernels.
+INT8_U8S8, INT8_U8S7, INT8_U8U8 = "u8s8", "u8s7", "u8u8"
+INT8_RECIPES = (INT8_U8S8, INT8_U8S7, INT8_U8U8)
 
 # Dynamic quantization: the weight-bearing operators. The embedding table's Gather is left in FP32 on purpose:
 # one per-tensor int8 scale over a 30k-word table cost MiniLM ~0.003 of worst-document cosine (0.991 instead of
@@ -45,8 +59,29 @@ FP8_E4M3_MIN_NORMAL_EXPONENT = -6
 # Each variant says how it was made in its metadata_props, so the method "auto" chose can be shown to the customer.
 METHOD_KEY = "idlefleet.method"
 FP16_METHOD = "FP16 conversion (FP32 inputs and outputs)"
-INT8_DYNAMIC_METHOD = "INT8 dynamic quantization (per-channel INT8 weights, activations scaled per batch)"
-INT8_STATIC_METHOD = "INT8 static QDQ quantization (per-channel INT8 weights, activations calibrated on customer data)"
+INT8_DYNAMIC_METHOD = "INT8 dynamic quantization (per-channel {weights}, activations scaled per batch)"
+INT8_STATIC_METHOD = "INT8 static QDQ quantization (per-channel {weights}, activations calibrated on customer data)"
+_RECIPE_WEIGHTS = {
+    INT8_U8S8: "INT8 weights",
+    INT8_U8S7: "7-bit INT8 weights, exact on every CPU",
+    INT8_U8U8: "UINT8 weights, exact on every CPU",
+}
+
+
+def int8_recipes(compute_classes: Iterable[str]) -> tuple[str, ...]:
+    """The INT8 recipes to try, best first, for a variant that runs on every class in `compute_classes`: the cars it
+    may be sent to and the platform's own CPU (which computes the known answers it checks cars against).
+
+    Where every class multiplies int8 exactly (VNNI, ARM), full-range u8s8 is exact and fastest; anywhere else u8s8
+    could saturate, so a portable recipe comes first: u8s7 (keeps VNNI's speed), then u8u8 (one bit more of weights).
+    The variant build keeps the first whose accuracy meets the customer's tolerance (marketplace.services).
+    """
+    classes = set(compute_classes)
+    if classes and all(hardware.int8_exact(compute_class) for compute_class in classes):
+        return (INT8_U8S8, INT8_U8U8)
+    return (INT8_U8S7, INT8_U8U8)
+
+
 FP8_METHOD = "FP8 E4M3 weights, emulated (rounded through float8, stored and computed in FP32)"
 
 
@@ -56,10 +91,12 @@ def build_variant(
     *,
     method: str = "auto",
     calibration: Sequence[dict[str, np.ndarray]] | None = None,
+    recipe: str = INT8_U8S7,
 ) -> bytes:
     """The `precision` variant ("fp32", "fp16", "int8", "fp8") of an FP32 model.
 
-    For int8, `method` is "dynamic", "static" (needs `calibration`: a list of feeds, {input name: array}) or "auto":
+    For int8, `recipe` is one of INT8_RECIPES (see int8_recipes: the default is exact on every CPU), and `method` is
+    "dynamic", "static" (needs `calibration`: a list of feeds, {input name: array}) or "auto":
     - text models (input_ids/attention_mask): dynamic. A transformer's activations (attention scores, GELU) vary
       widely between documents; scales computed per batch follow them, fixed calibrated scales clip the outliers.
     - tensor models with calibration feeds: both are built and the one closer to FP32 on the calibration feeds
@@ -78,20 +115,22 @@ def build_variant(
         return to_fp8_emulated(model_bytes)
     if method not in INT8_METHODS:
         raise ValueError(f"unknown int8 method {method!r}; expected one of {', '.join(INT8_METHODS)}")
+    if recipe not in INT8_RECIPES:
+        raise ValueError(f"unknown int8 recipe {recipe!r}; expected one of {', '.join(INT8_RECIPES)}")
     if method == "dynamic":
-        return to_int8_dynamic(model_bytes)
+        return to_int8_dynamic(model_bytes, recipe=recipe)
     if method == "static":
         if not calibration:
             raise ValueError("static int8 quantization needs calibration feeds")
-        return to_int8_static(model_bytes, list(calibration))
+        return to_int8_static(model_bytes, list(calibration), recipe=recipe)
     if calibration and model_kind(model) != TEXT:
         candidates = {
-            "static": to_int8_static(model_bytes, list(calibration)),
-            "dynamic": to_int8_dynamic(model_bytes),
+            "static": to_int8_static(model_bytes, list(calibration), recipe=recipe),
+            "dynamic": to_int8_dynamic(model_bytes, recipe=recipe),
         }
         scores = {name: _closeness(model_bytes, variant, calibration) for name, variant in candidates.items()}
         return candidates["static" if scores["static"] >= scores["dynamic"] else "dynamic"]
-    return to_int8_dynamic(model_bytes)
+    return to_int8_dynamic(model_bytes, recipe=recipe)
 
 
 def to_fp16(model_bytes: bytes) -> bytes:
@@ -115,8 +154,8 @@ def to_fp16(model_bytes: bytes) -> bytes:
     raise ValueError("the model cannot run in float16 on ONNX Runtime's CPU provider")
 
 
-def to_int8_dynamic(model_bytes: bytes) -> bytes:
-    """INT8 weights (QInt8, per output channel), activations quantized per batch at run time (uint8).
+def to_int8_dynamic(model_bytes: bytes, *, recipe: str = INT8_U8S7) -> bytes:
+    """INT8 weights (per output channel, as `recipe` says), activations quantized per batch at run time (uint8).
 
     `quant_pre_process` is not run: on MiniLM it changed neither accuracy nor speed, and its shape inference is one
     more thing that can fail on a customer's export.
@@ -132,13 +171,16 @@ def to_int8_dynamic(model_bytes: bytes) -> bytes:
             target,
             op_types_to_quantize=DYNAMIC_OP_TYPES,
             per_channel=True,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if recipe == INT8_U8U8 else QuantType.QInt8,
+            reduce_range=recipe == INT8_U8S7,
         )
-        return _with_method(target.read_bytes(), INT8_DYNAMIC_METHOD)
+        return _with_method(target.read_bytes(), INT8_DYNAMIC_METHOD.format(weights=_RECIPE_WEIGHTS[recipe]))
 
 
-def to_int8_static(model_bytes: bytes, calibration: list[dict[str, np.ndarray]]) -> bytes:
-    """INT8 in QDQ format: weights QInt8 per channel, activation ranges (min/max) fixed from `calibration`.
+def to_int8_static(model_bytes: bytes, calibration: list[dict[str, np.ndarray]], *, recipe: str = INT8_U8S7) -> bytes:
+    """INT8 in QDQ format: weights per channel (as `recipe` says), activation ranges (min/max) fixed from
+    `calibration`. u8u8 quantizes activations and weights as uint8; the int8 recipes both as int8 (ONNX Runtime runs
+    int8 activations through the same U8S8 kernels, shifted by 128, so they saturate alike without VNNI).
 
     `calibration` is the customer's own feeds ({input name: array}, a batch each), e.g. a few batches of their data.
     """
@@ -165,10 +207,11 @@ def to_int8_static(model_bytes: bytes, calibration: list[dict[str, np.ndarray]])
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=STATIC_OP_TYPES,
             per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8 if recipe == INT8_U8U8 else QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if recipe == INT8_U8U8 else QuantType.QInt8,
+            reduce_range=recipe == INT8_U8S7,
         )
-        return _with_method(target.read_bytes(), INT8_STATIC_METHOD)
+        return _with_method(target.read_bytes(), INT8_STATIC_METHOD.format(weights=_RECIPE_WEIGHTS[recipe]))
 
 
 def to_fp8_emulated(model_bytes: bytes) -> bytes:

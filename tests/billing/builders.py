@@ -60,8 +60,8 @@ def sell(bid: Bid, vehicle, *, ch: float, price_mcents: int, fee_pct=15) -> Allo
     start = bid.units.order_by("-item_end").values_list("item_end", flat=True).first() or 0
     items = max(1, round(ch / bid.variant.ch_per_item))
     WorkUnit.objects.create(
-        bid=bid, index=index, item_start=start, item_end=start + items, ch=ch, status=WorkUnit.Status.LEASED,
-        assigned_vehicle=vehicle, allocation=allocation, lease_id=f"lease-{index}",
+        bid=bid, variant_id=bid.variant_id, index=index, item_start=start, item_end=start + items, ch=ch,
+        status=WorkUnit.Status.LEASED, assigned_vehicle=vehicle, allocation=allocation, lease_id=f"lease-{index}",
     )  # fmt: skip
     Bid.objects.filter(pk=bid.pk).update(status=Bid.Status.RUNNING, items_unitised=start + items)
     return allocation

@@ -175,7 +175,14 @@ def alices_job(alice, olivia_car, oscar_car):
     builders.validate(second)
     builders.fail(builders.sell(bid, oscar_car, ch=0.25, price_mcents=6_000))
     WorkUnit.objects.create(
-        bid=bid, index=99, item_start=900, item_end=1000, ch=0.1, status=WorkUnit.Status.DONE, done_by=olivia_car
+        bid=bid,
+        variant_id=bid.variant_id,
+        index=99,
+        item_start=900,
+        item_end=1000,
+        ch=0.1,
+        status=WorkUnit.Status.DONE,
+        done_by=olivia_car,
     )
     builders.close(bid)
     return bid, first.round, second.round

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from fleet.models import OptInPolicy, Vehicle
-from marketplace.models import Bid
+from marketplace.models import Bid, PrecisionVariant
 from tests.factories import vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
 
@@ -16,7 +16,9 @@ def cars(client, olivia, oscar, settings):
     """Two parked HW4 cars on WiFi, with their credentials: olivia asks at least 2 ¢/CH, oscar at least 3 ¢/CH.
 
     Both have a long record of validated results and spot checks are off, so each result stands alone: these tests
-    are about dispatch (tests/marketplace/test_verdicts.py is about checking results)."""
+    are about dispatch (tests/marketplace/test_verdicts.py is about checking results). Their record includes the
+    variants built so far: each was run on them before (measured here, on this machine, as a self-test would be;
+    tests/marketplace/test_measured_speed.py is about self-tests)."""
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.0
     keys = []
     for owner, min_price in ((olivia, 2), (oscar, 3)):
@@ -24,8 +26,33 @@ def cars(client, olivia, oscar, settings):
         Vehicle.objects.filter(pk=vehicle.pk).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
         OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
         assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
+        for variant in PrecisionVariant.objects.filter(status=PrecisionVariant.Status.READY):
+            measured_here(vehicle, variant)
         keys.append((vehicle, credential))
     return keys
+
+
+def measured_here(vehicle, variant, *, items: int = 32) -> None:
+    """Record the car's speed on `variant` as this machine runs it (what the car's self-test would have found)."""
+    import time
+
+    from fleet.agent.inference import ModelRunner, ModelSpec
+    from fleet.services import throughput_record
+    from marketplace import storage
+    from marketplace.services import dataset_items
+
+    model = variant.inference_model
+    tokenizer = storage.artifact_read(model.tokenizer_sha256).decode() if model.tokenizer_sha256 else None
+    runner = ModelRunner(storage.artifact_read(variant.sha256), ModelSpec(model.kind, model.output_name, tokenizer))
+    sample = list(dataset_items(model.datasets.first()).items[:items])
+    runner.run(sample)  # warm
+    started = time.perf_counter()
+    runner.run(sample)
+    seconds = time.perf_counter() - started
+    throughput_record(
+        vehicle=vehicle, workload=variant.sha256, precision=variant.precision, ch_per_item=variant.ch_per_item,
+        items=len(sample), seconds=seconds, energy_wh=100 * seconds / 3600, at=timezone.now(), first=True,
+    )  # fmt: skip
 
 
 @pytest.fixture

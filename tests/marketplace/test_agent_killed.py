@@ -117,7 +117,8 @@ def test_a_killed_agent_process_loses_its_unit_to_another_car(live_server, tmp_p
     time.sleep(3.2)  # the killed car sends no more heartbeats: now it is lost
     other.step()
     assert auction_round_run() is not None
-    other.step()
+    other.step()  # a new car runs a self-test of the variant first (its speed and accuracy here)
+    other.step()  # then the unit
 
     bid.refresh_from_db()
     assert bid.status == "completed", json.dumps(list(WorkUnit.objects.values("status", "attempts", "error")))

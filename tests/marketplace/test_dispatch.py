@@ -108,12 +108,12 @@ def test_bad_results_are_refused_and_change_nothing(client, running_bid, cars):
 
 
 def test_a_failed_unit_is_reissued_and_fails_for_good_after_three_tries(client, running_bid, cars, settings):
-    settings.AUCTION_INTERVAL_SECONDS = 10
+    settings.AUCTION_INTERVAL_SECONDS = 5
     (_, key), _ = cars
     unit_id = None
     for attempt in range(1, MAX_UNIT_ATTEMPTS + 1):
-        # The next rounds sell the released CH again (within the cars' 90 s heartbeat horizon).
-        auction_round_run(now=timezone.now() + timedelta(seconds=20 * attempt))
+        # The next rounds sell the released CH again (before the cars' heartbeats are 1.5 intervals old).
+        auction_round_run(now=timezone.now() + timedelta(seconds=6 * attempt))
         lease = signed_post(client, key, LEASE, {}).json()
         unit_id = unit_id or lease["unit_id"]
         assert lease["unit_id"] == unit_id

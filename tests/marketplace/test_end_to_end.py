@@ -22,7 +22,7 @@ from fleet.agent.runner import Agent
 from fleet.agent.simulation import SimulatedCar
 from marketplace import storage
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
-from marketplace.models import Bid, InferenceModel, PrecisionVariant, WorkUnit
+from marketplace.models import Bid, InferenceModel, PrecisionVariant, SelfTest, WorkUnit
 from marketplace.rounds import auction_round_run
 from tests.factories import CustomerFactory, OwnerFactory, vehicle_with_credential
 from tests.waiting import wait_for
@@ -106,7 +106,10 @@ def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
     done = Bid.objects.get(pk=bid["id"])
     assert done.status == "completed", list(WorkUnit.objects.values("status", "error"))
     units = WorkUnit.objects.filter(bid=done)
-    assert sum(a.units_done for a in agents) == units.filter(status="done").count()
+    # Each car ran a self-test of the variant first (its speed and accuracy on its own hardware), then its units.
+    self_tests = SelfTest.objects.filter(status="passed")
+    assert set(self_tests.values_list("vehicle", flat=True)) == set(units.values_list("done_by", flat=True))
+    assert sum(a.units_done for a in agents) == units.filter(status="done").count() + self_tests.count()
     # Every slice was checked by a second car of the same hardware, and no result was rejected.
     assert {u.verification for u in units.filter(status="done")} == {"valid"}
     for primary in units.filter(replica_of__isnull=True):

@@ -25,6 +25,7 @@ from marketplace.models import Allocation, Bid, PoolClearing, WorkUnit
 from marketplace.rounds import auction_round_run
 from marketplace.services import dataset_items
 from tests.factories import OwnerFactory, vehicle_with_credential
+from tests.marketplace.conftest import measured_here
 
 TZ = zoneinfo.ZoneInfo("America/Los_Angeles")
 SUNDAY_NIGHT = datetime(2026, 11, 22, 23, 0, tzinfo=TZ)
@@ -58,6 +59,7 @@ def test_work_of_a_killed_car_and_of_a_departing_car_is_reissued(
         vehicle, credential = vehicle_with_credential(OwnerFactory(username=f"owner{n}"), time_zone=str(TZ))
         Vehicle.objects.filter(pk=vehicle.pk).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
         OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
+        measured_here(vehicle, model.variants.get(precision="int8"))  # it ran this work before: no self-test
         http = AgentClient(live_server.url, credential)
         executor = Executor(http, ArtifactCache(tmp_path / f"car{n}", max_bytes=50_000_000))
         cars.append(vehicle)

@@ -10,6 +10,7 @@ from django.utils import timezone
 from marketplace.dispatch import unit_lease
 from marketplace.models import Bid, WorkUnit
 from tests.factories import OwnerFactory, vehicle_with_credential
+from tests.marketplace.conftest import measured_here
 
 
 @pytest.mark.django_db(transaction=True)
@@ -24,9 +25,12 @@ def test_concurrent_leases_hand_out_each_unit_once(digits_with_variants):
         status=Bid.Status.RUNNING, items_unitised=200,
     )  # fmt: skip
     WorkUnit.objects.bulk_create(
-        WorkUnit(bid=bid, index=i, item_start=10 * i, item_end=10 * i + 10, ch=1e-9, assigned_vehicle=car)
+        WorkUnit(
+            bid=bid, variant=variant, index=i, item_start=10 * i, item_end=10 * i + 10, ch=1e-9, assigned_vehicle=car
+        )
         for i in range(20)
     )
+    measured_here(car, variant)  # it ran this variant before: no self-test first
     leased: list[int] = []
     errors: list[BaseException] = []
     start = threading.Barrier(8)

@@ -18,6 +18,7 @@ from marketplace.models import Bid, ResultFault, WorkUnit
 from marketplace.rounds import auction_round_run
 from tests.factories import OwnerFactory, vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
+from tests.marketplace.conftest import measured_here
 from tests.marketplace.test_dispatch import LEASE, RESULT, run_unit
 
 pytestmark = pytest.mark.django_db
@@ -53,16 +54,21 @@ def lying(lease: dict, model: bytes) -> dict:
 
 
 def work_off(client, credential, model: bytes, *, answer=run_unit) -> int:
-    """The car leases and returns units until it has none; how many it ran."""
+    """The car leases and returns units until it has none; how many it ran (a new car's self-test, run honestly
+    whatever `answer` is, first: it is not a unit)."""
     count = 0
     while (response := signed_post(client, credential, LEASE, {})).status_code == 200:
-        assert signed_post(client, credential, RESULT, answer(response.json(), model)).status_code == 200
-        count += 1
+        lease = response.json()
+        self_test = lease["unit_id"].startswith("selftest-")
+        reply = run_unit(lease, model) if self_test else answer(lease, model)
+        assert signed_post(client, credential, RESULT, reply).status_code == 200
+        count += not self_test
     return count
 
 
 def next_round(step: int):
-    return auction_round_run(now=timezone.now() + timedelta(seconds=15 * step))
+    # A round every 10 s: the cars' one heartbeat stays fresh (1.5 intervals) over three rounds.
+    return auction_round_run(now=timezone.now() + timedelta(seconds=10 * step))
 
 
 def only_cars(new_cars, *names):
@@ -155,7 +161,9 @@ def test_repeated_faults_suspend_the_car_release_its_work_and_tell_its_owner(cli
     assert "suspended" in mail.outbox[0].subject
     # Its work goes back to the bid for other cars, and it gets no more.
     assert not WorkUnit.objects.filter(pk__in=held, assigned_vehicle=liam).exists()
-    assert signed_post(client, liam_key, LEASE, {}).status_code == 204
+    refused = signed_post(client, liam_key, LEASE, {})
+    assert (refused.status_code, refused.json()["code"]) == (409, "cannot_work")
+    assert "suspended by Idlefleet" in refused.json()["message"]
     client.force_login(liam.owner)
     page = client.get(f"/owner/vehicles/{liam.pk}/").content.decode()
     assert "disagreed with other cars" in page
@@ -217,12 +225,10 @@ def test_a_fault_costs_a_trusted_car_its_trust(client, bid, new_cars, settings):
 def test_staff_see_what_verification_costs_and_catches(client, staff, bid, new_cars):
     hana, _ = new_cars["hana"]
     liam, _ = new_cars["liam"]
-    primary = WorkUnit.objects.create(bid=bid, index=50, item_start=0, item_end=10, ch=2.0, status="done",
-                                      done_by=hana, verification="valid", canonical=True)  # fmt: skip
-    WorkUnit.objects.create(bid=bid, index=51, item_start=0, item_end=10, ch=2.0, status="done", done_by=liam,
-                            verification="invalid", replica_of=primary)  # fmt: skip
-    WorkUnit.objects.create(bid=bid, index=52, item_start=0, item_end=10, ch=2.0, status="done", done_by=hana,
-                            verification="valid", replica_of=primary)  # fmt: skip
+    slice_ = {"bid": bid, "variant": bid.variant, "item_start": 0, "item_end": 10, "ch": 2.0, "status": "done"}
+    primary = WorkUnit.objects.create(**slice_, index=50, done_by=hana, verification="valid", canonical=True)
+    WorkUnit.objects.create(**slice_, index=51, done_by=liam, verification="invalid", replica_of=primary)
+    WorkUnit.objects.create(**slice_, index=52, done_by=hana, verification="valid", replica_of=primary)
     Vehicle.objects.filter(pk=liam.pk).update(status="suspended")
     client.force_login(staff)
 
@@ -240,6 +246,8 @@ def test_known_answers_hidden_in_a_lease_catch_a_trusted_cheat_that_no_replica_w
     liam, liam_key = new_cars["liam"]
     hana, hana_key = new_cars["hana"]
     Vehicle.objects.filter(pk__in=[liam.pk, hana.pk]).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
+    for car in (liam, hana):
+        measured_here(car, bid.variant)  # trusted: they have run this work before (and passed its self-test)
     only_cars(new_cars, "liam")
     next_round(0)
     lease = signed_post(client, liam_key, LEASE, {}).json()
@@ -284,7 +292,7 @@ def test_the_probes_model_is_loaded_once_when_the_first_results_arrive_together(
 
     monkeypatch.setattr(verdicts, "_runner_made", slow_load)
     runners = []
-    threads = [threading.Thread(target=lambda: runners.append(verdicts._runner("ab" * 32, 1))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: runners.append(verdicts.runner_for("ab" * 32, 1))) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -15,6 +15,7 @@ import pytest
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from config.exceptions import ApplicationError
 from fleet import availability
 from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy, encode_npy
 from fleet.models import OptInPolicy, Vehicle
@@ -28,6 +29,14 @@ from tests.fleet.agent_requests import heartbeat, signed_post
 
 pytestmark = pytest.mark.django_db
 CARS, CHEATERS = 20, 2  # 10 %
+
+
+def lease_or_none(vehicle):
+    """The car's next lease; None when it has none, or may not work (a suspended cheater is refused)."""
+    try:
+        return unit_lease(vehicle=vehicle)
+    except ApplicationError:
+        return None
 
 
 def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digits_with_variants, settings,
@@ -69,11 +78,12 @@ def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digit
             signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=95))
         auction_round_run(now=timezone.now() + timedelta(seconds=15 * step))
         for vehicle, _, cheats in cars:
-            while (unit := unit_lease(vehicle=vehicle)) is not None:
+            while (unit := lease_or_none(vehicle)) is not None:
                 lease = lease_payload(unit, vehicle=vehicle)
                 items = decode_npy(base64.b64decode(lease["items_npy_b64"]))
                 outputs = runner.run(list(items))
-                if cheats:
+                # A cheater behaves where it can tell it is being tested: its self-test on a new variant.
+                if cheats and not lease["unit_id"].startswith("selftest-"):
                     outputs = rng.normal(size=outputs.shape).astype(outputs.dtype)
                 data, sha = encode_npy(outputs)
                 unit_result(vehicle=vehicle, data={

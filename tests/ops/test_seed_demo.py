@@ -3,6 +3,7 @@ from django.core.management import call_command
 
 from accounts.models import Role, User
 from ops.demo import DEMO_PASSWORD
+from tests.factories import vehicle_with_credential
 
 pytestmark = pytest.mark.django_db
 
@@ -24,6 +25,9 @@ def test_demo_bids_are_placed_once(stripe_server):
 
     call_command("seed_demo")
     call_command("catalogue_sync", documents=20)
+    # The demo's simulated fleet registers its cars (HW3 and HW4) before the bids are placed.
+    vehicle_with_credential(User.objects.get(username="olivia"), name="Sim 01", hardware_name="HW4")
+    vehicle_with_credential(User.objects.get(username="oscar"), name="Sim 03", hardware_name="HW3")
     call_command("seed_demo_bids")
     call_command("seed_demo_bids")
 

@@ -110,15 +110,17 @@ def _won(bid, vehicle):
     )  # fmt: skip
     index = bid.units.count()
     return WorkUnit.objects.create(
-        bid=bid, index=index, item_start=index * 10, item_end=(index + 1) * 10, ch=0.01, status="done",
-        allocation=allocation, assigned_vehicle=vehicle, done_by=vehicle, verification="valid", canonical=True,
+        bid=bid, variant_id=bid.variant_id, index=index, item_start=index * 10, item_end=(index + 1) * 10, ch=0.01,
+        status="done", allocation=allocation, assigned_vehicle=vehicle, done_by=vehicle, verification="valid",
+        canonical=True,
     )  # fmt: skip
 
 
 # --- The three pages of the product --------------------------------------------------------------------------------
 
 
-OWNER_DASHBOARD_QUERIES = 4  # session, user, the owner's cars (with hardware and policy), their parking stays
+# session, user, the owner's cars (with hardware and policy), their parking stays, their measured speeds
+OWNER_DASHBOARD_QUERIES = 5
 
 
 def test_the_owner_dashboard_queries_the_same_for_2_or_20_cars(client, olivia, django_assert_num_queries):
@@ -176,17 +178,18 @@ def test_the_market_page_queries_the_same_for_2_or_20_rounds_and_cars(client, al
             _car(olivia)
             _round()
         cache.delete(OVERVIEW_CACHE_KEY)
-        # With the fleet's overview to compute (a cold cache): the cars, their stays, and the market's rounds.
+        # With the fleet's overview to compute (a cold cache): the cars, their stays, their measured speeds, and the
+        # market's rounds.
         with django_assert_num_queries(MARKET_QUERIES_COLD):
             page = client.get(reverse("market"))
         assert page.context["overview"].vehicles == size
         assert len(page.context["history"]["labels"]) == size
         # And as nearly every request finds it: the overview comes from the cache.
-        with django_assert_num_queries(MARKET_QUERIES_COLD - 2):
+        with django_assert_num_queries(MARKET_QUERIES_COLD - 3):
             assert client.get(reverse("market")).status_code == 200
 
 
-MARKET_QUERIES_COLD = 8
+MARKET_QUERIES_COLD = 9
 
 
 def test_the_fleet_overview_is_computed_once_per_interval_not_per_view(client, staff, olivia, monkeypatch):

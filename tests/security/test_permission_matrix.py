@@ -223,6 +223,15 @@ ROUTES: dict[str, list[Case]] = {
         send("POST", "/api/v1/agent/departure/", agent_api(), {"observed_at": "{now}"}),
     ],
     "api/v1/agent/lease/": [send("POST", "/api/v1/agent/lease/", agent_api(car=204, other_car=204))],
+    # Only the car holding the lease renews it; another car's attempt is refused as not its lease.
+    "api/v1/agent/lease/renew/": [
+        send(
+            "POST", "/api/v1/agent/lease/renew/", agent_api(other_car=409), {"unit_id": "{unit}", "lease_id": "lease-0"}
+        )
+    ],
+    "api/v1/agent/hardware/": [
+        send("POST", "/api/v1/agent/hardware/", agent_api(), {"arch": "x86_64", "isa": ["avx2"], "cpus": 4})
+    ],
     "api/v1/agent/result/": [send("POST", "/api/v1/agent/result/", agent_api(car=400, other_car=400))],
     "api/v1/agent/failure/": [send("POST", "/api/v1/agent/failure/", agent_api(car=400, other_car=400))],
     # Only the car that holds a unit of the model may download it.
@@ -324,16 +333,17 @@ def world(settings, tmp_path, stripe_server, alice, bob, olivia, oscar, staff) -
         pool="int8", max_price_mcents_per_ch=5000, budget_cents=100, deadline=timezone.now() + timedelta(hours=2),
         items=10, ch_total=0.01, result_sha256=storage.artifact_save(_npy(np.zeros((10, 3), dtype=np.float32))),
     )  # fmt: skip
-    WorkUnit.objects.create(
-        bid=bid, index=0, item_start=0, item_end=10, ch=0.01, status=WorkUnit.Status.LEASED,
-        assigned_vehicle=olivias_car, lease_id="lease-0",
+    unit = WorkUnit.objects.create(
+        bid=bid, variant_id=bid.variant_id, index=0, item_start=0, item_end=10, ch=0.01, status=WorkUnit.Status.LEASED,
+        assigned_vehicle=olivias_car, lease_id="lease-0", leased_at=timezone.now(),
+        lease_expires_at=timezone.now() + timedelta(minutes=1), predicted_seconds=1.0,
     )  # fmt: skip
     return World(
         users={"alice": alice, "bob": bob, "olivia": olivia, "oscar": oscar, "staff": staff},
         credentials={"car": car_key, "other_car": other_car_key},
         ids={
             "model": model.pk, "dataset": dataset.pk, "bid": bid.pk, "vehicle": olivias_car.pk,
-            "credential": VehicleCredential.objects.get(vehicle=olivias_car).pk, "sha256": variant_sha,
+            "credential": VehicleCredential.objects.get(vehicle=olivias_car).pk, "sha256": variant_sha, "unit": unit.pk,
             "now": timezone.now().isoformat(), "deadline": (timezone.now() + timedelta(hours=3)).isoformat(),
         },
     )  # fmt: skip

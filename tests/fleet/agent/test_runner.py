@@ -10,7 +10,7 @@ import pytest
 
 from fleet.agent.client import AgentHTTPError, AgentUnavailable
 from fleet.agent.clock import SimClock
-from fleet.agent.runner import DEPARTURE_PATH, HEARTBEAT_PATH, LEASE_PATH, Agent
+from fleet.agent.runner import DEPARTURE_PATH, HARDWARE_PATH, HEARTBEAT_PATH, LEASE_PATH, Agent
 from fleet.agent.simulation import SimulatedCar
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -22,9 +22,13 @@ class FakePlatform:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
+        self.hardware: list[dict] = []
         self.failures: dict[str, list[Exception]] = {}
 
     def post(self, path: str, payload: dict):
+        if path == HARDWARE_PATH:  # the compute report, sent once before the first heartbeat: kept apart
+            self.hardware.append(payload)
+            return 200, {"compute_class": "x86_64-avx2", "description": "x86-64 with AVX2, no VNNI"}
         self.calls.append((path, payload))
         if self.failures.get(path):
             raise self.failures[path].pop(0)

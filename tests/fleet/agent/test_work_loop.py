@@ -19,6 +19,7 @@ from fleet.agent.inference import decode_npy
 from fleet.agent.runner import (
     DEPARTURE_PATH,
     FAILURE_PATH,
+    HARDWARE_PATH,
     HEARTBEAT_PATH,
     LEASE_PATH,
     RESULT_PATH,
@@ -86,12 +87,16 @@ class WorkPlatform:
 
     def __init__(self, *leases: dict | None) -> None:
         self.calls: list[tuple[str, dict]] = []
+        self.hardware: list[dict] = []
         self.leases = list(leases)
         self.failures: dict[str, list[Exception]] = {}
         self.files = {MODEL_URL: MODEL}
         self.downloads: list[str] = []
 
     def post(self, path: str, payload: dict):
+        if path == HARDWARE_PATH:  # the compute report, sent once before the first heartbeat: kept apart
+            self.hardware.append(payload)
+            return 200, {"compute_class": "x86_64-avx2", "description": "x86-64 with AVX2, no VNNI"}
         self.calls.append((path, payload))
         if self.failures.get(path):
             raise self.failures[path].pop(0)
@@ -155,9 +160,9 @@ class WatchedExecutor(Executor):
         self.car = car
         self.computing_while_running: list[bool] = []
 
-    def run(self, unit):
+    def run(self, unit, **kwargs):
         self.computing_while_running.append(self.car.car.computing)
-        return super().run(unit)
+        return super().run(unit, **kwargs)
 
 
 class HandClock:
