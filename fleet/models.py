@@ -272,3 +272,26 @@ class VehicleThroughput(models.Model):
     def wh_per_ch(self) -> float:
         """Energy per compute-hour delivered, Wh."""
         return self.wh_per_item / self.ch_per_item if self.ch_per_item else 0.0
+
+
+class VehicleWorkDay(models.Model):
+    """What a car's work took on one day of its own calendar: units (self-tests included), compute time and energy,
+    as the car measured them (fleet.services.throughput_record). The owner's page shows today's."""
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="work_days")
+    day = models.DateField(help_text="In the car's time zone.")
+    units = models.PositiveIntegerField(default=0)
+    items = models.PositiveBigIntegerField(default=0)
+    seconds = models.FloatField(default=0.0, help_text="Compute time, s.")
+    energy_wh = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["vehicle", "-day"]
+        constraints = [models.UniqueConstraint(fields=["vehicle", "day"], name="one_work_day_per_vehicle")]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle} on {self.day}"
+
+    @property
+    def wh_per_unit(self) -> float | None:
+        return self.energy_wh / self.units if self.units else None

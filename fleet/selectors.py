@@ -29,7 +29,7 @@ from .availability import (
     availability_get,
 )
 from .departure import ParkingRecord, remaining_parked_seconds
-from .models import ParkingSession, Vehicle, VehicleState, VehicleThroughput
+from .models import ParkingSession, Vehicle, VehicleState, VehicleThroughput, VehicleWorkDay
 
 HISTORY_SESSIONS = 200  # completed parking sessions used for departure prediction
 
@@ -197,6 +197,30 @@ def _live(vehicle, state, history, parked_since, now, measured) -> LiveVehicle:
 
 def vehicle_live_for_owner(*, owner: User, vehicle_id: int) -> LiveVehicle:
     return vehicles_live([vehicle_get_for_owner(owner=owner, vehicle_id=vehicle_id)])[0]
+
+
+@dataclass(frozen=True)
+class WorkSummary:
+    """A car's measured work for its owner: today's units and energy, and its speed on each workload it ran."""
+
+    today: VehicleWorkDay | None
+    throughputs: list[VehicleThroughput]
+    rated_ch_per_hour: dict[str, float]  # the hardware profile's rating per precision, for comparison
+
+
+def vehicle_work_summary(*, vehicle: Vehicle, now: datetime | None = None) -> WorkSummary:
+    """Today's work (the car's own calendar day) and its measured speeds, in two queries."""
+    from .availability import rated_ch_per_hour
+
+    today = (now or timezone.now()).astimezone(vehicle.tz).date()
+    hardware = hardware_of(vehicle)
+    return WorkSummary(
+        today=VehicleWorkDay.objects.filter(vehicle=vehicle, day=today).first(),
+        throughputs=list(vehicle.throughputs.order_by("precision", "-measured_at")),
+        rated_ch_per_hour={
+            p: rated_ch_per_hour(hardware, p, power_w=hardware.typical_power_w) for p in vehicle.hardware.factors
+        },
+    )
 
 
 def parking_sessions_for_vehicle(*, vehicle: Vehicle, limit: int = 20) -> list[ParkingSession]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+import zoneinfo
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,6 +30,7 @@ from .models import (
     VehicleCredential,
     VehicleState,
     VehicleThroughput,
+    VehicleWorkDay,
 )
 from .signals import vehicle_stopped_working
 
@@ -355,11 +357,12 @@ def throughput_record(
     first: bool = False,
 ) -> VehicleThroughput | None:
     """Fold one run of `items` items of `workload` (the model file's sha256) in `seconds` of compute, using
-    `energy_wh`, into the car's measured speed and energy. `first` (a self-test) replaces what was measured before.
-    Smoothed on seconds per item, so a slow unit weighs as much as the time it took. Returns None for a run with
-    nothing to measure."""
+    `energy_wh`, into the car's measured speed and energy, and into its day's work (VehicleWorkDay). `first` (a
+    self-test) replaces what was measured before. Smoothed on seconds per item, so a slow unit weighs as much as the
+    time it took. Returns None for a run with nothing to measure."""
     if items <= 0 or seconds is None or seconds < 0 or ch_per_item <= 0:
         return None
+    _work_day_add(vehicle=vehicle, at=at, items=items, seconds=seconds, energy_wh=max(energy_wh or 0.0, 0.0))
     seconds_per_item = max(seconds, MIN_MEASURED_SECONDS) / items
     wh_per_item = max(energy_wh or 0.0, 0.0) / items
     with transaction.atomic():
@@ -379,6 +382,19 @@ def throughput_record(
 
 
 STATE_FIELDS = [f.name for f in VehicleState._meta.get_fields() if f.concrete and f.name not in ("id", "vehicle")]
+
+
+def _work_day_add(*, vehicle: Vehicle, at: datetime, items: int, seconds: float, energy_wh: float) -> None:
+    """Count one run in the car's day (its own time zone), in one statement whoever else counts at the same time."""
+    from django.db.models import F
+
+    time_zone = Vehicle.objects.values_list("time_zone", flat=True).get(pk=vehicle.pk)
+    day = at.astimezone(zoneinfo.ZoneInfo(time_zone)).date()
+    VehicleWorkDay.objects.get_or_create(vehicle_id=vehicle.pk, day=day)
+    VehicleWorkDay.objects.filter(vehicle_id=vehicle.pk, day=day).update(
+        units=F("units") + 1, items=F("items") + items, seconds=F("seconds") + seconds,
+        energy_wh=F("energy_wh") + energy_wh,
+    )  # fmt: skip
 
 
 def vehicle_states_snapshot(*, since: timedelta = timedelta(minutes=10)) -> int:

@@ -84,6 +84,7 @@ def vehicle_detail(request, vehicle_id: int):
             "sessions": selectors.parking_sessions_for_vehicle(vehicle=item.vehicle),
             "credentials": item.vehicle.credentials.all()[:10],
             "trusted_after": settings.VERIFICATION_TRUSTED_AFTER,
+            "work": selectors.vehicle_work_summary(vehicle=item.vehicle),
         },
     )
 
@@ -91,7 +92,8 @@ def vehicle_detail(request, vehicle_id: int):
 @role_required(Role.OWNER)
 def vehicle_live(request, vehicle_id: int):
     item = selectors.vehicle_live_for_owner(owner=request.user, vehicle_id=vehicle_id)
-    return render(request, "fleet/_vehicle_live.html", {"item": item})
+    work = selectors.vehicle_work_summary(vehicle=item.vehicle)
+    return render(request, "fleet/_vehicle_live.html", {"item": item, "work": work})
 
 
 @role_required(Role.OWNER)
@@ -121,8 +123,11 @@ def vehicle_pause(request, vehicle_id: int):
             services.vehicle_resume(vehicle=vehicle)
             messages.success(request, f"{vehicle.display_name} may work again when parked.")
         else:
-            services.vehicle_pause(vehicle=vehicle)
-            messages.success(request, f"{vehicle.display_name} is paused: it takes no new work.")
+            released = services.vehicle_pause(vehicle=vehicle)
+            given_back = (
+                f"; its {released} work unit{'s' if released != 1 else ''} went to other cars" if released else ""
+            )
+            messages.success(request, f"{vehicle.display_name} is paused: it takes no work{given_back}.")
     except ApplicationError as error:
         messages.error(request, error.message)
     return redirect("fleet:vehicle", vehicle_id=vehicle.pk)

@@ -53,6 +53,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-mb", type=int, default=2048, help="model cache size, MiB (default 2048)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for work units (default 1)")
     parser.add_argument("--power-w", type=float, default=100.0, help="power drawn while computing, W (default 100)")
+    parser.add_argument(
+        "--slowdown", type=float, default=1.0, help="simulate a car this many times slower than this machine (>= 1)"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every heartbeat")
     return parser.parse_args(argv)
 
@@ -78,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.speed <= protocol.MAX_CLOCK_RATE:
         log.error("cannot start: --speed must be in (0, %s]", protocol.MAX_CLOCK_RATE)
         return 2
-    if args.cache_mb < 1 or args.threads < 1 or not 0 < args.power_w <= protocol.MAX_POWER_W:
+    if args.cache_mb < 1 or args.threads < 1 or args.slowdown < 1 or not 0 < args.power_w <= protocol.MAX_POWER_W:
         log.error(
-            "cannot start: --cache-mb and --threads must be at least 1, --power-w in (0, %s]", protocol.MAX_POWER_W
+            "cannot start: --cache-mb, --threads and --slowdown must be at least 1, --power-w in (0, %s]",
+            protocol.MAX_POWER_W,
         )
         return 2
 
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     try:
         cache = ArtifactCache(cache_dir, args.cache_mb * MiB)
-        executor = Executor(client, cache, threads=args.threads, power_w=args.power_w)
+        executor = Executor(client, cache, threads=args.threads, power_w=args.power_w, slowdown=args.slowdown)
     except (OSError, ImportError) as error:
         client.close()
         log.error("cannot start: the work-unit runner is not usable (cache %s): %s", cache_dir, error)

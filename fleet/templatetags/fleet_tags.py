@@ -23,3 +23,24 @@ def duration(seconds) -> str:
 @register.filter
 def get(mapping, key):
     return mapping.get(key) if mapping else None
+
+
+@register.filter
+def energy_wh(value) -> str:
+    """Energy in Wh for people: '1.2 kWh', '35 Wh', '0.014 Wh' (three significant figures below 10 Wh)."""
+    if value is None or value == "":
+        return "—"
+    value = float(value)
+    if value >= 1000:
+        return f"{value / 1000:.1f} kWh"
+    if value >= 10:
+        return f"{value:.0f} Wh"
+    return f"{value:.3g} Wh"
+
+
+@register.filter
+def compute_class_name(value: str) -> str:
+    """A compute class (fleet/agent/hardware.py) in words: "x86_64-avx2" -> "x86-64 with AVX2, no VNNI"."""
+    from fleet.agent.hardware import CLASS_NAMES
+
+    return CLASS_NAMES.get(value, value or "unknown CPU")

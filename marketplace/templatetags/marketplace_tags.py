@@ -37,11 +37,3 @@ def make_list_of_pools(value: str) -> list[str]:
 @register.filter
 def get_item(mapping, key):
     return mapping.get(key) if mapping else None
-
-
-@register.filter
-def compute_class_name(value: str) -> str:
-    """A compute class (fleet/agent/hardware.py) in words: "x86_64-avx2" -> "x86-64 with AVX2, no VNNI"."""
-    from fleet.agent.hardware import CLASS_NAMES
-
-    return CLASS_NAMES.get(value, value or "unknown CPU")

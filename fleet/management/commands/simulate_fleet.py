@@ -33,6 +33,20 @@ SIM_CACHE_BYTES = 1024 * MiB
 DEFAULT_COMPUTE_POWER_W = 100.0
 
 
+def emulated_energy(hardware: HardwareProfile) -> dict[str, float]:
+    """Wh per CH of the car's own chip at each precision it runs: its typical power over its rated CH per hour.
+
+    A simulated car runs its work on this machine's CPU, tens to thousands of times slower than the chip it stands
+    for: the platform measures that speed and sizes the car's work for it. Its energy is the chip's, not this
+    machine's power × time: a host CPU's watts say nothing of a car's battery, and they would price every simulated
+    car out of the market."""
+    return {
+        precision: hardware.typical_power_w / hardware.ch_per_hour(precision)
+        for precision in hardware.factors
+        if hardware.ch_per_hour(precision) > 0
+    }
+
+
 class Command(BaseCommand):
     help = (
         "Run N simulated cars, each a real agent talking to the server over HTTP, with commuting patterns, WiFi at "
@@ -73,12 +87,17 @@ class Command(BaseCommand):
         # Every car has its own model cache, as real cars do; the folder and all in it go when the command ends.
         with tempfile.TemporaryDirectory(prefix="idlefleet-sim-", ignore_cleanup_errors=True) as cache_root:
             clients = [AgentClient(server, credential) for credential in credentials]
+            fastest = max(vehicle.hardware.int8_tops for vehicle in vehicles)
             executors = [
                 Executor(
                     client,
                     ArtifactCache(tempfile.mkdtemp(prefix=f"car-{vehicle.pk}-", dir=cache_root), SIM_CACHE_BYTES),
                     threads=1,
                     power_w=float(vehicle.hardware.typical_power_w or DEFAULT_COMPUTE_POWER_W),
+                    # Every car computes on this machine's CPU: an older chip is made as much slower as it is rated
+                    # (HW3 against HW4: 245 / 144), so measured speeds differ by hardware as they do on the road.
+                    slowdown=fastest / vehicle.hardware.int8_tops,
+                    emulated_wh_per_ch=emulated_energy(vehicle.hardware),
                 )
                 for client, vehicle in zip(clients, vehicles, strict=True)
             ]

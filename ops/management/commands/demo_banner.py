@@ -26,7 +26,10 @@ class Command(BaseCommand):
             return
         if settings.STRIPE_API_BASE:
             if self._wait(f"{settings.STRIPE_API_BASE}/_dev/health", deadline):
-                # Bids hold their budget on a card: they can only be placed once Stripe answers.
+                # Bids hold their budget on a card: they can only be placed once Stripe answers; and only for work
+                # the fleet can run, so once the simulated cars are registered and have said what they compute on.
+                if not self._fleet_ready(deadline):
+                    self.stderr.write("the simulated fleet did not report within the timeout: bidding anyway")
                 call_command("seed_demo_bids", stdout=self.stdout)
             else:
                 self.stderr.write(f"the local Stripe server did not answer at {settings.STRIPE_API_BASE}")
@@ -34,6 +37,16 @@ class Command(BaseCommand):
         self.stdout.flush()
         # The process manager stops everything when one process exits, so stay until it stops us.
         signal.pause()
+
+    @staticmethod
+    def _fleet_ready(deadline: float) -> bool:
+        from fleet.models import Vehicle
+
+        while not Vehicle.objects.filter(is_simulated=True, compute_reported_at__isnull=False).exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
     @staticmethod
     def _wait(address: str, deadline: float) -> bool:
