@@ -3,8 +3,9 @@
     .venv/bin/python bench/inference.py [--quick] [--threads N] [--repeats N]
 
 For MiniLM (text embeddings of standard-library docstrings) and the digits classifier (held-out digits), every
-precision (fp32, fp16, int8, fp8 emulated) is built from the FP32 model, run through the car's own `ModelRunner`
-with the same thread count, and compared with FP32 from the same run:
+precision (fp32, fp16, fp8 emulated, and INT8 by each recipe: u8s8 full range, u8s7 with 7-bit weights, u8u8 with
+uint8 weights; marketplace/inference/quantization.py) is built from the FP32 model, run through the car's own
+`ModelRunner` with the same thread count, and compared with FP32 from the same run:
 - items_per_s: items / median wall time of one pass over all items (tokenizing included, as in the car), after a
   warm-up pass; repeats are interleaved across precisions so that a noisy neighbour hits them all alike.
 - batch_latency_ms: median wall time of one batch (ModelRunner.run_batch), over every batch of every repeat.
@@ -12,6 +13,10 @@ with the same thread count, and compared with FP32 from the same run:
   pairing passes run seconds apart keeps a slow spell of a shared machine from landing on one side only.
 - cosine_min (embeddings) or top1_agreement (classifier), max_abs_error: against FP32 outputs, see accuracy.py.
 - fp8 is emulated (FP8-rounded weights, FP32 compute): its accuracy is FP8's, its speed FP32's.
+
+INT8's accuracy depends on the CPU (U8S8 saturates without VNNI), so the report starts with this CPU's instruction
+sets and compute class (fleet/agent/hardware.py), and names the INT8 recipe the platform would build for a fleet of
+every class (`int8_sent`: the first of int8_recipes that meets the model's tolerance here).
 
 Results: bench/results/inference.json (and a table on stdout). Tests never assert timings.
 """
@@ -38,14 +43,24 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from fleet.agent import hardware  # noqa: E402
 from fleet.agent.inference import TENSOR, TEXT, ModelRunner, ModelSpec, batches  # noqa: E402
 from marketplace.inference import catalogue  # noqa: E402
-from marketplace.inference.accuracy import compare  # noqa: E402
+from marketplace.inference.accuracy import compare, passes  # noqa: E402
 from marketplace.inference.costing import ch_per_item, macs_per_item  # noqa: E402
-from marketplace.inference.quantization import build_variant, variant_method  # noqa: E402
+from marketplace.inference.quantization import INT8_RECIPES, build_variant, int8_recipes, variant_method  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "inference.json"
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+# (name, precision, INT8 recipe)
+VARIANTS = (
+    ("fp32", "fp32", None),
+    ("fp16", "fp16", None),
+    *((f"int8-{recipe}", "int8", recipe) for recipe in INT8_RECIPES),
+    ("fp8", "fp8", None),
+)
+PRECISIONS = tuple(name for name, _, _ in VARIANTS)
+# Every class a car may have: what the platform builds INT8 for by default (INT8_TARGET_CLASSES).
+FLEET_CLASSES = hardware.COMPUTE_CLASSES
 MIN_SAMPLE_S = 0.25
 
 
@@ -58,6 +73,7 @@ class Workload:
     items: list[Any]
     batch_size: int
     metric: str  # "cosine" or "top1"
+    tolerance: float  # the catalogue's: what a variant must meet
     calibration: list[dict[str, np.ndarray]] | None = None
     labels: np.ndarray | None = None
 
@@ -72,6 +88,7 @@ def minilm_workload(quick: bool) -> Workload:
         items=catalogue.demo_documents(64 if quick else 200),
         batch_size=32,
         metric="cosine",
+        tolerance=0.99,
     )
 
 
@@ -87,6 +104,7 @@ def digits_workload(quick: bool) -> Workload:
         items=list(all_digits[:held_out]),
         batch_size=64,
         metric="top1",
+        tolerance=0.98,
         # The customer's own data: a few batches of the training digits, never the held-out ones.
         calibration=[{catalogue.DIGITS_INPUT: training[start : start + 32]} for start in range(0, 256, 32)],
         labels=catalogue.digits_labels(held_out),
@@ -96,10 +114,11 @@ def digits_workload(quick: bool) -> Workload:
 def run_workload(workload: Workload, *, threads: int, repeats: int) -> dict[str, Any]:
     variants: dict[str, bytes] = {}
     build_s: dict[str, float] = {}
-    for precision in PRECISIONS:
+    for name, precision, recipe in VARIANTS:
         started = time.perf_counter()
-        variants[precision] = build_variant(workload.fp32, precision, calibration=workload.calibration)
-        build_s[precision] = time.perf_counter() - started
+        options = {"recipe": recipe} if recipe else {}
+        variants[name] = build_variant(workload.fp32, precision, calibration=workload.calibration, **options)
+        build_s[name] = time.perf_counter() - started
 
     runners = {precision: ModelRunner(data, workload.spec, threads=threads) for precision, data in variants.items()}
     parts = list(batches(workload.items, workload.batch_size))
@@ -147,10 +166,15 @@ def run_workload(workload: Workload, *, threads: int, repeats: int) -> dict[str,
             row["label_accuracy"] = round(float(np.mean(outputs[precision].argmax(axis=1) == workload.labels)), 4)
         if precision == "fp8":
             row["emulated"] = True
+        row["meets_tolerance"] = passes(metrics, metric=workload.metric, tolerance=workload.tolerance)
         results[precision] = row
+    recipes = int8_recipes(set(FLEET_CLASSES) | {hardware.compute_class(hardware.detect())})
+    sent = next((f"int8-{r}" for r in recipes if results[f"int8-{r}"]["meets_tolerance"]), f"int8-{recipes[-1]}")
     return {
         "description": workload.description,
         "metric": workload.metric,
+        "tolerance": workload.tolerance,
+        "int8_sent": sent,
         "items": items,
         "batch_size": workload.batch_size,
         "passes_per_sample": loops,
@@ -163,9 +187,14 @@ def run_workload(workload: Workload, *, threads: int, repeats: int) -> dict[str,
 def machine() -> dict[str, Any]:
     import onnxruntime
 
+    report = hardware.detect()
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": report["cpu_model"],
+        "isa": report["isa"],
+        "compute_class": hardware.compute_class(report),
+        "int8_exact": hardware.int8_exact(hardware.compute_class(report)),
         "cpu_count": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
@@ -179,14 +208,16 @@ def print_table(name: str, result: dict[str, Any]) -> None:
     print(f"\n{name}: {result['description']}")
     print(f"  {result['items']} items, batch {result['batch_size']}, {result['macs_per_item']:,} MACs/item")
     print(
-        f"  {'precision':<14}{'items/s':>10}{'vs fp32':>9}{'batch ms':>10}{accuracy:>16}{'max abs err':>13}"
-        f"{'size kB':>10}"
+        f"  {'variant':<16}{'items/s':>10}{'vs fp32':>9}{'batch ms':>10}{accuracy:>16}{'max abs err':>13}"
+        f"{'size kB':>10}  meets {result['tolerance']}"
     )
     for precision, row in result["variants"].items():
         label = "fp8 (emulated)" if row.get("emulated") else precision
+        sent = "  <- sent to cars" if precision == result["int8_sent"] else ""
         print(
-            f"  {label:<14}{row['items_per_s']:>10.1f}{row['speedup_vs_fp32']:>8.2f}x{row['batch_latency_ms']:>10.2f}"
+            f"  {label:<16}{row['items_per_s']:>10.1f}{row['speedup_vs_fp32']:>8.2f}x{row['batch_latency_ms']:>10.2f}"
             f"{row[accuracy]:>16.4f}{row['max_abs_error']:>13.4f}{row['size_bytes'] / 1e3:>10,.0f}"
+            f"  {'yes' if row['meets_tolerance'] else 'NO'}{sent}"
         )
 
 
@@ -216,7 +247,9 @@ def main() -> None:
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{report['machine']['platform']}, {args.threads} threads, {repeats} repeats")
+    cpu = report["machine"]
+    isa = ", ".join(cpu["isa"])
+    print(f"\n{cpu['cpu_model']} ({cpu['compute_class']}: {isa}), {args.threads} threads, {repeats} repeats")
     print(f"wrote {RESULTS.relative_to(ROOT)} in {report['settings']['wall_s']} s")
 
 

@@ -36,6 +36,8 @@ from .models import SELF_TEST_PREFIX, PrecisionVariant, SelfTest, WorkUnit
 
 # Held-out items a self-test runs at most: a second or two of a CPU, a few minutes on a car a hundred times slower.
 SELF_TEST_ITEMS = 32
+# How long a car may take over its self-test, renewals included (seconds): longer, and it is not worth selling.
+SELF_TEST_MAX_SECONDS = 900
 
 
 def is_self_test(unit_id: str) -> bool:
@@ -45,8 +47,9 @@ def is_self_test(unit_id: str) -> bool:
 def self_test_items(item_count: int) -> list[int]:
     """The dataset items a self-test runs: held-out items, evenly spread, at most SELF_TEST_ITEMS."""
     held_out = holdout_indices(item_count)
-    step = max(1, -(-len(held_out) // SELF_TEST_ITEMS))  # ceil: every step-th keeps at most SELF_TEST_ITEMS
-    return held_out[::step][:SELF_TEST_ITEMS]
+    if len(held_out) <= SELF_TEST_ITEMS:
+        return held_out
+    return [held_out[i * len(held_out) // SELF_TEST_ITEMS] for i in range(SELF_TEST_ITEMS)]
 
 
 def self_test_issue(*, vehicle: Vehicle, unit: WorkUnit, now: datetime) -> SelfTest:
@@ -148,14 +151,14 @@ def self_test_failure(*, vehicle: Vehicle, unit_id: str, lease_id: str, error: s
 
 @transaction.atomic
 def self_test_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datetime) -> float:
-    """Extend a running self-test's lease; a car may take WORK_LEASE_SECONDS in all (else 409, and it is lost)."""
+    """Extend a running self-test's lease; a car may take SELF_TEST_MAX_SECONDS in all (else 409, and it is lost)."""
     test = _leased_test(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
     lease = settings.WORK_LEASE_MIN_SECONDS
-    if (now - test.leased_at).total_seconds() + lease > settings.WORK_LEASE_SECONDS:
+    if (now - test.leased_at).total_seconds() > SELF_TEST_MAX_SECONDS:
         test.status = SelfTest.Status.LOST
         test.save(update_fields=["status"])
         raise ApplicationError(
-            f"lease_id: a self-test may take {settings.WORK_LEASE_SECONDS} s at most; this one is given up.",
+            f"lease_id: a self-test may take {SELF_TEST_MAX_SECONDS} s at most; this one is given up.",
             fields={"lease_id": ["Held too long."]}, code="lease_lost", status=409,
         )  # fmt: skip
     test.lease_expires_at = now + timedelta(seconds=lease)

@@ -304,7 +304,7 @@ VERIFICATION_PROBE_RATE = env.float("VERIFICATION_PROBE_RATE", default=0.2)
 VERIFICATION_PROBE_ITEMS = env.int("VERIFICATION_PROBE_ITEMS", default=2)
 # A lease lasts the unit's predicted run on the car plus a margin (marketplace/sizing.py), at least
 # WORK_LEASE_MIN_SECONDS and at most WORK_LEASE_SECONDS; the agent renews it while it works. A self-test, whose run
-# nothing predicts yet, is leased for the minimum and may be renewed up to WORK_LEASE_SECONDS in all.
+# nothing predicts yet, is leased for the minimum and renewed (for 15 minutes at most: marketplace/selftests.py).
 WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)
 WORK_LEASE_MIN_SECONDS = env.int("WORK_LEASE_MIN_SECONDS", default=60)
 # The compute classes an INT8 variant must give exact numbers on (fleet/agent/hardware.py), besides the platform's own

@@ -293,7 +293,7 @@ class WorkUnit:
             batch_size=_int_field(lease, "batch_size", 1, MAX_BATCH_SIZE),
             precision=_text_field(lease, "precision", max_length=16),
             emulated=emulated,
-            lease_seconds=_number_field(lease, "lease_seconds", 1, MAX_LEASE_SECONDS),
+            lease_seconds=_number_field(lease, "lease_seconds", 0.1, MAX_LEASE_SECONDS),
             ch=_number_field(lease, "ch", 0, 1e6),
         )
 

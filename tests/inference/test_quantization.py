@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from fleet.agent import hardware
 from fleet.agent.inference import TENSOR, TEXT, ModelRunner, ModelSpec
 from marketplace.inference.accuracy import compare, cosine_per_item
 from marketplace.inference.catalogue import (
@@ -19,7 +20,11 @@ from marketplace.inference.catalogue import (
 )
 from marketplace.inference.quantization import (
     FP8_E4M3_MAX,
+    INT8_U8S7,
+    INT8_U8S8,
+    INT8_U8U8,
     build_variant,
+    int8_recipes,
     round_through_e4m3,
     to_fp8_emulated,
     to_fp16,
@@ -58,6 +63,48 @@ def digits():
         "spec": spec,
         "reference": ModelRunner(fp32, spec).run(held_out),
     }
+
+
+@pytest.mark.parametrize(
+    ("classes", "recipes"),
+    [
+        ({hardware.VNNI}, (INT8_U8S8, INT8_U8U8)),  # exact everywhere it runs: full range, the fastest kernels
+        ({hardware.ARM_DOTPROD, hardware.VNNI}, (INT8_U8S8, INT8_U8U8)),
+        ({hardware.AVX2}, (INT8_U8S7, INT8_U8U8)),  # U8S8 would saturate there: 7-bit weights first
+        ({hardware.VNNI, hardware.AVX2}, (INT8_U8S7, INT8_U8U8)),  # one car without VNNI decides for all
+        ({hardware.OTHER}, (INT8_U8S7, INT8_U8U8)),  # an unknown CPU is taken for the worst
+        (set(), (INT8_U8S7, INT8_U8U8)),
+    ],
+)
+def test_the_int8_recipe_is_exact_on_every_class_it_is_sent_to(classes, recipes):
+    assert int8_recipes(classes) == recipes
+
+
+@pytest.mark.parametrize("cpu_class", [hardware.VNNI, hardware.AVX2])
+def test_minilm_int8_as_the_platform_sends_it_to_either_class_stays_within_cosine_0_99(minilm, cpu_class):
+    """The platform builds for the cars' class and its own (it computes the known answers): the recipe it picks is
+    exact here, whichever CPU runs the test, so what is measured here is what the cars compute."""
+    here = hardware.compute_class(hardware.detect())
+    recipe = int8_recipes({cpu_class, here})[0]
+    onnx_path, tokenizer_path = minilm_paths()
+    spec = ModelSpec(kind=TEXT, output_name=MINILM_OUTPUT, tokenizer_json=tokenizer_path.read_text())
+
+    int8 = ModelRunner(build_variant(onnx_path.read_bytes(), "int8", recipe=recipe), spec).run(
+        demo_documents(DOCUMENTS)
+    )
+
+    assert cosine_per_item(minilm["outputs"]["fp32"], int8).min() >= 0.99
+
+
+def test_each_int8_recipe_says_how_it_was_made(digits):
+    methods = {r: variant_method(build_variant(digits["fp32"], "int8", method="dynamic", recipe=r)) for r in
+               (INT8_U8S8, INT8_U8S7, INT8_U8U8)}  # fmt: skip
+
+    assert methods[INT8_U8S8] == "INT8 dynamic quantization (per-channel INT8 weights, activations scaled per batch)"
+    assert "7-bit INT8 weights, exact on every CPU" in methods[INT8_U8S7]
+    assert "UINT8 weights, exact on every CPU" in methods[INT8_U8U8]
+    with pytest.raises(ValueError, match="unknown int8 recipe"):
+        build_variant(digits["fp32"], "int8", recipe="u4s4")
 
 
 def test_minilm_int8_keeps_every_document_embedding_within_cosine_0_99(minilm):

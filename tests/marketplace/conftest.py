@@ -71,3 +71,13 @@ def bid(client, digits_with_variants):
     )
     assert response.status_code == 201
     return Bid.objects.get(pk=response.json()["id"])
+
+
+@pytest.fixture
+def running_bid(bid, cars):
+    """`bid` after a round sold it to the cheaper of `cars` (olivia's)."""
+    from marketplace.rounds import auction_round_run
+
+    auction_round_run()
+    bid.refresh_from_db()
+    return bid

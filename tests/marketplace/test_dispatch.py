@@ -21,13 +21,6 @@ pytestmark = pytest.mark.django_db
 LEASE, RESULT, FAILURE = "/api/v1/agent/lease/", "/api/v1/agent/result/", "/api/v1/agent/failure/"
 
 
-@pytest.fixture
-def running_bid(bid, cars):
-    auction_round_run()
-    bid.refresh_from_db()
-    return bid
-
-
 def run_unit(lease: dict, model_bytes: bytes) -> dict:
     """What an honest car sends back for a lease."""
     items = decode_npy(base64.b64decode(lease["items_npy_b64"]))

@@ -33,6 +33,33 @@ SIM_CACHE_BYTES = 1024 * MiB
 DEFAULT_COMPUTE_POWER_W = 100.0
 
 
+def simulated_agents(
+    cars, vehicles, credentials, *, server: str, start: datetime, speed: float, heartbeat_seconds: float,
+    cache_root: str, stop: threading.Event,
+) -> list[Agent]:  # fmt: skip
+    """One real agent per simulated car, each with its own model cache under `cache_root` and a clock `speed` times
+    faster than real time, not yet started (run each one's `run` in a thread)."""
+    fastest = max(vehicle.hardware.int8_tops for vehicle in vehicles)
+    agents = []
+    for car, vehicle, credential in zip(cars, vehicles, credentials, strict=True):
+        client = AgentClient(server, credential)
+        executor = Executor(
+            client,
+            ArtifactCache(tempfile.mkdtemp(prefix=f"car-{vehicle.pk}-", dir=cache_root), SIM_CACHE_BYTES),
+            threads=1,
+            power_w=float(vehicle.hardware.typical_power_w or DEFAULT_COMPUTE_POWER_W),
+            # Every car computes on this machine's CPU: an older chip is made as much slower as it is rated (HW3
+            # against HW4: 245 / 144), so measured speeds differ by hardware as they do on the road.
+            slowdown=fastest / vehicle.hardware.int8_tops,
+            emulated_wh_per_ch=emulated_energy(vehicle.hardware),
+        )
+        agents.append(
+            Agent(client, car, SimClock(start, speed), heartbeat_seconds=heartbeat_seconds, stop=stop,
+                  executor=executor)
+        )  # fmt: skip
+    return agents
+
+
 def emulated_energy(hardware: HardwareProfile) -> dict[str, float]:
     """Wh per CH of the car's own chip at each precision it runs: its typical power over its rated CH per hour.
 
@@ -86,25 +113,10 @@ class Command(BaseCommand):
         stop = threading.Event()
         # Every car has its own model cache, as real cars do; the folder and all in it go when the command ends.
         with tempfile.TemporaryDirectory(prefix="idlefleet-sim-", ignore_cleanup_errors=True) as cache_root:
-            clients = [AgentClient(server, credential) for credential in credentials]
-            fastest = max(vehicle.hardware.int8_tops for vehicle in vehicles)
-            executors = [
-                Executor(
-                    client,
-                    ArtifactCache(tempfile.mkdtemp(prefix=f"car-{vehicle.pk}-", dir=cache_root), SIM_CACHE_BYTES),
-                    threads=1,
-                    power_w=float(vehicle.hardware.typical_power_w or DEFAULT_COMPUTE_POWER_W),
-                    # Every car computes on this machine's CPU: an older chip is made as much slower as it is rated
-                    # (HW3 against HW4: 245 / 144), so measured speeds differ by hardware as they do on the road.
-                    slowdown=fastest / vehicle.hardware.int8_tops,
-                    emulated_wh_per_ch=emulated_energy(vehicle.hardware),
-                )
-                for client, vehicle in zip(clients, vehicles, strict=True)
-            ]
-            agents = [
-                Agent(client, car, SimClock(start, speed), heartbeat_seconds=heartbeat, stop=stop, executor=executor)
-                for car, client, executor in zip(cars, clients, executors, strict=True)
-            ]
+            agents = simulated_agents(
+                cars, vehicles, credentials, server=server, start=start, speed=speed, heartbeat_seconds=heartbeat,
+                cache_root=cache_root, stop=stop,
+            )  # fmt: skip
             threads = [
                 threading.Thread(target=a.run, name=f"agent-{v.pk}", daemon=True)
                 for a, v in zip(agents, vehicles, strict=True)
@@ -125,6 +137,8 @@ class Command(BaseCommand):
             stop.set()
             for thread in threads:
                 thread.join(timeout=30)
+            for agent in agents:
+                agent.client.close()
             sent = sum(a.heartbeats_sent for a in agents)
             self.stdout.write(
                 f"fleet stopped: {sent} heartbeats, {sum(a.departures_sent for a in agents)} departure notices, "

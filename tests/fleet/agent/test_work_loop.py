@@ -4,6 +4,7 @@ import base64
 import hashlib
 import io
 import logging
+import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -22,6 +23,7 @@ from fleet.agent.runner import (
     HARDWARE_PATH,
     HEARTBEAT_PATH,
     LEASE_PATH,
+    RENEW_PATH,
     RESULT_PATH,
     Agent,
 )
@@ -388,3 +390,128 @@ def test_a_car_without_set_compute_still_runs_units(make_agent):
 
     assert agent.units_done == 1
     assert platform.paths() == [HEARTBEAT_PATH, LEASE_PATH, RESULT_PATH]
+
+
+# --- While a unit runs: heartbeats, lease renewals, and stopping it ---------------------------------------------------
+
+
+class LongUnitExecutor(Executor):
+    """The real Executor, on a car slow enough that the unit takes `seconds` of real time (it waits between batches
+    on the agent's cancel event, as the real slowdown does, so a cancel stops it at once)."""
+
+    def __init__(self, *args, seconds: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seconds = seconds
+
+    def _infer(self, runner, unit, cancel=None):
+        from fleet.agent.executor import UnitCancelled
+
+        if cancel is not None and cancel.wait(self.seconds):
+            raise UnitCancelled
+        return super()._infer(runner, unit, cancel)
+
+
+class RenewingPlatform(WorkPlatform):
+    """Answers lease renewals (200, or 409 once `lose_lease_after` renewals were granted)."""
+
+    def __init__(self, *leases, lose_lease_after: int | None = None) -> None:
+        super().__init__(*leases)
+        self.lose_lease_after = lose_lease_after
+
+    def post(self, path, payload):
+        if path == RENEW_PATH:
+            self.calls.append((path, payload))
+            if self.lose_lease_after is not None and len(self.sent(RENEW_PATH)) > self.lose_lease_after:
+                raise AgentHTTPError(409, {"code": "lease_lost", "message": "this lease is no longer yours"})
+            return 200, {"lease_seconds": 0.6}
+        return super().post(path, payload)
+
+
+def long_unit_agent(tmp_path, platform, *, seconds: float, start: datetime = NIGHT, speed: float = 1.0,
+                    heartbeat_seconds: float = 0.2):  # fmt: skip
+    car = SpyCar(SimulatedCar("commuter", 2, start, BERLIN))
+    executor = LongUnitExecutor(platform, ArtifactCache(tmp_path / "cache", 64 * 1024 * 1024), seconds=seconds)
+    # A real clock here (SimClock on time.monotonic): the keeper thread waits in real time.
+    agent = Agent(platform, car, SimClock(start, speed), executor=executor, heartbeat_seconds=heartbeat_seconds)
+    return agent, car
+
+
+def test_heartbeats_and_lease_renewals_go_on_while_a_long_unit_runs(tmp_path):
+    platform = RenewingPlatform(lease(lease_seconds=0.6))
+    agent, _ = long_unit_agent(tmp_path, platform, seconds=1.2)
+
+    agent.step()
+
+    heartbeats = platform.sent(HEARTBEAT_PATH)
+    assert len(heartbeats) >= 4  # the step's own, then one every 0.2 s while the unit ran
+    assert any(beat["computing"] for beat in heartbeats[1:])  # a working car says so: it is never taken for gone
+    renewals = platform.sent(RENEW_PATH)
+    assert len(renewals) >= 3 and agent.lease_renewals == len(renewals)  # every third of the 0.6 s lease
+    assert renewals[0] == {"unit_id": "unit-1", "lease_id": "lease-1"}
+    assert platform.paths()[-1] == RESULT_PATH and agent.units_done == 1
+
+
+def test_a_lease_the_platform_took_back_stops_the_unit_and_nothing_is_reported(tmp_path):
+    platform = RenewingPlatform(lease(lease_seconds=0.6), lose_lease_after=1)
+    agent, car = long_unit_agent(tmp_path, platform, seconds=30)
+
+    started = time.monotonic()
+    agent.step()
+
+    assert time.monotonic() - started < 5  # stopped at the second renewal, not after 30 s
+    assert agent.units_stopped == 1 and agent.units_done == agent.units_failed == 0
+    assert RESULT_PATH not in platform.paths() and FAILURE_PATH not in platform.paths()
+    assert car.compute_calls[-1] == 0.0  # and the car stops drawing power
+
+
+def test_a_car_that_leaves_during_a_unit_announces_it_and_stops_the_unit(tmp_path):
+    probe = SimulatedCar("commuter", 2, NIGHT, BERLIN)
+    departure = probe.next_departure(NIGHT + timedelta(hours=1))
+    platform = RenewingPlatform(lease(lease_seconds=600))
+    # 60 car seconds per real second: the car drives off about half a real second into a unit of 30 s.
+    agent, _ = long_unit_agent(
+        tmp_path, platform, seconds=30, start=departure - timedelta(seconds=40), speed=60, heartbeat_seconds=15
+    )
+
+    started = time.monotonic()
+    agent.step()
+
+    assert time.monotonic() - started < 5
+    assert platform.paths().count(DEPARTURE_PATH) == 1
+    assert agent.units_stopped == 1
+    assert RESULT_PATH not in platform.paths() and FAILURE_PATH not in platform.paths()
+
+
+def test_the_car_reports_its_compute_once_before_its_first_heartbeat(make_agent):
+    agent, platform, _, hand = make_agent()
+
+    agent.step()
+    assert len(platform.hardware) == 1 and platform.paths()[0] == HEARTBEAT_PATH
+    hand.seconds += 15
+    agent.step()
+
+    assert len(platform.hardware) == 1
+    report = platform.hardware[0]
+    assert set(report) == {"arch", "isa", "cpu_model", "cpus", "accelerator", "providers", "runtime_version", "fp8"}
+    assert agent.hardware_reported["compute_class"] == "x86_64-avx2"  # what the (fake) platform answered
+
+
+def test_a_compute_report_the_platform_cannot_take_now_is_sent_again_and_heartbeats_go_on(make_agent):
+    agent, platform, _, hand = make_agent()
+    platform.failures[HARDWARE_PATH] = [AgentUnavailable("down"), AgentHTTPError(400, {"code": "invalid"})]
+
+    def post(path, payload, post=platform.post):  # the fake records reports apart: route failures through it
+        if path == HARDWARE_PATH and platform.failures[HARDWARE_PATH]:
+            raise platform.failures[HARDWARE_PATH].pop(0)
+        return post(path, payload)
+
+    platform.post = post
+    agent.step()  # unavailable: asked again next step
+    hand.seconds += 15
+    agent.step()  # refused (400): not sent again
+    hand.seconds += 15
+    agent.step()
+
+    assert platform.hardware == []
+    assert agent.hardware_reported == {}
+    assert len(platform.sent(HEARTBEAT_PATH)) == 3

@@ -1,0 +1,71 @@
+"""Real agents (the code that runs in a car) in this process, talking to Django's live server over signed HTTP."""
+
+from __future__ import annotations
+
+import threading
+import zoneinfo
+from datetime import UTC, datetime
+
+from django.core.management import call_command
+
+from fleet.agent.client import AgentClient
+from fleet.agent.executor import ArtifactCache, Executor
+from fleet.agent.runner import Agent
+from fleet.agent.simulation import SimulatedCar
+from fleet.models import OptInPolicy
+from marketplace.models import InferenceModel
+from tests.factories import OwnerFactory, vehicle_with_credential
+
+NIGHT_ZONES = (
+    "Pacific/Honolulu", "America/Los_Angeles", "America/Denver", "America/New_York", "America/Halifax",
+    "Atlantic/Azores", "Europe/London", "Europe/Berlin", "Asia/Dubai", "Asia/Kolkata", "Asia/Shanghai", "Asia/Tokyo",
+    "Australia/Sydney", "Pacific/Auckland",
+)  # fmt: skip
+
+
+def night_zone() -> zoneinfo.ZoneInfo:
+    """A time zone where it is between 01:00 and 05:00 now: every simulated homebody is parked at home on WiFi."""
+    for name in NIGHT_ZONES:
+        zone = zoneinfo.ZoneInfo(name)
+        if 1 <= datetime.now(UTC).astimezone(zone).hour <= 4:
+            return zone
+    raise AssertionError("no listed time zone is between 01:00 and 05:00 now")
+
+
+class NightClock:
+    """The car's clock: real time in the car's time zone, at the car's real pace. The agent's loop is stepped by the
+    test (sleep returns at once), while its keeper thread, which heartbeats and renews leases during a unit, waits in
+    real time."""
+
+    rate = 1.0
+
+    def __init__(self, tz: zoneinfo.ZoneInfo) -> None:
+        self.tz = tz
+
+    def now(self) -> datetime:
+        return datetime.now(self.tz)
+
+    def sleep(self, car_seconds: float, stop: threading.Event) -> bool:
+        return stop.is_set()
+
+
+def catalogue_minilm(documents: int = 100) -> InferenceModel:
+    """The catalogue as `make demo` registers it (MiniLM from its PyPI package, with its variants), and its MiniLM."""
+    call_command("catalogue_sync", documents=documents)
+    return InferenceModel.objects.get(is_catalogue=True, kind=InferenceModel.Kind.TEXT)
+
+
+def parked_agent(
+    live_server, tmp_path, *, name: str, hardware_name: str = "HW4", tz: zoneinfo.ZoneInfo, clock=None, seed: int = 5,
+    battery_floor_pct: int = 10, **executor_options,
+):  # fmt: skip
+    """A registered car (a homebody, parked at home on WiFi at night) and its agent, ready to step."""
+    vehicle, credential = vehicle_with_credential(
+        OwnerFactory(username=name), name=f"{name}'s car", hardware_name=hardware_name, time_zone=str(tz)
+    )
+    OptInPolicy.objects.filter(vehicle=vehicle).update(battery_floor_pct=battery_floor_pct)
+    http = AgentClient(live_server.url, credential)
+    executor = Executor(http, ArtifactCache(tmp_path / name, max_bytes=500_000_000), **executor_options)
+    clock = clock or NightClock(tz)
+    agent = Agent(http, SimulatedCar("homebody", seed, clock.now(), tz), clock, executor=executor)
+    return vehicle, agent
