@@ -1,10 +1,19 @@
 from django.contrib import admin
 from django.db import transaction
 
-from ops.admin import LargeTableAdmin
+from ops.admin import LargeTableAdmin, ReadOnlyAdmin
 from ops.audit import audit_record
 
-from .models import HardwareProfile, OptInPolicy, ParkingSession, Vehicle, VehicleCredential, VehicleState
+from .models import (
+    HardwareProfile,
+    OptInPolicy,
+    ParkingSession,
+    Vehicle,
+    VehicleCredential,
+    VehicleState,
+    VehicleThroughput,
+    VehicleWorkDay,
+)
 
 
 @admin.register(HardwareProfile)
@@ -42,11 +51,13 @@ class VehicleCredentialInline(admin.TabularInline):
 
 @admin.register(Vehicle)
 class VehicleAdmin(LargeTableAdmin):
-    list_display = ("display_name", "owner", "hardware", "status", "time_zone", "is_simulated", "created_at")
-    list_filter = ("status", "hardware", "is_simulated", "time_zone", "region")
+    list_display = (
+        "display_name", "owner", "hardware", "compute_class", "status", "time_zone", "is_simulated", "created_at",
+    )  # fmt: skip
+    list_filter = ("status", "hardware", "compute_class", "is_simulated", "time_zone", "region")
     search_fields = ("display_name", "owner__username", "owner__email", "vin_last4")
     list_select_related = ("owner", "hardware")
-    readonly_fields = ("vin_hash", "vin_last4", "created_at")
+    readonly_fields = ("vin_hash", "vin_last4", "created_at", "compute", "compute_class", "compute_reported_at")
     raw_id_fields = ("owner",)
     inlines = [OptInPolicyInline, VehicleCredentialInline]
     actions = ["suspend", "reactivate", "keys_revoke"]
@@ -109,3 +120,36 @@ class VehicleStateAdmin(LargeTableAdmin):
     list_filter = ("parked", "plugged_in", "network", "computing")
     list_select_related = ("vehicle",)
     search_fields = ("vehicle__display_name",)
+
+
+@admin.register(VehicleThroughput)
+class VehicleThroughputAdmin(ReadOnlyAdmin, LargeTableAdmin):
+    """What each car was measured doing (read-only): its self-tests, then every unit's timing."""
+
+    list_display = ("vehicle", "precision", "workload_short", "items_per_s", "ch_per_hour_shown", "wh_per_ch_shown",
+                    "samples", "compute_class", "measured_at")  # fmt: skip
+    list_filter = ("precision", "compute_class", ("measured_at", admin.DateFieldListFilter))
+    search_fields = ("vehicle__display_name", "=workload")
+    list_select_related = ("vehicle",)
+
+    @admin.display(description="workload")
+    def workload_short(self, obj) -> str:
+        return obj.workload[:12]
+
+    @admin.display(description="CH per hour")
+    def ch_per_hour_shown(self, obj) -> str:
+        return f"{obj.ch_per_hour:.3g}"
+
+    @admin.display(description="Wh per CH")
+    def wh_per_ch_shown(self, obj) -> str:
+        return f"{obj.wh_per_ch:.3g}"
+
+
+@admin.register(VehicleWorkDay)
+class VehicleWorkDayAdmin(ReadOnlyAdmin, LargeTableAdmin):
+    """Each car's work per day of its own calendar, as it measured it (read-only)."""
+
+    list_display = ("vehicle", "day", "units", "items", "seconds", "energy_wh")
+    list_filter = (("day", admin.DateFieldListFilter),)
+    search_fields = ("vehicle__display_name",)
+    list_select_related = ("vehicle",)

@@ -15,14 +15,15 @@ import zoneinfo
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 
-from .agent.protocol import WORK_NETWORKS
+from .agent.protocol import SILENT_AFTER_SECONDS, WORK_NETWORKS
 
 # Precisions, scarcest first (the order in which the auction clears pools).
 PRECISIONS = ("fp8", "fp32", "fp16", "int8")
 # A car never draws more than this for compute, whatever its hardware or policy says (the article's ≈1 kW).
 ABSOLUTE_MAX_POWER_W = 1000.0
-# A car whose last heartbeat is older than this is treated as gone.
-HEARTBEAT_LOST_AFTER_S = 90.0
+# A car whose last heartbeat is older than this is treated as gone: 1.5 heartbeat intervals, so that with the sweeper
+# running every third of an interval its work is back on the market within two intervals of its last heartbeat.
+HEARTBEAT_LOST_AFTER_S = SILENT_AFTER_SECONDS
 # Hysteresis: a car that is not computing starts only this far above its battery floor, so that a charger which
 # cannot keep up does not make it flap on and off at the threshold.
 START_MARGIN_PCT = 2.0

@@ -2,7 +2,17 @@ from django.contrib import admin
 
 from ops.admin import LargeTableAdmin, ReadOnlyAdmin
 
-from .models import Bid, Dataset, InferenceModel, PrecisionVariant, ResultFault, Round, WorkUnit
+from .models import (
+    Bid,
+    Dataset,
+    InferenceModel,
+    PrecisionVariant,
+    ResultFault,
+    Round,
+    SelfTest,
+    VariantAccuracy,
+    WorkUnit,
+)
 
 
 class PrecisionVariantInline(admin.TabularInline):
@@ -81,3 +91,23 @@ class WorkUnitAdmin(ReadOnlyAdmin, LargeTableAdmin):
     list_filter = ("status", "verification")
     search_fields = ("=bid__id",)
     list_select_related = ("assigned_vehicle",)
+
+
+@admin.register(SelfTest)
+class SelfTestAdmin(ReadOnlyAdmin, LargeTableAdmin):
+    """Each car's first run of a variant: its speed and the variant's accuracy on its hardware."""
+
+    list_display = ("leased_at", "vehicle", "variant", "status", "compute_class", "seconds", "runtime_version")
+    list_filter = ("status", "compute_class", ("leased_at", admin.DateFieldListFilter))
+    search_fields = ("vehicle__display_name", "variant__inference_model__name")
+    list_select_related = ("vehicle", "variant__inference_model")
+
+
+@admin.register(VariantAccuracy)
+class VariantAccuracyAdmin(ReadOnlyAdmin):
+    """A variant's accuracy per compute class: the platform's CPU, and the worst of the cars' self-tests."""
+
+    list_display = ("variant", "compute_class", "passes", "cars_tested", "cars_failed", "platform", "measured_at")
+    list_filter = ("passes", "compute_class", "platform")
+    search_fields = ("variant__inference_model__name",)
+    list_select_related = ("variant__inference_model",)

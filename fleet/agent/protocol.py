@@ -2,7 +2,11 @@
 
 All paths are under /api/v1/agent/ and every request is signed (see signing.py). Bodies are JSON.
 
-POST heartbeat/   every HEARTBEAT_SECONDS of the car's clock (and at once when something important changes)
+POST hardware/    what the car's compute can do, once when the agent starts (fields: hardware.py)
+    -> 200 {"compute_class": str, "description": str}: the class the platform derived from the report
+
+POST heartbeat/   every HEARTBEAT_SECONDS of the car's clock (and at once when something important changes), also
+                  while a work unit runs
     observed_at          str    ISO 8601 with offset, the car's clock when the state was read
     clock_rate           float  car-clock seconds per real second: 1 for a real car, X for a simulated one
     parked               bool   the car is not moving (gear in park)
@@ -26,7 +30,13 @@ POST departure/   "I am about to drive": sent before the car moves; the platform
     -> 200 {"released_work_units": int}
 
 POST lease/       ask for a work unit, body {}: only while parked on one of WORK_NETWORKS, one unit at a time
-    -> 204 when there is none; 200 with the lease (fields: see executor.py, WorkUnit.from_lease)
+    -> 204 when there is none; 200 with the lease (fields: see executor.py, WorkUnit.from_lease); 409 with code
+       "cannot_work" when the car may not work now (paused, suspended, driving, off WiFi). A car's first lease of a
+       model variant is a self-test of it (its unit id starts "selftest-"): run and report it like any unit.
+
+POST lease/renew/ the car is still working on a unit: unit_id, lease_id
+    -> 200 {"lease_seconds": float}: the lease runs that much longer from now; 409 when the lease is no longer the
+       car's (or the unit took far longer than the car's measured speed predicts): stop the unit, report nothing
 
 POST result/      a unit's outputs, body executor.result_payload(): unit_id, lease_id, output_npy_b64, output_sha256,
                   items, seconds, energy_wh, emulated, runtime_version
@@ -43,6 +53,8 @@ more than 300 s off) or "replayed" (a nonce seen before); the last two concern o
 """
 
 HEARTBEAT_SECONDS = 15
+# A car silent for this long is taken for gone (fleet.availability, marketplace.dispatch): its work goes to other cars.
+SILENT_AFTER_SECONDS = 1.5 * HEARTBEAT_SECONDS
 # 401 codes that concern one request (the car's clock, a replayed nonce), not the credential: the agent carries on.
 TRANSIENT_AUTH_ERRORS = ("clock_skew", "replayed")
 # After a departure notice, heartbeats that still say "parked" (the car has not moved yet) do not reopen a parking

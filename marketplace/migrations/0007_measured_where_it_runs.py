@@ -14,7 +14,7 @@ def units_run_their_bids_variant(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("fleet", "0006_vehicle_throughput"),
+        ("fleet", "0005_measured_compute"),
         ("marketplace", "0006_known_answer_probes"),
     ]
 

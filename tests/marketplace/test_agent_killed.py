@@ -66,13 +66,13 @@ def test_a_killed_agent_process_loses_its_unit_to_another_car(live_server, tmp_p
     tz = night_time_zone()
     call_command("catalogue_sync", documents=679)  # MiniLM: about two seconds of work for one car
     model = InferenceModel.objects.get(is_catalogue=True, kind="text")
+    victim, victim_key = vehicle_with_credential(OwnerFactory(username="victim"), time_zone=tz)
     customer = User.objects.create_user("alice", "alice@example.test", "pw", role=Role.CUSTOMER)
     card_for(customer)
     bid = services.bid_place(
         customer=customer, inference_model=model, dataset=model.datasets.get(), precision="int8",
         max_price_mcents_per_ch=5000, budget_cents=100, deadline=timezone.now() + timedelta(hours=1),
     )  # fmt: skip
-    victim, victim_key = vehicle_with_credential(OwnerFactory(username="victim"), time_zone=tz)
     OptInPolicy.objects.update(battery_floor_pct=10)  # whatever charge the simulated car starts with
     # This test is about a lost car, not a wrong result: each car's result stands alone (no replicas).
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.0

@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
 from marketplace.models import InferenceModel, PrecisionVariant
-from tests.factories import CustomerFactory
+from tests.factories import CustomerFactory, OwnerFactory, vehicle_with_credential
 from tests.marketplace.onnx_corpus import tiny_model
 from tests.waiting import wait_for
 
@@ -45,4 +45,9 @@ def test_the_worker_checks_uploads_and_builds_variants(client, celery_worker_thr
     assert wait_for(lambda: model.variants.filter(status=ready).count() == 4, timeout=120), list(
         model.variants.values("precision", "status", "error")
     )
+    body = client.get(f"/api/v1/models/{model.pk}/").json()
+    assert body["auto_precision"] is None  # no car to run it yet
+    assert {pool["problem"] for pool in body["outlook"]} == {"no car runs INT8", "no car runs FP8", "no car runs FP16",
+                                                              "no car runs FP32"}  # fmt: skip
+    vehicle_with_credential(OwnerFactory(username="olivia"))  # an HW4 car: INT8, FP16 and FP32
     assert client.get(f"/api/v1/models/{model.pk}/").json()["auto_precision"] == "int8"

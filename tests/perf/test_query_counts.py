@@ -238,7 +238,8 @@ def _everything(staff) -> None:
         Refund,
         StripeEvent,
     )
-    from marketplace.models import ResultFault
+    from fleet.services import throughput_record
+    from marketplace.models import ResultFault, SelfTest, VariantAccuracy
     from ops.audit import audit_record
     from ops.models import PlatformHeartbeat
 
@@ -248,6 +249,14 @@ def _everything(staff) -> None:
     bid = _bid(customer, status="completed")
     unit = _won(bid, vehicle)
     ResultFault.objects.create(vehicle=vehicle, unit=unit, kind="outvoted", created_at=timezone.now())
+    throughput_record(vehicle=vehicle, workload=f"{n:064x}", precision="int8", ch_per_item=1e-8, items=10,
+                      seconds=0.1, energy_wh=0.01, at=timezone.now(), first=True)  # fmt: skip
+    SelfTest.objects.create(
+        vehicle=vehicle, variant=bid.variant, dataset=bid.dataset, items=[0, 1], lease_id=f"lease-{n}",
+        leased_at=timezone.now(), lease_expires_at=timezone.now(), status="passed", compute_class="x86_64-avx2",
+    )  # fmt: skip
+    VariantAccuracy.objects.create(variant=bid.variant, compute_class=f"class-{n}", passes=True,
+                                   measured_at=timezone.now())  # fmt: skip
     authorization = PaymentAuthorization.objects.create(
         bid=bid, customer=customer, amount_cents=1000, status="settled", create_key=f"create-{n}", captured_cents=100
     )
@@ -290,8 +299,10 @@ ADMIN_QUERIES = {
     "billing.stripeevent": 6,
     "fleet.hardwareprofile": 6,
     "fleet.parkingsession": 5,
-    "fleet.vehicle": 8,
+    "fleet.vehicle": 9,
     "fleet.vehiclestate": 6,
+    "fleet.vehiclethroughput": 6,
+    "fleet.vehicleworkday": 5,
     "knox.authtoken": 5,
     "marketplace.bid": 5,
     "marketplace.dataset": 5,
@@ -299,6 +310,8 @@ ADMIN_QUERIES = {
     "marketplace.precisionvariant": 5,
     "marketplace.resultfault": 5,
     "marketplace.round": 5,
+    "marketplace.selftest": 6,
+    "marketplace.variantaccuracy": 5,
     "marketplace.workunit": 5,
     "ops.auditevent": 8,
     "ops.platformheartbeat": 5,
