@@ -143,7 +143,11 @@ def test_heartbeat_lost_for_hours_reads_in_hours():
 
 
 def test_recent_heartbeat_is_not_lost():
-    assert offer(heartbeat_age_s=60).available
+    assert offer(heartbeat_age_s=20).available  # a heartbeat every 15 s, one a little late
+
+
+def test_a_car_silent_for_one_and_a_half_heartbeat_intervals_is_gone():
+    assert not offer(heartbeat_age_s=23).available  # 1.5 × 15 s: its work goes to other cars
 
 
 def test_driving_says_so():

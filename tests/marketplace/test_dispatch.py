@@ -139,7 +139,8 @@ def test_an_expired_lease_is_swept_and_its_unit_goes_back_to_the_bid(client, run
     assert unit.status == "queued"
 
 
-def test_a_departure_notice_releases_the_cars_units_at_once(client, running_bid, cars):
+def test_a_departure_notice_releases_the_cars_units_at_once(client, running_bid, cars, settings):
+    settings.AUCTION_INTERVAL_SECONDS = 5  # the next round comes while the other car's heartbeat is fresh
     (car, key), (other_car, _) = cars
     signed_post(client, key, LEASE, {})
 
@@ -148,7 +149,7 @@ def test_a_departure_notice_releases_the_cars_units_at_once(client, running_bid,
     assert response.json()["released_work_units"] == running_bid.units.count()
     assert not WorkUnit.objects.filter(assigned_vehicle=car).exists()
     assert WorkUnit.objects.get().attempts == 0  # leaving is not a failure
-    auction_round_run(now=timezone.now() + timedelta(minutes=1))
+    auction_round_run(now=timezone.now() + timedelta(seconds=6))
     assert set(WorkUnit.objects.values_list("assigned_vehicle", flat=True)) == {other_car.pk}
 
 

@@ -52,7 +52,8 @@ def test_a_second_round_in_the_same_slot_does_nothing(bid, two_cars):
     assert Allocation.objects.count() == 1
 
 
-def test_a_busy_car_is_not_sold_again(bid, two_cars, digits_with_variants):
+def test_a_busy_car_is_not_sold_again(bid, two_cars, digits_with_variants, settings):
+    settings.AUCTION_INTERVAL_SECONDS = 5  # the next round comes while the cars' heartbeats are fresh
     _, oscars_car = two_cars
     now = timezone.now()
     auction_round_run(now=now)
@@ -63,7 +64,7 @@ def test_a_busy_car_is_not_sold_again(bid, two_cars, digits_with_variants):
         deadline=now + timedelta(hours=2), items=bid.items, ch_total=bid.ch_total,
     )  # fmt: skip
 
-    round_ = auction_round_run(now=now + timedelta(minutes=1))
+    round_ = auction_round_run(now=now + timedelta(seconds=6))
 
     allocation = Allocation.objects.get(round=round_)
     assert (allocation.bid, allocation.vehicle) == (second, oscars_car)
@@ -84,7 +85,8 @@ def test_a_bid_below_every_ask_waits_and_an_expired_bid_closes(bid, two_cars):
     assert bid.status == "expired"
 
 
-def test_an_all_or_none_bid_that_cannot_be_filled_takes_no_part(bid, two_cars):
+def test_an_all_or_none_bid_that_cannot_be_filled_takes_no_part(bid, two_cars, settings):
+    settings.AUCTION_INTERVAL_SECONDS = 5  # the next round comes while the cars' heartbeats are fresh
     round_ = auction_round_run()  # learn what the two cars offer together
     offered = PoolClearing.objects.get(round=round_, pool="int8").supply_ch
     Allocation.objects.all().delete()
@@ -97,7 +99,7 @@ def test_an_all_or_none_bid_that_cannot_be_filled_takes_no_part(bid, two_cars):
         deadline=bid.deadline, items=bid.items, ch_total=offered * 2, all_or_none=True,
     )  # fmt: skip
 
-    auction_round_run(now=timezone.now() + timedelta(minutes=1))
+    auction_round_run(now=timezone.now() + timedelta(seconds=6))
 
     assert not Allocation.objects.filter(bid=greedy).exists()  # it wanted more than the fleet has: nothing
     assert Allocation.objects.filter(bid=bid).exists()  # the ordinary bid is not crowded out
