@@ -262,7 +262,7 @@ def _market(customers, vehicles, now):
             done = bid.status == "completed" or (bid.status == "running" and i < count // 2)
             units.append(
                 WorkUnit(
-                    bid=bid, index=i, item_start=i * per, item_end=(i + 1) * per, ch=0.05,
+                    bid=bid, variant_id=bid.variant_id, index=i, item_start=i * per, item_end=(i + 1) * per, ch=0.05,
                     status="done" if done else "queued", allocation=allocation,
                     assigned_vehicle_id=allocation.vehicle_id, done_by_id=allocation.vehicle_id if done else None,
                     verification="valid" if done else "", canonical=done, output_sha256="c" * 64 if done else "",

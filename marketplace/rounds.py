@@ -203,7 +203,7 @@ def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
     the tolerance, cars that run it, the reserve within the maximum). Its work not yet on a car moves with it; units
     already on cars, or done, keep their variant. The CH per item are a model's at every precision, so the bid's work
     and its hold on the card do not change. Returns the number of bids moved."""
-    from .selectors import pools_outlook
+    from .selectors import fleet_capability, pools_outlook
 
     bids = list(
         Bid.objects.filter(status__in=Bid.OPEN_STATUSES, precision_requested="auto", deadline__gt=now)
@@ -215,14 +215,19 @@ def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
         pool = auction.POOLS[pool_index]
         cheapest[pool] = min(cheapest.get(pool, ask), ask)
     moved = 0
+    fleet, outlooks = None, {}  # read once per round, for the models of the bids that need it
     for bid in bids:
         if bid.ch_total - bid.ch_allocated < auction.CH_QUANTUM:
             continue  # all of it is on cars already
         if cheapest.get(bid.pool, math.inf) <= bid.max_price_mcents_per_ch:
             continue  # its pool can trade it this round
-        for pool in pools_outlook(model=bid.inference_model, max_price_mcents=bid.max_price_mcents_per_ch):
+        if bid.inference_model_id not in outlooks:
+            fleet = fleet_capability() if fleet is None else fleet
+            outlooks[bid.inference_model_id] = pools_outlook(model=bid.inference_model, fleet=fleet)
+        for pool in outlooks[bid.inference_model_id]:
             if (
                 pool.runnable
+                and pool.reserve_mcents <= bid.max_price_mcents_per_ch
                 and pool.precision != bid.pool
                 and cheapest.get(pool.precision, math.inf) <= bid.max_price_mcents_per_ch
                 and math.isclose(pool.variant.ch_per_item, bid.variant.ch_per_item, rel_tol=1e-9)
