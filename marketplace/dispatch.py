@@ -3,8 +3,6 @@ and failures back, reissuing what a lost or departing car held, and assembling a
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import math
 import uuid
@@ -27,10 +25,9 @@ from fleet.services import throughput_record
 from . import selftests, sizing, storage, verdicts
 from .datasets import ParsedDataset
 from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
+from .payloads import LEASE_BATCH_SIZE, lease_lost, leased_items, no_such_unit, outputs_checked, variant_payload
 
 MAX_UNIT_ATTEMPTS = 3
-# Items per inference call on the car (INT8 outputs depend a little on the batch an item ran in).
-LEASE_BATCH_SIZE = 32
 # What one item's output weighs on the way back, bytes (an embedding of 384 floats is 1.5 kB): sizing's upload term.
 ITEM_OUTPUT_BYTES = 4 * 1024
 
@@ -258,41 +255,6 @@ def lease_payload(unit: WorkUnit | SelfTest, *, vehicle: Vehicle) -> dict[str, A
     return payload
 
 
-def variant_payload(variant: PrecisionVariant, *, vehicle: Vehicle, items: list, batch_size: int) -> dict[str, Any]:
-    """The lease fields that say what to run and on which items (a unit's and a self-test's alike)."""
-    model = variant.inference_model
-    payload: dict[str, Any] = {
-        "model_sha256": variant.sha256,
-        "model_url": f"/api/v1/agent/artifacts/{variant.sha256}/",
-        "model_size": variant.size_bytes,
-        "kind": model.kind,
-        "output_name": model.output_name,
-        "batch_size": batch_size,
-        "precision": variant.precision,
-        # FP8 only runs natively where the hardware declares it (its profile and its own report); anywhere else it
-        # is emulated, and labelled so.
-        "emulated": variant.emulated
-        or (variant.precision == "fp8" and not (vehicle.hardware.factor_fp8 and (vehicle.compute or {}).get("fp8"))),
-    }
-    if model.kind == "text":
-        payload["items"] = items
-        payload["tokenizer_sha256"] = model.tokenizer_sha256
-        payload["tokenizer_url"] = f"/api/v1/agent/artifacts/{model.tokenizer_sha256}/"
-    else:
-        data, _ = encode_npy(np.asarray(items))
-        payload["items_npy_b64"] = base64.b64encode(data).decode("ascii")
-    return payload
-
-
-def leased_items(unit: WorkUnit, items) -> list:
-    """The items a lease hands the car: the unit's own, with the known-answer probes (verdicts.probes_pick) among
-    them where the car cannot tell them apart."""
-    leased = list(items[unit.item_start : unit.item_end])
-    for position, index in unit.probes:  # ascending positions: each lands where it was meant to
-        leased.insert(position, items[index])
-    return leased
-
-
 def _dataset_items(bid: Bid) -> ParsedDataset:
     from .services import dataset_items
 
@@ -315,10 +277,7 @@ def lease_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datetime 
     refusal = vehicle_work_refusal(vehicle=fresh, state=state)
     if refusal is not None:
         _release(unit, error=f"the car cannot work: {refusal}", count_attempt=False)
-        raise ApplicationError(
-            f"lease_id: this car cannot work now ({refusal}): the unit went back to the market.",
-            fields={"lease_id": ["Released."]}, code="lease_lost", status=409,
-        )  # fmt: skip
+        raise lease_lost(f"this car cannot work now ({refusal}): the unit went back to the market")
     transfer = _transfer_seconds(unit, state)
     lease = _lease_seconds(unit, state)
     held = (now - (unit.leased_at or now)).total_seconds()
@@ -326,10 +285,9 @@ def lease_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datetime 
     if held > limit:
         _release(unit, error=f"held {held:.0f} s, far past its predicted {unit.predicted_seconds or 0:.0f} s",
                  count_attempt=True)  # fmt: skip
-        raise ApplicationError(
-            "lease_id: this unit has taken far longer than the car's measured speed predicts: it went to another car.",
-            fields={"lease_id": ["Held too long."]}, code="lease_lost", status=409,
-        )  # fmt: skip
+        raise lease_lost(
+            "this unit has taken far longer than the car's measured speed predicts: it went to another car"
+        )
     unit.lease_expires_at = now + timedelta(seconds=lease)
     unit.save(update_fields=["lease_expires_at"])
     return lease
@@ -345,15 +303,9 @@ def _leased_unit(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> WorkUnit:
             .get(pk=int(unit_id))
         )
     except (ValueError, WorkUnit.DoesNotExist):
-        message = "No such work unit."
-        raise ApplicationError(f"unit_id: {message}", fields={"unit_id": [message]}, status=404) from None
+        raise no_such_unit() from None
     if unit.status != WorkUnit.Status.LEASED or unit.lease_id != lease_id or unit.assigned_vehicle_id != vehicle.pk:
-        raise ApplicationError(
-            "lease_id: this lease is no longer yours (it expired or the unit was reissued).",
-            fields={"lease_id": ["Not your current lease."]},
-            code="lease_lost",
-            status=409,
-        )
+        raise lease_lost()
     return unit
 
 
@@ -366,34 +318,22 @@ _RESULT_FIELDS = (
 )  # fmt: skip
 
 
-def outputs_checked(data: dict[str, Any], *, expected: int) -> tuple[np.ndarray, bytes]:
-    """A result's outputs and their .npy bytes: base64 of a .npy array matching its sha256, `expected` finite outputs.
-    Anything else is a 400 naming the field, and nothing is stored."""
-    try:
-        raw = base64.b64decode(data["output_npy_b64"], validate=True)
-        outputs = decode_npy(raw)
-    except (ValueError, OSError) as error:
-        raise ApplicationError(f"output_npy_b64: not a base64 .npy array ({error}).",
-                               fields={"output_npy_b64": ["Not a base64-encoded .npy array."]}) from None  # fmt: skip
-    if hashlib.sha256(raw).hexdigest() != data["output_sha256"]:
-        raise ApplicationError("output_sha256: does not match the outputs sent.",
-                               fields={"output_sha256": ["Does not match the outputs."]})  # fmt: skip
-    if outputs.ndim < 1 or outputs.shape[0] != expected or not np.isfinite(outputs).all():
-        raise ApplicationError(
-            f"output_npy_b64: expected {expected} finite outputs, got shape {list(outputs.shape)}.",
-            fields={"output_npy_b64": [f"Expected {expected} finite outputs."]},
-        )
-    return outputs, raw
-
-
 @transaction.atomic
 def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None = None) -> WorkUnit | None:
     """Take a car's outputs for a leased unit: checked (checksum, one output per item, finite, the known answers
     right), stored, counted once; the unit's timing updates the car's measured speed. None when the result was
-    refused for a wrong known answer. A self-test's outputs go to selftests.self_test_result."""
+    refused for a wrong known answer. A self-test's outputs go to selftests.self_test_result; then the car's queued
+    units of the variant are cut to its measured speed, or given back when the variant missed the tolerance there."""
     now = now or timezone.now()
     if selftests.is_self_test(str(data["unit_id"])):
-        selftests.self_test_result(vehicle=vehicle, data=data, now=now)
+        test = selftests.self_test_result(vehicle=vehicle, data=data, now=now)
+        if test.status == SelfTest.Status.PASSED:
+            units_fit(vehicle=vehicle, variant=test.variant, now=now)
+        else:
+            units_of_variant_release(
+                vehicle=vehicle, variant=test.variant,
+                reason=f"the {test.variant.precision.upper()} variant missed the model's tolerance on this car",
+            )  # fmt: skip
         return None
     unit = _leased_unit(vehicle=vehicle, unit_id=data["unit_id"], lease_id=data["lease_id"])
     leased = unit.items + len(unit.probes)

@@ -8,8 +8,8 @@ a unit is run. The platform then knows, on this car's own hardware:
 - whether the variant meets the customer's tolerance there (its outputs against FP32 on the same items): a car that
   misses it gets none of the variant's work, and the result counts for its compute class (VariantAccuracy).
 
-Then the car's queued units of that variant are cut to what it can really finish (dispatch.units_fit). A self-test is
-not paid, like the benchmark a host runs before renting out a machine elsewhere; it costs the car seconds.
+Then dispatch cuts the car's queued units of that variant to what it can really finish (dispatch.units_fit). A self-test
+is not paid, like the benchmark a host runs before renting out a machine elsewhere; it costs the car seconds.
 The car knows a self-test only by its unit id (SELF_TEST_PREFIX): it leases, renews and reports it like any unit.
 """
 
@@ -25,14 +25,16 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from config.exceptions import ApplicationError
 from fleet.models import Vehicle
 from fleet.services import throughput_record
 
 from . import sizing
 from .datasets import holdout_indices
 from .inference.accuracy import compare, passes
-from .models import SELF_TEST_PREFIX, PrecisionVariant, SelfTest, WorkUnit
+from .models import SELF_TEST_PREFIX, Dataset, PrecisionVariant, SelfTest, WorkUnit
+from .payloads import LEASE_BATCH_SIZE, lease_lost, no_such_unit, outputs_checked, variant_payload
+from .services import accuracy_record, dataset_items
+from .verdicts import runner_for
 
 # Held-out items a self-test runs at most: a second or two of a CPU, a few minutes on a car a hundred times slower.
 SELF_TEST_ITEMS = 32
@@ -68,9 +70,6 @@ def self_test_issue(*, vehicle: Vehicle, unit: WorkUnit, now: datetime) -> SelfT
 
 def self_test_payload(test: SelfTest, *, vehicle: Vehicle, batch_size: int) -> dict[str, Any]:
     """The lease JSON of a self-test: the same fields as a unit's (fleet/agent/executor.py, WorkUnit.from_lease)."""
-    from .dispatch import variant_payload
-    from .services import dataset_items
-
     variant = test.variant
     items = dataset_items(test.dataset).items
     chosen = [items[index] for index in test.items]
@@ -90,26 +89,17 @@ def _leased_test(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> SelfTest:
             .get(pk=int(unit_id.removeprefix(SELF_TEST_PREFIX)))
         )
     except (ValueError, SelfTest.DoesNotExist):
-        message = "No such work unit."
-        raise ApplicationError(f"unit_id: {message}", fields={"unit_id": [message]}, status=404) from None
+        raise no_such_unit() from None
     if test.status != SelfTest.Status.LEASED or test.lease_id != lease_id or test.vehicle_id != vehicle.pk:
-        raise ApplicationError(
-            "lease_id: this lease is no longer yours (it expired or the unit was reissued).",
-            fields={"lease_id": ["Not your current lease."]},
-            code="lease_lost",
-            status=409,
-        )
+        raise lease_lost()
     return test
 
 
 @transaction.atomic
 def self_test_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None = None) -> SelfTest:
     """The car's outputs for its self-test: checked like a unit's, compared with FP32 on the same items, timed. The
-    car's speed and the variant's accuracy on its hardware are recorded; its queued work of the variant is then cut
-    to what it can finish (dispatch.units_fit), or given back if the variant misses the tolerance on this car."""
-    from .dispatch import outputs_checked, units_fit, units_of_variant_release
-    from .services import accuracy_record
-
+    variant's accuracy on the car's hardware is recorded, and its speed when it passed (a car that failed runs none
+    of the variant's work). Returns the self-test, PASSED or FAILED."""
     now = now or timezone.now()
     test = _leased_test(vehicle=vehicle, unit_id=data["unit_id"], lease_id=data["lease_id"])
     outputs, _ = outputs_checked(data, expected=len(test.items))
@@ -126,16 +116,11 @@ def self_test_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | 
     test.save()
     vehicle.compute_class = compute_class
     accuracy_record(variant=variant, compute_class=compute_class, metrics=test.metrics)
-    throughput_record(
-        vehicle=vehicle, workload=variant.sha256, precision=variant.precision, ch_per_item=variant.ch_per_item or 0.0,
-        items=len(test.items), seconds=test.seconds, energy_wh=test.energy_wh or 0.0, at=now, first=True,
-    )  # fmt: skip
     if ok:
-        units_fit(vehicle=vehicle, variant=variant, now=now)
-    else:
-        units_of_variant_release(
-            vehicle=vehicle, variant=variant,
-            reason=f"the {variant.precision.upper()} variant missed the model's tolerance on this car",
+        throughput_record(
+            vehicle=vehicle, workload=variant.sha256, precision=variant.precision,
+            ch_per_item=variant.ch_per_item or 0.0, items=len(test.items), seconds=test.seconds,
+            energy_wh=test.energy_wh or 0.0, at=now, first=True,
         )  # fmt: skip
     return test
 
@@ -157,10 +142,7 @@ def self_test_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datet
     if (now - test.leased_at).total_seconds() > SELF_TEST_MAX_SECONDS:
         test.status = SelfTest.Status.LOST
         test.save(update_fields=["status"])
-        raise ApplicationError(
-            f"lease_id: a self-test may take {SELF_TEST_MAX_SECONDS} s at most; this one is given up.",
-            fields={"lease_id": ["Held too long."]}, code="lease_lost", status=409,
-        )  # fmt: skip
+        raise lease_lost(f"a self-test may take {SELF_TEST_MAX_SECONDS} s at most; this one is given up")
     test.lease_expires_at = now + timedelta(seconds=lease)
     test.save(update_fields=["lease_expires_at"])
     return lease
@@ -202,10 +184,5 @@ def _reference(test: SelfTest) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _reference_run(onnx_sha256: str, model_id: int, dataset_id: int, indices: tuple[int, ...]) -> np.ndarray:
-    from .dispatch import LEASE_BATCH_SIZE
-    from .models import Dataset
-    from .services import dataset_items
-    from .verdicts import runner_for
-
     items = dataset_items(Dataset.objects.select_related("inference_model").get(pk=dataset_id)).items
     return runner_for(onnx_sha256, model_id).run([items[i] for i in indices], batch_size=LEASE_BATCH_SIZE)
