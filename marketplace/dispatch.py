@@ -261,35 +261,39 @@ def _dataset_items(bid: Bid) -> ParsedDataset:
     return dataset_items(bid.dataset)
 
 
-@transaction.atomic
 def lease_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datetime | None = None) -> float:
     """The car is still working on its unit: its lease runs for another lease length from now (returned, seconds).
 
     409 when the lease is no longer the car's, when the car may no longer work (paused, suspended, driving, off
     WiFi: its work goes back to the market), or when it has held the unit HOLD_RUN_FACTOR times longer than its
-    measured speed predicts (the unit goes to another car; the car's measured speed follows its timing)."""
+    measured speed predicts (the unit goes to another car; the car's measured speed follows its timing). What a
+    refusal gives back is committed before the 409 is raised."""
     now = now or timezone.now()
     if selftests.is_self_test(unit_id):
         return selftests.self_test_renew(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id, now=now)
-    unit = _leased_unit(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
-    fresh = Vehicle.objects.only("status").get(pk=vehicle.pk)
-    state = state_store.state_get(vehicle.pk)
-    refusal = vehicle_work_refusal(vehicle=fresh, state=state)
-    if refusal is not None:
-        _release(unit, error=f"the car cannot work: {refusal}", count_attempt=False)
-        raise lease_lost(f"this car cannot work now ({refusal}): the unit went back to the market")
-    transfer = _transfer_seconds(unit, state)
-    lease = _lease_seconds(unit, state)
-    held = (now - (unit.leased_at or now)).total_seconds()
-    limit = sizing.hold_limit_seconds(predicted_s=unit.predicted_seconds or 0.0, transfer_s=transfer, lease_s=lease)
-    if held > limit:
-        _release(unit, error=f"held {held:.0f} s, far past its predicted {unit.predicted_seconds or 0:.0f} s",
-                 count_attempt=True)  # fmt: skip
-        raise lease_lost(
-            "this unit has taken far longer than the car's measured speed predicts: it went to another car"
+    refused = None
+    with transaction.atomic():
+        unit = _leased_unit(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
+        fresh = Vehicle.objects.only("status").get(pk=vehicle.pk)
+        state = state_store.state_get(vehicle.pk)
+        refusal = vehicle_work_refusal(vehicle=fresh, state=state)
+        lease = _lease_seconds(unit, state)
+        held = (now - (unit.leased_at or now)).total_seconds()
+        limit = sizing.hold_limit_seconds(
+            predicted_s=unit.predicted_seconds or 0.0, transfer_s=_transfer_seconds(unit, state), lease_s=lease
         )
-    unit.lease_expires_at = now + timedelta(seconds=lease)
-    unit.save(update_fields=["lease_expires_at"])
+        if refusal is not None:
+            _release(unit, error=f"the car cannot work: {refusal}", count_attempt=False)
+            refused = f"this car cannot work now ({refusal}): the unit went back to the market"
+        elif held > limit:
+            _release(unit, error=f"held {held:.0f} s, far past its predicted {unit.predicted_seconds or 0:.0f} s",
+                     count_attempt=True)  # fmt: skip
+            refused = "this unit took far longer than the car's measured speed predicts: it went to another car"
+        else:
+            unit.lease_expires_at = now + timedelta(seconds=lease)
+            unit.save(update_fields=["lease_expires_at"])
+    if refused is not None:
+        raise lease_lost(refused)
     return lease
 
 

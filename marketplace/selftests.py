@@ -134,17 +134,20 @@ def self_test_failure(*, vehicle: Vehicle, unit_id: str, lease_id: str, error: s
     return test
 
 
-@transaction.atomic
 def self_test_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datetime) -> float:
     """Extend a running self-test's lease; a car may take SELF_TEST_MAX_SECONDS in all (else 409, and it is lost)."""
-    test = _leased_test(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
     lease = settings.WORK_LEASE_MIN_SECONDS
-    if (now - test.leased_at).total_seconds() > SELF_TEST_MAX_SECONDS:
-        test.status = SelfTest.Status.LOST
-        test.save(update_fields=["status"])
+    with transaction.atomic():
+        test = _leased_test(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
+        too_long = (now - test.leased_at).total_seconds() > SELF_TEST_MAX_SECONDS
+        if too_long:
+            test.status = SelfTest.Status.LOST
+            test.save(update_fields=["status"])
+        else:
+            test.lease_expires_at = now + timedelta(seconds=lease)
+            test.save(update_fields=["lease_expires_at"])
+    if too_long:  # (after the commit: the self-test stays lost)
         raise lease_lost(f"a self-test may take {SELF_TEST_MAX_SECONDS} s at most; this one is given up")
-    test.lease_expires_at = now + timedelta(seconds=lease)
-    test.save(update_fields=["lease_expires_at"])
     return lease
 
 

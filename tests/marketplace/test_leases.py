@@ -176,3 +176,40 @@ def test_a_unit_longer_than_its_lease_completes_under_renewal(live_server, tmp_p
     assert unit.seconds > settings.WORK_LEASE_SECONDS  # it ran longer than any one lease
     assert agent.lease_renewals >= 2
     assert (unit.done_by_id, unit.attempts) == (car.pk, 0)
+
+
+RENEW = "/api/v1/agent/lease/renew/"
+
+
+@pytest.mark.django_db
+def test_a_renewal_extends_the_lease_and_a_refused_one_gives_the_unit_back(client, running_bid, cars):
+    (_, key), _ = cars
+    lease = signed_post(client, key, LEASE, {}).json()
+    unit = WorkUnit.objects.get(pk=lease["unit_id"])
+    ids = {"unit_id": lease["unit_id"], "lease_id": lease["lease_id"]}
+
+    renewed = signed_post(client, key, RENEW, ids)
+    assert renewed.status_code == 200 and renewed.json()["lease_seconds"] == lease["lease_seconds"]
+    assert WorkUnit.objects.get(pk=unit.pk).lease_expires_at > unit.lease_expires_at
+
+    # Held four times longer than its measured speed predicts: the unit goes to another car, as a failed try.
+    WorkUnit.objects.filter(pk=unit.pk).update(leased_at=timezone.now() - timedelta(hours=1))
+    too_long = signed_post(client, key, RENEW, ids)
+    assert (too_long.status_code, too_long.json()["code"]) == (409, "lease_lost")
+    unit.refresh_from_db()
+    assert (unit.status, unit.assigned_vehicle, unit.attempts) == ("queued", None, 1)
+
+
+@pytest.mark.django_db
+def test_a_renewal_for_a_car_that_may_no_longer_work_gives_the_unit_back(client, running_bid, cars):
+    (car, key), _ = cars
+    lease = signed_post(client, key, LEASE, {}).json()
+    Vehicle.objects.filter(pk=car.pk).update(status="paused")
+
+    refused = signed_post(client, key, RENEW, {"unit_id": lease["unit_id"], "lease_id": lease["lease_id"]})
+
+    assert refused.status_code == 409
+    assert "paused by its owner" in refused.json()["message"]
+    unit = WorkUnit.objects.get(pk=lease["unit_id"])
+    assert (unit.status, unit.assigned_vehicle, unit.attempts) == ("queued", None, 0)  # not the car's failure
+    assert signed_post(client, key, RENEW, {"unit_id": lease["unit_id"], "lease_id": "made-up"}).status_code == 409
