@@ -103,16 +103,17 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
             runnable = wanted - failed.get(vehicle.pk, set())
             if wanted and not runnable:
                 continue  # its self-tests say none of this pool's work meets its customers' tolerance on this car
-            if runnable:
-                pool_rate = min(
-                    item.measured[sha].ch_per_hour / clock_rate if sha in item.measured else rated for sha in runnable
-                )
-                wh_per_ch = max(
-                    item.measured[sha].wh_per_ch if sha in item.measured else availability.power_w / rated
-                    for sha in runnable
-                )
-            else:
-                wh_per_ch = availability.power_w / pool_rate
+            # The variants that set its offer: the pool's bids', else whatever it ran of this precision.
+            basis = runnable or {sha for sha, figures in item.measured.items() if figures.precision == precision}
+            pool_rate = min(
+                (item.measured[sha].ch_per_hour / clock_rate if sha in item.measured else rated for sha in basis),
+                default=rated,
+            )
+            wh_per_ch = max(
+                (item.measured[sha].wh_per_ch if sha in item.measured else availability.power_w / rated
+                 for sha in basis),
+                default=availability.power_w / rated,
+            )  # fmt: skip
             if pool_rate <= 0:
                 continue
             # Wh per CH × ¢ per kWh = m¢ per CH.

@@ -236,7 +236,7 @@ def variant_build(*, variant: PrecisionVariant) -> PrecisionVariant:
     INT8 tries the recipes of `int8_recipes` for the classes it must run on, best first, and keeps the first that
     meets the model's tolerance (else the most accurate): on MiniLM the portable 7-bit weights keep every held-out
     document within cosine 0.99 of FP32 on CPUs with and without VNNI. The accuracy measured here is the platform
-    CPU's; each car class's is measured by the cars' self-tests (dispatch.self_test_result)."""
+    CPU's; each car class's is measured by the cars' self-tests (selftests.self_test_result)."""
     from .inference.accuracy import compare, passes
     from .inference.costing import ch_per_item, macs_per_item
     from .inference.quantization import build_variant, int8_recipes, variant_method

@@ -44,3 +44,17 @@ def compute_class_name(value: str) -> str:
     from fleet.agent.hardware import CLASS_NAMES
 
     return CLASS_NAMES.get(value, value or "unknown CPU")
+
+
+@register.filter
+def ch_amount(value) -> str:
+    """Compute-hours for people, whatever their size: '1,240', '2.45', '0.00135' (a CPU-bound car measures a
+    thousandth of its rated CH), '—' for none."""
+    if value is None or value == "":
+        return "—"
+    value = float(value)
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 0.1 or value == 0:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
