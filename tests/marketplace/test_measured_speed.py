@@ -161,6 +161,15 @@ def test_a_car_that_passes_its_self_test_runs_the_work_and_its_class_is_recorded
     assert (accuracy.passes, accuracy.cars_tested) == (True, 1)
     assert VehicleThroughput.objects.get(vehicle=car).samples == len(ran)  # the self-test, then every unit
 
+    # Its owner sees what it measured: its class, its speed against its rating, and today's energy (the runs' own
+    # 0.3 mWh each, where the heartbeat's counter of a car that computes in milliseconds says 0 Wh).
+    client.force_login(car.owner)
+    page = client.get(f"/owner/vehicles/{car.pk}/").content.decode()
+    assert "x86-64 with AVX2, no VNNI · AMD EPYC 7B12 · 8 CPUs" in page
+    assert f"Today: {len(ran)} runs" in page and "(0.0003 Wh a unit)" in page
+    live = client.get(f"/owner/vehicles/{car.pk}/live/").content.decode()
+    assert f"{0.0003 * len(ran):.3g} Wh used today by {len(ran)} units (0.0003 Wh each)" in live
+
 
 @pytest.mark.django_db
 def test_every_units_timing_moves_the_measured_speed(olivia):
