@@ -86,9 +86,10 @@ def pools_outlook(
 
     It can when the variant is ready and meets the model's tolerance (as the platform measured it when building it),
     its pool's reserve is within `max_price_mcents` (when given), and some active, opted-in car has hardware that
-    runs the precision and is not of a compute class the variant missed the tolerance on (VariantAccuracy, from the
-    cars' self-tests). A car need not be online now: the fleet's cars park and leave all day. `ch_on_offer` is what
-    the cars available now offer in the pool. `fleet`: fleet_capability(), when the caller already has it."""
+    runs the precision and is not of a compute class the variant missed the tolerance on (VariantAccuracy: every car
+    of the class that self-tested it failed, and at least CLASS_FAILS_AFTER did). A car need not be online now: the
+    fleet's cars park and leave all day. `ch_on_offer` is what the cars available now offer in the pool. `fleet`:
+    fleet_capability(), when the caller already has it."""
     from billing.selectors import pricing_current
     from fleet.agent.hardware import CLASS_NAMES
     from fleet.selectors import fleet_overview_cached
@@ -172,14 +173,22 @@ def fleet_capability() -> dict[str, dict[tuple[bool, str], int]]:
     return fleet
 
 
+# Cars of one class whose self-tests must all have missed a variant's tolerance before "auto" counts the class out:
+# one car (broken, or lying on purpose) does not speak for its class. Each car is gated by its own self-test anyway.
+CLASS_FAILS_AFTER = 2
+
+
 def _classes_failing(variant_ids: list[int]) -> dict[int, set[str]]:
-    """Per variant, the compute classes on which a car's self-test missed the model's tolerance."""
+    """Per variant, the compute classes on which every car that self-tested it (CLASS_FAILS_AFTER at least) missed
+    the model's tolerance."""
+    from django.db.models import F
+
     from .models import VariantAccuracy
 
     failing: dict[int, set[str]] = {}
-    rows = VariantAccuracy.objects.filter(variant_id__in=variant_ids, passes=False).values_list(
-        "variant_id", "compute_class"
-    )
+    rows = VariantAccuracy.objects.filter(
+        variant_id__in=variant_ids, cars_failed__gte=CLASS_FAILS_AFTER, cars_failed=F("cars_tested")
+    ).values_list("variant_id", "compute_class")
     for variant_id, compute_class in rows:
         failing.setdefault(variant_id, set()).add(compute_class)
     return failing

@@ -19,6 +19,7 @@ from marketplace.models import SelfTest, VariantAccuracy, WorkUnit
 from marketplace.rounds import auction_round_run, supply_snapshot
 from marketplace.selectors import auto_pick, pools_outlook
 from marketplace.selftests import lease_seconds_for
+from marketplace.services import accuracy_record
 from tests.factories import OwnerFactory, vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
 from tests.marketplace.agents import catalogue_minilm, night_zone, parked_agent
@@ -136,6 +137,9 @@ def test_a_car_whose_self_test_misses_the_tolerance_gets_none_of_that_work(clien
     # The next round does not offer it for this work, and "auto" knows no car of its class can run INT8.
     supply, _ = supply_snapshot(now=timezone.now())
     assert car.pk not in supply.car[supply.pool == 3].tolist()  # pool 3: INT8 (auction.POOLS)
+    int8 = next(p for p in pools_outlook(model=bid.inference_model) if p.precision == "int8")
+    assert int8.cars == Vehicle.objects.count()  # one car does not speak for its class
+    accuracy_record(variant=bid.variant, compute_class="x86_64-avx2", metrics=test.metrics)  # another car fails too
     int8 = next(p for p in pools_outlook(model=bid.inference_model) if p.precision == "int8")
     assert int8.cars == Vehicle.objects.count() - 1  # every car but those of its class
     Vehicle.objects.exclude(pk=car.pk).update(status="paused")  # with only cars of its class left:
