@@ -362,7 +362,10 @@ def throughput_record(
     time it took. Returns None for a run with nothing to measure."""
     if items <= 0 or seconds is None or seconds < 0 or ch_per_item <= 0:
         return None
-    _work_day_add(vehicle=vehicle, at=at, items=items, seconds=seconds, energy_wh=max(energy_wh or 0.0, 0.0))
+    # What an agent request's vehicle does not carry (fleet.authentication loads only its id, owner and hardware).
+    time_zone, compute_class = Vehicle.objects.values_list("time_zone", "compute_class").get(pk=vehicle.pk)
+    _work_day_add(vehicle=vehicle, day=at.astimezone(zoneinfo.ZoneInfo(time_zone)).date(), items=items,
+                  seconds=seconds, energy_wh=max(energy_wh or 0.0, 0.0))  # fmt: skip
     seconds_per_item = max(seconds, MIN_MEASURED_SECONDS) / items
     wh_per_item = max(energy_wh or 0.0, 0.0) / items
     with transaction.atomic():
@@ -373,7 +376,7 @@ def throughput_record(
             weight = THROUGHPUT_SMOOTHING
             seconds_per_item = (1 - weight) / row.items_per_s + weight * seconds_per_item
             wh_per_item = (1 - weight) * row.wh_per_item + weight * wh_per_item
-        row.precision, row.ch_per_item, row.compute_class = precision, ch_per_item, vehicle.compute_class
+        row.precision, row.ch_per_item, row.compute_class = precision, ch_per_item, compute_class
         row.items_per_s, row.wh_per_item = 1 / seconds_per_item, wh_per_item
         row.samples = 1 if first else row.samples + 1
         row.measured_at = at
@@ -384,12 +387,10 @@ def throughput_record(
 STATE_FIELDS = [f.name for f in VehicleState._meta.get_fields() if f.concrete and f.name not in ("id", "vehicle")]
 
 
-def _work_day_add(*, vehicle: Vehicle, at: datetime, items: int, seconds: float, energy_wh: float) -> None:
-    """Count one run in the car's day (its own time zone), in one statement whoever else counts at the same time."""
+def _work_day_add(*, vehicle: Vehicle, day, items: int, seconds: float, energy_wh: float) -> None:
+    """Count one run in the car's `day` (its own calendar), in one statement whoever else counts at the same time."""
     from django.db.models import F
 
-    time_zone = Vehicle.objects.values_list("time_zone", flat=True).get(pk=vehicle.pk)
-    day = at.astimezone(zoneinfo.ZoneInfo(time_zone)).date()
     VehicleWorkDay.objects.get_or_create(vehicle_id=vehicle.pk, day=day)
     VehicleWorkDay.objects.filter(vehicle_id=vehicle.pk, day=day).update(
         units=F("units") + 1, items=F("items") + items, seconds=F("seconds") + seconds,
