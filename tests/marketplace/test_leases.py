@@ -213,3 +213,17 @@ def test_a_renewal_for_a_car_that_may_no_longer_work_gives_the_unit_back(client,
     unit = WorkUnit.objects.get(pk=lease["unit_id"])
     assert (unit.status, unit.assigned_vehicle, unit.attempts) == ("queued", None, 0)  # not the car's failure
     assert signed_post(client, key, RENEW, {"unit_id": lease["unit_id"], "lease_id": "made-up"}).status_code == 409
+
+
+@pytest.mark.django_db
+def test_a_malformed_renewal_is_refused_naming_the_field_and_changes_nothing(client, running_bid, cars):
+    (_, key), _ = cars
+    lease = signed_post(client, key, LEASE, {}).json()
+    before = WorkUnit.objects.get(pk=lease["unit_id"]).lease_expires_at
+
+    missing = signed_post(client, key, RENEW, {"unit_id": lease["unit_id"]})
+    unknown = signed_post(client, key, RENEW, {"unit_id": "not-a-unit", "lease_id": lease["lease_id"]})
+
+    assert (missing.status_code, missing.json()["fields"]) == (400, {"lease_id": ["This field is required."]})
+    assert (unknown.status_code, unknown.json()["fields"]) == (404, {"unit_id": ["No such work unit."]})
+    assert WorkUnit.objects.get(pk=lease["unit_id"]).lease_expires_at == before
