@@ -167,7 +167,8 @@ class VehicleCredential(models.Model):
     key_id = models.CharField(max_length=32, unique=True)
     public_key = models.BinaryField(max_length=32)
     created_at = models.DateTimeField(auto_now_add=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    # Indexed: fleet.authentication.revocations_remark reads the recent ones every 15 s, fleet-wide.
+    revoked_at = models.DateTimeField(null=True, blank=True, db_index=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

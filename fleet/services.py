@@ -20,7 +20,7 @@ from config.exceptions import ApplicationError
 from . import state_store
 from .agent import hardware, protocol
 from .agent.signing import Credential
-from .authentication import credential_forget
+from .authentication import credential_forget, credential_known
 from .availability import ABSOLUTE_MAX_POWER_W
 from .models import (
     HardwareProfile,
@@ -113,11 +113,13 @@ def credential_issue(*, vehicle: Vehicle) -> Credential:
     current.update(revoked_at=timezone.now())
     credential = Credential.generate(key_id=secrets.token_hex(8))
     VehicleCredential.objects.create(vehicle=vehicle, key_id=credential.key_id, public_key=credential.public_key)
+    credential_known(credential.key_id)
     return credential
 
 
 def credential_revoke(*, credential: VehicleCredential) -> None:
-    """The key stops working, at once in every process (fleet.authentication.credential_forget)."""
+    """The key stops working, at once in every process (fleet.authentication.credential_forget); with Redis down too,
+    then as soon as Redis answers again."""
     VehicleCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     credential_forget(credential.key_id)
 

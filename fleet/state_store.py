@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from config.redis import client
 from config.throttling import Counter
@@ -40,10 +42,17 @@ class Admission:
 
     key_id: str
     nonce: str
+    timestamp: int  # the signed Unix time: refused unless after `since`
     nonce_ttl_s: int  # a nonce is remembered this long: longer than a signature is valid
-    failures: Counter  # failed requests of the client's address: refused once at the limit
     rate: Counter  # requests of the car: refused past the limit
     stamp_ttl_s: int  # the credential's last use is noted for the database (credentials_used) at most this often
+    epoch: str  # Redis's epoch (EPOCH_KEY) as the caller's process last saw it, "" when it has not seen one
+    since: int  # ... and the Unix second up to which that epoch cannot tell a replay: refused up to it, included
+    recheck_every_s: int  # one process in the fleet is asked to recheck (below) at most this often
+    # Called when Redis says the process must look again before the request may go on (its epoch is not Redis's,
+    # or it is the process's turn to re-mark recent revocations): with the admission and Redis's epoch, it returns
+    # the admission to try again (with that epoch), or the outcome that refuses the request (REVOKED, REPLAYED).
+    recheck: Callable[[Admission, str], Admission | str]
 
 
 @dataclass(frozen=True)
@@ -56,33 +65,49 @@ class Admitted:
     previous: dict[str, Any] | None = None  # ... and the state it replaced
 
 
-ADMITTED, FAILURES, REVOKED, REPLAYED, THROTTLED = "admitted", "failures", "revoked", "replayed", "throttled"
+ADMITTED, REVOKED, REPLAYED, THROTTLED, RECHECK = "admitted", "revoked", "replayed", "throttled", "recheck"
+SIGNED_BEFORE_EPOCH = "signed-before-epoch"  # refused: signed before Redis's record of nonces began (see `since`)
 USED_KEY = "idlefleet:credentials:used"  # sorted set: key id -> Unix time of its last use, not yet in the database
+# Redis's epoch: "<the Unix second the server started>:<its run id>", set by the first admission that finds it missing
+# (fleet.authentication's docstring says what it protects). It has no expiry.
+EPOCH_KEY = "idlefleet:security:epoch"
+RECHECK_KEY = "idlefleet:security:rechecked"  # present while the fleet's last recheck is recent enough
 
 # One round trip: every check and count of a signed request in order, then (for a heartbeat) its state, so a request
 # that is refused never writes a state. The state is stored unless the car has announced its departure: then the
 # caller must see the previous state before it decides what to store (fleet.services.heartbeat_record), so nothing is
-# written and the previous state is returned. KEYS: the address's failure counter, the nonce, the key's revocation
-# mark, the car's request counter, the key's last-use stamp, USED_KEY [, the car's state, SEEN_KEY]. ARGV: the failure
-# limit, the nonce's TTL, the request limit, the request counter's TTL, the stamp's TTL, now, the key id [, the state,
-# its Unix time, the car].
+# written and the previous state is returned. KEYS: EPOCH_KEY, RECHECK_KEY, the nonce, the key's revocation mark, the
+# car's request counter, the key's last-use stamp, USED_KEY [, the car's state, SEEN_KEY]. ARGV: the epoch the
+# process saw, the recheck interval, the nonce's TTL, the request limit, the request counter's TTL, the stamp's TTL,
+# now, the key id [, the state, its Unix time, the car].
 _ADMIT = f"""
-if tonumber(redis.call("GET", KEYS[1]) or "0") >= tonumber(ARGV[1]) then return {{"{FAILURES}"}} end
-if redis.call("EXISTS", KEYS[3]) == 1 then return {{"{REVOKED}"}} end
-if not redis.call("SET", KEYS[2], "1", "NX", "EX", ARGV[2]) then return {{"{REPLAYED}"}} end
-local used = redis.call("INCR", KEYS[4])
-redis.call("EXPIRE", KEYS[4], ARGV[4])
-if used > tonumber(ARGV[3]) then return {{"{THROTTLED}"}} end
-if redis.call("SET", KEYS[5], "1", "NX", "EX", ARGV[5]) then redis.call("ZADD", KEYS[6], ARGV[6], ARGV[7]) end
-if #KEYS == 6 then return {{"{ADMITTED}"}} end
-local previous = redis.call("GET", KEYS[7])
+local epoch = redis.call("GET", KEYS[1])
+if not epoch then
+  local info = redis.call("INFO", "server")
+  local now_us = string.match(info, "server_time_usec:(%d+)")  -- the clock uptime is counted on (Redis >= 6.2)
+  local now = now_us and math.floor(tonumber(now_us) / 1000000) or tonumber(redis.call("TIME")[1])
+  local uptime = tonumber(string.match(info, "uptime_in_seconds:(%d+)"))
+  epoch = string.format("%d:%s", now - uptime, string.match(info, "run_id:(%w+)"))
+  redis.call("SET", KEYS[1], epoch)
+end
+local due = redis.call("SET", KEYS[2], "1", "NX", "EX", ARGV[2])
+if due or epoch ~= ARGV[1] then return {{"{RECHECK}", epoch}} end
+if redis.call("EXISTS", KEYS[4]) == 1 then return {{"{REVOKED}"}} end
+if not redis.call("SET", KEYS[3], "1", "NX", "EX", ARGV[3]) then return {{"{REPLAYED}"}} end
+local used = redis.call("INCR", KEYS[5])
+redis.call("EXPIRE", KEYS[5], ARGV[5])
+if used > tonumber(ARGV[4]) then return {{"{THROTTLED}"}} end
+if redis.call("SET", KEYS[6], "1", "NX", "EX", ARGV[6]) then redis.call("ZADD", KEYS[7], ARGV[7], ARGV[8]) end
+if #KEYS == 7 then return {{"{ADMITTED}"}} end
+local previous = redis.call("GET", KEYS[8])
 if previous and string.find(previous, '"departure_announced_at"', 1, true) then
   return {{"{ADMITTED}", 0, previous}}
 end
-redis.call("SET", KEYS[7], ARGV[8])
-redis.call("ZADD", KEYS[8], ARGV[9], ARGV[10])
+redis.call("SET", KEYS[8], ARGV[9])
+redis.call("ZADD", KEYS[9], ARGV[10], ARGV[11])
 return {{"{ADMITTED}", 1, previous or false}}
 """
+_RECHECKS_AT_MOST = 3  # a process catches up in one; more means Redis restarted again meanwhile
 
 
 @cache
@@ -90,19 +115,36 @@ def _admit():
     return client().register_script(_ADMIT)
 
 
+def epoch_since(epoch: str) -> int:
+    """The Unix second up to which (included) Redis's epoch `epoch` cannot tell a replayed request: its start."""
+    return int(epoch.partition(":")[0])
+
+
 def agent_admit(
     admission: Admission, *, vehicle_id: int | None = None, state: dict[str, Any] | None = None, received_ts: float = 0
 ) -> Admitted:
     """Admit a signed agent request, and store the car's heartbeat `state` with it if one is given (see _ADMIT): one
-    Redis round trip."""
+    Redis round trip, unless Redis asks the process to recheck first (then one more, after the recheck)."""
     a = admission
-    keys = [a.failures.key, _nonce_key(a.key_id, a.nonce), _revoked_key(a.key_id), a.rate.key, _stamp_key(a.key_id)]
-    keys.append(USED_KEY)
-    args = [a.failures.limit, a.nonce_ttl_s, a.rate.limit, a.rate.ttl_s, a.stamp_ttl_s, time.time(), a.key_id]
-    if state is not None:
-        keys += [_key(vehicle_id), SEEN_KEY]
-        args += [json.dumps(state), received_ts, str(vehicle_id)]
-    outcome, *rest = _admit()(keys=keys, args=args)
+    for _ in range(_RECHECKS_AT_MOST + 1):
+        if a.epoch and a.timestamp <= a.since:
+            return Admitted(SIGNED_BEFORE_EPOCH)  # it may have been received before Redis forgot its nonce
+        keys = [EPOCH_KEY, RECHECK_KEY, _nonce_key(a.key_id, a.nonce), _revoked_key(a.key_id), a.rate.key]
+        keys += [_stamp_key(a.key_id), USED_KEY]
+        args = [a.epoch, a.recheck_every_s, a.nonce_ttl_s, a.rate.limit, a.rate.ttl_s, a.stamp_ttl_s, time.time()]
+        args.append(a.key_id)
+        if state is not None:
+            keys += [_key(vehicle_id), SEEN_KEY]
+            args += [json.dumps(state), received_ts, str(vehicle_id)]
+        outcome, *rest = _admit()(keys=keys, args=args)
+        if outcome != RECHECK:
+            break
+        checked = a.recheck(a, rest[0])
+        if isinstance(checked, str):
+            return Admitted(checked)
+        a = checked
+    else:
+        raise RedisError(f"Redis's epoch kept changing: {_RECHECKS_AT_MOST} rechecks in one request")
     if outcome != ADMITTED or state is None:
         return Admitted(outcome)
     return Admitted(outcome, stored=bool(rest[0]), previous=json.loads(rest[1]) if rest[1] else None)
@@ -147,28 +189,43 @@ def seen_since(ts: float) -> list[int]:
 def agent_lookup(*, key_id: str, failures_key: str) -> tuple[int, dict[str, Any] | None]:
     """What an agent request whose key this process has no copy of reads before its signature is checked, in one round
     trip: how many failed requests its address has made in the current window (the counter `failures_key`), and the
-    copy of the credential `key_id` in Redis (credential_cache), or None."""
+    record of the credential `key_id` in Redis (credential_cache, credential_known), or None."""
     failures, copy = client().mget([failures_key, _credential_key(key_id)])
     return int(failures or 0), (json.loads(copy) if copy else None)
 
 
-def credential_revoked_mark(*, key_id: str, ttl_s: int) -> None:
-    """Tell every web process that `key_id` was revoked (for ttl_s), and drop its copy (credential_cache)."""
+def credentials_revoked_mark(*, key_ids: Iterable[str], ttl_s: int) -> None:
+    """Tell every web process that the keys `key_ids` were revoked (for ttl_s), and drop their records
+    (credential_cache): one round trip."""
     pipe = client().pipeline(transaction=True)
-    pipe.set(_revoked_key(key_id), 1, ex=ttl_s)
-    pipe.delete(_credential_key(key_id))
+    for key_id in key_ids:
+        pipe.set(_revoked_key(key_id), 1, ex=ttl_s)
+        pipe.delete(_credential_key(key_id))
     pipe.execute()
 
 
+def credential_revoked_mark(*, key_id: str, ttl_s: int) -> None:
+    credentials_revoked_mark(key_ids=[key_id], ttl_s=ttl_s)
+
+
 def credential_cached(key_id: str) -> dict[str, Any] | None:
-    """The copy of a credential that fleet.authentication keeps for heartbeats, or None."""
+    """The record of a credential that fleet.authentication keeps for heartbeats, or None."""
     raw = client().get(_credential_key(key_id))
     return json.loads(raw) if raw else None
 
 
 def credential_cache(key_id: str, values: dict[str, Any], *, ttl_s: int) -> None:
-    """Keep that copy for ttl_s seconds."""
+    """Keep that record for ttl_s seconds (its "expires_at" says until when it may be used)."""
     client().set(_credential_key(key_id), json.dumps(values), ex=ttl_s)
+
+
+def credential_known(key_id: str, *, ttl_s: int) -> None:
+    """Note that `key_id` was issued (a record that may not be used: "expires_at" 0) unless a record is there."""
+    client().set(_credential_key(key_id), json.dumps({"expires_at": 0}), ex=ttl_s, nx=True)
+
+
+def credential_uncache(key_id: str) -> None:
+    client().delete(_credential_key(key_id))
 
 
 def _credential_key(key_id: str) -> str:

@@ -160,7 +160,8 @@ def test_a_key_revoked_through_the_services_is_refused_at_once_though_heartbeats
 
 
 def test_a_key_revoked_behind_the_services_back_is_refused_when_the_copy_expires(client, car):
-    """An UPDATE in SQL leaves no mark in Redis: the key works until the copy of it expires."""
+    """An UPDATE in SQL leaves no mark in Redis: the key works until the copy of it expires (or the fleet's next
+    recheck of recent revocations: tests/fleet/test_agent_security_state.py)."""
     _, credential = car
     assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
     VehicleCredential.objects.filter(key_id=credential.key_id).update(revoked_at=timezone.now())
