@@ -1,18 +1,38 @@
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.utils import timezone
 
-from . import services
+from . import services, sweeps
 from .models import InferenceModel, PrecisionVariant
 
 
-@shared_task(ignore_result=True, soft_time_limit=600, time_limit=660)
+def _soft_limit(hard_s: int) -> int:
+    """A minute before the hard limit (a tenth of it, for a short one): time for the task to record why it stopped."""
+    return hard_s - min(60, max(hard_s // 10, 1))
+
+
+@shared_task(
+    ignore_result=True,
+    soft_time_limit=_soft_limit(settings.MODEL_VALIDATION_TIME_LIMIT_SECONDS),
+    time_limit=settings.MODEL_VALIDATION_TIME_LIMIT_SECONDS,
+)
 def inference_model_validate(model_id: int) -> None:
     model = InferenceModel.objects.filter(pk=model_id).first()
-    if model is not None:
+    if model is None:
+        return
+    try:
         services.inference_model_validate(model=model)
+    except SoftTimeLimitExceeded:
+        # A check this slow is as slow when retried: its owner learns it now, not after the sweeper's retries.
+        sweeps.validation_fail(model_id=model_id, reason=sweeps.validation_too_slow_reason())
 
 
-@shared_task(ignore_result=True, soft_time_limit=1200, time_limit=1260)
+@shared_task(
+    ignore_result=True,
+    soft_time_limit=_soft_limit(settings.VARIANT_BUILD_TIME_LIMIT_SECONDS),
+    time_limit=settings.VARIANT_BUILD_TIME_LIMIT_SECONDS,
+)
 def variant_build(variant_id: int) -> None:
     variant = PrecisionVariant.objects.select_related("inference_model", "evaluated_on").filter(pk=variant_id).first()
     if variant is not None and variant.status in (PrecisionVariant.Status.QUEUED, PrecisionVariant.Status.BUILDING):
@@ -34,3 +54,8 @@ def leases_sweep() -> None:
     vehicles_silent_release()
     leases_expire()
     self_tests_expire(now=timezone.now())
+
+
+@shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
+def long_tasks_sweep() -> None:
+    sweeps.long_tasks_sweep()
