@@ -9,9 +9,14 @@ CVE-2022-25882, CVE-2024-27318, CVE-2025-51480).
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
@@ -20,6 +25,13 @@ TEXT = "text"
 TENSOR = "tensor"
 TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 SELF_CONTAINED_HINT = "upload a self-contained model (onnx.save with save_as_external_data=False)"
+# The defaults of the settings MAX_MODEL_PEAK_BYTES, MODEL_TRIAL_MEMORY_BYTES and MODEL_TRIAL_SECONDS.
+MAX_PEAK_BYTES = 1024**3
+TRIAL_MEMORY_BYTES = 4 * 1024**3
+TRIAL_SECONDS = 60.0
+TRIAL_SCRIPT = Path(__file__).with_name("trial.py")
+OUT_OF_MEMORY = re.compile(r"alloc|MemoryError|out of memory", re.IGNORECASE)
+NODE_RUNNING = re.compile(r"while running (?P<op>\w+) node")
 
 
 class ModelRejected(ValueError):
@@ -40,13 +52,23 @@ class ModelInfo:
     kind: str  # "text" (token ids in) or "tensor"
 
 
-def validate_onnx(data: bytes, *, max_bytes: int) -> ModelInfo:
+def validate_onnx(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_peak_bytes: int = MAX_PEAK_BYTES,
+    trial_memory_bytes: int = TRIAL_MEMORY_BYTES,
+    trial_seconds: float = TRIAL_SECONDS,
+) -> ModelInfo:
     """Accept an uploaded ONNX model or raise `ModelRejected` with a message the customer can act on.
 
     Checks, cheapest first: size (bytes, before parsing), protobuf parse, external data anywhere (main graph,
     Constant and other attribute tensors, sparse initializers, If/Loop/Scan subgraphs, functions, training graphs),
-    declared inputs and outputs, `onnx.checker.check_model(full_check=True)`, and loading into ONNX Runtime's CPU
-    provider (what cars run).
+    declared inputs and outputs, `onnx.checker.check_model(full_check=True)`, the largest tensor shape inference
+    finds for one item (at most `max_peak_bytes`), and a trial: loading into ONNX Runtime's CPU provider (what cars
+    run) and running one item of zeros, in a process of its own limited to `trial_memory_bytes` of address space and
+    `trial_seconds` (seconds). A small file can ask for terabytes at run time (ConstantOfShape of 2^40): it is
+    refused here, not by the worker or the cars running out of memory.
     """
     if len(data) > max_bytes:
         raise ModelRejected(
@@ -60,7 +82,8 @@ def validate_onnx(data: bytes, *, max_bytes: int) -> ModelInfo:
     if not model.graph.output:
         raise ModelRejected("the model declares no outputs: export it with at least one graph output")
     _check(model)
-    _load_in_onnx_runtime(data, model)
+    _check_peak(model, max_bytes=max_peak_bytes)
+    _trial_run(data, model, memory_bytes=trial_memory_bytes, seconds=trial_seconds)
     input_info = [_value_info(value) for value in inputs]
     return ModelInfo(
         opset=_default_opset(model),
@@ -173,16 +196,125 @@ NO_KERNEL = re.compile(
 NO_SCHEMA = re.compile(r"No Op registered for (?P<op>\w+) with domain_version of (?P<version>\d+)")
 
 
-def _load_in_onnx_runtime(data: bytes, model: ModelProto) -> None:
-    import onnxruntime as ort
+def _check_peak(model: ModelProto, *, max_bytes: int) -> None:
+    """Refuse a model whose largest tensor for one item, as far as ONNX shape inference can tell with every symbolic
+    dimension taken as 1, plus its weights, passes `max_bytes`. Tensors whose size depends on input values stay
+    unknown here; the trial run catches those."""
+    largest = _largest_tensor(model)
+    if largest is None:
+        return
+    size, name, dims, dtype, op_type = largest
+    weights = sum(_tensor_bytes(tensor) for tensor in model.graph.initializer)
+    if size + weights > max_bytes:
+        made_by = f"the output {name!r} of a {op_type} node" if op_type else f"the tensor {name!r}"
+        raise ModelRejected(
+            f"running one item would allocate about {_human_bytes(size + weights)}: {made_by} has shape {dims} "
+            f"({dtype}, {_human_bytes(size)}); the limit is {_human_bytes(max_bytes)} (MAX_MODEL_PEAK_BYTES): export "
+            "the model with the sizes it needs"
+        )
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
+
+def _largest_tensor(model: ModelProto) -> tuple[int, str, list[int], str, str] | None:
+    """(bytes, name, shape, dtype, producing operator) of the largest tensor of fixed shape, or None."""
+    one_item = ModelProto()
+    one_item.CopyFrom(model)
+    # Weights need only their shapes here: as graph inputs they are not copied through shape inference (seconds for a
+    # large model). Small tensors stay, as their values may be shapes (Reshape's, ConstantOfShape's).
+    weights = [tensor for tensor in one_item.graph.initializer if math.prod(tensor.dims) > 1024]
+    for tensor in weights:
+        one_item.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+        one_item.graph.initializer.remove(tensor)
+    for value in one_item.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
     try:
-        ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as error:
-        raise ModelRejected(_runtime_message(str(error), model)) from error
+        inferred = onnx.shape_inference.infer_shapes(one_item, data_prop=True)
+    except Exception:  # a model the checker passed but inference trips on: the trial run still bounds it
+        return None
+    producers = {output: node.op_type for node in _all_nodes(inferred.graph) for output in node.output}
+    largest = None
+    for graph in _all_graphs(inferred.graph):
+        for value in [*graph.value_info, *graph.output]:
+            tensor_type = value.type.tensor_type
+            dims = [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim]
+            if not value.type.HasField("tensor_type") or not tensor_type.HasField("shape") or None in dims:
+                continue
+            try:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize
+            except (KeyError, ValueError, TypeError):
+                continue
+            size = math.prod(dims) * itemsize
+            if largest is None or size > largest[0]:
+                largest = (size, value.name, dims, _dtype_name(tensor_type.elem_type), producers.get(value.name, ""))
+    return largest
+
+
+def _all_graphs(graph: GraphProto) -> Iterator[GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _all_graphs(subgraph)
+
+
+def _tensor_bytes(tensor: TensorProto) -> int:
+    try:
+        return math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 0
+
+
+def _trial_run(data: bytes, model: ModelProto, *, memory_bytes: int, seconds: float) -> None:
+    """Load the model in ONNX Runtime and run one item of zeros, in a child process limited to `memory_bytes` of
+    address space (RLIMIT_AS) and `seconds`: the worker never loads a model that could exhaust its memory."""
+    try:
+        done = subprocess.run(  # noqa: S603 - our own script, with this interpreter
+            [sys.executable, str(TRIAL_SCRIPT), str(memory_bytes)],
+            input=data, capture_output=True, timeout=seconds, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ModelRejected(
+            f"a trial run of one item did not finish within {seconds:g} s (MODEL_TRIAL_SECONDS): export a model that "
+            "runs an item in less"
+        ) from None
+    report = _trial_report(done.stdout)
+    limit = _human_bytes(memory_bytes)
+    if report is None:
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
+        raise ModelRejected(
+            f"a trial run of one item died ({how}) within its {limit} of memory (MODEL_TRIAL_MEMORY_BYTES): the model "
+            "needs more memory than the cars can give it"
+        )
+    if report["stage"] == "load":
+        raise ModelRejected(_runtime_message(report["error"], model))
+    if report["stage"] == "run" and OUT_OF_MEMORY.search(report["error"]):
+        node = NODE_RUNNING.search(report["error"])
+        raise ModelRejected(
+            f"a trial run of one item ran out of its {limit} of memory (MODEL_TRIAL_MEMORY_BYTES)"
+            + (f" in a {node['op']} node" if node else "")
+            + ": export the model with the sizes it needs"
+        )
+    # Any other failure on an item of zeros (an index out of range, say) is no proof the model is bad: its own
+    # items are run when its variants are built, and a failure there is reported on the variant.
+
+
+def _trial_report(stdout: bytes) -> dict | None:
+    for line in reversed(stdout.decode("utf-8", "replace").splitlines()):
+        try:
+            report = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(report, dict) and "stage" in report:
+            return report
+    return None
+
+
+def _human_bytes(size: int) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def _runtime_message(text: str, model: ModelProto) -> str:
