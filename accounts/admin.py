@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
-from .models import User
+from .models import IdempotentRequest, User
 
 
 @admin.register(User)
@@ -9,5 +9,15 @@ class UserAdmin(DjangoUserAdmin):
     list_display = ("username", "email", "role", "is_active", "is_staff", "date_joined", "last_login")
     list_filter = ("role", "is_active", "is_staff", "date_joined")
     search_fields = ("username", "email", "first_name", "last_name")
-    fieldsets = (*DjangoUserAdmin.fieldsets, ("Idlefleet", {"fields": ("role",)}))
+    # Staff raise a trusted customer's exposure cap here (empty: the platform's default).
+    fieldsets = (*DjangoUserAdmin.fieldsets, ("Idlefleet", {"fields": ("role", "exposure_cap_cents")}))
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("username", "email", "role", "password1", "password2")}),)
+
+
+@admin.register(IdempotentRequest)
+class IdempotentRequestAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "user", "method", "path", "status_code", "key")
+    list_select_related = ("user",)
+    list_filter = ("method", "status_code")
+    search_fields = ("key", "user__username", "path")
+    readonly_fields = ("user", "key", "method", "path", "fingerprint", "status_code", "response", "created_at")

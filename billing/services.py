@@ -14,6 +14,7 @@ import uuid
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import CharField, Exists, OuterRef, Sum, Value
 from django.db.models.functions import Cast, Concat
@@ -41,6 +42,12 @@ Kind = LedgerTransaction.Kind
 
 # Stripe's smallest card charge in USD; an authorization below it is refused by Stripe.
 MIN_AUTHORIZATION_CENTS = 50
+# Stripe's largest amount in USD (8 digits: $999,999.99). Every amount of money that comes in is bounded by it, so no
+# sum of them overflows a report (a bid of 2^63 - 1 ¢ once broke the finance pages for good: the ledger is append-only).
+MAX_AUTHORIZATION_CENTS = 99_999_999
+# Authorizations whose money is held on a card, or about to be: what counts against a customer's exposure cap.
+HELD_STATUSES = (PaymentAuthorization.Status.PENDING, PaymentAuthorization.Status.AUTHORIZED,
+                 PaymentAuthorization.Status.SETTLING)  # fmt: skip
 # Test payment methods a customer may pick in test mode (and the demo): https://docs.stripe.com/testing
 TEST_CARDS = {
     "pm_card_visa": "Visa, succeeds",
@@ -97,10 +104,37 @@ def authorization_prepare(*, bid) -> PaymentAuthorization:
                            code="payment_method_missing")  # fmt: skip
     if bid.budget_cents < MIN_AUTHORIZATION_CENTS:
         raise _field_error("budget_cents", f"At least {MIN_AUTHORIZATION_CENTS} ¢: the smallest card payment.")
+    if bid.budget_cents > MAX_AUTHORIZATION_CENTS:
+        raise _field_error("budget_cents", f"At most {MAX_AUTHORIZATION_CENTS:,} ¢: the largest card payment.")
+    exposure_check(customer_id=bid.customer_id, amount_cents=bid.budget_cents)
     return PaymentAuthorization.objects.create(
         bid=bid, customer_id=bid.customer_id, amount_cents=bid.budget_cents, currency=bid.currency,
         create_key=_stripe_key("authorize", bid.pk),
     )  # fmt: skip
+
+
+def exposure_check(*, customer_id: int, amount_cents: int) -> None:
+    """Refuse to hold `amount_cents` more for a customer whose held money (cents: bids authorizing, waiting, running
+    or being captured) would pass their exposure cap: their own if staff set one (accounts.User), else
+    CUSTOMER_EXPOSURE_CAP_CENTS.
+
+    Inside the transaction that stores the new authorization: the customer's row stays locked until it commits, so
+    bids placed at the same moment are counted one after the other, never each against the same old total. (NO KEY
+    UPDATE: the bid just inserted holds a KEY SHARE lock on that row, which a plain FOR UPDATE would wait on.)
+    """
+    cap = User.objects.select_for_update(no_key=True).values_list("exposure_cap_cents", flat=True).get(pk=customer_id)
+    if cap is None:
+        cap = settings.CUSTOMER_EXPOSURE_CAP_CENTS
+    held_now = PaymentAuthorization.objects.filter(customer_id=customer_id, status__in=HELD_STATUSES)
+    held = held_now.aggregate(total=Sum("amount_cents"))["total"] or 0
+    if held + amount_cents > cap:
+        room = max(cap - held, 0)
+        raise _field_error(
+            "budget_cents",
+            f"You have ${held / 100:,.2f} held in open bids and may hold up to ${cap / 100:,.2f} at once: this bid "
+            f"can hold at most ${room / 100:,.2f}. Ask support to raise your limit.",
+            code="exposure_cap",
+        )
 
 
 def authorization_confirm(*, authorization_id: int) -> PaymentAuthorization:

@@ -12,7 +12,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
@@ -103,3 +104,44 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         code = detail.code if hasattr(detail, "code") else "error"
         response.data = error_body(code=str(code), message=str(detail))
     return response
+
+
+# --- Errors Django answers itself, before or outside a view: JSON under /api/, the HTML pages elsewhere ------------
+# (config/urls.py names these handlers. A path under /api/ that no URL matches, an id that is not an integer, say,
+# never reaches DRF's exception handler above.)
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def _json_error(*, status: int, code: str, message: str):
+    return JsonResponse(error_body(code=code, message=message), status=status)
+
+
+def bad_request(request, exception=None):
+    if _is_api(request):
+        return _json_error(status=400, code="bad_request", message="The request could not be read.")
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request, exception=None):
+    if _is_api(request):
+        return _json_error(
+            status=403, code="permission_denied", message="You do not have permission to perform this action."
+        )
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request, exception=None):
+    if _is_api(request):
+        return _json_error(
+            status=404, code="not_found", message=f"No such endpoint or object: {request.method} {request.path}"
+        )
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    if _is_api(request):
+        return _json_error(status=500, code="server_error", message="A server error occurred: it has been logged.")
+    return defaults.server_error(request)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import pydantic
+from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from pydantic_core import PydanticCustomError
+from redis.exceptions import RedisError
 from rest_framework import exceptions, serializers, status
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,11 +21,19 @@ from rest_framework.views import APIView
 from accounts.models import Role
 from accounts.permissions import HasRole
 from config.exceptions import ErrorSerializer
+from config.parsers import JSONParser
 from config.validation import validated
 
 from . import selectors, services, state_store
 from .agent import hardware, protocol
-from .authentication import IsVehicle, VehicleSignatureAuthentication, admission_enforce, failure_counted
+from .authentication import (
+    IsVehicle,
+    Unavailable,
+    VehicleSignatureAuthentication,
+    admission_enforce,
+    failure_counted,
+    redis_failed,
+)
 from .models import HardwareProfile, OptInPolicy, Vehicle
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
@@ -55,10 +64,16 @@ class AgentApi(APIView):
     content_negotiation_class = JsonAnswers
 
     def handle_exception(self, exc):
-        # Every refused signature, key, clock or nonce counts once against the client's address, wherever it was
-        # found: in authentication, or in a view that admits its requests itself (HeartbeatApi).
+        # Every refused signature, key, clock or nonce counts once against the client's address and the key it
+        # claims, wherever it was found: in authentication, or in a view that admits its requests itself
+        # (HeartbeatApi).
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
             exc = failure_counted(self.request, exc)
+        elif isinstance(exc, RedisError):
+            # Redis is down or unreachable: 503 (the agent retries it), and this process rechecks what it may have
+            # missed meanwhile once Redis answers (fleet/authentication.py).
+            redis_failed()
+            exc = Unavailable()
         return super().handle_exception(exc)
 
 
@@ -67,8 +82,33 @@ SHA256 = Annotated[
 ]
 
 
-# The car's clock, with its offset; kept in UTC from here on, as every other time in the platform is.
-OBSERVED_AT = Annotated[pydantic.AwareDatetime, pydantic.AfterValidator(lambda value: value.astimezone(UTC))]
+def car_clock_problem(at: datetime) -> str | None:
+    """Why a time a car reports (aware) cannot be its clock now, or None. It must lie within
+    AGENT_CLOCK_MAX_SKEW_SECONDS of the platform's clock: the signature window in production, so a car cannot date
+    its state in year 9999 or 0001; years in the demo and the tests, whose simulated cars live a day in minutes."""
+    skew = settings.AGENT_CLOCK_MAX_SKEW_SECONDS
+    now = timezone.now()
+    try:
+        off = abs((at - now).total_seconds())
+    except OverflowError:
+        off = float("inf")
+    if off <= skew:
+        return None
+    return f"More than {skew:,} seconds from the platform's clock ({now:%Y-%m-%dT%H:%M:%SZ}): check the car's clock."
+
+
+def _car_clock_checked(value: datetime) -> datetime:
+    # The car's clock, with its offset; kept in UTC from here on, as every other time in the platform is.
+    problem = car_clock_problem(value)
+    if problem:
+        raise PydanticCustomError("clock_skew", problem)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past year 9999 in UTC (only with a skew of millennia)
+        raise PydanticCustomError("clock_skew", "Out of range in UTC.") from None
+
+
+OBSERVED_AT = Annotated[pydantic.AwareDatetime, pydantic.AfterValidator(_car_clock_checked)]
 
 
 class HeartbeatInput(pydantic.BaseModel):
@@ -140,6 +180,12 @@ class DepartureApi(AgentApi):
     @extend_schema_serializer(component_name="DepartureInput")
     class InputSerializer(serializers.Serializer):
         observed_at = serializers.DateTimeField()
+
+        def validate_observed_at(self, value: datetime) -> datetime:
+            problem = car_clock_problem(value)
+            if problem:
+                raise serializers.ValidationError(problem)
+            return value
 
     @extend_schema(
         request=InputSerializer,

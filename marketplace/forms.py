@@ -1,4 +1,8 @@
+from decimal import Decimal
+
 from django import forms
+
+from billing.services import MAX_AUTHORIZATION_CENTS
 
 from .models import InferenceModel
 
@@ -34,11 +38,16 @@ class BidForm(forms.Form):
 
     dataset = forms.ModelChoiceField(queryset=None, empty_label=None)
     precision = forms.ChoiceField(choices=PRECISIONS, initial="auto")
+    # Digits bounded, so that no amount overflows the database (a 500): the budget up to Stripe's largest card
+    # payment; the price far above any ceiling staff set (the bid's service names the ceiling).
     max_price_cents_per_ch = forms.DecimalField(
-        label="Maximum price (¢ per CH)", min_value=0, decimal_places=3, initial=5,
+        label="Maximum price (¢ per CH)", min_value=0, max_digits=12, decimal_places=3, initial=5,
         help_text="You never pay more; every winner pays the round's one clearing price.",
     )  # fmt: skip
-    budget_dollars = forms.DecimalField(label="Budget ($)", min_value=0, decimal_places=2, initial=5)
+    budget_dollars = forms.DecimalField(
+        label="Budget ($)", min_value=0, max_value=Decimal(MAX_AUTHORIZATION_CENTS) / 100, decimal_places=2, initial=5,
+        error_messages={"max_value": f"At most ${MAX_AUTHORIZATION_CENTS / 100:,.2f}: the largest card payment."},
+    )  # fmt: skip
     deadline = forms.DateTimeField(
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}), help_text="In UTC. Unfinished work then expires."
     )

@@ -61,6 +61,8 @@ def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digit
     # Cheaters ask the least, so the auction sells them first: the worst case for the customer.
     OptInPolicy.objects.filter(vehicle__in=[v for v, _, cheats in cars if cheats]).update(min_price_cents_per_ch=1)
     Vehicle.objects.filter(pk__in=[v.pk for v, _, cheats in cars if cheats]).update(energy_price_cents_per_kwh=0)
+    model.owner.exposure_cap_cents = 200_000  # a customer staff trust with more than the default's $500
+    model.owner.save(update_fields=["exposure_cap_cents"])
     response = client.post(
         "/api/v1/bids/",
         {"inference_model": model.pk, "dataset": model.datasets.get().pk, "precision": "int8",

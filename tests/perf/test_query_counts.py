@@ -228,6 +228,7 @@ def _everything(staff) -> None:
     """One more row of each thing the admin lists, each tied to the others as the services tie them."""
     from knox.models import AuthToken
 
+    from accounts.models import IdempotentRequest
     from billing import ledger
     from billing.models import (
         AccountKind,
@@ -279,6 +280,8 @@ def _everything(staff) -> None:
     StripeEvent.objects.create(event_id=f"evt_{n}", type="charge.refunded", payload={})
     PlatformHeartbeat.objects.create(worker=f"worker{n}@host", last_seen_at=timezone.now())
     AuthToken.objects.create(user=customer)
+    IdempotentRequest.objects.create(user=customer, key=f"key-{n}", method="POST", path="/api/v1/bids/",
+                                     fingerprint="0" * 64, status_code=201, response={"id": n})  # fmt: skip
     audit_record(actor=staff, action="vehicle.suspend", target=vehicle)
 
 
@@ -286,6 +289,7 @@ def _everything(staff) -> None:
 # table, the count is first asked of PostgreSQL's estimate: one query more here, where the tables are small). The
 # same with 2 or 20 rows of everything.
 ADMIN_QUERIES = {
+    "accounts.idempotentrequest": 7,
     "accounts.user": 5,
     "auth.group": 5,
     "billing.billingprofile": 4,
