@@ -19,7 +19,10 @@ class PrecisionVariantInline(admin.TabularInline):
     model = PrecisionVariant
     extra = 0
     can_delete = False
-    fields = ("precision", "status", "progress", "size_bytes", "ch_per_item", "metrics", "items_per_s", "emulated")
+    fields = (
+        "precision", "dataset", "status", "retired_at", "progress", "size_bytes", "ch_per_item", "metrics",
+        "items_per_s", "emulated",
+    )  # fmt: skip
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:

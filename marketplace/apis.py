@@ -20,8 +20,10 @@ from rest_framework.response import Response
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 from rest_framework.views import APIView
 
+from accounts.idempotency import IDEMPOTENCY_KEY, idempotent
 from accounts.models import Role
 from accounts.permissions import HasRole
+from billing.services import MAX_AUTHORIZATION_CENTS
 from config.exceptions import ApplicationError, ErrorSerializer
 from fleet.apis import AgentApi
 
@@ -49,8 +51,8 @@ class VariantOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = PrecisionVariant
         fields = (
-            "precision", "method", "status", "progress", "size_bytes", "ch_per_item", "emulated", "metrics",
-            "items_per_s", "error", "meets_tolerance", "accuracy_by_class",
+            "id", "precision", "method", "status", "progress", "sha256", "size_bytes", "ch_per_item", "emulated",
+            "metrics", "items_per_s", "error", "meets_tolerance", "accuracy_by_class",
         )  # fmt: skip
         read_only_fields = fields
 
@@ -68,7 +70,7 @@ class PoolOutlookSerializer(serializers.Serializer):
 
 
 class InferenceModelOutputSerializer(serializers.ModelSerializer):
-    variants = VariantOutputSerializer(many=True, read_only=True)
+    variants = serializers.SerializerMethodField()
     auto_precision = serializers.SerializerMethodField()
     outlook = serializers.SerializerMethodField()
 
@@ -90,6 +92,11 @@ class InferenceModelOutputSerializer(serializers.ModelSerializer):
             cached[model.pk] = selectors.pools_outlook(model=model, fleet=self.context["fleet"])
         return cached[model.pk]
 
+    @extend_schema_field(VariantOutputSerializer(many=True))
+    def get_variants(self, model) -> list[dict]:
+        """The model's shared builds in force, one per precision (a customer's own dataset's are on the dataset)."""
+        return VariantOutputSerializer(_by_precision(selectors.variants_in_force(model=model)), many=True).data
+
     def get_auto_precision(self, model) -> str | None:
         """What "auto" would run now: the cheapest precision the fleet's cars run within the tolerance (None:
         nothing can run)."""
@@ -106,11 +113,33 @@ class InferenceModelOutputSerializer(serializers.ModelSerializer):
         ]  # fmt: skip
 
 
+def _by_precision(variants: dict) -> list:
+    from .inference.costing import AUTO_ORDER
+
+    return [variants[precision] for precision in AUTO_ORDER if precision in variants]
+
+
 class DatasetOutputSerializer(serializers.ModelSerializer):
+    own_variants = serializers.SerializerMethodField()
+
     class Meta:
         model = Dataset
-        fields = ("id", "name", "format", "item_count", "holdout_count", "size_bytes", "sha256", "created_at")
+        fields = (
+            "id", "name", "format", "item_count", "holdout_count", "size_bytes", "sha256", "created_at", "own_variants",
+        )  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field(VariantOutputSerializer(many=True))
+    def get_own_variants(self, dataset) -> list[dict]:
+        """A customer's dataset of a catalogue model: the builds calibrated and judged on its own items (its accuracy
+        report); empty for a dataset that runs the model's shared builds."""
+        if selectors.variant_scope(model=dataset.inference_model, dataset=dataset) is None:
+            return []
+        rows = dataset.own_variants.filter(retired_at__isnull=True).prefetch_related("accuracies")
+        in_force: dict = {}
+        for variant in sorted(rows, key=lambda v: (v.pending, -v.pk)):
+            in_force.setdefault(variant.precision, variant)
+        return VariantOutputSerializer(_by_precision(in_force), many=True).data
 
 
 class InferenceModelListApi(APIView):
@@ -129,13 +158,18 @@ class InferenceModelListApi(APIView):
 
     @extend_schema(responses={200: InferenceModelOutputSerializer(many=True)})
     def get(self, request):
-        models = selectors.inference_models_visible(user=request.user).prefetch_related("variants__accuracies")
+        models = selectors.inference_models_visible(user=request.user)
         return Response(InferenceModelOutputSerializer(models, many=True).data)
 
     @extend_schema(
+        parameters=[IDEMPOTENCY_KEY],
         request=InputSerializer,
-        responses={202: InferenceModelOutputSerializer, 400: ErrorSerializer, 413: ErrorSerializer},
-    )
+        responses={
+            202: InferenceModelOutputSerializer, 400: ErrorSerializer, 409: ErrorSerializer, 413: ErrorSerializer,
+            422: ErrorSerializer,
+        },
+    )  # fmt: skip
+    @idempotent
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -169,10 +203,14 @@ class DatasetListApi(APIView):
         )
 
     @extend_schema(
-        parameters=[MODEL_ID],
+        parameters=[MODEL_ID, IDEMPOTENCY_KEY],
         request=InputSerializer,
-        responses={201: DatasetOutputSerializer, 400: ErrorSerializer, 404: ErrorSerializer, 413: ErrorSerializer},
-    )
+        responses={
+            201: DatasetOutputSerializer, 400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer,
+            413: ErrorSerializer, 422: ErrorSerializer,
+        },
+    )  # fmt: skip
+    @idempotent
     def post(self, request, model_id: int):
         model = selectors.inference_model_get(user=request.user, model_id=model_id)
         serializer = self.InputSerializer(data=request.data)
@@ -228,11 +266,16 @@ class BidListApi(APIView):
 
     @extend_schema_serializer(component_name="BidPlace")
     class InputSerializer(serializers.Serializer):
-        inference_model = serializers.IntegerField()
-        dataset = serializers.IntegerField()
+        # Ids and prices as large as the database holds (a larger one would overflow it: a 500); money up to Stripe's
+        # largest amount.
+        inference_model = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+        dataset = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
         precision = serializers.ChoiceField(choices=["auto", "int8", "fp8", "fp16", "fp32"], default="auto")
-        max_price_mcents_per_ch = serializers.IntegerField(min_value=1)
-        budget_cents = serializers.IntegerField(min_value=1)
+        max_price_mcents_per_ch = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+        budget_cents = serializers.IntegerField(
+            min_value=1, max_value=MAX_AUTHORIZATION_CENTS,
+            error_messages={"max_value": f"At most {MAX_AUTHORIZATION_CENTS:,} ¢: the largest card payment."},
+        )  # fmt: skip
         deadline = serializers.DateTimeField()
         all_or_none = serializers.BooleanField(default=False)
 
@@ -240,7 +283,15 @@ class BidListApi(APIView):
     def get(self, request):
         return Response(BidOutputSerializer(selectors.bids_for_customer(user=request.user)[:200], many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: BidOutputSerializer, 400: ErrorSerializer})
+    @extend_schema(
+        parameters=[IDEMPOTENCY_KEY],
+        request=InputSerializer,
+        responses={
+            201: BidOutputSerializer, 400: ErrorSerializer, 402: ErrorSerializer, 409: ErrorSerializer,
+            422: ErrorSerializer,
+        },
+    )  # fmt: skip
+    @idempotent
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -1,7 +1,8 @@
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 
 from fleet.models import Precision
 
@@ -90,7 +91,14 @@ class Dataset(models.Model):
 
 
 class PrecisionVariant(models.Model):
-    """A model converted to one precision, with its cost per item and its accuracy against FP32."""
+    """One build of a model at one precision: its file, its cost per item and its accuracy against FP32.
+
+    A build is never changed once it has a file: a rebuild is a new row, and the build it replaces is retired (kept,
+    with its file, for the bids and work units that run it). So a bid stays on the files it was placed with.
+
+    Its scope: a model's shared builds (`dataset` empty) are judged on its owner's datasets (the platform's sample, for
+    a catalogue model). Another customer's dataset for a catalogue model gets builds of its own (`dataset` set),
+    calibrated and judged on its items, which nobody else sees or is gated on."""
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -109,6 +117,17 @@ class PrecisionVariant(models.Model):
     emulated = models.BooleanField(default=False, help_text="FP8 emulated on hardware without FP8.")
     metrics = models.JSONField(default=dict, blank=True)
     evaluated_on = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    dataset = models.ForeignKey(
+        Dataset,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="own_variants",
+        help_text="Built for this customer's dataset of a catalogue model; empty: the model's shared build.",
+    )
+    retired_at = models.DateTimeField(
+        null=True, blank=True, help_text="Replaced by a newer build; kept for the bids and units that run it."
+    )
     items_per_s = models.FloatField(null=True, blank=True, help_text="Measured on the platform's CPU.")
     error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -116,11 +135,23 @@ class PrecisionVariant(models.Model):
     class Meta:
         ordering = ["inference_model", "precision"]
         constraints = [
-            models.UniqueConstraint(fields=["inference_model", "precision"], name="one_variant_per_precision"),
-        ]
+            # Per model, precision and scope: one build in force (ready or failed) and one on its way.
+            models.UniqueConstraint(
+                "inference_model", "precision", Coalesce("dataset", Value(0)),
+                condition=Q(retired_at__isnull=True, status__in=["ready", "failed"]), name="one_build_in_force",
+            ),
+            models.UniqueConstraint(
+                "inference_model", "precision", Coalesce("dataset", Value(0)),
+                condition=Q(retired_at__isnull=True, status__in=["queued", "building"]), name="one_build_pending",
+            ),
+        ]  # fmt: skip
 
     def __str__(self) -> str:
         return f"{self.inference_model} {self.get_precision_display()}"
+
+    @property
+    def pending(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.BUILDING)
 
 
 class Bid(models.Model):

@@ -204,11 +204,11 @@ def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
     the tolerance, cars that run it, the reserve within the maximum). Its work not yet on a car moves with it; units
     already on cars, or done, keep their variant. The CH per item are a model's at every precision, so the bid's work
     and its hold on the card do not change. Returns the number of bids moved."""
-    from .selectors import fleet_capability, pools_outlook
+    from .selectors import fleet_capability, pools_outlook, variant_scope
 
     bids = list(
         Bid.objects.filter(status__in=Bid.OPEN_STATUSES, precision_requested="auto", deadline__gt=now)
-        .select_related("variant", "inference_model")
+        .select_related("variant", "inference_model", "dataset")
         .order_by("pk")
     )
     cheapest: dict[str, int] = {}
@@ -222,10 +222,12 @@ def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
             continue  # all of it is on cars already
         if cheapest.get(bid.pool, math.inf) <= bid.max_price_mcents_per_ch:
             continue  # its pool can trade it this round
-        if bid.inference_model_id not in outlooks:
+        own = variant_scope(model=bid.inference_model, dataset=bid.dataset)
+        scope = (bid.inference_model_id, own.pk if own else None)
+        if scope not in outlooks:
             fleet = fleet_capability() if fleet is None else fleet
-            outlooks[bid.inference_model_id] = pools_outlook(model=bid.inference_model, fleet=fleet)
-        for pool in outlooks[bid.inference_model_id]:
+            outlooks[scope] = pools_outlook(model=bid.inference_model, dataset=bid.dataset, fleet=fleet)
+        for pool in outlooks[scope]:
             if (
                 pool.runnable
                 and pool.reserve_mcents <= bid.max_price_mcents_per_ch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import Case, Q, QuerySet, When
 from django.http import Http404
 
 from accounts.models import User
@@ -35,6 +35,65 @@ def datasets_visible(*, user: User, model: InferenceModel) -> QuerySet[Dataset]:
     return model.datasets.filter(Q(owner=user) | Q(owner__isnull=True))
 
 
+def variant_scope(*, model: InferenceModel, dataset: Dataset | None) -> Dataset | None:
+    """Whose builds of `model` a bid on `dataset` runs: the dataset's own when it is a customer's dataset of a model
+    that customer does not own (a catalogue model), so nothing one customer uploads changes what another runs or is
+    gated on; else None, the model's shared builds."""
+    if dataset is not None and dataset.owner_id is not None and dataset.owner_id != model.owner_id:
+        return dataset
+    return None
+
+
+def variants_in_force(*, model: InferenceModel, dataset: Dataset | None = None) -> dict[str, PrecisionVariant]:
+    """Per precision, the build a new bid on `dataset` (the model's shared builds when None) would run: the one in
+    force (ready or failed), else the one on its way. A rebuild on its way leaves the build in force serving until it
+    is ready. A customer's dataset without builds of its own (uploaded before they existed) runs the shared ones."""
+    scope = variant_scope(model=model, dataset=dataset)
+    rows = _variant_rows(model, scope)
+    if scope is not None and not rows:
+        rows = _variant_rows(model, None)
+    chosen: dict[str, PrecisionVariant] = {}
+    for variant in rows:  # in force first, so a pending build shows only where nothing is in force
+        chosen.setdefault(variant.precision, variant)
+    return chosen
+
+
+def _variant_rows(model: InferenceModel, scope: Dataset | None) -> list[PrecisionVariant]:
+    pending_last = Case(When(status__in=["queued", "building"], then=1), default=0)
+    rows = PrecisionVariant.objects.filter(inference_model=model, dataset=scope, retired_at__isnull=True)
+    return list(rows.select_related("inference_model").prefetch_related("accuracies").order_by(pending_last, "-pk"))
+
+
+def rebuild_failures(*, model: InferenceModel, dataset: Dataset | None = None) -> dict[str, PrecisionVariant]:
+    """Per precision, a rebuild that failed after the build in force was made (that build keeps serving): its owner
+    reads why (services.variant_decide)."""
+    scope = variant_scope(model=model, dataset=dataset)
+    in_force = variants_in_force(model=model, dataset=dataset)
+    failed = PrecisionVariant.objects.filter(
+        inference_model=model, dataset=scope, status=PrecisionVariant.Status.FAILED, retired_at__isnull=False
+    ).order_by("pk")
+    return {
+        v.precision: v
+        for v in failed
+        if v.precision in in_force and in_force[v.precision].status == "ready" and v.pk > in_force[v.precision].pk
+    }
+
+
+def variants_rebuilding(*, model: InferenceModel, dataset: Dataset | None = None) -> bool:
+    """Whether builds of `model` in the scope of `dataset` are on their way (pages poll while they are)."""
+    scope = variant_scope(model=model, dataset=dataset)
+    return PrecisionVariant.objects.filter(
+        inference_model=model, dataset=scope, retired_at__isnull=True, status__in=["queued", "building"]
+    ).exists()
+
+
+def datasets_with_own_builds(*, user: User, model: InferenceModel) -> list[tuple[Dataset, dict[str, PrecisionVariant]]]:
+    """The user's datasets of `model` that have builds of their own, each with its builds in force: the accuracy
+    report of a customer's own data for a catalogue model."""
+    own = model.datasets.filter(owner=user, own_variants__isnull=False).distinct().order_by("-created_at")
+    return [(dataset, variants_in_force(model=model, dataset=dataset)) for dataset in own]
+
+
 def variant_passes(variant: PrecisionVariant) -> bool | None:
     """Whether a ready variant meets its model's tolerance; None while it has no accuracy yet."""
     from .inference.accuracy import passes
@@ -51,7 +110,7 @@ def variant_pick_auto(*, model: InferenceModel, available: set[str] | None = Non
     with the cars there are is `pools_outlook` / `auto_pick`."""
     from .inference.costing import AUTO_ORDER
 
-    variants = {v.precision: v for v in model.variants.all()}
+    variants = variants_in_force(model=model)
     for precision in AUTO_ORDER:
         variant = variants.get(precision)
         if variant is None or (available is not None and precision not in available):
@@ -80,7 +139,11 @@ class PoolOutlook:
 
 
 def pools_outlook(
-    *, model: InferenceModel, max_price_mcents: int | None = None, fleet: dict | None = None
+    *,
+    model: InferenceModel,
+    dataset: Dataset | None = None,
+    max_price_mcents: int | None = None,
+    fleet: dict | None = None,
 ) -> list[PoolOutlook]:
     """For each precision, cheapest first (costing.AUTO_ORDER): can the fleet run this model's variant of it?
 
@@ -89,14 +152,14 @@ def pools_outlook(
     runs the precision and is not of a compute class the variant missed the tolerance on (VariantAccuracy: every car
     of the class that self-tested it failed, and at least CLASS_FAILS_AFTER did). A car need not be online now: the
     fleet's cars park and leave all day. `ch_on_offer` is what the cars available now offer in the pool. `fleet`:
-    fleet_capability(), when the caller already has it."""
+    fleet_capability(), when the caller already has it. `dataset`: the builds of a bid on it (variants_in_force)."""
     from billing.selectors import pricing_current
     from fleet.agent.hardware import CLASS_NAMES
     from fleet.selectors import fleet_overview_cached
 
     from .inference.costing import AUTO_ORDER
 
-    variants = {v.precision: v for v in model.variants.all()}
+    variants = variants_in_force(model=model, dataset=dataset)
     reserves = pricing_current().reserves
     fleet = fleet_capability() if fleet is None else fleet
     overview = fleet_overview_cached()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
+from cachetools import LRUCache
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -18,10 +21,20 @@ from django.db import transaction
 from accounts.models import Role, User
 from billing.selectors import pricing_current
 from config.exceptions import ApplicationError
+from config.uploads import file_too_large
 from fleet.agent.inference import ModelRunner, ModelSpec
 
 from . import storage
-from .datasets import DatasetRejected, ParsedDataset, holdout_indices, parse_dataset
+from .datasets import (
+    DatasetLimits,
+    DatasetRejected,
+    DatasetTooLarge,
+    ParsedDataset,
+    calibration_indices,
+    check_dataset,
+    holdout_indices,
+    parse_dataset,
+)
 from .models import Bid, Dataset, InferenceModel, PrecisionVariant, VariantAccuracy
 
 PRECISIONS_BUILT = ("fp32", "fp16", "int8", "fp8")
@@ -40,22 +53,14 @@ def _quiet_quantization_logs():
         root.setLevel(level)
 
 
-def human_bytes(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
-
-
 def _read_capped(upload: UploadedFile, *, max_bytes: int, field: str) -> bytes:
-    """Refuse an oversized upload from its declared size, before reading it into memory."""
+    """Refuse an oversized upload from its size, before reading it into memory. (A request's body was capped before
+    it was read, and each file while it streamed in: config/uploads.py. This holds for callers outside a request.)"""
     if upload.size is not None and upload.size > max_bytes:
-        message = f"The file is {human_bytes(upload.size)}; the limit is {human_bytes(max_bytes)}."
-        raise ApplicationError(f"{field}: {message}", fields={field: [message]}, status=413, code="too_large")
+        raise file_too_large(field, max_bytes=max_bytes, size=upload.size)
     data = upload.read(max_bytes + 1)
     if len(data) > max_bytes:
-        message = f"The file is larger than the {human_bytes(max_bytes)} limit."
-        raise ApplicationError(f"{field}: {message}", fields={field: [message]}, status=413, code="too_large")
+        raise file_too_large(field, max_bytes=max_bytes)
     if not data:
         raise ApplicationError(f"{field}: the file is empty.", fields={field: ["The file is empty."]})
     return data
@@ -110,7 +115,13 @@ def inference_model_validate(*, model: InferenceModel) -> InferenceModel:
         return model  # already decided: running twice changes nothing
     data = storage.artifact_read(model.onnx_sha256)
     try:
-        info = validate_onnx(data, max_bytes=settings.MAX_MODEL_UPLOAD_BYTES)
+        info = validate_onnx(
+            data,
+            max_bytes=settings.MAX_MODEL_UPLOAD_BYTES,
+            max_peak_bytes=settings.MAX_MODEL_PEAK_BYTES,
+            trial_memory_bytes=settings.MODEL_TRIAL_MEMORY_BYTES,
+            trial_seconds=settings.MODEL_TRIAL_SECONDS,
+        )
         output_names = [o["name"] for o in info.outputs]
         if model.output_name and model.output_name not in output_names:
             raise ModelRejected(
@@ -165,7 +176,13 @@ def dataset_upload(*, owner: User, inference_model: InferenceModel, name: str, f
         message = "Use .jsonl for texts, .npy or .npz for arrays."
         raise ApplicationError(f"file: {message}", fields={"file": [message]})
     try:
-        parsed = parse_dataset(data, fmt=fmt, kind=inference_model.kind, inputs=inference_model.inputs)
+        # Checked without keeping the items: the request holds the file and one chunk of it, never the inflated array.
+        item_count = check_dataset(
+            data, fmt=fmt, kind=inference_model.kind, inputs=inference_model.inputs, limits=dataset_limits()
+        )
+    except DatasetTooLarge as error:
+        message = f"Too large for {inference_model.name}: {error}."
+        raise ApplicationError(f"file: {message}", fields={"file": [message]}, code="too_large", status=413) from None
     except DatasetRejected as error:
         message = f"Does not fit {inference_model.name}: {error}."
         raise ApplicationError(f"file: {message}", fields={"file": [message]}) from None
@@ -176,44 +193,96 @@ def dataset_upload(*, owner: User, inference_model: InferenceModel, name: str, f
         sha256=storage.artifact_save(data),
         size_bytes=len(data),
         format=fmt,
-        item_count=parsed.count,
-        holdout_count=len(holdout_indices(parsed.count)),
+        item_count=item_count,
+        holdout_count=len(holdout_indices(item_count)),
         status=InferenceModel.Status.READY,
     )
     variants_queue(inference_model=inference_model, dataset=dataset)
     return dataset
 
 
+def dataset_limits() -> DatasetLimits:
+    """What a dataset may become once parsed (MAX_DATASET_ITEMS items, MAX_DATASET_INFLATED_BYTES bytes)."""
+    return DatasetLimits(max_items=settings.MAX_DATASET_ITEMS, max_inflated_bytes=settings.MAX_DATASET_INFLATED_BYTES)
+
+
 def dataset_items(dataset: Dataset) -> ParsedDataset:
     """The dataset's items, parsed. Every lease and every variant build needs them: a stored dataset never changes
-    (it is addressed by its sha256), so the last few parsed ones are kept in memory instead of re-read each time."""
+    (it is addressed by its sha256), so the last ones parsed are kept in memory, up to DATASET_CACHE_BYTES of items,
+    instead of re-read each time. The caps hold here too: a dataset stored before them cannot inflate in a worker."""
     model = dataset.inference_model
     return _parsed(dataset.sha256, dataset.format, model.kind, json.dumps(model.inputs, sort_keys=True))
 
 
-@lru_cache(maxsize=4)
+_parsed_lock = threading.Lock()  # web threads and gthread workers share the cache
+_parsed_cache: LRUCache = LRUCache(maxsize=0)
+
+
+def dataset_cache() -> LRUCache:
+    """This process's cache of parsed datasets, weighed in bytes of items (made anew when DATASET_CACHE_BYTES
+    changes). Callers hold `_parsed_lock`."""
+    global _parsed_cache
+    if _parsed_cache.maxsize != settings.DATASET_CACHE_BYTES:
+        _parsed_cache = LRUCache(maxsize=settings.DATASET_CACHE_BYTES, getsizeof=lambda parsed: max(parsed.nbytes, 1))
+    return _parsed_cache
+
+
 def _parsed(sha256: str, fmt: str, kind: str, inputs_json: str) -> ParsedDataset:
-    return parse_dataset(storage.artifact_read(sha256), fmt=fmt, kind=kind, inputs=json.loads(inputs_json))
+    key = (sha256, fmt, kind, inputs_json)
+    with _parsed_lock:
+        if (parsed := dataset_cache().get(key)) is not None:
+            return parsed
+    # Parsed outside the lock (seconds for a large dataset): two threads may parse the same one at once, harmlessly.
+    parsed = parse_dataset(
+        storage.artifact_read(sha256), fmt=fmt, kind=kind, inputs=json.loads(inputs_json), limits=dataset_limits()
+    )
+    with _parsed_lock:
+        cache = dataset_cache()
+        if max(parsed.nbytes, 1) <= cache.maxsize:  # one larger than the whole cache is used once, not kept
+            cache[key] = parsed
+    return parsed
 
 
 def variants_queue(*, inference_model: InferenceModel, dataset: Dataset) -> list[PrecisionVariant]:
-    """(Re)build every precision variant of a model, evaluated on this dataset's held-out items."""
+    """Queue a new build of every precision of a model, calibrated and judged on this dataset's items.
+
+    The builds in force keep serving until the new ones are ready (variant_build retires them then), and a build
+    already used by a bid or a unit is never changed: a rebuild is a new row (PrecisionVariant). Whose builds these
+    are follows from the dataset (selectors.variant_scope): the model's shared ones for its owner's data, else the
+    dataset's own."""
     from .tasks import variant_build
 
-    variants = []
-    for precision in PRECISIONS_BUILT:
-        variant, _ = PrecisionVariant.objects.update_or_create(
-            inference_model=inference_model,
-            precision=precision,
-            defaults={"status": PrecisionVariant.Status.QUEUED, "progress": 0, "error": "", "evaluated_on": dataset},
-        )
-        variants.append(variant)
+    variants = variants_pending(inference_model=inference_model, dataset=dataset)
+    for variant in variants:
         variant_build.delay_on_commit(variant.pk)
     return variants
 
 
+def variants_pending(*, inference_model: InferenceModel, dataset: Dataset | None) -> list[PrecisionVariant]:
+    """New pending builds of every precision in the scope of `dataset`; a build of the scope still on its way is
+    superseded (retired: its worker drops its result), as the newest data is what the builds must be judged on."""
+    from django.utils import timezone
+
+    from .selectors import variant_scope
+
+    scope = variant_scope(model=inference_model, dataset=dataset)
+    with transaction.atomic():
+        PrecisionVariant.objects.filter(
+            inference_model=inference_model, dataset=scope, retired_at__isnull=True,
+            status__in=[PrecisionVariant.Status.QUEUED, PrecisionVariant.Status.BUILDING],
+        ).update(retired_at=timezone.now(), error="Superseded by a build on newer data.")  # fmt: skip
+        fields = {"inference_model": inference_model, "dataset": scope, "evaluated_on": dataset}
+        return [
+            PrecisionVariant.objects.create(precision=precision, status=PrecisionVariant.Status.QUEUED, **fields)
+            for precision in PRECISIONS_BUILT
+        ]
+
+
 def _progress(variant: PrecisionVariant, percent: int, status: str = PrecisionVariant.Status.BUILDING) -> None:
-    PrecisionVariant.objects.filter(pk=variant.pk).update(progress=percent, status=status)
+    PrecisionVariant.objects.filter(pk=variant.pk, status__in=_PENDING).update(progress=percent, status=status)
+
+
+_PENDING = (PrecisionVariant.Status.QUEUED, PrecisionVariant.Status.BUILDING)
 
 
 def int8_target_classes() -> set[str]:
@@ -236,11 +305,16 @@ def variant_build(*, variant: PrecisionVariant) -> PrecisionVariant:
     INT8 tries the recipes of `int8_recipes` for the classes it must run on, best first, and keeps the first that
     meets the model's tolerance (else the most accurate): on MiniLM the portable 7-bit weights keep every held-out
     document within cosine 0.99 of FP32 on CPUs with and without VNNI. The accuracy measured here is the platform
-    CPU's; each car class's is measured by the cars' self-tests (selftests.self_test_result)."""
+    CPU's; each car class's is measured by the cars' self-tests (selftests.self_test_result).
+
+    Only a pending build is built, and it is decided once (variant_decide): a second run of the task, or a build
+    superseded meanwhile, changes nothing."""
     from .inference.accuracy import compare, passes
     from .inference.costing import ch_per_item, macs_per_item
     from .inference.quantization import build_variant, int8_recipes, variant_method
 
+    if variant.status not in _PENDING or variant.retired_at is not None:
+        return variant
     model = variant.inference_model
     dataset = variant.evaluated_on
     _progress(variant, 5)
@@ -255,8 +329,8 @@ def variant_build(*, variant: PrecisionVariant) -> PrecisionVariant:
         calibration = None
         if items is not None and model.kind == InferenceModel.Kind.TENSOR:
             # Calibrate on items the accuracy gate does not score, so the gate is not flattered.
-            unscored = [i for i in range(len(items)) if i not in set(held_out)][:CALIBRATION_ITEMS] or held_out
-            calibration = [reference_runner.feeds(_select(items, [i])) for i in unscored[:CALIBRATION_ITEMS]]
+            unscored = calibration_indices(len(items), held_out, CALIBRATION_ITEMS)
+            calibration = [reference_runner.feeds(_select(items, [i])) for i in unscored]
         _progress(variant, 20)
         recipes = int8_recipes(int8_target_classes()) if variant.precision == "int8" else (None,)
         reference = reference_runner.run(holdout) if holdout is not None else None
@@ -288,28 +362,55 @@ def variant_build(*, variant: PrecisionVariant) -> PrecisionVariant:
             model.macs_per_item = macs_per_item(fp32, example_feeds=reference_runner.feeds(_select(holdout, [0])))
             InferenceModel.objects.filter(pk=model.pk).update(macs_per_item=model.macs_per_item)
         _progress(variant, 90)
+    except SoftTimeLimitExceeded:
+        minutes = settings.VARIANT_BUILD_TIME_LIMIT_SECONDS / 60
+        reason = f"The build did not finish within {minutes:.0f} min: the model is too large or too slow to convert."
+        return variant_decide(variant_id=variant.pk, status=PrecisionVariant.Status.FAILED, error=reason)
     except Exception as error:  # any failure of a conversion is reported on the variant, never lost in a log
-        PrecisionVariant.objects.filter(pk=variant.pk).update(
-            status=PrecisionVariant.Status.FAILED, error=f"{error.__class__.__name__}: {error}"[:2000], progress=100
+        return variant_decide(
+            variant_id=variant.pk, status=PrecisionVariant.Status.FAILED, error=f"{error.__class__.__name__}: {error}"
         )
-        variant.refresh_from_db()
-        return variant
-    sha256 = storage.artifact_save(built)
-    if variant.sha256 and variant.sha256 != sha256:
-        VariantAccuracy.objects.filter(variant=variant).delete()  # measured on another file
-    variant.sha256 = sha256
-    variant.size_bytes = len(built)
-    variant.method = variant_method(built)[:200]
-    variant.emulated = variant.precision == "fp8"
-    variant.ch_per_item = ch_per_item(model.macs_per_item) if model.macs_per_item else None
-    variant.metrics = _jsonable(metrics)
-    variant.items_per_s = rate
-    variant.status = PrecisionVariant.Status.READY
-    variant.progress = 100
-    variant.save()
-    if variant.metrics:
+    built_fields = {
+        "sha256": storage.artifact_save(built),
+        "size_bytes": len(built),
+        "method": variant_method(built)[:200],
+        "emulated": variant.precision == "fp8",
+        "ch_per_item": ch_per_item(model.macs_per_item) if model.macs_per_item else None,
+        "metrics": _jsonable(metrics),
+        "items_per_s": rate,
+    }
+    variant = variant_decide(variant_id=variant.pk, status=PrecisionVariant.Status.READY, **built_fields)
+    if variant.status == PrecisionVariant.Status.READY and variant.sha256 == built_fields["sha256"] and variant.metrics:
         accuracy_record(variant=variant, compute_class=platform_compute_class(), metrics=variant.metrics,
                         on_platform=True)  # fmt: skip
+    return variant
+
+
+def variant_decide(*, variant_id: int, status: str, error: str = "", **built: Any) -> PrecisionVariant:
+    """Finish a pending build as READY (with its file's `built` fields) or FAILED (with `error`), in one transaction.
+
+    A ready build retires the one it replaces in its scope. A failed one replaces only a failed one: a ready build in
+    force keeps serving (a rebuild whose worker died must not take a working variant away), and the failed rebuild is
+    retired at once, its error shown beside the build in force (selectors.rebuild_failures). A build no longer
+    pending (decided by an earlier run of its task, or superseded) is left as it is and returned."""
+    from django.utils import timezone
+
+    with transaction.atomic():
+        variant = PrecisionVariant.objects.select_for_update().select_related("inference_model").get(pk=variant_id)
+        if variant.status not in _PENDING or variant.retired_at is not None:
+            return variant
+        in_force = PrecisionVariant.objects.filter(
+            inference_model_id=variant.inference_model_id, precision=variant.precision, dataset_id=variant.dataset_id,
+            retired_at__isnull=True,
+        ).exclude(pk=variant.pk).exclude(status__in=_PENDING)  # fmt: skip
+        if status == PrecisionVariant.Status.FAILED and in_force.filter(status=PrecisionVariant.Status.READY).exists():
+            variant.retired_at = timezone.now()
+        else:
+            in_force.update(retired_at=timezone.now())
+        for field, value in built.items():
+            setattr(variant, field, value)
+        variant.status, variant.error, variant.progress = status, error[:2000], 100
+        variant.save()
     return variant
 
 
@@ -402,7 +503,7 @@ def bid_place(
     """
     from django.utils import timezone
 
-    from .selectors import auto_pick, outlook_message, pools_outlook, variant_passes
+    from .selectors import auto_pick, outlook_message, pools_outlook, variant_passes, variants_in_force
 
     if customer.role != Role.CUSTOMER:
         raise ApplicationError("Only customers place bids.", code="permission_denied", status=403)
@@ -410,7 +511,7 @@ def bid_place(
         raise _field_error("dataset", f"This dataset belongs to another model than {inference_model.name}.")
     if inference_model.status != InferenceModel.Status.READY:
         raise _field_error("inference_model", "The model is not ready yet.")
-    outlook = pools_outlook(model=inference_model)
+    outlook = pools_outlook(model=inference_model, dataset=dataset)  # the builds of this dataset's scope
     if precision == "auto":
         # Of the precisions the fleet can run, the cheapest within the maximum price (a reserve above it is refused
         # below, naming the price), preferring one whose cars on offer now can do the job.
@@ -419,14 +520,14 @@ def bid_place(
         affordable = [pool for pool in outlook if pool.reserve_mcents <= max_price_mcents_per_ch]
         chosen = auto_pick(affordable, ch_needed=ch_needed) or auto_pick(outlook, ch_needed=ch_needed)
         if chosen is None:
-            if not any(v.status == PrecisionVariant.Status.READY for v in inference_model.variants.all()):
+            if not any(pool.variant and pool.variant.status == PrecisionVariant.Status.READY for pool in outlook):
                 raise _field_error("precision", "No variant is ready yet: wait for the builds.")
             raise _field_error(
                 "precision", f"Nothing can run this model within your tolerance: {outlook_message(outlook)}."
             )
         variant = chosen.variant
     else:
-        variant = inference_model.variants.filter(precision=precision).first()
+        variant = variants_in_force(model=inference_model, dataset=dataset).get(precision)
         if variant is None or variant.status != PrecisionVariant.Status.READY:
             raise _field_error("precision", f"There is no ready {precision.upper()} variant of this model.")
         if precision != "fp32" and variant_passes(variant) is False:
@@ -452,6 +553,18 @@ def bid_place(
     if deadline <= now + timedelta(seconds=settings.MIN_BID_LEAD_SECONDS):
         minutes = settings.MIN_BID_LEAD_SECONDS // 60
         raise _field_error("deadline", f"Give the cars at least {minutes} minutes: set a later deadline.")
+    latest = now + timedelta(days=settings.BID_MAX_DEADLINE_DAYS)
+    if deadline > latest:
+        # The work is paid by capturing the budget's hold on the card, which does not outlive this.
+        raise _field_error(
+            "deadline",
+            f"At most {settings.BID_MAX_DEADLINE_DAYS} days ahead: {latest:%Y-%m-%d %H:%M} UTC at the latest, while "
+            "the budget's hold on your card lasts.",
+        )
+    from billing.services import MAX_AUTHORIZATION_CENTS, authorization_confirm, authorization_prepare
+
+    if budget_cents > MAX_AUTHORIZATION_CENTS:
+        raise _field_error("budget_cents", f"At most {MAX_AUTHORIZATION_CENTS:,} ¢: the largest card payment.")
     ch_total = dataset.item_count * variant.ch_per_item
     smallest_unit = min(dataset.item_count, 100) * variant.ch_per_item
     if budget_cents <= 0 or budget_cents * 1000 < smallest_unit * reserve:
@@ -464,8 +577,6 @@ def bid_place(
             f"All {dataset.item_count:,} items at your maximum price can cost {worst_case_cents / 100:.2f}: raise the "
             "budget to that, or lower the maximum price.",
         )
-    from billing.services import authorization_confirm, authorization_prepare
-
     with transaction.atomic():
         bid = Bid.objects.create(
             customer=customer,

@@ -19,6 +19,11 @@ def _add_errors(form, error: ApplicationError) -> None:
             form.add_error(field if field in form.fields else None, message)
 
 
+def _form_status(error: ApplicationError) -> int:
+    """A form refused by a service answers as the API does for a file over a cap (413), else 400."""
+    return 413 if error.status == 413 else 400
+
+
 @role_required(Role.CUSTOMER)
 def dashboard(request):
     return render(
@@ -42,30 +47,43 @@ def model_list(request):
 @require_http_methods(["GET", "POST"])
 def model_upload(request):
     form = InferenceModelUploadForm(request.POST or None, request.FILES or None)
+    status = 200
     if request.method == "POST" and form.is_valid():
         try:
             model = services.inference_model_upload(owner=request.user, **form.cleaned_data)
         except ApplicationError as error:
             _add_errors(form, error)
+            status = _form_status(error)
         else:
             messages.success(request, f"Uploaded {model.name}: checking it now.")
             return redirect("marketplace:model", model_id=model.pk)
-    return render(request, "marketplace/model_upload.html", {"form": form}, status=400 if form.errors else 200)
+    return render(request, "marketplace/model_upload.html", {"form": form}, status=400 if form.errors else status)
 
 
 def _model_context(request, model):
     from .inference.costing import AUTO_ORDER
 
     # Cheapest first: the order in which "auto" considers them.
-    variants = sorted(model.variants.prefetch_related("accuracies"), key=lambda v: AUTO_ORDER.index(v.precision))
+    variants = sorted(selectors.variants_in_force(model=model).values(), key=lambda v: AUTO_ORDER.index(v.precision))
     outlook = {pool.precision: pool for pool in selectors.pools_outlook(model=model)}
     auto = selectors.auto_pick(list(outlook.values()))
+    # A customer's own data for a catalogue model: its own builds, accuracy and auto choice, which nobody else sees.
+    own_reports = []
+    for dataset, builds in selectors.datasets_with_own_builds(user=request.user, model=model):
+        in_order = sorted(builds.values(), key=lambda v: AUTO_ORDER.index(v.precision))
+        own_auto = selectors.auto_pick(selectors.pools_outlook(model=model, dataset=dataset))
+        own_reports.append((dataset, [(v, selectors.variant_passes(v)) for v in in_order], own_auto))
+    rebuilding = selectors.variants_rebuilding(model=model) or any(
+        v.pending for _, builds, _ in own_reports for v, _ in builds
+    )
     return {
         "model": model,
         "variants": [(v, selectors.variant_passes(v), outlook.get(v.precision)) for v in variants],
+        "rebuild_failures": list(selectors.rebuild_failures(model=model).values()),
+        "own_reports": own_reports,
         "auto": auto.variant if auto else None,
         "nothing_runs": selectors.outlook_message(list(outlook.values())) if auto is None else "",
-        "building": any(v.status in ("queued", "building") for v in variants) or model.status == "validating",
+        "building": rebuilding or model.status == "validating",
         "datasets": selectors.datasets_visible(user=request.user, model=model),
         "editable": model.owner_id == request.user.pk,
     }
@@ -92,20 +110,21 @@ def model_variants(request, model_id: int):
 def dataset_upload(request, model_id: int):
     model = selectors.inference_model_get(user=request.user, model_id=model_id)
     form = DatasetUploadForm(request.POST, request.FILES)
+    status = 400
     if form.is_valid():
         try:
             dataset = services.dataset_upload(owner=request.user, inference_model=model, **form.cleaned_data)
         except ApplicationError as error:
             _add_errors(form, error)
+            status = _form_status(error)
         else:
-            messages.success(
-                request, f"{dataset.name}: {dataset.item_count} items. Building the precision variants on it now."
-            )
+            whose = "the precision variants" if model.owner_id == request.user.pk else "variants for your data only"
+            messages.success(request, f"{dataset.name}: {dataset.item_count} items. Building {whose} on it now.")
             return redirect("marketplace:model", model_id=model.pk)
     context = _model_context(request, model)
     context["dataset_form"] = form
     context["tolerance_form"] = ToleranceForm(initial={"metric": model.metric, "tolerance": model.tolerance})
-    return render(request, "marketplace/model_detail.html", context, status=400)
+    return render(request, "marketplace/model_detail.html", context, status=status)
 
 
 @role_required(Role.CUSTOMER)
@@ -134,6 +153,8 @@ def bid_new(request, model_id: int):
     model = selectors.inference_model_get(user=request.user, model_id=model_id)
     datasets = selectors.datasets_visible(user=request.user, model=model)
     initial = {"deadline": (timezone.now() + timedelta(hours=6)).replace(second=0, microsecond=0)}
+    if (chosen := request.GET.get("dataset", "")).isdigit() and len(chosen) < 12:
+        initial["dataset"] = datasets.filter(pk=int(chosen)).first()  # "Bid for compute on <your dataset>"
     form = BidForm(request.POST or None, datasets=datasets, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -149,7 +170,9 @@ def bid_new(request, model_id: int):
         else:
             messages.success(request, f"Bid placed: {bid.items} items. It enters the next auction round.")
             return redirect("marketplace:bid", bid_id=bid.pk)
-    outlook = selectors.pools_outlook(model=model)
+    # The outlook of the dataset chosen, else the customer's newest: a catalogue model's builds for it are its own.
+    focus = initial.get("dataset") or datasets.filter(owner=request.user).first()
+    outlook = selectors.pools_outlook(model=model, dataset=focus)
     picked = selectors.auto_pick(outlook)
     auto = picked.variant if picked else None
     market = selectors.market_latest()

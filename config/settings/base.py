@@ -46,6 +46,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CsrfViewMiddleware, which reads a page's form: a request over its size cap is refused unread.
+    "config.uploads.RequestSizeMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -56,6 +58,7 @@ MIDDLEWARE = [
 AGENT_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "config.uploads.RequestSizeMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -136,6 +139,9 @@ MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
 THROTTLE_LOGIN = env.str("THROTTLE_LOGIN", default="10/min")
 THROTTLE_SIGNUP = env.str("THROTTLE_SIGNUP", default="10/hour")
 THROTTLE_AGENT = env.str("THROTTLE_AGENT", default="120/min")
+# Failed agent requests, counted per client address and, apart, per key id claimed: past either, failures get 429,
+# and an address's requests naming a key Redis does not know are refused before the database is asked. A correctly
+# signed request is admitted whatever failed beside it (fleet/authentication.py).
 THROTTLE_AGENT_FAILURES = env.str("THROTTLE_AGENT_FAILURES", default="30/min")
 # Proxies in front of the app that append the client's address to X-Forwarded-For. 0: the header is ignored (trusting
 # it blindly would let a client name a new address with every request and escape every per-address limit).
@@ -152,7 +158,15 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
+    # DRF's own, but JSON nested deeper than JSON_MAX_DEPTH is refused before it is parsed (config/parsers.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "config.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
+# No request of the API nests more than a few levels; Python's parser recurses, and a few thousand levels crash it.
+JSON_MAX_DEPTH = env.int("JSON_MAX_DEPTH", default=64)
 REST_KNOX = {
     # knox stores only a digest of each token, so a database dump yields no usable credential.
     "TOKEN_TTL": timedelta(days=env.int("API_TOKEN_TTL_DAYS", default=30)),
@@ -203,6 +217,8 @@ CELERY_TASK_QUEUES = tuple(Queue(name) for name in ("celery", "rounds", "dispatc
 CELERY_TASK_ROUTES = {
     "marketplace.tasks.auction_round": {"queue": "rounds"},
     "marketplace.tasks.leases_sweep": {"queue": "dispatch"},
+    # With the other sweepers, not on "validation": it must not wait behind the work it sweeps.
+    "marketplace.tasks.long_tasks_sweep": {"queue": "dispatch"},
     "fleet.tasks.*": {"queue": "dispatch"},
     "marketplace.tasks.inference_model_validate": {"queue": "validation"},
     "marketplace.tasks.variant_build": {"queue": "validation"},
@@ -245,6 +261,10 @@ LOGGING = {
 # --- Fleet ---------------------------------------------------------------------------------------------------------
 # Signed agent requests are accepted this many seconds either side of the server's clock; nonces are kept twice as long.
 AGENT_SIGNATURE_WINDOW_SECONDS = env.int("AGENT_SIGNATURE_WINDOW_SECONDS", default=300)
+# The times a car reports (a heartbeat's or a departure's observed_at) must lie this close to the server's clock: the
+# signature window, as a real car's clock is the one it signs with. The demo's and the tests' simulated cars run their
+# clocks fast, so local.py allows them years.
+AGENT_CLOCK_MAX_SKEW_SECONDS = env.int("AGENT_CLOCK_MAX_SKEW_SECONDS", default=AGENT_SIGNATURE_WINDOW_SECONDS)
 # Used for a new vehicle until its owner sets their own price (US average home electricity).
 DEFAULT_ENERGY_PRICE_CENTS_PER_KWH = env.float("DEFAULT_ENERGY_PRICE_CENTS_PER_KWH", default=16.0)
 VEHICLE_STATE_SNAPSHOT_SECONDS = env.int("VEHICLE_STATE_SNAPSHOT_SECONDS", default=60)
@@ -267,7 +287,26 @@ MAX_TOKENIZER_UPLOAD_BYTES = env.int("MAX_TOKENIZER_UPLOAD_BYTES", default=20 * 
 MAX_DATASET_UPLOAD_BYTES = env.int("MAX_DATASET_UPLOAD_BYTES", default=200 * 1024 * 1024)
 # Uploads above this many bytes go to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
-DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# The most any other request may carry (bytes): a larger one is answered 413 before it is read (config/uploads.py).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=10 * 1024 * 1024)
+# The upload caps above hold while a file streams in, not only from its declared size (config/uploads.py).
+FILE_UPLOAD_HANDLERS = [
+    "config.uploads.CappedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# A small file can inflate to a huge dataset (a 1 MB .npz of zeros to gigabytes): what a dataset may become once parsed,
+# checked from its headers before it is (marketplace/datasets.py). Bytes count an array as float32, a text as its str.
+MAX_DATASET_ITEMS = env.int("MAX_DATASET_ITEMS", default=1_000_000)
+MAX_DATASET_INFLATED_BYTES = env.int("MAX_DATASET_INFLATED_BYTES", default=256 * 1024 * 1024)
+# Each web and worker process keeps the datasets it parsed last, up to this many bytes of items (an LRU cache).
+DATASET_CACHE_BYTES = env.int("DATASET_CACHE_BYTES", default=512 * 1024 * 1024)
+# A model's estimated peak allocation for one item (ONNX shape inference) may not pass this (bytes); then a trial run
+# of one item, in a process of its own limited to MODEL_TRIAL_MEMORY_BYTES of address space, must finish within
+# MODEL_TRIAL_SECONDS (marketplace/inference/validation.py).
+MAX_MODEL_PEAK_BYTES = env.int("MAX_MODEL_PEAK_BYTES", default=1024 * 1024 * 1024)
+MODEL_TRIAL_MEMORY_BYTES = env.int("MODEL_TRIAL_MEMORY_BYTES", default=4 * 1024 * 1024 * 1024)
+MODEL_TRIAL_SECONDS = env.int("MODEL_TRIAL_SECONDS", default=60)
 
 # --- Market: defaults until staff save a pricing policy in the admin (billing.PricingPolicy) --------------------
 # Prices are milli-cents per CH (1 ¢ = 1000 m¢). GPU marketplaces rent an RTX 4090 (≈6.6 dense INT8 CH/h) for about
@@ -281,6 +320,15 @@ EARNINGS_HOLD_HOURS = env.int("EARNINGS_HOLD_HOURS", default=72)
 PAYOUT_SCHEDULE = env.str("PAYOUT_SCHEDULE", default="weekly")
 # A bid's deadline must leave at least this long for the work.
 MIN_BID_LEAD_SECONDS = env.int("MIN_BID_LEAD_SECONDS", default=600)
+# ... and lie at most this many days ahead: the budget's hold on the card lasts 7 days (Stripe's, for online card
+# payments), and the work is charged by capturing it.
+BID_MAX_DEADLINE_DAYS = env.int("BID_MAX_DEADLINE_DAYS", default=7)
+# The most a customer may have held on their card in open bids at once (cents), unless staff set the customer's own
+# cap in the admin (accounts.User.exposure_cap_cents).
+CUSTOMER_EXPOSURE_CAP_CENTS = env.int("CUSTOMER_EXPOSURE_CAP_CENTS", default=50_000)
+# A request repeated with the same Idempotency-Key header within this many hours is answered with the first response
+# (accounts/idempotency.py); Stripe keeps its keys as long.
+IDEMPOTENCY_KEY_HOURS = env.int("IDEMPOTENCY_KEY_HOURS", default=24)
 # Beat ticks often; a round runs when a new slot of the staff-set interval begins (a tick in the same slot is a no-op).
 CELERY_BEAT_SCHEDULE["auction-round"] = {
     "task": "marketplace.tasks.auction_round",
@@ -335,4 +383,19 @@ CELERY_BEAT_SCHEDULE["leases-sweep"] = {
     "task": "marketplace.tasks.leases_sweep",
     "schedule": DISPATCH_SWEEP_SECONDS,
     "options": {"expires": DISPATCH_SWEEP_SECONDS},
+}
+# Checking an uploaded model and building a precision variant run in a worker under these hard time limits (seconds;
+# the soft limit, a minute earlier, lets the task say why). One still unfinished TASK_SWEEP_MARGIN_SECONDS after its
+# limit cannot be running any more (its worker died, or Redis lost its message): the sweeper (marketplace/sweeps.py)
+# queues it again, TASK_SWEEP_RETRIES times, then fails it with a reason its owner reads. The margin must exceed the
+# sweep interval, so a retry is never swept while it runs.
+MODEL_VALIDATION_TIME_LIMIT_SECONDS = env.int("MODEL_VALIDATION_TIME_LIMIT_SECONDS", default=660)
+VARIANT_BUILD_TIME_LIMIT_SECONDS = env.int("VARIANT_BUILD_TIME_LIMIT_SECONDS", default=1260)
+TASK_SWEEP_SECONDS = env.int("TASK_SWEEP_SECONDS", default=30)
+TASK_SWEEP_MARGIN_SECONDS = env.int("TASK_SWEEP_MARGIN_SECONDS", default=60)
+TASK_SWEEP_RETRIES = env.int("TASK_SWEEP_RETRIES", default=1)
+CELERY_BEAT_SCHEDULE["long-tasks-sweep"] = {
+    "task": "marketplace.tasks.long_tasks_sweep",
+    "schedule": TASK_SWEEP_SECONDS,
+    "options": {"expires": TASK_SWEEP_SECONDS},
 }

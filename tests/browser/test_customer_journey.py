@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from marketplace.inference.catalogue import demo_documents
-from marketplace.models import Bid, InferenceModel, PrecisionVariant
+from marketplace.models import Bid, Dataset, InferenceModel, PrecisionVariant
 from tests.factories import OwnerFactory, ensure_hardware_profiles
 from tests.waiting import wait_for
 
@@ -93,10 +93,11 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
     per_item = ch_for_units(car) / DOCUMENTS
     PrecisionVariant.objects.filter(inference_model=minilm).update(ch_per_item=per_item)
 
-    page.get_by_role("button", name="Bid for compute").click()
-    page.wait_for_url(f"**/customer/models/{minilm.pk}/bid/")
+    # Her dataset of the catalogue model has variants of its own: she bids on it from its report.
+    page.get_by_role("button", name="Bid for compute on Support articles").click()
+    page.wait_for_url(f"**/customer/models/{minilm.pk}/bid/?dataset=*")
     assert_accessible_basics(page)
-    page.get_by_label("Dataset").select_option(label="Support articles")
+    assert page.get_by_label("Dataset").input_value() == str(Dataset.objects.get(name="Support articles").pk)
     # Keyboard: from the heading, Tab walks the form's fields in order, each showing where the focus is.
     page.get_by_role("heading", level=1).click()
     order: list[str] = []

@@ -8,7 +8,7 @@ import numpy as np
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from marketplace import services, storage
+from marketplace import selectors, services, storage
 from marketplace.inference import catalogue
 from marketplace.models import Dataset, InferenceModel, PrecisionVariant
 
@@ -54,18 +54,14 @@ class Command(BaseCommand):
         for model, dataset in ((minilm, minilm_data), (digits, digits_data)):
             if no_variants:
                 continue
-            ready = model.variants.filter(status=PrecisionVariant.Status.READY).count()
-            if ready == len(services.PRECISIONS_BUILT):
+            in_force = selectors.variants_in_force(model=model).values()
+            if sum(v.status == PrecisionVariant.Status.READY for v in in_force) == len(services.PRECISIONS_BUILT):
                 self.stdout.write(f"{model.name}: variants ready")
                 continue
             self.stdout.write(f"{model.name}: building variants (a minute the first time)…")
-            for precision in services.PRECISIONS_BUILT:
-                variant, _ = PrecisionVariant.objects.update_or_create(
-                    inference_model=model, precision=precision,
-                    defaults={"status": PrecisionVariant.Status.QUEUED, "evaluated_on": dataset, "progress": 0},
-                )  # fmt: skip
+            for variant in services.variants_pending(inference_model=model, dataset=dataset):
                 variant = services.variant_build(variant=variant)
-                self.stdout.write(f"  {precision}: {variant.status} {variant.metrics or variant.error}")
+                self.stdout.write(f"  {variant.precision}: {variant.status} {variant.metrics or variant.error}")
 
     @transaction.atomic
     def _model(self, *, name, description, onnx, tokenizer, output_name, metric, tolerance) -> InferenceModel:
