@@ -2,13 +2,11 @@
 nothing twice: one bid and one hold, one model, one dataset, even when both copies arrive at once."""
 
 import io
-import threading
 from datetime import timedelta
 
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -16,6 +14,7 @@ from accounts.models import IdempotentRequest
 from billing.models import PaymentAuthorization
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
 from marketplace.models import Bid, Dataset, InferenceModel
+from tests.concurrency import at_once
 
 pytestmark = pytest.mark.django_db
 KEY = "4f1c0e1a-5d5e-4b8e-9a51-0c2f3d1e7a10"
@@ -134,27 +133,14 @@ def test_a_malformed_key_is_a_400_naming_the_header(client, digits_with_variants
 def test_copies_sent_at_the_same_moment_place_one_bid(digits_with_variants, alice):
     body = bid_payload(digits_with_variants)
     statuses: list[int] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
 
     def send():
-        try:
-            client = Client()
-            client.force_login(alice)
-            start.wait()
-            statuses.append(place(client, body).status_code)
-        except BaseException as error:  # a thread's failure must fail the test, not vanish
-            errors.append(error)
-        finally:
-            connection.close()
+        client = Client()
+        client.force_login(alice)
+        statuses.append(place(client, body).status_code)
 
-    threads = [threading.Thread(target=send) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    at_once(send, 4)
 
-    assert not errors
     assert Bid.objects.count() == 1 and PaymentAuthorization.objects.count() == 1
     assert 201 in statuses and set(statuses) <= {201, 409}  # a copy that came while the first ran: ask again
     assert place_again_after(alice, body).status_code == 201

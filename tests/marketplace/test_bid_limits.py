@@ -1,32 +1,19 @@
 """A bid's money, deadline and the customer's exposure are bounded (issue 16, findings 2, 3 and 9): a bid past a
 bound is refused naming the field, stores nothing, and leaves every page answering."""
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from billing.models import LedgerTransaction, PaymentAuthorization
 from config.exceptions import ApplicationError
 from marketplace.models import Bid
 from marketplace.services import bid_place
+from tests.concurrency import at_once
+from tests.marketplace.test_bids import bid_payload
 
 pytestmark = pytest.mark.django_db
-
-
-def bid_payload(model, **overrides):
-    data = {
-        "inference_model": model.pk,
-        "dataset": model.datasets.get().pk,
-        "precision": "auto",
-        "max_price_mcents_per_ch": 5000,
-        "budget_cents": 500,
-        "deadline": (timezone.now() + timedelta(hours=6)).isoformat(),
-    }
-    data.update(overrides)
-    return data
 
 
 def place(client, model, **overrides):
@@ -226,12 +213,9 @@ def test_bids_placed_at_the_same_moment_never_hold_more_than_the_cap(digits_with
     dataset = model.datasets.get()
     placed: list[int] = []
     refused: list[str] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(10)
 
     def customer_tab():
         try:
-            start.wait()
             bid = bid_place(
                 customer=model.owner, inference_model=model, dataset=dataset, precision="auto",
                 max_price_mcents_per_ch=5000, budget_cents=10_000, deadline=timezone.now() + timedelta(hours=6),
@@ -239,18 +223,9 @@ def test_bids_placed_at_the_same_moment_never_hold_more_than_the_cap(digits_with
             placed.append(bid.pk)
         except ApplicationError as error:
             refused.append(error.code)
-        except BaseException as error:  # a thread's failure must fail the test, not vanish
-            errors.append(error)
-        finally:
-            connection.close()
 
-    threads = [threading.Thread(target=customer_tab) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    at_once(customer_tab, 10)
 
-    assert not errors
     assert len(placed) == 5 and refused == ["exposure_cap"] * 5
     assert held_cents(model.owner) == 50_000
     assert Bid.objects.filter(status=Bid.Status.WAITING).count() == 5

@@ -1,14 +1,13 @@
 """Many cars' threads claiming work at the same moment never get the same unit twice."""
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from marketplace.dispatch import unit_lease
 from marketplace.models import Bid, WorkUnit
+from tests.concurrency import at_once
 from tests.factories import OwnerFactory, vehicle_with_credential
 from tests.marketplace.conftest import measured_here
 
@@ -32,25 +31,12 @@ def test_concurrent_leases_hand_out_each_unit_once(digits_with_variants):
     )
     measured_here(car, variant)  # it ran this variant before: no self-test first
     leased: list[int] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
 
-    def worker():
-        try:
-            start.wait()
-            while (unit := unit_lease(vehicle=car)) is not None:
-                leased.append(unit.pk)
-        except BaseException as error:  # a thread's failure must fail the test, not vanish
-            errors.append(error)
-        finally:
-            connection.close()
+    def car_thread():
+        while (unit := unit_lease(vehicle=car)) is not None:
+            leased.append(unit.pk)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    at_once(car_thread, 8, timeout=60)
 
-    assert not errors
     assert sorted(leased) == sorted(WorkUnit.objects.values_list("pk", flat=True))  # each exactly once
     assert WorkUnit.objects.filter(status="leased").count() == 20
