@@ -15,22 +15,16 @@ from billing.models import PaymentAuthorization
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
 from marketplace.models import Bid, Dataset, InferenceModel
 from tests.concurrency import at_once
+from tests.marketplace.test_bids import bid_payload as bids_payload
 
 pytestmark = pytest.mark.django_db
 KEY = "4f1c0e1a-5d5e-4b8e-9a51-0c2f3d1e7a10"
 
 
 def bid_payload(model, **overrides):
-    data = {
-        "inference_model": model.pk,
-        "dataset": model.datasets.get().pk,
-        "precision": "auto",
-        "max_price_mcents_per_ch": 5000,
-        "budget_cents": 500,
-        "deadline": (timezone.now() + timedelta(hours=6)).replace(microsecond=0).isoformat(),
-    }
-    data.update(overrides)
-    return data
+    """A bid's body whose deadline reads back the same (whole seconds): a replayed answer is compared to it."""
+    deadline = (timezone.now() + timedelta(hours=6)).replace(microsecond=0).isoformat()
+    return bids_payload(model, **{"deadline": deadline, **overrides})
 
 
 def place(client, body, key=KEY):

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from fleet.models import OptInPolicy, Vehicle
-from marketplace.models import Bid, PrecisionVariant
+from marketplace.models import Bid, InferenceModel, PrecisionVariant
 from tests.factories import vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
 
@@ -81,3 +81,21 @@ def running_bid(bid, cars):
     auction_round_run()
     bid.refresh_from_db()
     return bid
+
+
+@pytest.fixture
+def own_artifacts(settings, tmp_path):
+    """Artifacts in a folder of this test's: "nothing stored" must not see another test's files."""
+    settings.MEDIA_ROOT = tmp_path
+
+
+PIXELS = [{"name": "pixels", "dtype": "float32", "shape": ["?", 64]}]
+
+
+@pytest.fixture
+def digits_model(alice):
+    """alice's ready digits classifier (its checks passed; only its inputs matter to a dataset's)."""
+    return InferenceModel.objects.create(
+        owner=alice, name="digits", kind="tensor", onnx_sha256="0" * 64, onnx_size=1, inputs=PIXELS,
+        output_name="probabilities", status=InferenceModel.Status.READY,
+    )  # fmt: skip

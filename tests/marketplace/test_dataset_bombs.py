@@ -24,10 +24,13 @@ from marketplace.datasets import (
 )
 from marketplace.inference.catalogue import digits_items
 from marketplace.models import Dataset, InferenceModel, PrecisionVariant
+from tests.marketplace.conftest import PIXELS
 
-PIXELS = [{"name": "pixels", "dtype": "float32", "shape": ["?", 64]}]
 TEXTS = [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
          {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"]}]  # fmt: skip
+
+# Artifacts in a folder of each test's own: "nothing stored" must not see another test's files.
+pytestmark = pytest.mark.usefixtures("own_artifacts")
 
 
 def npy(array) -> bytes:
@@ -74,25 +77,10 @@ def with_declared_size(data: bytes, size: int) -> bytes:
     return bytes(data)
 
 
-@pytest.fixture(autouse=True)
-def _own_artifacts(settings, tmp_path):
-    """Artifacts in a folder of this test's: "nothing stored" must not see another test's files."""
-    settings.MEDIA_ROOT = tmp_path
-
-
 @pytest.fixture(scope="module")
 def bomb():
     """About 0.5 MB: one million items of 64 float64 zeros, 512 MB once inflated, twice MAX_DATASET_INFLATED_BYTES."""
     return npz_of_zeros((1_000_000, 64), "<f8")
-
-
-@pytest.fixture
-def digits_model(alice):
-    """alice's ready digits classifier (its checks passed; only its inputs matter to a dataset's)."""
-    return InferenceModel.objects.create(
-        owner=alice, name="digits", kind="tensor", onnx_sha256="0" * 64, onnx_size=1, inputs=PIXELS,
-        output_name="probabilities", status=InferenceModel.Status.READY,
-    )  # fmt: skip
 
 
 @pytest.fixture

@@ -11,24 +11,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from config import wsgi
 from marketplace.models import Dataset, InferenceModel
+from tests.marketplace.conftest import PIXELS
 
-PIXELS = [{"name": "pixels", "dtype": "float32", "shape": ["?", 64]}]
 BOUNDARY = "----idlefleet-test-boundary"
 
-
-@pytest.fixture(autouse=True)
-def _own_artifacts(settings, tmp_path):
-    """Artifacts in a folder of this test's: "nothing stored" must not see another test's files."""
-    settings.MEDIA_ROOT = tmp_path
-
-
-@pytest.fixture
-def digits_model(alice):
-    """alice's ready digits classifier (its checks passed; only its inputs matter to a dataset's)."""
-    return InferenceModel.objects.create(
-        owner=alice, name="digits", kind="tensor", onnx_sha256="0" * 64, onnx_size=1, inputs=PIXELS,
-        output_name="probabilities", status=InferenceModel.Status.READY,
-    )  # fmt: skip
+# Artifacts in a folder of each test's own: "nothing stored" must not see another test's files.
+pytestmark = pytest.mark.usefixtures("own_artifacts")
 
 
 def assert_pages_healthy(client, user, model) -> None:
