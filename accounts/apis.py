@@ -6,8 +6,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.exceptions import ApplicationError, ErrorSerializer
-from config.throttling import LoginRateThrottle
+from core.exceptions import ApplicationError, ErrorSerializer
+from core.throttling import LoginRateThrottle
 
 from .models import User
 

@@ -27,7 +27,7 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.response import Response
 
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 
 from .models import IdempotentRequest
 

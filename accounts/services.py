@@ -1,6 +1,6 @@
 from django.db import transaction
 
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 
 from .models import Role, User
 

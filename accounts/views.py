@@ -5,8 +5,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from config.exceptions import ApplicationError
-from config.throttling import rate_limited
+from core.exceptions import ApplicationError
+from core.throttling import rate_limited
 
 from .forms import SignUpForm
 from .services import dashboard_url_name, user_create

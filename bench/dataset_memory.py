@@ -94,7 +94,7 @@ def setup() -> tuple[int, str]:
     from knox.models import AuthToken
 
     from accounts.models import Role, User
-    from config.redis import client
+    from core.redis import client
     from marketplace import services, storage
     from marketplace.inference.catalogue import DIGITS_OUTPUT, build_digits_classifier
     from marketplace.models import InferenceModel
@@ -246,7 +246,7 @@ def run(args, media: str) -> None:
     print(f"ratios against the baseline: web peak {results['ratios']['web_peak']}×, worker peak "
           f"{results['ratios']['worker_peak']}×", flush=True)  # fmt: skip
     args.json.write_text(json.dumps(results, indent=2) + "\n")
-    from config.redis import client
+    from core.redis import client
 
     client().flushdb()  # the build tasks the uploads queued: this script ran them itself
 

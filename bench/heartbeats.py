@@ -340,7 +340,7 @@ def database_backends() -> list[int]:
 
 
 def redis_pid() -> int:
-    from config.redis import client
+    from core.redis import client
 
     return int(client().info("server")["process_id"])
 
@@ -457,7 +457,7 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connections
 
-    from config.redis import client
+    from core.redis import client
 
     call_command("migrate", verbosity=0)
     client().flushdb()

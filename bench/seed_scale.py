@@ -70,7 +70,7 @@ def live_states_write(now=None) -> int:
     most on WiFi, some plugged in, batteries 20–95 %. Deterministic per car; returns how many."""
     from django.utils import timezone
 
-    from config.redis import client
+    from core.redis import client
     from fleet import state_store
     from fleet.models import Vehicle
 

@@ -1,6 +1,6 @@
 from django import forms
 
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 
 from .services import TEST_CARDS
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 
 from .models import NORMAL_SIDE, PER_USER_KINDS, AccountKind, LedgerAccount, LedgerEntry, LedgerTransaction
 

@@ -21,7 +21,7 @@ from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from accounts.models import Role, User
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 
 from . import ledger, settlement, stripe_gateway
 from .ledger import Leg

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required, staff_required
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 from marketplace.selectors import verification_overview
 
 from . import ledger, reconciliation, reports, selectors, services, webhooks

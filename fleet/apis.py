@@ -20,9 +20,9 @@ from rest_framework.views import APIView
 
 from accounts.models import Role
 from accounts.permissions import HasRole
-from config.exceptions import ErrorSerializer
-from config.parsers import JSONParser
-from config.validation import validated
+from core.exceptions import ErrorSerializer
+from core.parsers import JSONParser
+from core.validation import validated
 
 from . import selectors, services, state_store
 from .agent import hardware, protocol
@@ -112,7 +112,7 @@ OBSERVED_AT = Annotated[pydantic.AwareDatetime, pydantic.AfterValidator(_car_clo
 
 
 class HeartbeatInput(pydantic.BaseModel):
-    """A car's state, as its agent reports it every HEARTBEAT_SECONDS. Validated by pydantic (config/validation.py):
+    """A car's state, as its agent reports it every HEARTBEAT_SECONDS. Validated by pydantic (core/validation.py):
     a heartbeat is nearly all of a fleet's requests."""
 
     model_config = pydantic.ConfigDict(allow_inf_nan=False, title="HeartbeatInput")

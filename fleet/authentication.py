@@ -67,7 +67,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 from rest_framework import authentication, exceptions, permissions
 
-from config.throttling import Counter, client_ip, counters_hit, limit_counter
+from core.throttling import Counter, client_ip, counters_hit, limit_counter
 
 from . import state_store
 from .agent import signing

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Role, User
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 
 from . import state_store
 from .agent import hardware, protocol

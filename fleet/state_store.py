@@ -14,8 +14,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from config.redis import client
-from config.throttling import Counter
+from core.redis import client
+from core.throttling import Counter
 
 SEEN_KEY = "idlefleet:vehicles:seen"  # sorted set: vehicle id -> Unix time of its last heartbeat
 

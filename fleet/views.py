@@ -5,7 +5,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required, staff_required
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 
 from . import selectors, services
 from .forms import PolicyForm, VehicleForm

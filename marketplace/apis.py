@@ -24,7 +24,7 @@ from accounts.idempotency import IDEMPOTENCY_KEY, idempotent
 from accounts.models import Role
 from accounts.permissions import HasRole
 from billing.services import MAX_AUTHORIZATION_CENTS
-from config.exceptions import ApplicationError, ErrorSerializer
+from core.exceptions import ApplicationError, ErrorSerializer
 from fleet.apis import AgentApi
 
 from . import dispatch, selectors, services, storage

@@ -15,7 +15,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 from fleet import state_store
 from fleet.agent import protocol
 from fleet.agent.inference import decode_npy, encode_npy

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import Vehicle
 

@@ -20,8 +20,8 @@ from django.db import transaction
 
 from accounts.models import Role, User
 from billing.selectors import pricing_current
-from config.exceptions import ApplicationError
-from config.uploads import file_too_large
+from core.exceptions import ApplicationError
+from core.uploads import file_too_large
 from fleet.agent.inference import ModelRunner, ModelSpec
 
 from . import storage
@@ -55,7 +55,7 @@ def _quiet_quantization_logs():
 
 def _read_capped(upload: UploadedFile, *, max_bytes: int, field: str) -> bytes:
     """Refuse an oversized upload from its size, before reading it into memory. (A request's body was capped before
-    it was read, and each file while it streamed in: config/uploads.py. This holds for callers outside a request.)"""
+    it was read, and each file while it streamed in: core/uploads.py. This holds for callers outside a request.)"""
     if upload.size is not None and upload.size > max_bytes:
         raise file_too_large(field, max_bytes=max_bytes, size=upload.size)
     data = upload.read(max_bytes + 1)

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from config.celery import app
-from config.embedded_redis import EmbeddedRedis
+from core.embedded_redis import EmbeddedRedis
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
 from marketplace.models import InferenceModel
 from tests.factories import CustomerFactory, OwnerFactory, StaffFactory

@@ -47,7 +47,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before CsrfViewMiddleware, which reads a page's form: a request over its size cap is refused unread.
-    "config.uploads.RequestSizeMiddleware",
+    "core.uploads.RequestSizeMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -58,7 +58,7 @@ MIDDLEWARE = [
 AGENT_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "config.uploads.RequestSizeMiddleware",
+    "core.uploads.RequestSizeMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -102,8 +102,8 @@ REDIS_URL = env.str("REDIS_URL", default=f"redis://127.0.0.1:{EMBEDDED_REDIS_POR
 
 CACHES = {
     "default": {
-        # Django's Redis backend, with one client per pool instead of one per call (config/cache.py says why).
-        "BACKEND": "config.cache.RedisCache",
+        # Django's Redis backend, with one client per pool instead of one per call (core/cache.py says why).
+        "BACKEND": "core.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "idlefleet",
     }
@@ -133,7 +133,7 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
 
 # --- API -----------------------------------------------------------------------------------------------------------
-# Rate limits (README, "Rate limits"; config/throttling.py), written "N/s", "N/min", "N/hour" or "N/day". Login and
+# Rate limits (README, "Rate limits"; core/throttling.py), written "N/s", "N/min", "N/hour" or "N/day". Login and
 # sign-up attempts count per client address; the agent endpoints count per vehicle, and failed agent requests (no or a
 # bad signature) per address.
 THROTTLE_LOGIN = env.str("THROTTLE_LOGIN", default="10/min")
@@ -156,11 +156,11 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.exceptions.api_exception_handler",
     "NUM_PROXIES": NUM_PROXIES,
-    # DRF's own, but JSON nested deeper than JSON_MAX_DEPTH is refused before it is parsed (config/parsers.py).
+    # DRF's own, but JSON nested deeper than JSON_MAX_DEPTH is refused before it is parsed (core/parsers.py).
     "DEFAULT_PARSER_CLASSES": [
-        "config.parsers.JSONParser",
+        "core.parsers.JSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
@@ -287,11 +287,11 @@ MAX_TOKENIZER_UPLOAD_BYTES = env.int("MAX_TOKENIZER_UPLOAD_BYTES", default=20 * 
 MAX_DATASET_UPLOAD_BYTES = env.int("MAX_DATASET_UPLOAD_BYTES", default=200 * 1024 * 1024)
 # Uploads above this many bytes go to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
-# The most any other request may carry (bytes): a larger one is answered 413 before it is read (config/uploads.py).
+# The most any other request may carry (bytes): a larger one is answered 413 before it is read (core/uploads.py).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=10 * 1024 * 1024)
-# The upload caps above hold while a file streams in, not only from its declared size (config/uploads.py).
+# The upload caps above hold while a file streams in, not only from its declared size (core/uploads.py).
 FILE_UPLOAD_HANDLERS = [
-    "config.uploads.CappedUploadHandler",
+    "core.uploads.CappedUploadHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]

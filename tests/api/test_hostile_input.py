@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from billing.models import LedgerTransaction, PaymentAuthorization
-from config.parsers import json_too_deep
+from core.parsers import json_too_deep
 from fleet import state_store
 from marketplace.models import Bid
 from tests.factories import vehicle_with_credential

@@ -1,6 +1,6 @@
 """A Redis server of a test's own, which it may kill, restart empty or leave down: the shared one is never touched.
 
-The code under test reaches Redis through config.redis.client() (and the admission script registered on it), so a
+The code under test reaches Redis through core.redis.client() (and the admission script registered on it), so a
 test points REDIS_URL at this server and drops those cached clients; the fixture undoes both.
 """
 
@@ -13,7 +13,7 @@ from contextlib import closing
 
 import redis
 
-from config.embedded_redis import is_up, server_command
+from core.embedded_redis import is_up, server_command
 
 # Ports these tests may use: a range of their own, away from the embedded Redis of the demo (6389) and the tests (6399).
 PORTS = range(16400, 16500)

@@ -22,7 +22,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-import config.redis
+import core.redis
 from fleet import authentication, state_store
 from fleet.agent import protocol
 from fleet.agent.signing import Credential
@@ -39,7 +39,7 @@ LEASE = "/api/v1/agent/lease/"
 
 def _clients_drop() -> None:
     """The next Redis call makes its client (and registers the admission script) from settings.REDIS_URL again."""
-    config.redis.client.cache_clear()
+    core.redis.client.cache_clear()
     state_store._admit.cache_clear()
 
 

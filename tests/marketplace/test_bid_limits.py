@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from billing.models import LedgerTransaction, PaymentAuthorization
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 from marketplace.models import Bid
 from marketplace.services import bid_place
 from tests.concurrency import at_once

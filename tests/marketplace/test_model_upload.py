@@ -54,7 +54,7 @@ def test_an_oversized_model_is_refused_before_it_is_read(client, alice, settings
     response = upload(client, b"x" * 5000)
 
     assert response.status_code == 413
-    # Refused while it streamed in, as soon as it passed the cap (config/uploads.py): its full size is never read.
+    # Refused while it streamed in, as soon as it passed the cap (core/uploads.py): its full size is never read.
     assert response.json()["fields"] == {"onnx_file": ["The file is larger than the 1.0 kB limit."]}
     assert not InferenceModel.objects.exists()
 

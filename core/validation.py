@@ -2,7 +2,7 @@
 
 A hot endpoint (the car's heartbeat: nearly all of a fleet's requests) validates its input with pydantic, whose core
 is compiled: 4 µs for a heartbeat where the equivalent serializer took 65 µs. Its errors are reported as every other
-endpoint reports them (config/exceptions.py): the same field paths, and the messages DRF's fields would give.
+endpoint reports them (core/exceptions.py): the same field paths, and the messages DRF's fields would give.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def validated(model: type[Model], request) -> Model:
         raise exceptions.UnsupportedMediaType(media_type)
     try:
         # pydantic's parser stops at its own nesting limit (200 levels) with `json_invalid`, a 400 below, before
-        # Python's stack runs out: this hot path needs no depth scan of its own (config/parsers.py).
+        # Python's stack runs out: this hot path needs no depth scan of its own (core/parsers.py).
         return model.model_validate_json(request.body or b"{}")  # an empty body is an empty object, as for DRF
     except pydantic.ValidationError as error:
         if any(item["type"] == "json_invalid" for item in error.errors(include_url=False)):

@@ -1,0 +1,4 @@
+"""The shared kernel every app may use: the one application error type and the API's error shape, rate limits,
+validated input, request-size caps, the Redis client and cache, and the embedded Redis of the demo and tests.
+
+It imports no app: config/ holds only settings, URLs, the Celery app and the WSGI/ASGI entry points."""
