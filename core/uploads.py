@@ -17,6 +17,7 @@ from django.http import JsonResponse
 from django.shortcuts import render
 
 from .exceptions import ApplicationError, error_body
+from .units import human_bytes
 
 # Room for a multipart body's part headers and boundaries, and the form's other fields, beside its files (bytes).
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -29,13 +30,6 @@ FILE_FIELD_CAPS: dict[str, dict[str, str]] = {
     "api-model-datasets": {"file": "MAX_DATASET_UPLOAD_BYTES"},
     "marketplace:dataset-new": {"file": "MAX_DATASET_UPLOAD_BYTES"},
 }
-
-
-def human_bytes(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 class UploadTooLarge(ApplicationError):

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from core.units import human_bytes
+
 MAX_TEXT_CHARS = 100_000
 MAX_HOLDOUT = 64
 # Arrays are read, converted and checked this many bytes at a time (the most check_dataset holds of them).
@@ -61,13 +63,6 @@ class ParsedDataset:
     items: list[str] | np.ndarray
     count: int
     nbytes: int = 0  # the memory the items take (bytes): what the dataset cache counts
-
-
-def human_bytes(size: int) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 def parse_dataset(

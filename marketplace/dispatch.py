@@ -283,10 +283,10 @@ def lease_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datetime 
             predicted_s=unit.predicted_seconds or 0.0, transfer_s=_transfer_seconds(unit, state), lease_s=lease
         )
         if refusal is not None:
-            _release(unit, error=f"the car cannot work: {refusal}", count_attempt=False)
+            unit_release(unit, error=f"the car cannot work: {refusal}", count_attempt=False)
             refused = f"this car cannot work now ({refusal}): the unit went back to the market"
         elif held > limit:
-            _release(unit, error=f"held {held:.0f} s, far past its predicted {unit.predicted_seconds or 0:.0f} s",
+            unit_release(unit, error=f"held {held:.0f} s, far past its predicted {unit.predicted_seconds or 0:.0f} s",
                      count_attempt=True)  # fmt: skip
             refused = "this unit took far longer than the car's measured speed predicts: it went to another car"
         else:
@@ -368,11 +368,11 @@ def unit_failure(*, vehicle: Vehicle, unit_id: str, lease_id: str, error: str) -
     if selftests.is_self_test(unit_id):
         return selftests.self_test_failure(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id, error=error)
     unit = _leased_unit(vehicle=vehicle, unit_id=unit_id, lease_id=lease_id)
-    _release(unit, error=error[:2000], count_attempt=True)
+    unit_release(unit, error=error[:2000], count_attempt=True)
     return unit
 
 
-def _release(unit: WorkUnit, *, error: str, count_attempt: bool) -> None:
+def unit_release(unit: WorkUnit, *, error: str, count_attempt: bool) -> None:
     """Give a unit back: to be reissued to the car of a later allocation, or failed for good after too many tries.
 
     Its CH go back to the bid, so the bid enters the next rounds for them; a failed unit is never billed.
@@ -411,7 +411,7 @@ def leases_expire(*, now: datetime | None = None) -> int:
         with transaction.atomic():
             unit = WorkUnit.objects.select_for_update().get(pk=unit_id)
             if unit.status == WorkUnit.Status.LEASED and unit.lease_expires_at < now:
-                _release(unit, error="lease expired: the car went silent", count_attempt=True)
+                unit_release(unit, error="lease expired: the car went silent", count_attempt=True)
                 count += 1
     return count
 
@@ -426,7 +426,7 @@ def vehicle_units_release(*, vehicle: Vehicle, reason: str = "the car left") -> 
         )
     )
     for unit in units:
-        _release(unit, error=reason, count_attempt=False)
+        unit_release(unit, error=reason, count_attempt=False)
     SelfTest.objects.filter(vehicle=vehicle, status=SelfTest.Status.LEASED).update(status=SelfTest.Status.LOST)
     Allocation.objects.filter(vehicle=vehicle, ends_at__gt=timezone.now()).update(ends_at=timezone.now())
     return len(units)
@@ -442,7 +442,7 @@ def units_of_variant_release(*, vehicle: Vehicle, variant: PrecisionVariant, rea
         )
     )
     for unit in units:
-        _release(unit, error=reason, count_attempt=False)
+        unit_release(unit, error=reason, count_attempt=False)
     return len(units)
 
 

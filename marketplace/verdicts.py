@@ -223,11 +223,11 @@ def probes_pick(*, unit: WorkUnit) -> list[list[int]]:
     """For a share of leases (VERIFICATION_PROBE_RATE), a few other items of the same dataset, mixed in at random
     places: the platform computes their answers itself, so a car that fakes its work is caught even when no
     other car runs the unit. [[position in the lease, dataset item], ...], positions ascending."""
-    from .dispatch import _dataset_items
+    from .services import dataset_items
 
     if random.random() >= settings.VERIFICATION_PROBE_RATE:  # noqa: S311 - sampling, not a secret
         return []
-    count = len(_dataset_items(unit.bid).items)
+    count = len(dataset_items(unit.bid.dataset).items)
     wanted = min(settings.VERIFICATION_PROBE_ITEMS, count)
     # Items of other units, so that no input is seen twice in one lease; a one-unit job has only its own. Drawn
     # without listing the dataset, which may hold millions of items.
@@ -251,10 +251,10 @@ def probes_check(*, unit: WorkUnit, outputs):
     """
     import numpy as np
 
-    from .dispatch import _dataset_items
+    from .services import dataset_items
 
     bid = unit.bid
-    items = _dataset_items(bid).items
+    items = dataset_items(bid.dataset).items
     positions = [position for position, _ in unit.probes]
     runner = runner_for(unit.variant.sha256, bid.inference_model_id)
     expected = runner.run([items[index] for _, index in unit.probes], batch_size=len(positions))
@@ -267,7 +267,7 @@ def probes_check(*, unit: WorkUnit, outputs):
 def probe_failed(*, unit: WorkUnit, vehicle: Vehicle, now: datetime) -> WorkUnit:
     """The car got a known answer wrong: its result is thrown away (never stored, paid or shown), the fault counts
     against it, and the unit goes to another car."""
-    from .dispatch import _release
+    from .dispatch import unit_release
 
     log.warning("vehicle %s failed a known-answer check on unit %s", vehicle.pk, unit.pk)
     unit.excluded_vehicles = sorted(set(unit.excluded_vehicles) | {vehicle.pk})
@@ -275,7 +275,7 @@ def probe_failed(*, unit: WorkUnit, vehicle: Vehicle, now: datetime) -> WorkUnit
     reputation_record(vehicle_id=vehicle.pk, valid=False, now=now, unit=unit, fault=ResultFault.Kind.KNOWN_ANSWER)
     unit.refresh_from_db()
     if unit.status == WorkUnit.Status.LEASED:  # (a suspension may have released it already)
-        _release(unit, error="a known-answer check failed: given to another car", count_attempt=False)
+        unit_release(unit, error="a known-answer check failed: given to another car", count_attempt=False)
     return unit
 
 

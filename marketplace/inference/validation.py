@@ -21,6 +21,8 @@ from pathlib import Path
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
+from core.units import human_bytes
+
 TEXT = "text"
 TENSOR = "tensor"
 TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
@@ -208,8 +210,8 @@ def _check_peak(model: ModelProto, *, max_bytes: int) -> None:
     if size + weights > max_bytes:
         made_by = f"the output {name!r} of a {op_type} node" if op_type else f"the tensor {name!r}"
         raise ModelRejected(
-            f"running one item would allocate about {_human_bytes(size + weights)}: {made_by} has shape {dims} "
-            f"({dtype}, {_human_bytes(size)}); the limit is {_human_bytes(max_bytes)} (MAX_MODEL_PEAK_BYTES): export "
+            f"running one item would allocate about {human_bytes(size + weights)}: {made_by} has shape {dims} "
+            f"({dtype}, {human_bytes(size)}); the limit is {human_bytes(max_bytes)} (MAX_MODEL_PEAK_BYTES): export "
             "the model with the sizes it needs"
         )
 
@@ -279,7 +281,7 @@ def _trial_run(data: bytes, model: ModelProto, *, memory_bytes: int, seconds: fl
             "runs an item in less"
         ) from None
     report = _trial_report(done.stdout)
-    limit = _human_bytes(memory_bytes)
+    limit = human_bytes(memory_bytes)
     if report is None:
         how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
         raise ModelRejected(
@@ -308,13 +310,6 @@ def _trial_report(stdout: bytes) -> dict | None:
         if isinstance(report, dict) and "stage" in report:
             return report
     return None
-
-
-def _human_bytes(size: int) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 def _runtime_message(text: str, model: ModelProto) -> str:
