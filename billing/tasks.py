@@ -16,6 +16,11 @@ def bid_settle(bid_id: int) -> None:
     services.bid_settle(bid_id=bid_id)
 
 
+def bid_closed_received(sender, *, bid_id: int, **kwargs) -> None:
+    """marketplace.signals.bid_closed (sent after the closing commit): settle the bid in a worker."""
+    bid_settle.delay(bid_id)
+
+
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
 def billing_sweep() -> None:
     """What lost messages or crashes left behind: bids to settle, authorizations to finish, earnings out of hold."""

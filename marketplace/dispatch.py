@@ -26,6 +26,7 @@ from . import selftests, sizing, storage, verdicts
 from .datasets import ParsedDataset
 from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
 from .payloads import LEASE_BATCH_SIZE, lease_lost, leased_items, no_such_unit, outputs_checked, variant_payload
+from .signals import bid_closed_announce
 
 MAX_UNIT_ATTEMPTS = 3
 # What one item's output weighs on the way back, bytes (an embedding of 384 floats is 1.5 kB): sizing's upload term.
@@ -393,7 +394,7 @@ def unit_release(unit: WorkUnit, *, error: str, count_attempt: bool) -> None:
         if Bid.objects.filter(pk=unit.bid_id, status__in=Bid.OPEN_STATUSES).update(
             status=Bid.Status.FAILED, closed_at=timezone.now()
         ):
-            settle_bid_later(unit.bid_id)
+            bid_closed_announce(unit.bid_id)
         return
     unit.status = WorkUnit.Status.QUEUED
     unit.save()
@@ -612,14 +613,8 @@ def bid_finish_if_done(*, bid: Bid) -> bool:
     bid.result_sha256 = storage.artifact_save(data)
     bid.status, bid.closed_at = Bid.Status.COMPLETED, timezone.now()
     bid.save(update_fields=["result_sha256", "status", "closed_at"])
-    settle_bid_later(bid.pk)
+    bid_closed_announce(bid.pk)
     return True
-
-
-def settle_bid_later(bid_id: int) -> None:
-    from .services import settle_when_committed
-
-    settle_when_committed(bid_id)
 
 
 def bid_result_file(*, bid: Bid) -> tuple[bytes, str, str]:

@@ -20,7 +20,7 @@ from fleet.selectors import hardware_of, vehicles_live
 from . import auction
 from .dispatch import units_cut
 from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
-from .services import settle_when_committed
+from .signals import bid_closed_announce
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def bids_expire(*, now: datetime) -> int:
         Bid.objects.filter(pk__in=expired).update(status=Bid.Status.EXPIRED, closed_at=now)
         WorkUnit.objects.filter(bid__in=expired, status=WorkUnit.Status.QUEUED).update(assigned_vehicle=None)
         for bid_id in expired:
-            settle_when_committed(bid_id)
+            bid_closed_announce(bid_id)
     return len(expired)
 
 

@@ -36,6 +36,7 @@ from .datasets import (
     parse_dataset,
 )
 from .models import Bid, Dataset, InferenceModel, PrecisionVariant, VariantAccuracy
+from .signals import bid_closed_announce
 
 PRECISIONS_BUILT = ("fp32", "fp16", "int8", "fp8")
 CALIBRATION_ITEMS = 32
@@ -622,12 +623,5 @@ def bid_cancel(*, bid: Bid) -> Bid:
             )
         bid.status, bid.closed_at = Bid.Status.CANCELLED, timezone.now()
         bid.save(update_fields=["status", "closed_at"])
-        settle_when_committed(bid.pk)
+        bid_closed_announce(bid.pk)
     return bid
-
-
-def settle_when_committed(bid_id: int) -> None:
-    """A closed bid is charged for its validated work and the rest of its hold released (billing/services.py)."""
-    from billing.tasks import bid_settle
-
-    transaction.on_commit(lambda: bid_settle.delay(bid_id))

@@ -29,6 +29,7 @@ from fleet.models import Vehicle
 
 from . import storage, verification
 from .models import Allocation, Bid, ResultFault, WorkUnit
+from .signals import bid_closed_announce
 
 log = logging.getLogger(__name__)
 Verification = WorkUnit.Verification
@@ -161,12 +162,10 @@ def _slice_unresolved(primary: WorkUnit, now: datetime) -> None:
     """Too many cars disagree about these items to tell who is right: nobody is blamed, nobody is paid for them,
     and the bid fails (its customer pays only for what was validated)."""
     log.warning("slice %s of bid %s: no quorum after %s replicas", primary.pk, primary.bid_id, primary.replicas.count())
-    from .dispatch import settle_bid_later
-
     if Bid.objects.filter(pk=primary.bid_id, status__in=Bid.OPEN_STATUSES).update(
         status=Bid.Status.FAILED, closed_at=now
     ):
-        settle_bid_later(primary.bid_id)
+        bid_closed_announce(primary.bid_id)
 
 
 def reputation_record(
