@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 from django.http import FileResponse, Http404
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -135,11 +135,10 @@ class DatasetOutputSerializer(serializers.ModelSerializer):
         report); empty for a dataset that runs the model's shared builds."""
         if selectors.variant_scope(model=dataset.inference_model, dataset=dataset) is None:
             return []
-        rows = dataset.own_variants.filter(retired_at__isnull=True).prefetch_related("accuracies")
-        in_force: dict = {}
-        for variant in sorted(rows, key=lambda v: (v.pending, -v.pk)):
-            in_force.setdefault(variant.precision, variant)
-        return VariantOutputSerializer(_by_precision(in_force), many=True).data
+        rows = getattr(dataset, "builds_not_retired", None)  # prefetched for a list (DatasetListApi)
+        if rows is None:
+            rows = dataset.own_variants.filter(retired_at__isnull=True).prefetch_related("accuracies")
+        return VariantOutputSerializer(_by_precision(selectors.builds_in_force(rows)), many=True).data
 
 
 class InferenceModelListApi(APIView):
@@ -198,9 +197,11 @@ class DatasetListApi(APIView):
     @extend_schema(parameters=[MODEL_ID], responses={200: DatasetOutputSerializer(many=True), 404: ErrorSerializer})
     def get(self, request, model_id: int):
         model = selectors.inference_model_get(user=request.user, model_id=model_id)
-        return Response(
-            DatasetOutputSerializer(selectors.datasets_visible(user=request.user, model=model), many=True).data
+        builds = PrecisionVariant.objects.filter(retired_at__isnull=True).prefetch_related("accuracies")
+        datasets = selectors.datasets_visible(user=request.user, model=model).prefetch_related(
+            Prefetch("own_variants", queryset=builds, to_attr="builds_not_retired")
         )
+        return Response(DatasetOutputSerializer(datasets, many=True).data)
 
     @extend_schema(
         parameters=[MODEL_ID, IDEMPOTENCY_KEY],

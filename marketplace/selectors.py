@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Case, Q, QuerySet, When
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from accounts.models import User
@@ -45,30 +45,36 @@ def variant_scope(*, model: InferenceModel, dataset: Dataset | None) -> Dataset 
 
 
 def variants_in_force(*, model: InferenceModel, dataset: Dataset | None = None) -> dict[str, PrecisionVariant]:
-    """Per precision, the build a new bid on `dataset` (the model's shared builds when None) would run: the one in
-    force (ready or failed), else the one on its way. A rebuild on its way leaves the build in force serving until it
-    is ready. A customer's dataset without builds of its own (uploaded before they existed) runs the shared ones."""
+    """Per precision, the build a new bid on `dataset` (the model's shared builds when None) would run
+    (builds_in_force). A customer's dataset without builds of its own (uploaded before they existed) runs the
+    shared ones."""
     scope = variant_scope(model=model, dataset=dataset)
     rows = _variant_rows(model, scope)
     if scope is not None and not rows:
         rows = _variant_rows(model, None)
+    return builds_in_force(rows)
+
+
+def builds_in_force(rows) -> dict[str, PrecisionVariant]:
+    """Per precision, of one scope's builds not retired: the one in force (ready or failed), else the newest on its
+    way. A rebuild on its way leaves the build in force serving until it is ready."""
     chosen: dict[str, PrecisionVariant] = {}
-    for variant in rows:  # in force first, so a pending build shows only where nothing is in force
+    for variant in sorted(rows, key=lambda v: (v.pending, -v.pk)):
         chosen.setdefault(variant.precision, variant)
     return chosen
 
 
 def _variant_rows(model: InferenceModel, scope: Dataset | None) -> list[PrecisionVariant]:
-    pending_last = Case(When(status__in=["queued", "building"], then=1), default=0)
     rows = PrecisionVariant.objects.filter(inference_model=model, dataset=scope, retired_at__isnull=True)
-    return list(rows.select_related("inference_model").prefetch_related("accuracies").order_by(pending_last, "-pk"))
+    return list(rows.select_related("inference_model").prefetch_related("accuracies"))
 
 
-def rebuild_failures(*, model: InferenceModel, dataset: Dataset | None = None) -> dict[str, PrecisionVariant]:
-    """Per precision, a rebuild that failed after the build in force was made (that build keeps serving): its owner
-    reads why (services.variant_decide)."""
+def rebuild_failures(
+    *, model: InferenceModel, in_force: dict[str, PrecisionVariant], dataset: Dataset | None = None
+) -> dict[str, PrecisionVariant]:
+    """Per precision, a rebuild that failed after the build in force (`in_force`: variants_in_force) was made (that
+    build keeps serving): its owner reads why (services.variant_decide)."""
     scope = variant_scope(model=model, dataset=dataset)
-    in_force = variants_in_force(model=model, dataset=dataset)
     failed = PrecisionVariant.objects.filter(
         inference_model=model, dataset=scope, status=PrecisionVariant.Status.FAILED, retired_at__isnull=False
     ).order_by("pk")
@@ -87,11 +93,10 @@ def variants_rebuilding(*, model: InferenceModel, dataset: Dataset | None = None
     ).exists()
 
 
-def datasets_with_own_builds(*, user: User, model: InferenceModel) -> list[tuple[Dataset, dict[str, PrecisionVariant]]]:
-    """The user's datasets of `model` that have builds of their own, each with its builds in force: the accuracy
-    report of a customer's own data for a catalogue model."""
-    own = model.datasets.filter(owner=user, own_variants__isnull=False).distinct().order_by("-created_at")
-    return [(dataset, variants_in_force(model=model, dataset=dataset)) for dataset in own]
+def datasets_with_own_builds(*, user: User, model: InferenceModel) -> QuerySet[Dataset]:
+    """The user's datasets of `model` that have builds of their own (a customer's own data for a catalogue model),
+    newest first."""
+    return model.datasets.filter(owner=user, own_variants__isnull=False).distinct().order_by("-created_at")
 
 
 def variant_passes(variant: PrecisionVariant) -> bool | None:

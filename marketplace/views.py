@@ -60,29 +60,31 @@ def model_upload(request):
     return render(request, "marketplace/model_upload.html", {"form": form}, status=400 if form.errors else status)
 
 
-def _model_context(request, model):
-    from .inference.costing import AUTO_ORDER
+OWN_REPORTS = 10  # a customer's newest datasets of a catalogue model shown with their own builds
 
-    # Cheapest first: the order in which "auto" considers them.
-    variants = sorted(selectors.variants_in_force(model=model).values(), key=lambda v: AUTO_ORDER.index(v.precision))
-    outlook = {pool.precision: pool for pool in selectors.pools_outlook(model=model)}
-    auto = selectors.auto_pick(list(outlook.values()))
+
+def _model_context(request, model):
+    fleet = selectors.fleet_capability()  # read once for every outlook of the page
+    # Cheapest first (costing.AUTO_ORDER): the order in which "auto" considers them.
+    outlook = selectors.pools_outlook(model=model, fleet=fleet)
+    auto = selectors.auto_pick(outlook)
     # A customer's own data for a catalogue model: its own builds, accuracy and auto choice, which nobody else sees.
     own_reports = []
-    for dataset, builds in selectors.datasets_with_own_builds(user=request.user, model=model):
-        in_order = sorted(builds.values(), key=lambda v: AUTO_ORDER.index(v.precision))
-        own_auto = selectors.auto_pick(selectors.pools_outlook(model=model, dataset=dataset))
-        own_reports.append((dataset, [(v, selectors.variant_passes(v)) for v in in_order], own_auto))
+    for dataset in selectors.datasets_with_own_builds(user=request.user, model=model)[:OWN_REPORTS]:
+        own = selectors.pools_outlook(model=model, dataset=dataset, fleet=fleet)
+        builds = [(pool.variant, selectors.variant_passes(pool.variant)) for pool in own if pool.variant]
+        own_reports.append((dataset, builds, selectors.auto_pick(own)))
+    in_force = {pool.precision: pool.variant for pool in outlook if pool.variant}
     rebuilding = selectors.variants_rebuilding(model=model) or any(
         v.pending for _, builds, _ in own_reports for v, _ in builds
     )
     return {
         "model": model,
-        "variants": [(v, selectors.variant_passes(v), outlook.get(v.precision)) for v in variants],
-        "rebuild_failures": list(selectors.rebuild_failures(model=model).values()),
+        "variants": [(pool.variant, selectors.variant_passes(pool.variant), pool) for pool in outlook if pool.variant],
+        "rebuild_failures": list(selectors.rebuild_failures(model=model, in_force=in_force).values()),
         "own_reports": own_reports,
         "auto": auto.variant if auto else None,
-        "nothing_runs": selectors.outlook_message(list(outlook.values())) if auto is None else "",
+        "nothing_runs": selectors.outlook_message(outlook) if auto is None else "",
         "building": rebuilding or model.status == "validating",
         "datasets": selectors.datasets_visible(user=request.user, model=model),
         "editable": model.owner_id == request.user.pk,
