@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
-from .models import IdempotentRequest, User
+from core.admin import LargeTableAdmin, ReadOnlyAdmin
+
+from .models import AuditEvent, IdempotentRequest, User
 
 
 @admin.register(User)
@@ -21,3 +23,18 @@ class IdempotentRequestAdmin(admin.ModelAdmin):
     list_filter = ("method", "status_code")
     search_fields = ("key", "user__username", "path")
     readonly_fields = ("user", "key", "method", "path", "fingerprint", "status_code", "response", "created_at")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin, LargeTableAdmin):
+    """Read-only: the audit log is appended to by accounts.audit.audit_record and never edited."""
+
+    list_display = ("created_at", "actor_username", "action", "target_type", "target_id", "target_repr")
+    list_filter = (
+        "action",
+        "target_type",
+        ("created_at", admin.DateFieldListFilter),
+        ("actor", admin.RelatedOnlyFieldListFilter),
+    )
+    search_fields = ("actor_username", "action", "target_id", "target_repr")
+    list_select_related = ("actor",)

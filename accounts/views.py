@@ -6,6 +6,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from core.exceptions import ApplicationError
+from core.forms import add_application_error
 from core.throttling import rate_limited
 
 from .forms import SignUpForm
@@ -34,9 +35,7 @@ def signup(request):
                 role=form.cleaned_data["role"],
             )
         except ApplicationError as error:
-            for field, errors in error.fields.items():
-                for message in errors:
-                    form.add_error(field if field in form.fields else None, message)
+            add_application_error(form, error)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome to Idlefleet, {user.username}.")

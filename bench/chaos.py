@@ -314,7 +314,7 @@ def bid_place(dataset, ch_total: float):
     from django.utils import timezone
 
     from accounts.models import User
-    from billing.services import card_save
+    from billing.services.cards import card_save
     from marketplace import services
     from marketplace.models import PrecisionVariant
 
@@ -348,8 +348,8 @@ def progress(bid_id: int) -> dict:
 
 def settle(bid_id: int, deadline: float) -> bool:
     """Let the worker settle the bid (its bid_settle task); after a while settle it here too (safe to run twice)."""
-    from billing import services
     from billing.models import PaymentAuthorization
+    from billing.services.settling import bid_settle
 
     waited_for_worker = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -357,7 +357,7 @@ def settle(bid_id: int, deadline: float) -> bool:
         if auth.status == PaymentAuthorization.Status.SETTLED:
             return True
         if time.monotonic() > waited_for_worker:
-            services.bid_settle(bid_id=bid_id)
+            bid_settle(bid_id=bid_id)
         time.sleep(1)
     return PaymentAuthorization.objects.get(bid_id=bid_id).status == PaymentAuthorization.Status.SETTLED
 
@@ -365,23 +365,24 @@ def settle(bid_id: int, deadline: float) -> bool:
 def payouts(api_base: str) -> list:
     """Earnings out of hold (as if the hold period had passed), owners onboarded to Connect, payouts run twice."""
     from accounts.models import User
-    from billing import services
     from billing.selectors import payout_policy_current
+    from billing.services.connect import connect_account_sync, connect_onboarding_url
+    from billing.services.payouts import earnings_release_due, payouts_run
 
     later = datetime.now(UTC) + timedelta(hours=payout_policy_current().earnings_hold_hours + 1)
-    services.earnings_release_due(now=later)
+    earnings_release_due(now=later)
     for owner in User.objects.filter(username__in=OWNERS):
-        services.connect_onboarding_url(user=owner, refresh_url="http://127.0.0.1/r", return_url="http://127.0.0.1/x")
+        connect_onboarding_url(user=owner, refresh_url="http://127.0.0.1/r", return_url="http://127.0.0.1/x")
         account_id = owner.connect_account.stripe_account_id
         request = urllib.request.Request(  # noqa: S310 - the local Stripe server
             f"{api_base}/_connect/onboard/{account_id}", data=b"", method="POST",
             headers={"Accept": "application/json"},
         )  # fmt: skip
         urllib.request.urlopen(request, timeout=10).read()  # noqa: S310
-        services.connect_account_sync(account_id=account_id)
-    sent = services.payouts_run(force=True)
+        connect_account_sync(account_id=account_id)
+    sent = payouts_run(force=True)
     # A second run in the same period must pay nobody again.
-    return sent + services.payouts_run(force=True)
+    return sent + payouts_run(force=True)
 
 
 # --- Invariants ------------------------------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ def items_check(bid_id: int) -> dict:
     from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy
     from marketplace import storage
     from marketplace.models import Bid, WorkUnit
-    from marketplace.services import dataset_items
+    from marketplace.storage import dataset_items
 
     bid = Bid.objects.select_related("variant", "inference_model", "dataset").get(pk=bid_id)
     covered = np.zeros(bid.items, dtype=np.int64)  # primary slices per item

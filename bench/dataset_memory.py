@@ -174,7 +174,7 @@ def worker_main(dataset_id: int) -> None:
 
     django.setup()
     from marketplace.models import Dataset, PrecisionVariant
-    from marketplace.services import dataset_cache, dataset_items
+    from marketplace.storage import dataset_cache, dataset_items
     from marketplace.tasks import variant_build
 
     idle = peak_rss()["VmRSS"]

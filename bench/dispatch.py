@@ -140,7 +140,7 @@ def _timed(name: str, function):
 
 def _instrument() -> None:
     """Meters around the services a result request calls (each is called through its module's attribute)."""
-    from billing import services as billing_services
+    from billing.services import settling
     from marketplace import dispatch, verdicts
 
     verdicts.result_recorded = _timed("validation_replicas", verdicts.result_recorded)
@@ -148,7 +148,7 @@ def _instrument() -> None:
     # Within the probes' checks: loading the variant's model into this web process (ONNX Runtime session), once.
     verdicts._runner_made = _timed("probe_model_load", verdicts._runner_made)
     dispatch.bid_finish_if_done = _timed("assembly", dispatch.bid_finish_if_done)
-    billing_services.bid_settle = _timed("ledger", billing_services.bid_settle)
+    settling.bid_settle = _timed("ledger", settling.bid_settle)
     if os.environ.get("BENCH_DISPATCH_DETAIL"):  # --detail: finer meters (server_meters_* in the JSON)
         from marketplace import storage, verification
 
@@ -362,15 +362,16 @@ def catalogue_minilm():
 
 def customer_dataset(model, count: int):
     from accounts.models import User
-    from marketplace import services, storage
+    from marketplace import storage
+    from marketplace.datasets import holdout_indices, parse_dataset
     from marketplace.models import Dataset, InferenceModel
 
     data = "\n".join(json.dumps(text) for text in documents(count)).encode()
-    parsed = services.parse_dataset(data, fmt="jsonl", kind=model.kind, inputs=model.inputs)
+    parsed = parse_dataset(data, fmt="jsonl", kind=model.kind, inputs=model.inputs)
     return Dataset.objects.create(
         owner=User.objects.get(username=CUSTOMER), inference_model=model, name=f"{count} documents",
         sha256=storage.artifact_save(data), size_bytes=len(data), format="jsonl", item_count=parsed.count,
-        holdout_count=len(services.holdout_indices(parsed.count)), status=InferenceModel.Status.READY,
+        holdout_count=len(holdout_indices(parsed.count)), status=InferenceModel.Status.READY,
     )  # fmt: skip
 
 
@@ -404,7 +405,7 @@ def bid_place(dataset, variant, ch_total: float):
     from django.utils import timezone
 
     from accounts.models import User
-    from billing.services import card_save
+    from billing.services.cards import card_save
     from marketplace import services
     from marketplace.models import PrecisionVariant
 

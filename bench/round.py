@@ -40,6 +40,8 @@ from datetime import timedelta  # noqa: E402
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 
+from fleet.agent.precisions import FP8, FP16, FP32, INT8  # noqa: E402
+
 
 def database_recreate() -> None:
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
@@ -125,7 +127,7 @@ def seed(cars: int, bids: int, rng: np.random.Generator) -> dict:
         format=Dataset.Format.JSONL, item_count=2_000_000, status="ready",
     )  # fmt: skip
     variants = {}
-    for precision in ("int8", "fp16", "fp32", "fp8"):
+    for precision in (INT8, FP16, FP32, FP8):
         variants[precision] = PrecisionVariant.objects.create(
             inference_model=model, precision=precision, status=PrecisionVariant.Status.READY, sha256=precision * 8,
             size_bytes=20_000_000, ch_per_item=1.4e-8,
@@ -141,7 +143,7 @@ def bids_seed(context: dict, bids: int, scenario: str, ch_supply: dict[str, floa
     from marketplace.models import Bid
 
     reserve = {"int8": 1000, "fp16": 1500, "fp32": 2000, "fp8": 1500}
-    pools = ["int8", "fp16", "fp32", "fp8"]
+    pools = [INT8, FP16, FP32, FP8]  # in the order of the shares `p` below
     chosen = rng.choice(len(pools), size=bids, p=[0.6, 0.25, 0.1, 0.05])
     items = np.clip(rng.lognormal(np.log(50_000), 1.2, bids), 1_000, 2_000_000).astype(int)
     per_item = {}

@@ -40,6 +40,8 @@ import random  # noqa: E402
 import time  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
+from fleet.agent.precisions import FP8, FP16, FP32, INT8  # noqa: E402
+
 OWNERS = 2_000
 CARS = 10_000
 FLEET = 50  # bench_owner's cars
@@ -216,7 +218,7 @@ def _market(customers, vehicles, now):
             PoolClearing(round=r, pool=pool, clearing_price_mcents=rng.randint(1500, 4000), reserve_mcents=1000,
                          volume_ch=rng.uniform(10, 200), supply_ch=rng.uniform(200, 2000),
                          index_mcents=rng.uniform(1500, 4000))
-            for r in rounds for pool in ("int8", "fp16", "fp32", "fp8")
+            for r in rounds for pool in (INT8, FP16, FP32, FP8)
         ],
         batch_size=5000,
     )  # fmt: skip
@@ -368,8 +370,8 @@ def _ledger(owners, customers, vehicles, bids, now):
 
 
 def _audit_and_payouts(owners, now):
+    from accounts.models import AuditEvent
     from billing.models import Payout
-    from ops.models import AuditEvent
 
     Payout.objects.bulk_create(
         [

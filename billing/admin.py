@@ -1,10 +1,10 @@
 from django.contrib import admin, messages
-from django.db import transaction
 
-from ops.admin import LargeTableAdmin, ReadOnlyAdmin
-from ops.audit import audit_record
+from accounts.audit import audit_record
+from accounts.policy_admin import AppendOnlyPolicyAdmin
+from core.admin import LargeTableAdmin, ReadOnlyAdmin
+from core.exceptions import ApplicationError
 
-from . import services
 from .models import (
     BillingProfile,
     ConnectAccount,
@@ -13,69 +13,28 @@ from .models import (
     LedgerTransaction,
     PaymentAuthorization,
     Payout,
-    PricingPolicy,
+    PayoutPolicy,
     Refund,
     StripeEvent,
 )
-from .selectors import pricing_current
+from .selectors import payout_policy_current
+from .services import payouts, refunds
 
 
-@admin.register(PricingPolicy)
-class PricingPolicyAdmin(admin.ModelAdmin):
-    """Append-only: "change" saves a new version (the history keeps who changed what, and when)."""
-
-    list_display = (
-        "created_at", "created_by", "platform_fee_pct", "reserve_int8_mcents", "reserve_fp8_mcents",
-        "reserve_fp16_mcents", "reserve_fp32_mcents", "price_ceiling_mcents", "auction_interval_seconds", "note",
-    )  # fmt: skip
+@admin.register(PayoutPolicy)
+class PayoutPolicyAdmin(AppendOnlyPolicyAdmin):
+    list_display = ("created_at", "created_by", "min_payout_cents", "earnings_hold_hours", "payout_schedule", "note")
     # Only the staff who made a version, not every user of the platform.
     list_filter = (("created_by", admin.RelatedOnlyFieldListFilter), "payout_schedule")
-    readonly_fields = ("created_by", "created_at")
     fieldsets = (
-        ("Market", {"fields": ("platform_fee_pct", "price_ceiling_mcents", "auction_interval_seconds")}),
-        (
-            "Reserve prices (m¢ per CH; 1 ¢ = 1000 m¢)",
-            {"fields": ("reserve_int8_mcents", "reserve_fp8_mcents", "reserve_fp16_mcents", "reserve_fp32_mcents")},
-        ),
-        (
-            "Owners",
-            {
-                "fields": (
-                    "default_energy_price_cents_per_kwh",
-                    "min_payout_cents",
-                    "earnings_hold_hours",
-                    "payout_schedule",
-                )
-            },
-        ),
+        ("Owners' payouts", {"fields": ("min_payout_cents", "earnings_hold_hours", "payout_schedule")}),
         ("Change", {"fields": ("note", "created_by", "created_at")}),
     )
+    audit_action = "payout_policy.change"
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-    def get_changeform_initial_data(self, request):
-        current = PricingPolicy.objects.first()
-        if current is not None:
-            skip = ("id", "created_by", "created_at", "note")
-            return {f.name: getattr(current, f.name) for f in PricingPolicy._meta.fields if f.name not in skip}
-        pricing = pricing_current()
-        return {
-            "platform_fee_pct": pricing.platform_fee_pct,
-            "price_ceiling_mcents": pricing.price_ceiling_mcents,
-            "auction_interval_seconds": pricing.auction_interval_seconds,
-            "default_energy_price_cents_per_kwh": pricing.default_energy_price_cents_per_kwh,
-            **{f"reserve_{pool}_mcents": value for pool, value in pricing.reserves.items()},
-        }
-
-    def save_model(self, request, obj, form, change):
-        # Never edit history: a change is saved as a new version.
-        obj.pk = None
-        obj.created_by = request.user
-        with transaction.atomic():
-            super().save_model(request, obj, form, False)
-            changes = {name: [form.initial.get(name), form.cleaned_data.get(name)] for name in form.changed_data}
-            audit_record(actor=request.user, action="pricing.change", target=obj, details={"changes": changes})
+    def defaults_in_force(self) -> dict:
+        policy = payout_policy_current()
+        return {name: getattr(policy, name) for name in ("min_payout_cents", "earnings_hold_hours", "payout_schedule")}
 
 
 class LedgerEntryInline(admin.TabularInline):
@@ -137,10 +96,10 @@ class PaymentAuthorizationAdmin(ReadOnlyAdmin):
             if amount <= 0:
                 continue
             try:
-                refund = services.refund_create(
+                refund = refunds.refund_create(
                     authorization=auth, amount_cents=amount, reason="Refunded by staff", by=request.user
                 )
-            except services.ApplicationError as error:
+            except ApplicationError as error:
                 self.message_user(request, f"Bid {auth.bid_id}: {error.message}", messages.ERROR)
             else:
                 audit_record(
@@ -167,7 +126,7 @@ class PayoutAdmin(ReadOnlyAdmin, LargeTableAdmin):
 
     @admin.action(description="Run payouts now (every owner with enough available)")
     def pay_out_now(self, request, queryset):
-        sent = services.payouts_run(force=True)
+        sent = payouts.payouts_run(force=True)
         self.message_user(request, f"{len(sent)} payout(s) processed.", messages.SUCCESS)
 
 

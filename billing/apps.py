@@ -6,8 +6,11 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self) -> None:
-        from marketplace.signals import bid_closed
+        # Billing sits above the marketplace: it listens to the marketplace's events, which never import billing.
+        from marketplace.signals import bid_closed, bid_placed, bid_placing
 
-        from .tasks import bid_closed_received
+        from .tasks import bid_closed_received, bid_placed_received, bid_placing_received
 
+        bid_placing.connect(bid_placing_received, dispatch_uid="billing-prepare-bid-authorization")
+        bid_placed.connect(bid_placed_received, dispatch_uid="billing-confirm-bid-authorization")
         bid_closed.connect(bid_closed_received, dispatch_uid="billing-settle-closed-bid")

@@ -1,4 +1,4 @@
-"""The pricing in force: the newest PricingPolicy, or the settings' defaults before staff ever set one."""
+"""Reads of billing: the payout rules in force, customers' spend and receipts, owners' earnings, the books."""
 
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -10,53 +10,20 @@ from django.db.models import Count, F, OuterRef, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from . import ledger, settlement
-from .models import AccountKind, LedgerEntry, LedgerTransaction, PaymentAuthorization, PricingPolicy, Refund
-
-
-@dataclass(frozen=True)
-class Pricing:
-    platform_fee_pct: float
-    reserves: dict[str, int]  # pool -> m¢/CH
-    price_ceiling_mcents: int
-    default_energy_price_cents_per_kwh: Decimal
-    auction_interval_seconds: int
-
-
-def pricing_current() -> Pricing:
-    policy = PricingPolicy.objects.order_by("-created_at", "-pk").first()
-    if policy is None:
-        return Pricing(
-            platform_fee_pct=settings.PLATFORM_FEE_PCT,
-            reserves=dict(settings.RESERVE_PRICES_MCENTS_PER_CH),
-            price_ceiling_mcents=settings.PRICE_CEILING_MCENTS_PER_CH,
-            default_energy_price_cents_per_kwh=Decimal(str(settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH)),
-            auction_interval_seconds=settings.AUCTION_INTERVAL_SECONDS,
-        )
-    return Pricing(
-        platform_fee_pct=float(policy.platform_fee_pct),
-        reserves=policy.reserves,
-        price_ceiling_mcents=policy.price_ceiling_mcents,
-        default_energy_price_cents_per_kwh=policy.default_energy_price_cents_per_kwh,
-        auction_interval_seconds=policy.auction_interval_seconds,
-    )
-
-
-@dataclass(frozen=True)
-class PayoutPolicy:
-    min_payout_cents: int
-    earnings_hold_hours: int
-    payout_schedule: str
+from .models import AccountKind, LedgerEntry, LedgerTransaction, PaymentAuthorization, PayoutPolicy, Refund
 
 
 def payout_policy_current() -> PayoutPolicy:
-    policy = PricingPolicy.objects.order_by("-created_at", "-pk").first()
+    """The payout rules in force: the newest PayoutPolicy, or (unsaved) the settings' defaults before staff ever set
+    one."""
+    policy = PayoutPolicy.objects.order_by("-created_at", "-pk").first()
     if policy is None:
         return PayoutPolicy(
             min_payout_cents=settings.MIN_PAYOUT_CENTS,
             earnings_hold_hours=settings.EARNINGS_HOLD_HOURS,
             payout_schedule=settings.PAYOUT_SCHEDULE,
         )
-    return PayoutPolicy(policy.min_payout_cents, policy.earnings_hold_hours, policy.payout_schedule)
+    return policy
 
 
 # --- Customers: test mode, spend history, receipts -------------------------------------------------------------------

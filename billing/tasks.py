@@ -1,19 +1,40 @@
-"""Thin tasks: take ids, re-fetch, call a service. Each is safe to run twice (the services are idempotent)."""
+"""Thin tasks: take ids, re-fetch, call a service. Each is safe to run twice (the services are idempotent).
+
+Also the receivers of the marketplace's events (billing.apps connects them), as thin: each calls a service or queues
+a task. The marketplace never imports billing; it announces, and billing acts here.
+"""
 
 from celery import shared_task
 
-from . import reconciliation, services, webhooks
+from . import reconciliation, webhooks
+from .models import PaymentAuthorization
+from .services import authorizations, settling
+from .services import payouts as payouts_service
 
 
 @shared_task(ignore_result=True, soft_time_limit=60, time_limit=70)
 def authorization_confirm(authorization_id: int) -> None:
-    services.authorization_confirm(authorization_id=authorization_id)
+    authorizations.authorization_confirm(authorization_id=authorization_id)
 
 
 @shared_task(ignore_result=True, soft_time_limit=60, time_limit=70, autoretry_for=(Exception,),
              retry_backoff=5, retry_backoff_max=300, max_retries=10)  # fmt: skip
 def bid_settle(bid_id: int) -> None:
-    services.bid_settle(bid_id=bid_id)
+    settling.bid_settle(bid_id=bid_id)
+
+
+def bid_placing_received(sender, *, bid, **kwargs) -> None:
+    """marketplace.signals.bid_placing (inside the transaction that creates the bid): check the customer can pay and
+    store the bid's card authorization with its idempotency key, so both rows commit together. A refusal (no card,
+    a budget Stripe would not take, the exposure cap) raises ApplicationError, which rolls the bid back."""
+    authorizations.authorization_prepare(bid=bid)
+
+
+def bid_placed_received(sender, *, bid_id: int, **kwargs) -> str:
+    """marketplace.signals.bid_placed (after that commit, in the placing request): hold the budget on the card; the
+    bid is then WAITING, or DECLINED. Returns Stripe's reason for a decline ("" otherwise), for the customer."""
+    authorization_id = PaymentAuthorization.objects.values_list("pk", flat=True).get(bid_id=bid_id)
+    return authorizations.authorization_confirm(authorization_id=authorization_id).failure_message
 
 
 def bid_closed_received(sender, *, bid_id: int, **kwargs) -> None:
@@ -24,15 +45,15 @@ def bid_closed_received(sender, *, bid_id: int, **kwargs) -> None:
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
 def billing_sweep() -> None:
     """What lost messages or crashes left behind: bids to settle, authorizations to finish, earnings out of hold."""
-    services.authorizations_resume()
-    for bid_id in services.settlements_due():
-        services.bid_settle(bid_id=bid_id)
-    services.earnings_release_due()
+    authorizations.authorizations_resume()
+    for bid_id in settling.settlements_due():
+        settling.bid_settle(bid_id=bid_id)
+    payouts_service.earnings_release_due()
 
 
 @shared_task(ignore_result=True, soft_time_limit=600, time_limit=660)
 def payouts() -> None:
-    services.payouts_run()
+    payouts_service.payouts_run()
 
 
 @shared_task(ignore_result=True, soft_time_limit=60, time_limit=70, autoretry_for=(Exception,),

@@ -13,11 +13,13 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.models import Role
 from accounts.permissions import role_required, staff_required
 from core.exceptions import ApplicationError
+from core.forms import add_application_error
 from marketplace.selectors import verification_overview
 
-from . import ledger, reconciliation, reports, selectors, services, webhooks
+from . import ledger, reconciliation, reports, selectors, stripe_gateway, webhooks
 from .forms import CardForm
 from .models import BillingProfile, ConnectAccount, Payout
+from .services import cards, connect
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,9 @@ def customer_billing(request):
     form = CardForm(request.POST or None)
     if request.method == "POST" and test_mode and form.is_valid():
         try:
-            profile = services.card_save(user=request.user, payment_method=form.cleaned_data["payment_method"])
+            profile = cards.card_save(user=request.user, payment_method=form.cleaned_data["payment_method"])
         except ApplicationError as error:
-            form.add_application_error(error)
+            add_application_error(form, error)
         else:
             messages.success(request, f"Card saved: {profile.card_brand.title()} ending in {profile.card_last4}.")
             return redirect("billing:customer-billing")
@@ -127,7 +129,7 @@ def owner_payouts(request):
 def owner_onboard(request):
     """Off to Stripe's hosted onboarding (the local Stripe server's page in the demo); it sends the owner back."""
     try:
-        url = services.connect_onboarding_url(
+        url = connect.connect_onboarding_url(
             user=request.user,
             refresh_url=request.build_absolute_uri(reverse("billing:owner-payouts")),
             return_url=request.build_absolute_uri(reverse("billing:owner-onboard-return")),
@@ -143,8 +145,8 @@ def owner_onboard_return(request):
     account = ConnectAccount.objects.filter(user=request.user).exclude(stripe_account_id="").first()
     if account is not None:
         try:
-            account = services.connect_account_sync(account_id=account.stripe_account_id)
-        except services.stripe_gateway.GatewayError as error:
+            account = connect.connect_account_sync(account_id=account.stripe_account_id)
+        except stripe_gateway.GatewayError as error:
             messages.error(request, f"Stripe could not be reached: {error.message}. Your status will update shortly.")
             return redirect("billing:owner-payouts")
     if account is not None and account.payouts_enabled:

@@ -12,8 +12,9 @@ import stripe
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import services, stripe_gateway
+from . import stripe_gateway
 from .models import PaymentAuthorization, Payout, StripeEvent
+from .services import connect, payouts, refunds, settling
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def event_process(*, event_id: str) -> None:
         payment_intent = (event.payload.get("data", {}).get("object") or {}).get("payment_intent")
         _refunds_changed(payment_intent)
     elif kind == "account.updated":
-        services.connect_account_sync(account_id=object_id)
+        connect.connect_account_sync(account_id=object_id)
     elif kind.startswith("transfer."):
         _transfer_changed(object_id)
     StripeEvent.objects.filter(pk=event.pk, processed_at__isnull=True).update(processed_at=timezone.now())
@@ -63,16 +64,16 @@ def _payment_intent_changed(intent_id: str) -> None:
     if auth is None:
         return
     intent = stripe_gateway.payment_retrieve(intent_id)
-    if auth.status == PaymentAuthorization.Status.SETTLING and services._stripe_settled(intent, auth):
-        services.settlement_book(authorization_id=auth.pk)  # the capture happened; our booking did not
+    if auth.status == PaymentAuthorization.Status.SETTLING and settling.stripe_settled(intent, auth):
+        settling.settlement_book(authorization_id=auth.pk)  # the capture happened; our booking did not
     elif auth.status == PaymentAuthorization.Status.SETTLED and intent.status == "succeeded":
-        services.refunds_sync(authorization=auth)
+        refunds.refunds_sync(authorization=auth)
 
 
 def _refunds_changed(intent_id: str | None) -> None:
     auth = PaymentAuthorization.objects.filter(stripe_payment_intent_id=intent_id or "-").first()
     if auth is not None and auth.status == PaymentAuthorization.Status.SETTLED:
-        services.refunds_sync(authorization=auth)
+        refunds.refunds_sync(authorization=auth)
 
 
 def _transfer_changed(transfer_id: str) -> None:
@@ -80,7 +81,7 @@ def _transfer_changed(transfer_id: str) -> None:
     payout_id = (transfer.to_dict().get("metadata") or {}).get("payout_id")
     payout = Payout.objects.filter(pk=int(payout_id)).first() if str(payout_id or "").isdigit() else None
     if payout is not None and payout.status == Payout.Status.PENDING and payout.destination == transfer.destination:
-        services.payout_book(payout_id=payout.pk, transfer_id=transfer.id)
+        payouts.payout_book(payout_id=payout.pk, transfer_id=transfer.id)
 
 
 __all__ = ["BadWebhook", "event_process", "event_receive"]

@@ -1,10 +1,12 @@
 from django.contrib import admin
 from django.db import transaction
 
-from ops.admin import LargeTableAdmin, ReadOnlyAdmin
-from ops.audit import audit_record
+from accounts.audit import audit_record
+from accounts.policy_admin import AppendOnlyPolicyAdmin
+from core.admin import LargeTableAdmin, ReadOnlyAdmin
 
 from .models import (
+    FleetPolicy,
     HardwareProfile,
     OptInPolicy,
     ParkingSession,
@@ -14,6 +16,7 @@ from .models import (
     VehicleThroughput,
     VehicleWorkDay,
 )
+from .selectors import energy_price_default
 
 
 @admin.register(HardwareProfile)
@@ -153,3 +156,17 @@ class VehicleWorkDayAdmin(ReadOnlyAdmin, LargeTableAdmin):
     list_filter = (("day", admin.DateFieldListFilter),)
     search_fields = ("vehicle__display_name",)
     list_select_related = ("vehicle",)
+
+
+@admin.register(FleetPolicy)
+class FleetPolicyAdmin(AppendOnlyPolicyAdmin):
+    list_display = ("created_at", "created_by", "default_energy_price_cents_per_kwh", "note")
+    list_filter = (("created_by", admin.RelatedOnlyFieldListFilter),)
+    fieldsets = (
+        ("New cars", {"fields": ("default_energy_price_cents_per_kwh",)}),
+        ("Change", {"fields": ("note", "created_by", "created_at")}),
+    )
+    audit_action = "fleet_policy.change"
+
+    def defaults_in_force(self) -> dict:
+        return {"default_energy_price_cents_per_kwh": energy_price_default()}

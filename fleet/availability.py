@@ -17,8 +17,6 @@ from datetime import UTC, datetime, time, timedelta
 
 from .agent.protocol import SILENT_AFTER_SECONDS, WORK_NETWORKS
 
-# Precisions, scarcest first (the order in which the auction clears pools).
-PRECISIONS = ("fp8", "fp32", "fp16", "int8")
 # A car never draws more than this for compute, whatever its hardware or policy says (the article's ≈1 kW).
 ABSOLUTE_MAX_POWER_W = 1000.0
 # A car whose last heartbeat is older than this is treated as gone: 1.5 heartbeat intervals, so that with the sweeper

@@ -6,12 +6,17 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from .agent import precisions
+
 
 class Precision(models.TextChoices):
-    INT8 = "int8", "INT8"
-    FP8 = "fp8", "FP8"
-    FP16 = "fp16", "FP16"
-    FP32 = "fp32", "FP32"
+    """The precisions (named in fleet.agent.precisions), cheapest first: the order customers choose from, in the bid
+    form, the API's choices and the migrations' field choices, so it stays as it is (the pools' order is another)."""
+
+    INT8 = precisions.INT8, "INT8"
+    FP8 = precisions.FP8, "FP8"
+    FP16 = precisions.FP16, "FP16"
+    FP32 = precisions.FP32, "FP32"
 
 
 def validate_time_zone(value: str) -> None:
@@ -133,6 +138,26 @@ def default_windows() -> list:
     return []
 
 
+class FleetPolicy(models.Model):
+    """The fleet's defaults, set by staff: the energy price a new car starts with (its owner may set their own).
+    Append-only: every change is a new row, and the newest is in force."""
+
+    default_energy_price_cents_per_kwh = models.DecimalField(
+        "default energy price (¢/kWh)", max_digits=6, decimal_places=2, validators=[MinValueValidator(0)]
+    )
+    note = models.CharField(max_length=255, blank=True, help_text="Why this change (shown in the history).")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = "fleet policy"
+        verbose_name_plural = "fleet policies (newest is in force)"
+
+    def __str__(self) -> str:
+        return f"Fleet defaults of {self.created_at:%Y-%m-%d %H:%M}"
+
+
 class OptInPolicy(models.Model):
     """When and how a vehicle may work. Validated by `fleet.services.policy_validate`."""
 
@@ -206,6 +231,10 @@ class VehicleState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vehicle} @ {self.received_at:%H:%M:%S}"
+
+
+# A car's live state as the heartbeat path stores it: every column of VehicleState but the keys.
+STATE_FIELDS = [f.name for f in VehicleState._meta.local_concrete_fields if f.name not in ("id", "vehicle")]
 
 
 class ParkingSession(models.Model):

@@ -6,8 +6,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import models
 from django.db.models import F, QuerySet
@@ -18,9 +20,9 @@ from django.utils import timezone
 from accounts.models import User
 
 from . import state_store
+from .agent.precisions import PRECISIONS
 from .availability import (
     HEARTBEAT_LOST_AFTER_S,
-    PRECISIONS,
     Availability,
     CarState,
     Hardware,
@@ -29,7 +31,7 @@ from .availability import (
     availability_get,
 )
 from .departure import ParkingRecord, remaining_parked_seconds
-from .models import ParkingSession, Vehicle, VehicleState, VehicleThroughput, VehicleWorkDay
+from .models import STATE_FIELDS, FleetPolicy, ParkingSession, Vehicle, VehicleState, VehicleThroughput, VehicleWorkDay
 
 HISTORY_SESSIONS = 200  # completed parking sessions used for departure prediction
 
@@ -116,8 +118,6 @@ def _policy(vehicle: Vehicle) -> Policy:
 
 
 def _state_from_snapshot(snapshot: VehicleState) -> dict[str, Any]:
-    from .services import STATE_FIELDS
-
     state = {name: getattr(snapshot, name) for name in STATE_FIELDS}
     state["observed_at"] = snapshot.observed_at.isoformat()
     state["received_at"] = snapshot.received_at.isoformat()
@@ -297,3 +297,11 @@ def fleet_overview(*, now: datetime | None = None) -> FleetOverview:
 def _reason_kind(reason: str) -> str:
     """Group reasons that differ only in their numbers ("battery 41% ..." and "battery 38% ...")."""
     return " ".join("…" if any(ch.isdigit() for ch in word) else word for word in reason.split())
+
+
+def energy_price_default() -> Decimal:
+    """The energy price a new car starts with: the newest FleetPolicy's, or the setting's before staff ever set one."""
+    policy = FleetPolicy.objects.order_by("-created_at", "-pk").first()
+    if policy is None:
+        return Decimal(str(settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH))
+    return policy.default_energy_price_cents_per_kwh

@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.audit import audit_record
 from accounts.models import Role, User
 from core.exceptions import ApplicationError
 
@@ -23,6 +24,7 @@ from .agent.signing import Credential
 from .authentication import credential_forget, credential_known
 from .availability import ABSOLUTE_MAX_POWER_W
 from .models import (
+    STATE_FIELDS,
     HardwareProfile,
     OptInPolicy,
     ParkingSession,
@@ -32,6 +34,7 @@ from .models import (
     VehicleThroughput,
     VehicleWorkDay,
 )
+from .selectors import energy_price_default
 from .signals import vehicle_stopped_working
 
 
@@ -69,9 +72,7 @@ def vehicle_register(
     if owner.role != Role.OWNER:
         raise ApplicationError("Only car owners can register vehicles.", code="permission_denied", status=403)
     if energy_price_cents_per_kwh is None:
-        from billing.selectors import pricing_current  # pricing sits above the fleet
-
-        energy_price_cents_per_kwh = pricing_current().default_energy_price_cents_per_kwh
+        energy_price_cents_per_kwh = energy_price_default()
     vehicle = Vehicle(
         owner=owner,
         display_name=display_name.strip(),
@@ -156,8 +157,6 @@ def vehicle_suspend(*, vehicle: Vehicle, reason: str, actor=None) -> Vehicle:
     """Stop a car taking work (staff, or verification after repeated wrong results): it is offered in no round, the
     work it holds goes to other cars, and its owner is told why, on their dashboard and by email."""
     from django.core.mail import send_mail
-
-    from ops.audit import audit_record
 
     with transaction.atomic():
         vehicle = Vehicle.objects.select_for_update().select_related("owner").get(pk=vehicle.pk)
@@ -384,9 +383,6 @@ def throughput_record(
         row.measured_at = at
         row.save()
     return row
-
-
-STATE_FIELDS = [f.name for f in VehicleState._meta.get_fields() if f.concrete and f.name not in ("id", "vehicle")]
 
 
 def _work_day_add(*, vehicle: Vehicle, day, items: int, seconds: float, energy_wh: float) -> None:

@@ -6,20 +6,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.models import Role
 from accounts.permissions import role_required, staff_required
 from core.exceptions import ApplicationError
+from core.forms import add_application_error
 
 from . import selectors, services
 from .forms import PolicyForm, VehicleForm
 from .models import HardwareProfile
-
-
-def _form_errors_from(form, error: ApplicationError, field_map: dict[str, str] | None = None) -> None:
-    field_map = field_map or {}
-    if not error.fields:
-        form.add_error(None, error.message)
-    for field, errors in error.fields.items():
-        name = field_map.get(field, field)
-        for message in errors:
-            form.add_error(name if name in form.fields else None, message)
 
 
 def _credential_page(request, vehicle, credential, *, reissued=False):
@@ -55,9 +46,7 @@ def fleet_live(request):
 @role_required(Role.OWNER)
 @require_http_methods(["GET", "POST"])
 def vehicle_register(request):
-    from billing.selectors import pricing_current
-
-    initial = {"energy_price_cents_per_kwh": pricing_current().default_energy_price_cents_per_kwh}
+    initial = {"energy_price_cents_per_kwh": selectors.energy_price_default()}
     hw4 = HardwareProfile.objects.filter(name="HW4").first()
     if hw4:
         initial["hardware"] = hw4.pk
@@ -66,7 +55,7 @@ def vehicle_register(request):
         try:
             vehicle, credential = services.vehicle_register(owner=request.user, **form.cleaned_data)
         except ApplicationError as error:
-            _form_errors_from(form, error)
+            add_application_error(form, error)
         else:
             return _credential_page(request, vehicle, credential)
     return render(request, "fleet/vehicle_form.html", {"form": form}, status=400 if form.errors else 200)
@@ -105,7 +94,7 @@ def policy_edit(request, vehicle_id: int):
         try:
             services.policy_update(policy=vehicle.policy, **form.policy_changes())
         except ApplicationError as error:
-            _form_errors_from(form, error, {"leave_at": "leave_at_time", "windows": "day0_from"})
+            add_application_error(form, error, field_map={"leave_at": "leave_at_time", "windows": "day0_from"})
         else:
             messages.success(request, f"Saved the opt-in policy of {vehicle.display_name}.")
             return redirect("fleet:vehicle", vehicle_id=vehicle.pk)

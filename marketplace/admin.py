@@ -1,18 +1,21 @@
 from django.contrib import admin
 
-from ops.admin import LargeTableAdmin, ReadOnlyAdmin
+from accounts.policy_admin import AppendOnlyPolicyAdmin
+from core.admin import LargeTableAdmin, ReadOnlyAdmin
 
 from .models import (
     Bid,
     Dataset,
     InferenceModel,
     PrecisionVariant,
+    PricingPolicy,
     ResultFault,
     Round,
     SelfTest,
     VariantAccuracy,
     WorkUnit,
 )
+from .selectors import pricing_current
 
 
 class PrecisionVariantInline(admin.TabularInline):
@@ -114,3 +117,31 @@ class VariantAccuracyAdmin(ReadOnlyAdmin):
     list_filter = ("passes", "compute_class", "platform")
     search_fields = ("variant__inference_model__name",)
     list_select_related = ("variant__inference_model",)
+
+
+@admin.register(PricingPolicy)
+class PricingPolicyAdmin(AppendOnlyPolicyAdmin):
+    list_display = (
+        "created_at", "created_by", "platform_fee_pct", "reserve_int8_mcents", "reserve_fp8_mcents",
+        "reserve_fp16_mcents", "reserve_fp32_mcents", "price_ceiling_mcents", "auction_interval_seconds", "note",
+    )  # fmt: skip
+    # Only the staff who made a version, not every user of the platform.
+    list_filter = (("created_by", admin.RelatedOnlyFieldListFilter),)
+    fieldsets = (
+        ("Market", {"fields": ("platform_fee_pct", "price_ceiling_mcents", "auction_interval_seconds")}),
+        (
+            "Reserve prices (m¢ per CH; 1 ¢ = 1000 m¢)",
+            {"fields": ("reserve_int8_mcents", "reserve_fp8_mcents", "reserve_fp16_mcents", "reserve_fp32_mcents")},
+        ),
+        ("Change", {"fields": ("note", "created_by", "created_at")}),
+    )
+    audit_action = "pricing.change"
+
+    def defaults_in_force(self) -> dict:
+        pricing = pricing_current()
+        return {
+            "platform_fee_pct": pricing.platform_fee_pct,
+            "price_ceiling_mcents": pricing.price_ceiling_mcents,
+            "auction_interval_seconds": pricing.auction_interval_seconds,
+            **{f"reserve_{pool}_mcents": value for pool, value in pricing.reserves.items()},
+        }

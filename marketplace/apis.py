@@ -23,11 +23,13 @@ from rest_framework.views import APIView
 from accounts.idempotency import IDEMPOTENCY_KEY, idempotent
 from accounts.models import Role
 from accounts.permissions import HasRole
-from billing.services import MAX_AUTHORIZATION_CENTS
 from core.exceptions import ApplicationError, ErrorSerializer
+from core.money import MAX_AUTHORIZATION_CENTS
 from fleet.apis import AgentApi
+from fleet.models import Precision
 
 from . import dispatch, selectors, services, storage
+from .downloads import bid_result_response
 from .models import Bid, Dataset, InferenceModel, PrecisionVariant, SelfTest, VariantAccuracy, WorkUnit
 
 IsCustomer = HasRole.of(Role.CUSTOMER)
@@ -271,7 +273,7 @@ class BidListApi(APIView):
         # largest amount.
         inference_model = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
         dataset = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
-        precision = serializers.ChoiceField(choices=["auto", "int8", "fp8", "fp16", "fp32"], default="auto")
+        precision = serializers.ChoiceField(choices=["auto", *Precision.values], default="auto")
         max_price_mcents_per_ch = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
         budget_cents = serializers.IntegerField(
             min_value=1, max_value=MAX_AUTHORIZATION_CENTS,
@@ -467,12 +469,4 @@ class BidResultApi(APIView):
 
     @extend_schema(parameters=[BID_ID], responses={(200, "application/octet-stream"): bytes, 404: ErrorSerializer})
     def get(self, request, bid_id: int):
-        from django.http import HttpResponse
-
-        bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
-        if not bid.result_sha256:
-            raise Http404("The results are not ready yet.")
-        content, filename, content_type = dispatch.bid_result_file(bid=bid)
-        response = HttpResponse(content, content_type=content_type)
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
+        return bid_result_response(selectors.bid_get_for_customer(user=request.user, bid_id=bid_id))

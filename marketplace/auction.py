@@ -42,8 +42,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The clearing order: scarcest pool first. `Supply.pool` and `Demand.pool` index into it.
-POOLS = ("fp8", "fp32", "fp16", "int8")
+from fleet.agent.precisions import PRECISIONS
+
+# The clearing order: scarcest pool first. `Supply.pool` and `Demand.pool` index into it. One pool per precision, in
+# the precisions' own order, so that a pool's number here is the one every other module gives it.
+POOLS = PRECISIONS
 MILLICENTS_PER_CENT = 1000
 PRICE_UNIT = "m¢/CH"
 NANO_CH_PER_CH = 1_000_000_000

@@ -1,9 +1,14 @@
 """From sold compute to finished work: cutting allocations into work units, leasing them to cars, taking results
-and failures back, reissuing what a lost or departing car held, and assembling a bid's results in item order."""
+and failures back, reissuing what a lost or departing car held, and assembling a bid's results in item order.
+
+This module saves a unit's lease (who holds it, until when, its probes, attempts and error), its result (outputs,
+timing, who ran it) and its status, and its bid's status when work ends it. A result is saved here first and then
+judged by marketplace/verdicts.py, which saves the verdict and returns what it means for the units and the bid
+(verdicts.Judgement): this module acts on that.
+"""
 
 from __future__ import annotations
 
-import io
 import math
 import uuid
 from datetime import datetime, timedelta
@@ -16,14 +21,14 @@ from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from core.exceptions import ApplicationError
-from fleet import state_store
+from fleet import availability, state_store
 from fleet.agent import protocol
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import Vehicle, VehicleThroughput
+from fleet.selectors import vehicles_live
 from fleet.services import throughput_record
 
 from . import selftests, sizing, storage, verdicts
-from .datasets import ParsedDataset
 from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
 from .payloads import LEASE_BATCH_SIZE, lease_lost, leased_items, no_such_unit, outputs_checked, variant_payload
 from .signals import bid_closed_announce
@@ -249,17 +254,11 @@ def lease_payload(unit: WorkUnit | SelfTest, *, vehicle: Vehicle) -> dict[str, A
     """The lease JSON the agent's WorkUnit.from_lease reads (fleet/agent/executor.py): a unit's, or a self-test's."""
     if isinstance(unit, SelfTest):
         return selftests.self_test_payload(unit, vehicle=vehicle, batch_size=LEASE_BATCH_SIZE)
-    leased = leased_items(unit, _dataset_items(unit.bid).items)
+    leased = leased_items(unit, storage.dataset_items(unit.bid.dataset).items)
     payload = variant_payload(unit.variant, vehicle=vehicle, items=leased, batch_size=LEASE_BATCH_SIZE)
     lease = (unit.lease_expires_at - unit.leased_at).total_seconds() if unit.lease_expires_at else None
     payload.update(unit_id=str(unit.pk), lease_id=unit.lease_id, ch=unit.ch, lease_seconds=lease)
     return payload
-
-
-def _dataset_items(bid: Bid) -> ParsedDataset:
-    from .services import dataset_items
-
-    return dataset_items(bid.dataset)
 
 
 def lease_renew(*, vehicle: Vehicle, unit_id: str, lease_id: str, now: datetime | None = None) -> float:
@@ -304,7 +303,8 @@ def _leased_unit(*, vehicle: Vehicle, unit_id: str, lease_id: str) -> WorkUnit:
         # wait for the one before it to commit (bid_finish_if_done locks the bid, briefly, at the end).
         unit = (
             WorkUnit.objects.select_for_update(of=("self",))
-            .select_related("bid__inference_model", "bid__dataset", "variant")  # what judging the result reads
+            # What judging a result reads: the model, the dataset, the variant, and the car's record.
+            .select_related("bid__inference_model", "bid__dataset", "variant", "assigned_vehicle")
             .get(pk=int(unit_id))
         )
     except (ValueError, WorkUnit.DoesNotExist):
@@ -326,9 +326,11 @@ _RESULT_FIELDS = (
 @transaction.atomic
 def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None = None) -> WorkUnit | None:
     """Take a car's outputs for a leased unit: checked (checksum, one output per item, finite, the known answers
-    right), stored, counted once; the unit's timing updates the car's measured speed. None when the result was
-    refused for a wrong known answer. A self-test's outputs go to selftests.self_test_result; then the car's queued
-    units of the variant are cut to its measured speed, or given back when the variant missed the tolerance there."""
+    right), stored, counted once; the unit's timing updates the car's measured speed; then judged (verdicts). None
+    when the result was refused for a wrong known answer: it is thrown away, never stored, paid or shown, and the
+    unit goes to another car (never this one again). A self-test's outputs go to selftests.self_test_result; then
+    the car's queued units of the variant are cut to its measured speed, or given back when the variant missed the
+    tolerance there."""
     now = now or timezone.now()
     if selftests.is_self_test(str(data["unit_id"])):
         test = selftests.self_test_result(vehicle=vehicle, data=data, now=now)
@@ -351,15 +353,22 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
     if unit.probes:
         outputs, probes_ok = verdicts.probes_check(unit=unit, outputs=outputs)
         if not probes_ok:
-            verdicts.probe_failed(unit=unit, vehicle=vehicle, now=now)
+            unit.excluded_vehicles = sorted(set(unit.excluded_vehicles) | {vehicle.pk})
+            unit_release(unit, error="a known-answer check failed: given to another car", count_attempt=False)
+            verdicts.probe_failed(unit=unit, vehicle_id=vehicle.pk, now=now)
             return None
         raw, _ = encode_npy(outputs)
+    streak = unit.assigned_vehicle.valid_streak  # the car's record, read with the unit's lock
     unit.output_sha256 = storage.artifact_save(raw)
-    unit.status, unit.done_by, unit.completed_at = WorkUnit.Status.DONE, vehicle, now
+    unit.status, unit.done_by_id, unit.completed_at = WorkUnit.Status.DONE, vehicle.pk, now
     unit.seconds, unit.energy_wh = data.get("seconds"), data.get("energy_wh")
     unit.emulated, unit.runtime_version = bool(data.get("emulated")), str(data.get("runtime_version", ""))[:40]
-    # Saved with its verdict's first step (or the verdict itself), in one UPDATE.
-    verdicts.result_recorded(unit=unit, now=now, outputs=outputs, unsaved=_RESULT_FIELDS)
+    unit.save(update_fields=_RESULT_FIELDS)
+    judgement = verdicts.result_recorded(unit=unit, outputs=outputs, streak=streak, now=now)
+    for spare in judgement.spares:  # copies of the slice that no car needs to run any more
+        _unit_withdraw(spare, reason="not needed: the results already agree")
+    if judgement.unresolved:
+        _bid_fail(unit.bid_id, now=now)
     bid_finish_if_done(bid=unit.bid)
     return unit
 
@@ -389,17 +398,27 @@ def unit_release(unit: WorkUnit, *, error: str, count_attempt: bool) -> None:
             # A copy that no car could run: another car of the class checks the result instead.
             primary = WorkUnit.objects.select_for_update().get(pk=unit.replica_of_id)
             group = list(WorkUnit.objects.filter(Q(pk=primary.pk) | Q(replica_of=primary), status=WorkUnit.Status.DONE))
-            verdicts.replica_ensure(primary=primary, group=group or [primary], now=timezone.now())
-            return
-        if Bid.objects.filter(pk=unit.bid_id, status__in=Bid.OPEN_STATUSES).update(
-            status=Bid.Status.FAILED, closed_at=timezone.now()
-        ):
-            bid_closed_announce(unit.bid_id)
+            if verdicts.replica_ensure(primary=primary, group=group or [primary], now=timezone.now()):
+                return
+        _bid_fail(unit.bid_id, now=timezone.now())
         return
     unit.status = WorkUnit.Status.QUEUED
     unit.save()
     if unit.replica_of_id is None:  # a replica's CH are bought by verification, not the customer's bid
         Bid.objects.filter(pk=unit.bid_id).update(ch_allocated=F("ch_allocated") - unit.ch)
+
+
+def _unit_withdraw(unit: WorkUnit, *, reason: str) -> None:
+    """A queued unit that nobody needs to run any more fails, saying why (it has no result: it is never billed)."""
+    unit.status, unit.error, unit.assigned_vehicle = WorkUnit.Status.FAILED, reason, None
+    unit.save(update_fields=["status", "error", "assigned_vehicle"])
+
+
+def _bid_fail(bid_id: int, *, now: datetime) -> None:
+    """A bid whose work cannot be finished (a unit failed too often, a slice no car can settle) fails; its customer
+    pays only for what was validated."""
+    if Bid.objects.filter(pk=bid_id, status__in=Bid.OPEN_STATUSES).update(status=Bid.Status.FAILED, closed_at=now):
+        bid_closed_announce(bid_id)
 
 
 def leases_expire(*, now: datetime | None = None) -> int:
@@ -460,8 +479,6 @@ def units_fit(*, vehicle: Vehicle, variant: PrecisionVariant, now: datetime) -> 
     (the CH it sold take longer than its rating said); the rest goes back to its bid, whose next rounds sell it
     again. A replica is never split (it
     must cover its slice): one too big goes back whole. Returns (units kept, units given back)."""
-    from fleet.selectors import vehicles_live
-
     vehicle = Vehicle.objects.select_related("hardware", "policy").get(pk=vehicle.pk)
     units = list(
         WorkUnit.objects.select_for_update(of=("self",))
@@ -546,8 +563,6 @@ def vehicles_silent_release(*, now: datetime | None = None) -> int:
     1.5 heartbeat intervals), or whose last heartbeat says it cannot work (driving, off WiFi), or that is no longer
     active, gives its work back at once. With the sweep every third of an interval, a silent car's units are back on
     the market within two heartbeat intervals of its last heartbeat. Returns the number of cars released."""
-    from fleet.availability import HEARTBEAT_LOST_AFTER_S
-
     now = now or timezone.now()
     holders = set(
         WorkUnit.objects.filter(status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED),
@@ -564,7 +579,7 @@ def vehicles_silent_release(*, now: datetime | None = None) -> int:
     for vehicle in Vehicle.objects.filter(pk__in=holders).only("pk", "status"):
         last = seen.get(vehicle.pk)
         silent_s = now.timestamp() - last if last is not None else math.inf
-        if silent_s > HEARTBEAT_LOST_AFTER_S:
+        if silent_s > availability.HEARTBEAT_LOST_AFTER_S:
             reason = f"no heartbeat for {silent_s:.0f} s" if last is not None else "no heartbeat"
         else:
             reason = vehicle_work_refusal(vehicle=vehicle, state=states.get(vehicle.pk))
@@ -615,22 +630,3 @@ def bid_finish_if_done(*, bid: Bid) -> bool:
     bid.save(update_fields=["result_sha256", "status", "closed_at"])
     bid_closed_announce(bid.pk)
     return True
-
-
-def bid_result_file(*, bid: Bid) -> tuple[bytes, str, str]:
-    """(content, filename, content type): `.npy` for tensor models, JSON lines with each text's vector for text."""
-    outputs = decode_npy(storage.artifact_read(bid.result_sha256))
-    if bid.inference_model.kind == "text":
-        texts = _dataset_items(bid).items
-        buffer = io.StringIO()
-        for index, (text, vector) in enumerate(zip(texts, outputs, strict=True)):
-            buffer.write(_json_line({"index": index, "text": text, "vector": [float(v) for v in np.ravel(vector)]}))
-        return buffer.getvalue().encode(), f"bid-{bid.pk}-results.jsonl", "application/jsonl"
-    data, _ = encode_npy(outputs)
-    return data, f"bid-{bid.pk}-results.npy", "application/octet-stream"
-
-
-def _json_line(value: dict) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":")) + "\n"

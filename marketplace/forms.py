@@ -2,7 +2,8 @@ from decimal import Decimal
 
 from django import forms
 
-from billing.services import MAX_AUTHORIZATION_CENTS
+from core.money import MAX_AUTHORIZATION_CENTS
+from fleet.models import Precision
 
 from .models import InferenceModel
 
@@ -33,8 +34,7 @@ class ToleranceForm(forms.Form):
 
 
 class BidForm(forms.Form):
-    PRECISIONS = [("auto", "Auto: the cheapest variant within my tolerance"), ("int8", "INT8"), ("fp8", "FP8"),
-                  ("fp16", "FP16"), ("fp32", "FP32")]  # fmt: skip
+    PRECISIONS = [("auto", "Auto: the cheapest variant within my tolerance"), *Precision.choices]
 
     dataset = forms.ModelChoiceField(queryset=None, empty_label=None)
     precision = forms.ChoiceField(choices=PRECISIONS, initial="auto")

@@ -267,7 +267,21 @@ class Allocation(models.Model):
 
 class WorkUnit(models.Model):
     """A slice of a bid's items [item_start, item_end) that one car runs under a lease. The database holds the
-    truth: a sweeper re-derives what expired leases mean, the broker only wakes things up."""
+    truth: a sweeper re-derives what expired leases mean, the broker only wakes things up.
+
+    Who saves which fields (one module each; the others read them):
+    - the slice and its lease, marketplace/dispatch.py: bid, variant, index, item_start, item_end, ch (cutting and
+      splitting), status, assigned_vehicle, allocation, lease_id, leased_at, lease_expires_at, predicted_seconds,
+      probes, attempts, error, and excluded_vehicles after a wrong known answer. (A round assigns a waiting replica
+      to a car, and moves an auto bid's queued units to another variant: marketplace/rounds.py.)
+    - the result, marketplace/dispatch.py (unit_result, saved before it is judged): output_sha256, done_by,
+      completed_at, seconds, energy_wh, emulated, runtime_version, and status DONE.
+    - the verdict, marketplace/verdicts.py: quorum, verification, canonical; and, with them, the cars' records
+      (Vehicle.valid_streak and results counts, ResultFault) that the verdicts change.
+    - the replicas, marketplace/verdicts.py: it creates them (replica_of, requires_hardware, excluded_vehicles, and
+      the car of the bid that takes one, if any); from then on dispatch leases them like any unit, and fails the copies
+      that a verdict says are no longer needed (verdicts.Judgement).
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -435,3 +449,54 @@ class VariantAccuracy(models.Model):
 
     def __str__(self) -> str:
         return f"{self.variant} on {self.compute_class}"
+
+
+class PricingPolicy(models.Model):
+    """The market's prices and rules, set by staff: the platform fee, the reserve price of each pool, the price
+    ceiling and the auction interval. Append-only: every change is a new row (who, when, what), and the newest row is
+    in force from the next auction round. Prices are milli-cents per CH (1 ¢ = 1000 m¢).
+
+    The owners' side of the rules lives with what it governs: payouts in billing.PayoutPolicy, the default energy
+    price in fleet.FleetPolicy (migration 0009 split the one policy these used to share, version by version)."""
+
+    platform_fee_pct = models.DecimalField(
+        "platform fee (%)", max_digits=5, decimal_places=2, validators=[MinValueValidator(0), MaxValueValidator(50)]
+    )
+    reserve_int8_mcents = models.PositiveIntegerField("INT8 reserve (m¢/CH)")
+    reserve_fp8_mcents = models.PositiveIntegerField("FP8 reserve (m¢/CH)")
+    reserve_fp16_mcents = models.PositiveIntegerField("FP16 reserve (m¢/CH)")
+    reserve_fp32_mcents = models.PositiveIntegerField("FP32 reserve (m¢/CH)")
+    price_ceiling_mcents = models.PositiveIntegerField("price ceiling (m¢/CH)", validators=[MinValueValidator(1)])
+    auction_interval_seconds = models.PositiveIntegerField(
+        "auction interval (s)", validators=[MinValueValidator(10), MaxValueValidator(3600)]
+    )
+    note = models.CharField(max_length=255, blank=True, help_text="Why this change (shown in the history).")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = "pricing policy"
+        verbose_name_plural = "pricing policies (newest is in force)"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(price_ceiling_mcents__gte=models.F("reserve_int8_mcents"))
+                & models.Q(price_ceiling_mcents__gte=models.F("reserve_fp8_mcents"))
+                & models.Q(price_ceiling_mcents__gte=models.F("reserve_fp16_mcents"))
+                & models.Q(price_ceiling_mcents__gte=models.F("reserve_fp32_mcents")),
+                name="ceiling_above_reserves",
+                violation_error_message="The price ceiling must be at least every reserve price.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Pricing of {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def reserves(self) -> dict[str, int]:
+        return {
+            "int8": self.reserve_int8_mcents,
+            "fp8": self.reserve_fp8_mcents,
+            "fp16": self.reserve_fp16_mcents,
+            "fp32": self.reserve_fp32_mcents,
+        }

@@ -12,7 +12,6 @@ import numpy as np
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing.selectors import pricing_current
 from fleet.availability import rated_ch_per_hour
 from fleet.models import Vehicle
 from fleet.selectors import hardware_of, vehicles_live
@@ -20,6 +19,7 @@ from fleet.selectors import hardware_of, vehicles_live
 from . import auction
 from .dispatch import units_cut
 from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
+from .selectors import pricing_current
 from .signals import bid_closed_announce
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
             "clock_rate": clock_rate,
             "down_mbps": float(state.get("bandwidth_down_mbps", 0.0)),
             "up_mbps": float(state.get("bandwidth_up_mbps", 0.0)),
-            "models_cached": set(state.get("models_cached", [])),
+            # The sha256 of each model file the car holds (its heartbeat's "models_cached").
+            "model_shas_held": set(state.get("models_cached", [])),
             "ch_per_hour": {},
             # Per variant it ran: CH per car hour (sizing a unit of that variant).
             "measured": {sha: figures.ch_per_hour / clock_rate for sha, figures in item.measured.items()},
@@ -123,7 +124,7 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
             pools.append(auction.POOLS.index(precision))
             chs.append(availability.hours_offered * pool_rate)
             asks.append(ask)
-            holds = bool(wanted & rates[vehicle.pk]["models_cached"])
+            holds = bool(wanted & rates[vehicle.pk]["model_shas_held"])
             reliabilities.append(1.5 if holds else 1.0)
             rates[vehicle.pk]["ch_per_hour"][precision] = pool_rate
     supply = auction.Supply(
@@ -291,7 +292,7 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
     last = Round.objects.filter(slot__lt=round_.slot).order_by("-slot").first()
     previous = dict(last.pools.values_list("pool", "index_mcents")) if last else {}
     for pool_result in result.pools:
-        pool = auction.POOLS[pool_result.pool] if isinstance(pool_result.pool, int) else pool_result.pool
+        pool = pool_result.pool
         PoolClearing.objects.create(
             round=round_,
             pool=pool,
@@ -302,7 +303,7 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
             supply_ch=pool_result.supply_ch,
             index_mcents=auction.smoothed_index(previous.get(pool), pool_result.clearing_price),
         )
-    prices = {(auction.POOLS[p.pool] if isinstance(p.pool, int) else p.pool): p.clearing_price for p in result.pools}
+    prices = {p.pool: p.clearing_price for p in result.pools}
     allocations = []
     for bid_id, car_id, pool_index, ch in zip(
         result.alloc_bid.tolist(), result.alloc_car.tolist(), result.alloc_pool.tolist(), result.alloc_ch.tolist(),
@@ -351,7 +352,7 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
                 "parked_seconds_left": info["parked_seconds_left"],
                 "down_mbps": info["down_mbps"],
                 "up_mbps": info["up_mbps"],
-                "model_cached": bids[allocation.bid_id].variant.sha256 in info["models_cached"],
+                "model_cached": sha in info["model_shas_held"],
                 "hardware_id": info["hardware_id"],
             }
         )
@@ -372,7 +373,7 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
     if not waiting:
         return 0
     sold = set(result.alloc_car.tolist())
-    prices = {(auction.POOLS[p.pool] if isinstance(p.pool, int) else p.pool): p.clearing_price for p in result.pools}
+    prices = {p.pool: p.clearing_price for p in result.pools}
     unsold = [
         (car, auction.POOLS[pool], ch, ask)
         for car, pool, ch, ask in zip(supply.car.tolist(), supply.pool.tolist(), supply.ch.tolist(),

@@ -4,12 +4,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from accounts.models import User
+from fleet.agent.precisions import FP8, FP16, FP32, INT8
 
-from .models import Dataset, InferenceModel, PrecisionVariant, WorkUnit
+from .models import Dataset, InferenceModel, PrecisionVariant, PricingPolicy, WorkUnit
+
+
+@dataclass(frozen=True)
+class Pricing:
+    platform_fee_pct: float
+    reserves: dict[str, int]  # pool -> m¢/CH
+    price_ceiling_mcents: int
+    auction_interval_seconds: int
+
+
+def pricing_current() -> Pricing:
+    """The market's rules in force: the newest PricingPolicy, or the settings' defaults before staff ever set one."""
+    policy = PricingPolicy.objects.order_by("-created_at", "-pk").first()
+    if policy is None:
+        return Pricing(
+            platform_fee_pct=settings.PLATFORM_FEE_PCT,
+            reserves=dict(settings.RESERVE_PRICES_MCENTS_PER_CH),
+            price_ceiling_mcents=settings.PRICE_CEILING_MCENTS_PER_CH,
+            auction_interval_seconds=settings.AUCTION_INTERVAL_SECONDS,
+        )
+    return Pricing(
+        platform_fee_pct=float(policy.platform_fee_pct),
+        reserves=policy.reserves,
+        price_ceiling_mcents=policy.price_ceiling_mcents,
+        auction_interval_seconds=policy.auction_interval_seconds,
+    )
 
 
 def inference_models_visible(*, user: User) -> QuerySet[InferenceModel]:
@@ -158,7 +186,6 @@ def pools_outlook(
     of the class that self-tested it failed, and at least CLASS_FAILS_AFTER did). A car need not be online now: the
     fleet's cars park and leave all day. `ch_on_offer` is what the cars available now offer in the pool. `fleet`:
     fleet_capability(), when the caller already has it. `dataset`: the builds of a bid on it (variants_in_force)."""
-    from billing.selectors import pricing_current
     from fleet.agent.hardware import CLASS_NAMES
     from fleet.selectors import fleet_overview_cached
 
@@ -235,7 +262,7 @@ def fleet_capability() -> dict[str, dict[tuple[bool, str], int]]:
     )  # fmt: skip
     fleet: dict[str, dict[tuple[bool, str], int]] = {}
     for compute_class, int8, fp8, fp16, fp32, n in rows:
-        for precision, factor in (("int8", int8), ("fp8", fp8), ("fp16", fp16), ("fp32", fp32)):
+        for precision, factor in ((INT8, int8), (FP8, fp8), (FP16, fp16), (FP32, fp32)):
             key = (bool(factor), compute_class or "")
             fleet.setdefault(precision, {})[key] = fleet.get(precision, {}).get(key, 0) + n
     return fleet
@@ -320,15 +347,15 @@ def market_history(*, rounds: int = 120) -> dict:
     by_key = {
         (c.round.slot, c.pool): c for c in PoolClearing.objects.filter(round__slot__in=slots).select_related("round")
     }
-    for pool in ("int8", "fp16", "fp32", "fp8"):
+    # The order the chart's legend and the API's `history.series` have always had (neither the pools' order nor
+    # cheapest first); kept, as readers of the chart and clients of the API know it.
+    for pool in (INT8, FP16, FP32, FP8):
         series[pool] = [(by_key[(slot, pool)].index_mcents if (slot, pool) in by_key else None) for slot in slots]
     return {"labels": [slot.isoformat() for slot in slots], "series": series}
 
 
 def bid_estimates(*, datasets, variant, market: dict[str, dict]) -> list[dict]:
     """What each dataset would cost with this variant at the pool's last clearing price (or its reserve)."""
-    from billing.selectors import pricing_current
-
     if variant is None or variant.ch_per_item is None:
         return []
     last = market.get(variant.precision, {})

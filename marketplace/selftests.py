@@ -29,11 +29,12 @@ from fleet.models import Vehicle
 from fleet.services import throughput_record
 
 from . import sizing
+from .accuracies import accuracy_record
 from .datasets import holdout_indices
 from .inference.accuracy import compare, passes
 from .models import SELF_TEST_PREFIX, Dataset, PrecisionVariant, SelfTest, WorkUnit
 from .payloads import LEASE_BATCH_SIZE, lease_lost, no_such_unit, outputs_checked, variant_payload
-from .services import accuracy_record, dataset_items
+from .storage import dataset_items
 from .verdicts import runner_for
 
 # Held-out items a self-test runs at most: a second or two of a CPU, a few minutes on a car a hundred times slower.

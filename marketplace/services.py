@@ -2,43 +2,42 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from cachetools import LRUCache
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from accounts.models import Role, User
-from billing.selectors import pricing_current
 from core.exceptions import ApplicationError
+from core.money import MAX_AUTHORIZATION_CENTS
 from core.uploads import file_too_large
 from fleet.agent.inference import ModelRunner, ModelSpec
+from fleet.agent.precisions import FP8, FP16, FP32, INT8
 
 from . import storage
+from .accuracies import accuracy_record, closeness
 from .datasets import (
-    DatasetLimits,
     DatasetRejected,
     DatasetTooLarge,
-    ParsedDataset,
     calibration_indices,
     check_dataset,
     holdout_indices,
-    parse_dataset,
 )
-from .models import Bid, Dataset, InferenceModel, PrecisionVariant, VariantAccuracy
-from .signals import bid_closed_announce
+from .models import Bid, Dataset, InferenceModel, PrecisionVariant
+from .selectors import pricing_current
+from .signals import bid_closed_announce, bid_placed_announce, bid_placing, model_check_wanted, variant_build_wanted
 
-PRECISIONS_BUILT = ("fp32", "fp16", "int8", "fp8")
+# Every precision, in the order their variants are created (so numbered) and their builds queued: FP32 first, as it
+# needs no conversion and so gives the model a runnable variant soonest.
+PRECISIONS_BUILT = (FP32, FP16, INT8, FP8)
 CALIBRATION_ITEMS = 32
 
 
@@ -99,9 +98,7 @@ def inference_model_upload(
         metric=metric,
         tolerance=tolerance,
     )
-    from .tasks import inference_model_validate
-
-    inference_model_validate.delay_on_commit(model.pk)
+    model_check_wanted.send(sender="marketplace", model_id=model.pk)  # checked in a worker once this commits
     return model
 
 
@@ -179,7 +176,7 @@ def dataset_upload(*, owner: User, inference_model: InferenceModel, name: str, f
     try:
         # Checked without keeping the items: the request holds the file and one chunk of it, never the inflated array.
         item_count = check_dataset(
-            data, fmt=fmt, kind=inference_model.kind, inputs=inference_model.inputs, limits=dataset_limits()
+            data, fmt=fmt, kind=inference_model.kind, inputs=inference_model.inputs, limits=storage.dataset_limits()
         )
     except DatasetTooLarge as error:
         message = f"Too large for {inference_model.name}: {error}."
@@ -202,48 +199,6 @@ def dataset_upload(*, owner: User, inference_model: InferenceModel, name: str, f
     return dataset
 
 
-def dataset_limits() -> DatasetLimits:
-    """What a dataset may become once parsed (MAX_DATASET_ITEMS items, MAX_DATASET_INFLATED_BYTES bytes)."""
-    return DatasetLimits(max_items=settings.MAX_DATASET_ITEMS, max_inflated_bytes=settings.MAX_DATASET_INFLATED_BYTES)
-
-
-def dataset_items(dataset: Dataset) -> ParsedDataset:
-    """The dataset's items, parsed. Every lease and every variant build needs them: a stored dataset never changes
-    (it is addressed by its sha256), so the last ones parsed are kept in memory, up to DATASET_CACHE_BYTES of items,
-    instead of re-read each time. The caps hold here too: a dataset stored before them cannot inflate in a worker."""
-    model = dataset.inference_model
-    return _parsed(dataset.sha256, dataset.format, model.kind, json.dumps(model.inputs, sort_keys=True))
-
-
-_parsed_lock = threading.Lock()  # web threads and gthread workers share the cache
-_parsed_cache: LRUCache = LRUCache(maxsize=0)
-
-
-def dataset_cache() -> LRUCache:
-    """This process's cache of parsed datasets, weighed in bytes of items (made anew when DATASET_CACHE_BYTES
-    changes). Callers hold `_parsed_lock`."""
-    global _parsed_cache
-    if _parsed_cache.maxsize != settings.DATASET_CACHE_BYTES:
-        _parsed_cache = LRUCache(maxsize=settings.DATASET_CACHE_BYTES, getsizeof=lambda parsed: max(parsed.nbytes, 1))
-    return _parsed_cache
-
-
-def _parsed(sha256: str, fmt: str, kind: str, inputs_json: str) -> ParsedDataset:
-    key = (sha256, fmt, kind, inputs_json)
-    with _parsed_lock:
-        if (parsed := dataset_cache().get(key)) is not None:
-            return parsed
-    # Parsed outside the lock (seconds for a large dataset): two threads may parse the same one at once, harmlessly.
-    parsed = parse_dataset(
-        storage.artifact_read(sha256), fmt=fmt, kind=kind, inputs=json.loads(inputs_json), limits=dataset_limits()
-    )
-    with _parsed_lock:
-        cache = dataset_cache()
-        if max(parsed.nbytes, 1) <= cache.maxsize:  # one larger than the whole cache is used once, not kept
-            cache[key] = parsed
-    return parsed
-
-
 def variants_queue(*, inference_model: InferenceModel, dataset: Dataset) -> list[PrecisionVariant]:
     """Queue a new build of every precision of a model, calibrated and judged on this dataset's items.
 
@@ -251,11 +206,9 @@ def variants_queue(*, inference_model: InferenceModel, dataset: Dataset) -> list
     already used by a bid or a unit is never changed: a rebuild is a new row (PrecisionVariant). Whose builds these
     are follows from the dataset (selectors.variant_scope): the model's shared ones for its owner's data, else the
     dataset's own."""
-    from .tasks import variant_build
-
     variants = variants_pending(inference_model=inference_model, dataset=dataset)
     for variant in variants:
-        variant_build.delay_on_commit(variant.pk)
+        variant_build_wanted.send(sender="marketplace", variant_id=variant.pk)  # built in a worker once committed
     return variants
 
 
@@ -323,7 +276,7 @@ def variant_build(*, variant: PrecisionVariant) -> PrecisionVariant:
         fp32 = storage.artifact_read(model.onnx_sha256)
         tokenizer = storage.artifact_read(model.tokenizer_sha256).decode() if model.tokenizer_sha256 else None
         spec = ModelSpec(kind=model.kind, output_name=model.output_name, tokenizer_json=tokenizer)
-        items = dataset_items(dataset).items if dataset else None
+        items = storage.dataset_items(dataset).items if dataset else None
         held_out = holdout_indices(len(items)) if items is not None else []
         holdout = _select(items, held_out) if items is not None else None
         reference_runner = ModelRunner(fp32, spec)
@@ -353,7 +306,7 @@ def variant_build(*, variant: PrecisionVariant) -> PrecisionVariant:
                 rate = len(holdout) / max(time.perf_counter() - started, 1e-9)
                 metrics = compare(reference, candidate, metric=model.metric)
             ok = bool(metrics) and passes(metrics, metric=model.metric, tolerance=model.tolerance)
-            ranked = (ok, _closeness(metrics, model.metric), built, metrics, rate)
+            ranked = (ok, closeness(metrics, model.metric), built, metrics, rate)
             if best is None or ranked[:2] > best[:2]:
                 best = ranked
             if ok:
@@ -415,46 +368,6 @@ def variant_decide(*, variant_id: int, status: str, error: str = "", **built: An
     return variant
 
 
-def _closeness(metrics: dict[str, float], metric: str) -> float:
-    """One number to rank candidate variants by: higher is closer to FP32."""
-    if metric == "cosine":
-        return metrics.get("cosine_min", -1.0)
-    if metric == "top1":
-        return metrics.get("top1_agreement", 0.0)
-    return -metrics.get("max_abs_error", math.inf)
-
-
-def accuracy_record(
-    *, variant: PrecisionVariant, compute_class: str, metrics: dict[str, float], on_platform: bool = False
-) -> VariantAccuracy:
-    """Fold one accuracy measurement of `variant` on `compute_class` (the platform's build, or a car's self-test) into
-    the class's record: the worst measurement is kept, and the class passes only while every one met the tolerance.
-    A (re)build starts the platform's record afresh: its file, and so its numbers, may have changed."""
-    from django.utils import timezone
-
-    from .inference.accuracy import passes
-
-    model = variant.inference_model
-    ok = passes(metrics, metric=model.metric, tolerance=model.tolerance)
-    with transaction.atomic():
-        records = VariantAccuracy.objects.select_for_update()
-        record = records.filter(variant=variant, compute_class=compute_class).first()
-        if record is None or on_platform:
-            record = record or VariantAccuracy(variant=variant, compute_class=compute_class)
-            record.metrics, record.passes, record.cars_tested, record.cars_failed = metrics, ok, 0, 0
-            record.platform = on_platform
-        else:
-            if _closeness(metrics, model.metric) < _closeness(record.metrics, model.metric):
-                record.metrics = metrics
-            record.passes = record.passes and ok
-        if not on_platform:
-            record.cars_tested += 1
-            record.cars_failed += 0 if ok else 1
-        record.measured_at = timezone.now()
-        record.save()
-    return record
-
-
 def _select(items, indices: list[int]):
     if isinstance(items, list):
         return [items[i] for i in indices]
@@ -499,8 +412,9 @@ def bid_place(
 ) -> Bid:
     """Enter a bid for the next rounds. The amount of work follows from the dataset and the variant's CH per item.
 
-    Not one transaction: the bid and its authorization (with its idempotency key) commit before Stripe is called, so
-    a crash during the call leaves a row the billing sweeper completes, and a declined bid stays on record.
+    Not one transaction: the bid and its card authorization (with its idempotency key, stored by billing on
+    `bid_placing`) commit before Stripe is called (on `bid_placed`), so a crash during the call leaves a row the
+    billing sweeper completes, and a declined bid stays on record.
     """
     from django.utils import timezone
 
@@ -562,8 +476,6 @@ def bid_place(
             f"At most {settings.BID_MAX_DEADLINE_DAYS} days ahead: {latest:%Y-%m-%d %H:%M} UTC at the latest, while "
             "the budget's hold on your card lasts.",
         )
-    from billing.services import MAX_AUTHORIZATION_CENTS, authorization_confirm, authorization_prepare
-
     if budget_cents > MAX_AUTHORIZATION_CENTS:
         raise _field_error("budget_cents", f"At most {MAX_AUTHORIZATION_CENTS:,} ¢: the largest card payment.")
     ch_total = dataset.item_count * variant.ch_per_item
@@ -594,15 +506,16 @@ def bid_place(
             ch_total=ch_total,
             status=Bid.Status.AUTHORIZING,
         )
-        authorization = authorization_prepare(bid=bid)
+        # Billing stores the card authorization with its idempotency key here, or refuses the bid (signals.py).
+        bid_placing.send(sender="marketplace", bid=bid)
     # Committed with its idempotency key: if this request dies during the call, the billing sweeper finishes it.
-    authorization = authorization_confirm(authorization_id=authorization.pk)
+    reason = bid_placed_announce(bid.pk)
     bid.refresh_from_db()
     if bid.status == Bid.Status.DECLINED:
         raise ApplicationError(
             f"payment_method: your card was not authorized for {budget_cents / 100:.2f} "
-            f"{bid.currency.upper()}: {authorization.failure_message}",
-            fields={"payment_method": [authorization.failure_message]},
+            f"{bid.currency.upper()}: {reason}",
+            fields={"payment_method": [reason]},
             code="card_declined",
             status=402,
         )

@@ -1,13 +1,39 @@
 """Events the marketplace announces, for the apps above it to act on (the marketplace never imports them).
 
+`bid_placing(bid)`: a bid is being placed, sent inside the transaction that creates it (status AUTHORIZING). Billing
+checks the customer can pay and stores the bid's card authorization with its idempotency key (billing.apps), so the
+bid and its authorization commit together or not at all: a listener refuses the bid by raising ApplicationError,
+which rolls the bid back and reaches the customer as it is.
+
+`bid_placed(bid_id)`: that transaction has committed, sent in the placing request before it answers. Billing holds the
+budget on the card (billing.apps): the bid is then WAITING, or DECLINED, and billing's reply is Stripe's reason for a
+decline. Stripe is called only after the commit, so a request that dies during the call leaves both rows on record,
+and billing's sweeper finishes the authorization with the same key.
+
 `bid_closed(bid_id)`: a bid closed (completed, failed, expired or cancelled), sent once the transaction that closed
 it has committed. Billing charges the bid's validated work and releases the rest of its hold (billing.apps).
+
+And work the marketplace's services want done in a worker, for marketplace.tasks to queue (marketplace.apps), so that
+the services never import the tasks that call them: `model_check_wanted(model_id)`, an uploaded model waits for its
+check; `variant_build_wanted(variant_id)`, a new build of a variant waits for a worker. Both are sent inside the
+transaction that stored the row, and the task is queued once it commits.
 """
 
 from django.db import transaction
 from django.dispatch import Signal
 
+bid_placing = Signal()
+bid_placed = Signal()
 bid_closed = Signal()
+model_check_wanted = Signal()
+variant_build_wanted = Signal()
+
+
+def bid_placed_announce(bid_id: int) -> str:
+    """Announce that bid `bid_id` and what `bid_placing`'s listeners stored with it have committed; call it after the
+    commit. Returns why a listener declined the bid ("" when none did), to tell the customer."""
+    replies = bid_placed.send(sender="marketplace", bid_id=bid_id)
+    return next((reply for _, reply in replies if reply), "")
 
 
 def bid_closed_announce(bid_id: int) -> None:

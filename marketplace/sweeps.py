@@ -6,6 +6,9 @@ whose worker was SIGKILLed is redelivered only after Redis's visibility timeout 
 restarted empty; a task killed by its hard time limit is acknowledged as failed. Either way its row stays
 `validating`, or `queued` / `building`, for good unless something looks at the clock.
 
+The sweep only decides: it returns the rows due for a retry, and its task (marketplace.tasks.long_tasks_sweep) queues
+them again.
+
 When a row is stale. A task runs at most its hard time limit L (MODEL_VALIDATION_TIME_LIMIT_SECONDS,
 VARIANT_BUILD_TIME_LIMIT_SECONDS) and is then killed, so a row still pending a window W = L + margin after it was
 queued cannot be running any more. Each window after that allows one retry; past (1 + retries) windows it has failed.
@@ -21,6 +24,7 @@ waited (1 + retries) windows learns it failed, rather than waiting for good.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -33,41 +37,56 @@ from .models import InferenceModel, PrecisionVariant
 PENDING = (PrecisionVariant.Status.QUEUED, PrecisionVariant.Status.BUILDING)
 
 
-def long_tasks_sweep(*, now: datetime | None = None) -> dict[str, int]:
-    """Retry or fail every stranded validation and variant build. Safe to run twice (and from two beats).
+@dataclass
+class Swept:
+    """What a sweep found: the models to check again and the variants to build again (their task queues them), and
+    how many of each it failed."""
 
-    Returns how many were queued again and how many failed, by kind."""
+    validations_retried: list[int] = field(default_factory=list)
+    validations_failed: int = 0
+    builds_retried: list[int] = field(default_factory=list)
+    builds_failed: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "validations_retried": len(self.validations_retried), "validations_failed": self.validations_failed,
+            "builds_retried": len(self.builds_retried), "builds_failed": self.builds_failed,
+        }  # fmt: skip
+
+
+def long_tasks_sweep(*, now: datetime | None = None) -> Swept:
+    """Fail every stranded validation and variant build past its retries, and return those due for a retry (each once
+    per window: see _retry_due). Safe to run twice (and from two beats)."""
     now = now or timezone.now()
-    return {**validations_sweep(now=now), **variant_builds_sweep(now=now)}
+    validations_retried, validations_failed = validations_sweep(now=now)
+    builds_retried, builds_failed = variant_builds_sweep(now=now)
+    return Swept(validations_retried, validations_failed, builds_retried, builds_failed)
 
 
-def validations_sweep(*, now: datetime) -> dict[str, int]:
-    """Models still `validating` past their window: queued again, then rejected with a reason."""
-    from .tasks import inference_model_validate
-
+def validations_sweep(*, now: datetime) -> tuple[list[int], int]:
+    """Models still `validating` past their window: to be queued again, then rejected with a reason. Returns the
+    models due for a retry and how many were rejected."""
     limit_s = settings.MODEL_VALIDATION_TIME_LIMIT_SECONDS
     window = _window(limit_s)
-    retried = failed = 0
+    retried, failed = [], 0
     stale = InferenceModel.objects.filter(status=InferenceModel.Status.VALIDATING, created_at__lt=now - window)
     for model_id, queued_at in stale.values_list("pk", "created_at"):
         if _exhausted(queued_at, now=now, window=window):
             failed += validation_fail(model_id=model_id, reason=validation_failure_reason(limit_s))
         elif _retry_due("validation", model_id, window=window):
-            inference_model_validate.delay(model_id)
-            retried += 1
-    return {"validations_retried": retried, "validations_failed": failed}
+            retried.append(model_id)
+    return retried, failed
 
 
-def variant_builds_sweep(*, now: datetime) -> dict[str, int]:
-    """Builds still `queued` or `building` past their window: queued again, then failed with a reason.
+def variant_builds_sweep(*, now: datetime) -> tuple[list[int], int]:
+    """Builds still `queued` or `building` past their window: to be queued again, then failed with a reason. Returns
+    the builds due for a retry and how many failed.
 
     A build's window counts from `updated_at`, the time it was queued: its progress is written with UPDATEs, which
     leave that stamp alone. Superseded builds (retired) are left to their workers, which drop them."""
-    from .tasks import variant_build
-
     limit_s = settings.VARIANT_BUILD_TIME_LIMIT_SECONDS
     window = _window(limit_s)
-    retried = failed = 0
+    retried, failed = [], 0
     stale = PrecisionVariant.objects.filter(status__in=PENDING, retired_at__isnull=True, updated_at__lt=now - window)
     for variant_id, queued_at in stale.values_list("pk", "updated_at"):
         if _exhausted(queued_at, now=now, window=window):
@@ -77,9 +96,8 @@ def variant_builds_sweep(*, now: datetime) -> dict[str, int]:
             )
             failed += variant.status == PrecisionVariant.Status.FAILED
         elif _retry_due("variant", variant_id, window=window):
-            variant_build.delay(variant_id)
-            retried += 1
-    return {"builds_retried": retried, "builds_failed": failed}
+            retried.append(variant_id)
+    return retried, failed
 
 
 def validation_fail(*, model_id: int, reason: str) -> int:

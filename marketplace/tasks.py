@@ -4,7 +4,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import services, sweeps
+from .dispatch import leases_expire, vehicles_silent_release
 from .models import InferenceModel, PrecisionVariant
+from .rounds import auction_round_run
+from .selftests import self_tests_expire
 
 
 def _soft_limit(hard_s: int) -> int:
@@ -28,6 +31,11 @@ def inference_model_validate(model_id: int) -> None:
         sweeps.validation_fail(model_id=model_id, reason=sweeps.validation_too_slow_reason())
 
 
+def model_check_wanted_received(sender, *, model_id: int, **kwargs) -> None:
+    """signals.model_check_wanted: the model is checked in a worker once its upload commits."""
+    inference_model_validate.delay_on_commit(model_id)
+
+
 @shared_task(
     ignore_result=True,
     soft_time_limit=_soft_limit(settings.VARIANT_BUILD_TIME_LIMIT_SECONDS),
@@ -39,23 +47,29 @@ def variant_build(variant_id: int) -> None:
         services.variant_build(variant=variant)
 
 
+def variant_build_wanted_received(sender, *, variant_id: int, **kwargs) -> None:
+    """signals.variant_build_wanted: the variant is built in a worker once the transaction that queued it commits."""
+    variant_build.delay_on_commit(variant_id)
+
+
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
 def auction_round() -> None:
-    from .rounds import auction_round_run
-
     auction_round_run()
 
 
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
 def leases_sweep() -> None:
-    from .dispatch import leases_expire, vehicles_silent_release
-    from .selftests import self_tests_expire
-
     vehicles_silent_release()
     leases_expire()
     self_tests_expire(now=timezone.now())
 
 
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
-def long_tasks_sweep() -> None:
-    sweeps.long_tasks_sweep()
+def long_tasks_sweep() -> dict[str, int]:
+    """Queue again what the sweep found stranded (marketplace/sweeps.py); how many were queued again and failed."""
+    swept = sweeps.long_tasks_sweep()
+    for model_id in swept.validations_retried:
+        inference_model_validate.delay(model_id)
+    for variant_id in swept.builds_retried:
+        variant_build.delay(variant_id)
+    return swept.counts()

@@ -5,10 +5,16 @@ car without a record (its result is run again on another car of the same hardwar
 1 for a car with a long streak of validated results, except for a random share of spot checks (adaptive
 replication). When two results disagree a third car decides. The pure comparisons live in
 marketplace/verification.py; this module keeps the books of it in the database, inside the transaction that takes
-the result in (marketplace/dispatch.py: unit_result).
+the result in (marketplace/dispatch.py: unit_result, which saves the result first and then asks for a verdict).
 
-Only validated results are billed and paid (billing/services.py); the customer gets the canonical result of each
-slice; a car caught returning a wrong result loses its streak, and repeated faults suspend it.
+What this module saves: a unit's verdict (quorum, verification, canonical), the replicas it creates, and the cars'
+records (streak, faults, suspension). A unit's lease, its result and its status, and a bid's status, are dispatch's:
+what a verdict means for them (copies no longer needed, a slice no car can settle) is returned to dispatch, which
+acts on it.
+
+Only validated results are billed and paid (billing settles the closed bid: billing/services/settling.py); the
+customer gets the canonical result of each slice; a car caught returning a wrong result loses its streak, and repeated
+faults suspend it.
 """
 
 from __future__ import annotations
@@ -17,74 +23,82 @@ import functools
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
 from django.conf import settings
 from django.db.models import F, Q
-from django.utils import timezone
 
-from fleet.agent.inference import decode_npy
+from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy
 from fleet.models import Vehicle
+from fleet.services import vehicle_suspend
 
 from . import storage, verification
-from .models import Allocation, Bid, ResultFault, WorkUnit
-from .signals import bid_closed_announce
+from .models import Allocation, Bid, InferenceModel, ResultFault, WorkUnit
 
 log = logging.getLogger(__name__)
 Verification = WorkUnit.Verification
 
 
-def result_recorded(*, unit: WorkUnit, now: datetime | None = None, outputs=None, unsaved: Sequence[str] = ()) -> None:
-    """A car's result for `unit` was just taken (status DONE): decide what it means. Runs in the caller's
-    transaction; the slice's primary row is locked so two results of one slice are judged one after the other.
-    `outputs`: the result's outputs when the caller holds them (they are not read back from storage). `unsaved`: the
-    fields of `unit` the caller set and leaves to this function to save (with the verdict, when the result stands
-    alone: one UPDATE)."""
-    now = now or timezone.now()
-    # A primary unit was locked by the caller (dispatch.unit_result): its row is this object.
-    primary = unit if unit.replica_of_id is None else WorkUnit.objects.select_for_update().get(pk=unit.replica_of_id)
+@dataclass(frozen=True)
+class Judgement:
+    """What a verdict leaves to dispatch, which owns the units' status and the bid's."""
+
+    # Copies of the slice still waiting for a car that nobody needs to run any more (the results already agree).
+    spares: list[WorkUnit] = field(default_factory=list)
+    # The slice had its most replicas and still no quorum: nobody can tell who is right, and the bid fails.
+    unresolved: bool = False
+
+
+def result_recorded(*, unit: WorkUnit, outputs: np.ndarray, streak: int, now: datetime) -> Judgement:
+    """Judge a car's result for `unit`, which dispatch.unit_result has just saved (status DONE, outputs stored), and
+    save what is decided: the slice's quorum, its results' verification and canonical flags, the cars' records, a
+    replica when one more car must run the slice. Runs in the caller's transaction: `unit`'s row is locked by the
+    caller, a replica's primary row here, so two results of one slice are judged one after the other.
+
+    `outputs`: the result's outputs (not read back from storage). `streak`: the car's validated results in a row, as
+    read with the unit's lock; with the slice's first result it decides whether the slice is run again."""
+    is_primary = unit.replica_of_id is None
+    primary = unit if is_primary else WorkUnit.objects.select_for_update().get(pk=unit.replica_of_id)
     first_result = primary.quorum == 0
     if first_result:
-        # The car's record as read with this request's credential (one query fewer than asking again).
-        car = WorkUnit.done_by.field.get_cached_value(unit, None)
-        streak = (
-            car.valid_streak
-            if car is not None
-            else Vehicle.objects.values_list("valid_streak", flat=True).get(pk=unit.done_by_id)
-        )
-        trusted_after = settings.VERIFICATION_TRUSTED_AFTER
-        replicate = verification.replication_needed(
-            streak=streak,
-            # Recent faults only matter to a car whose streak would trust it: spare the count for the others.
-            faults_recent=_faults_recent(unit.done_by_id, now) if streak >= trusted_after else 0,
-            rng_value=random.random(),  # noqa: S311 - a sampling decision, not a secret
-            spot_check_rate=settings.VERIFICATION_SPOT_CHECK_RATE,
-            trusted_after=trusted_after,
-        )
-        primary.quorum = 2 if replicate else 1
-        if primary is not unit:
+        primary.quorum = 2 if _replication_needed(vehicle_id=unit.done_by_id, streak=streak, now=now) else 1
+        if not is_primary:
             primary.save(update_fields=["quorum"])
-    if primary is unit and first_result and unit.quorum == 1 and outputs is not None:
-        # Not replicated (a trusted car, no spot check): the slice is this one result, judged now, and written with
-        # the result in one UPDATE. No other result of the slice exists: copies are only made once it is judged.
+    if is_primary and first_result and primary.quorum == 1:
+        # Not replicated (a trusted car, no spot check): the slice is this one result, judged now. No other result
+        # of the slice exists: copies are only made once it is judged.
         verdict = verification.decide([outputs], _tolerance(unit), quorum=1)
         valid = 0 in verdict.valid
         unit.verification = Verification.VALID if valid else Verification.INVALID
         unit.canonical = verdict.canonical == 0
-        unit.save(update_fields=[*unsaved, "quorum", "verification", "canonical"])
+        unit.save(update_fields=["quorum", "verification", "canonical"])
         reputation_record(vehicle_id=unit.done_by_id, valid=valid, now=now, unit=unit)
-        return
+        return Judgement()
     # A primary's quorum is written with its verdict's start, in one UPDATE.
     unit.verification, unit.canonical = Verification.PENDING, False
-    unit.save(update_fields=[*unsaved, "verification", "canonical", *(["quorum"] if primary is unit else [])])
-    slice_decide(primary=primary, now=now, known={} if outputs is None else {unit.pk: outputs})
+    unit.save(update_fields=["verification", "canonical", *(["quorum"] if is_primary else [])])
+    return slice_decide(primary=primary, now=now, known={unit.pk: outputs})
 
 
-def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None) -> None:
+def _replication_needed(*, vehicle_id: int, streak: int, now: datetime) -> bool:
+    """Whether the first result of a slice, from a car with `streak` validated results in a row, is run again."""
+    trusted_after = settings.VERIFICATION_TRUSTED_AFTER
+    return verification.replication_needed(
+        streak=streak,
+        # Recent faults only matter to a car whose streak would trust it: spare the count for the others.
+        faults_recent=_faults_recent(vehicle_id, now) if streak >= trusted_after else 0,
+        rng_value=random.random(),  # noqa: S311 - a sampling decision, not a secret
+        spot_check_rate=settings.VERIFICATION_SPOT_CHECK_RATE,
+        trusted_after=trusted_after,
+    )
+
+
+def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None) -> Judgement:
     """Judge the slice's results; `known` maps units to outputs already in memory (the others are read)."""
     known = known or {}
-    # The slice's results and, in the same query, its copies still waiting for a car (done last, if it is settled).
+    # The slice's results and, in the same query, its copies still waiting for a car (spare, if it is settled).
     units = list(
         WorkUnit.objects.filter(
             Q(pk=primary.pk) | Q(replica_of=primary), status__in=(WorkUnit.Status.DONE, WorkUnit.Status.QUEUED)
@@ -94,13 +108,12 @@ def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None)
     )
     group = [u for u in units if u.status == WorkUnit.Status.DONE]
     if not group:
-        return
+        return Judgement()
     tolerance = _tolerance(group[0])
     outputs = [known[u.pk] if u.pk in known else decode_npy(storage.artifact_read(u.output_sha256)) for u in group]
     verdict = verification.decide(outputs, tolerance, quorum=primary.quorum)
     if verdict.needs_more:
-        replica_ensure(primary=primary, group=group, now=now)
-        return
+        return Judgement(unresolved=not replica_ensure(primary=primary, group=group, now=now))
     for index, unit in enumerate(group):
         decided = (
             Verification.VALID if index in verdict.valid
@@ -112,11 +125,8 @@ def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None)
             WorkUnit.objects.filter(pk=unit.pk).update(verification=decided, canonical=canonical)
         if unit.verification in (Verification.PENDING, "") and decided in (Verification.VALID, Verification.INVALID):
             reputation_record(vehicle_id=unit.done_by_id, valid=decided == Verification.VALID, now=now, unit=unit)
-    # The slice is settled: copies still waiting for a car are not needed any more.
-    for spare in (u for u in units if u.status == WorkUnit.Status.QUEUED and u.replica_of_id == primary.pk):
-        spare.status, spare.error = WorkUnit.Status.FAILED, "not needed: the results already agree"
-        spare.assigned_vehicle = None
-        spare.save(update_fields=["status", "error", "assigned_vehicle"])
+    # The slice is settled: its copies still waiting for a car are not needed any more.
+    return Judgement(spares=[u for u in units if u.status == WorkUnit.Status.QUEUED and u.replica_of_id == primary.pk])
 
 
 def _tolerance(unit: WorkUnit) -> verification.Tolerance:
@@ -125,24 +135,23 @@ def _tolerance(unit: WorkUnit) -> verification.Tolerance:
     return verification.Tolerance.for_precision(model.metric, unit.variant.precision, model.tolerance)
 
 
-def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -> WorkUnit | None:
-    """Make sure one more car runs this slice: a car of the same hardware class that has not run it yet."""
+def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -> bool:
+    """Make sure one more car runs this slice: a car of the same hardware class that has not run it yet. False when
+    the slice already had VERIFICATION_MAX_REPLICAS copies: too many cars disagree about these items to tell who is
+    right, nobody is blamed or paid for them, and the caller fails the bid (its customer pays only for what was
+    validated)."""
     outstanding = WorkUnit.objects.filter(
         replica_of=primary, status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED)
     )
     if outstanding.exists():
-        return None
-    if primary.replicas.count() >= settings.VERIFICATION_MAX_REPLICAS:
-        _slice_unresolved(primary, now)
-        return None
+        return True
+    replicas = primary.replicas.count()
+    if replicas >= settings.VERIFICATION_MAX_REPLICAS:
+        log.warning("slice %s of bid %s: no quorum after %s replicas", primary.pk, primary.bid_id, replicas)
+        return False
     bid = Bid.objects.select_for_update().get(pk=primary.bid_id)
     excluded = sorted({u.done_by_id for u in group} | set(primary.excluded_vehicles))
     hardware_id = Vehicle.objects.filter(pk=group[0].done_by_id).values_list("hardware_id", flat=True).first()
-    replica = WorkUnit.objects.create(
-        bid=bid, variant_id=primary.variant_id, index=bid.units.count(), item_start=primary.item_start,
-        item_end=primary.item_end, ch=primary.ch, replica_of=primary, requires_hardware_id=hardware_id,
-        excluded_vehicles=excluded,
-    )  # fmt: skip
     # A car of the same hardware already working for this bid takes it within what it sold; otherwise the next
     # round finds it a free car of that class (rounds.verification_allocate). The customer's demand is unchanged.
     allocation = (
@@ -152,20 +161,13 @@ def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -
         .order_by("ends_at")
         .first()
     )  # fmt: skip
-    if allocation is not None:
-        replica.assigned_vehicle_id, replica.allocation = allocation.vehicle_id, allocation
-        replica.save(update_fields=["assigned_vehicle", "allocation"])
-    return replica
-
-
-def _slice_unresolved(primary: WorkUnit, now: datetime) -> None:
-    """Too many cars disagree about these items to tell who is right: nobody is blamed, nobody is paid for them,
-    and the bid fails (its customer pays only for what was validated)."""
-    log.warning("slice %s of bid %s: no quorum after %s replicas", primary.pk, primary.bid_id, primary.replicas.count())
-    if Bid.objects.filter(pk=primary.bid_id, status__in=Bid.OPEN_STATUSES).update(
-        status=Bid.Status.FAILED, closed_at=now
-    ):
-        bid_closed_announce(primary.bid_id)
+    WorkUnit.objects.create(
+        bid=bid, variant_id=primary.variant_id, index=bid.units.count(), item_start=primary.item_start,
+        item_end=primary.item_end, ch=primary.ch, replica_of=primary, requires_hardware_id=hardware_id,
+        excluded_vehicles=excluded, allocation=allocation,
+        assigned_vehicle_id=allocation.vehicle_id if allocation is not None else None,
+    )  # fmt: skip
+    return True
 
 
 def reputation_record(
@@ -190,8 +192,7 @@ def reputation_record(
     log.warning("vehicle %s returned a wrong result (unit %s); %s fault(s) recently", car.pk,
                 unit.pk if unit else "?", faults)  # fmt: skip
     if faults >= settings.VERIFICATION_SUSPEND_AFTER_FAULTS and car.status == Vehicle.Status.ACTIVE:
-        from fleet.services import vehicle_suspend
-
+        # Its work goes back to the market (fleet.signals.vehicle_stopped_working: dispatch releases it).
         car = vehicle_suspend(
             vehicle=car, actor=None,
             reason=f"{faults} results in the last {settings.VERIFICATION_FAULT_WINDOW_HOURS} hours disagreed with "
@@ -205,16 +206,6 @@ def _faults_recent(vehicle_id: int, now: datetime) -> int:
     return ResultFault.objects.filter(vehicle_id=vehicle_id, created_at__gte=now - window).count()
 
 
-def slice_resolved(primary: WorkUnit) -> WorkUnit | None:
-    """The canonical result of a slice, or None while it has none."""
-    return (
-        WorkUnit.objects.filter(Q(pk=primary.pk) | Q(replica_of=primary), canonical=True,
-                                verification=Verification.VALID)
-        .order_by("pk")
-        .first()
-    )  # fmt: skip
-
-
 # --- Known-answer probes ------------------------------------------------------------------------------------------
 
 
@@ -222,11 +213,9 @@ def probes_pick(*, unit: WorkUnit) -> list[list[int]]:
     """For a share of leases (VERIFICATION_PROBE_RATE), a few other items of the same dataset, mixed in at random
     places: the platform computes their answers itself, so a car that fakes its work is caught even when no
     other car runs the unit. [[position in the lease, dataset item], ...], positions ascending."""
-    from .services import dataset_items
-
     if random.random() >= settings.VERIFICATION_PROBE_RATE:  # noqa: S311 - sampling, not a secret
         return []
-    count = len(dataset_items(unit.bid.dataset).items)
+    count = len(storage.dataset_items(unit.bid.dataset).items)
     wanted = min(settings.VERIFICATION_PROBE_ITEMS, count)
     # Items of other units, so that no input is seen twice in one lease; a one-unit job has only its own. Drawn
     # without listing the dataset, which may hold millions of items.
@@ -248,12 +237,8 @@ def probes_check(*, unit: WorkUnit, outputs):
     variant already allows for batch composition (verification._COSINE_MIN), as it must between a unit and its
     replica, whose leases mix in different probes. So a check costs the probes' inference, not their batches'.
     """
-    import numpy as np
-
-    from .services import dataset_items
-
     bid = unit.bid
-    items = dataset_items(bid.dataset).items
+    items = storage.dataset_items(bid.dataset).items
     positions = [position for position, _ in unit.probes]
     runner = runner_for(unit.variant.sha256, bid.inference_model_id)
     expected = runner.run([items[index] for _, index in unit.probes], batch_size=len(positions))
@@ -263,19 +248,11 @@ def probes_check(*, unit: WorkUnit, outputs):
     return outputs[keep], ok
 
 
-def probe_failed(*, unit: WorkUnit, vehicle: Vehicle, now: datetime) -> WorkUnit:
-    """The car got a known answer wrong: its result is thrown away (never stored, paid or shown), the fault counts
-    against it, and the unit goes to another car."""
-    from .dispatch import unit_release
-
-    log.warning("vehicle %s failed a known-answer check on unit %s", vehicle.pk, unit.pk)
-    unit.excluded_vehicles = sorted(set(unit.excluded_vehicles) | {vehicle.pk})
-    unit.save(update_fields=["excluded_vehicles"])
-    reputation_record(vehicle_id=vehicle.pk, valid=False, now=now, unit=unit, fault=ResultFault.Kind.KNOWN_ANSWER)
-    unit.refresh_from_db()
-    if unit.status == WorkUnit.Status.LEASED:  # (a suspension may have released it already)
-        unit_release(unit, error="a known-answer check failed: given to another car", count_attempt=False)
-    return unit
+def probe_failed(*, unit: WorkUnit, vehicle_id: int, now: datetime) -> None:
+    """The car got a known answer wrong: the fault counts against it (repeated faults suspend it). Its result is
+    thrown away, never stored, paid or shown, and the unit goes to another car: dispatch.unit_result does both."""
+    log.warning("vehicle %s failed a known-answer check on unit %s", vehicle_id, unit.pk)
+    reputation_record(vehicle_id=vehicle_id, valid=False, now=now, unit=unit, fault=ResultFault.Kind.KNOWN_ANSWER)
 
 
 def runner_for(variant_sha256: str, model_id: int):
@@ -291,10 +268,6 @@ _runner_lock = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _runner_made(variant_sha256: str, model_id: int):
-    from fleet.agent.inference import ModelRunner, ModelSpec
-
-    from .models import InferenceModel
-
     model = InferenceModel.objects.get(pk=model_id)
     tokenizer = storage.artifact_read(model.tokenizer_sha256).decode() if model.kind == "text" else None
     return ModelRunner(storage.artifact_read(variant_sha256), ModelSpec(model.kind, model.output_name, tokenizer))

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleet.agent.precisions import PRECISIONS
 from marketplace.inference.accuracy import COSINE, MAX_ABS, METRICS, TOP1
-
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 
 # Least cosine similarity between two cars' outputs of the same variant.
 # fp32, fp16: different processors sum in different orders and approximate exp/tanh/GELU differently; for fp32 that is

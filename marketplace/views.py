@@ -4,19 +4,12 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required
-from billing.models import BillingProfile
 from core.exceptions import ApplicationError
+from core.forms import add_application_error
 
 from . import selectors, services
+from .downloads import bid_result_response
 from .forms import BidForm, DatasetUploadForm, InferenceModelUploadForm, ToleranceForm
-
-
-def _add_errors(form, error: ApplicationError) -> None:
-    if not error.fields:
-        form.add_error(None, error.message)
-    for field, messages_ in error.fields.items():
-        for message in messages_:
-            form.add_error(field if field in form.fields else None, message)
 
 
 def _form_status(error: ApplicationError) -> int:
@@ -52,7 +45,7 @@ def model_upload(request):
         try:
             model = services.inference_model_upload(owner=request.user, **form.cleaned_data)
         except ApplicationError as error:
-            _add_errors(form, error)
+            add_application_error(form, error)
             status = _form_status(error)
         else:
             messages.success(request, f"Uploaded {model.name}: checking it now.")
@@ -117,7 +110,7 @@ def dataset_upload(request, model_id: int):
         try:
             dataset = services.dataset_upload(owner=request.user, inference_model=model, **form.cleaned_data)
         except ApplicationError as error:
-            _add_errors(form, error)
+            add_application_error(form, error)
             status = _form_status(error)
         else:
             whose = "the precision variants" if model.owner_id == request.user.pk else "variants for your data only"
@@ -162,7 +155,7 @@ def bid_new(request, model_id: int):
         try:
             bid = services.bid_place(customer=request.user, inference_model=model, **form.bid_values())
         except ApplicationError as error:
-            _add_errors(form, error)
+            add_application_error(form, error)
             for field, target in (
                 ("max_price_mcents_per_ch", "max_price_cents_per_ch"),
                 ("budget_cents", "budget_dollars"),
@@ -189,7 +182,6 @@ def bid_new(request, model_id: int):
             "outlook": outlook,
             "nothing_runs": selectors.outlook_message(outlook) if picked is None else "",
             "estimates": selectors.bid_estimates(datasets=datasets, variant=auto, market=market),
-            "card": BillingProfile.objects.filter(user=request.user).exclude(payment_method_id="").first(),
         },
         status=400 if form.errors else 200,
     )
@@ -235,14 +227,4 @@ def market(request):
 @role_required(Role.CUSTOMER)
 def bid_result(request, bid_id: int):
     """Download a completed bid's results, in item order."""
-    from django.http import Http404, HttpResponse
-
-    from .dispatch import bid_result_file
-
-    bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
-    if not bid.result_sha256:
-        raise Http404("The results are not ready yet.")
-    content, filename, content_type = bid_result_file(bid=bid)
-    response = HttpResponse(content, content_type=content_type)
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
+    return bid_result_response(selectors.bid_get_for_customer(user=request.user, bid_id=bid_id))

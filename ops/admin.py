@@ -1,60 +1,6 @@
 from django.contrib import admin
-from django.core.paginator import Paginator
-from django.db import connections
-from django.db.models import QuerySet
-from django.utils.functional import cached_property
 
-from .models import AuditEvent, PlatformHeartbeat
-
-
-class EstimatedCountPaginator(Paginator):
-    """Counts a whole big table from PostgreSQL's own estimate instead of COUNT(*), which reads every row (the
-    ledger holds millions). The estimate (pg_class.reltuples) is kept up to date by autovacuum; a filtered list, a
-    small table (under EXACT_BELOW rows) and any other database are counted exactly."""
-
-    EXACT_BELOW = 10_000
-
-    @cached_property
-    def count(self) -> int:
-        queryset = self.object_list
-        if isinstance(queryset, QuerySet) and not queryset.query.where:
-            connection = connections[queryset.db]
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                        [connection.ops.quote_name(queryset.model._meta.db_table)],
-                    )
-                    row = cursor.fetchone()
-                if row and row[0] >= self.EXACT_BELOW:
-                    return int(row[0])
-        return super().count
-
-
-class LargeTableAdmin(admin.ModelAdmin):
-    """For tables that grow with the platform (ledger, audit log, parking stays): no second COUNT(*) for the
-    "N total" link, and the whole table's count estimated. Filters over such tables should offer fixed choices, not
-    the distinct values of a column (which reads the whole table), and date_hierarchy is left out for the same
-    reason (its month and day links are a DISTINCT over every row); a date filter does that job."""
-
-    show_full_result_count = False
-    paginator = EstimatedCountPaginator
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records that only the services write (the books, the market's rounds and work): staff read them here, and
-    correct them through the services (a ledger reversal, a refund), never by editing a row."""
-
-    show_full_result_count = False
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+from .models import PlatformHeartbeat
 
 
 @admin.register(PlatformHeartbeat)
@@ -65,18 +11,3 @@ class PlatformHeartbeatAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
-
-
-@admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin, LargeTableAdmin):
-    """Read-only: the audit log is appended to by ops.audit.audit_record and never edited."""
-
-    list_display = ("created_at", "actor_username", "action", "target_type", "target_id", "target_repr")
-    list_filter = (
-        "action",
-        "target_type",
-        ("created_at", admin.DateFieldListFilter),
-        ("actor", admin.RelatedOnlyFieldListFilter),
-    )
-    search_fields = ("actor_username", "action", "target_id", "target_repr")
-    list_select_related = ("actor",)

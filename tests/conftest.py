@@ -96,7 +96,7 @@ def digits_onnx():
 @pytest.fixture
 def card_for(stripe_server, db):
     """Save a Stripe test card for a customer, through the local Stripe server: bids hold their budget on it."""
-    from billing.services import card_save
+    from billing.services.cards import card_save
 
     def add(user, payment_method: str = "pm_card_visa"):
         return card_save(user=user, payment_method=payment_method)
@@ -109,17 +109,17 @@ def onboarded(stripe_server, db):
     """Finish an owner's Connect onboarding at the local Stripe server (what the owner does on Stripe's page)."""
     import urllib.request
 
-    from billing import services
+    from billing.services import connect
 
     def onboard(owner):
-        services.connect_onboarding_url(user=owner, refresh_url="http://testserver/r", return_url="http://testserver/x")
+        connect.connect_onboarding_url(user=owner, refresh_url="http://testserver/r", return_url="http://testserver/x")
         account = owner.connect_account
         request = urllib.request.Request(  # noqa: S310 - the local test server
             f"{stripe_server}/_connect/onboard/{account.stripe_account_id}",
             data=b"", method="POST", headers={"Accept": "application/json"},
         )  # fmt: skip
         urllib.request.urlopen(request, timeout=10).read()  # noqa: S310 - the local test server
-        return services.connect_account_sync(account_id=account.stripe_account_id)
+        return connect.connect_account_sync(account_id=account.stripe_account_id)
 
     return onboard
 

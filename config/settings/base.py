@@ -308,13 +308,13 @@ MAX_MODEL_PEAK_BYTES = env.int("MAX_MODEL_PEAK_BYTES", default=1024 * 1024 * 102
 MODEL_TRIAL_MEMORY_BYTES = env.int("MODEL_TRIAL_MEMORY_BYTES", default=4 * 1024 * 1024 * 1024)
 MODEL_TRIAL_SECONDS = env.int("MODEL_TRIAL_SECONDS", default=60)
 
-# --- Market: defaults until staff save a pricing policy in the admin (billing.PricingPolicy) --------------------
+# --- Market: defaults until staff save a pricing policy in the admin (marketplace.PricingPolicy) ----------------
 # Prices are milli-cents per CH (1 ¢ = 1000 m¢). GPU marketplaces rent an RTX 4090 (≈6.6 dense INT8 CH/h) for about
 # $0.30–0.45/h, i.e. 5–7 ¢/CH; the reserves sit well below that.
 RESERVE_PRICES_MCENTS_PER_CH = {"int8": 1000, "fp8": 1500, "fp16": 1500, "fp32": 2000}
 PRICE_CEILING_MCENTS_PER_CH = env.int("PRICE_CEILING_MCENTS_PER_CH", default=100_000)
 PLATFORM_FEE_PCT = env.float("PLATFORM_FEE_PCT", default=15.0)
-# Payout defaults until staff save a pricing policy in the admin.
+# Payout defaults until staff save a payout policy in the admin (billing.PayoutPolicy).
 MIN_PAYOUT_CENTS = env.int("MIN_PAYOUT_CENTS", default=1000)
 EARNINGS_HOLD_HOURS = env.int("EARNINGS_HOLD_HOURS", default=72)
 PAYOUT_SCHEDULE = env.str("PAYOUT_SCHEDULE", default="weekly")

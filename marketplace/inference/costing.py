@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from fleet.agent.precisions import FP8, FP16, FP32, INT8
 from marketplace.inference.accuracy import passes
 
 # One compute-hour (CH) is one hour of 100 dense INT8 TOPS (see PRODUCT.md, "Units").
@@ -22,8 +23,10 @@ UTILISATION = 0.3
 # Per-item runtime overhead (I/O, tokenizing, the runtime's own work) on a 100-TOPS car, in seconds.
 PER_ITEM_OVERHEAD_S = 50e-6
 
-# Cheapest first: a job set to "auto" runs at the first precision here that the pool offers and the gate accepts.
-AUTO_ORDER = ("int8", "fp8", "fp16", "fp32")
+# Cheapest first (the pools' default reserves never fall along it): a job set to "auto" runs at the first precision
+# here that the pool offers and the gate accepts. A policy of its own, not the pools' order (scarcest first,
+# fleet.agent.precisions.PRECISIONS), so it lists the names in the order it needs.
+AUTO_ORDER = (INT8, FP8, FP16, FP32)
 
 # Operator -> positions of (left operand, right operand) for products, of the weight for convolutions. The integer
 # forms are the int8 variants' (dynamic: MatMulInteger, ConvInteger; com.microsoft fused forms; QOperator format),

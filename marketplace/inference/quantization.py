@@ -28,10 +28,10 @@ import onnx
 from onnx import numpy_helper
 
 from fleet.agent import hardware
+from fleet.agent.precisions import PRECISIONS
 from marketplace.inference.accuracy import cosine_per_item
 from marketplace.inference.validation import TEXT, model_kind, reject_external_data
 
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 INT8_METHODS = ("auto", "dynamic", "static")
 
 # INT8 recipes: how ONNX Runtime's kernels multiply uint8 activations by the weights, and where that is exact.

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from billing import services
+from billing.services import authorizations
 from marketplace.models import Allocation, Bid, Dataset, InferenceModel, PrecisionVariant, Round, WorkUnit
 
 _slots = itertools.count(1)
@@ -42,8 +42,8 @@ def bid_authorized(customer, *, budget_cents: int = 1000, items: int = 1000) -> 
         budget_cents=budget_cents, deadline=timezone.now() + timedelta(hours=2), items=items,
         ch_total=items * variant.ch_per_item, status=Bid.Status.AUTHORIZING,
     )  # fmt: skip
-    auth = services.authorization_prepare(bid=bid)
-    services.authorization_confirm(authorization_id=auth.pk)
+    auth = authorizations.authorization_prepare(bid=bid)
+    authorizations.authorization_confirm(authorization_id=auth.pk)
     bid.refresh_from_db()
     return bid
 

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from billing import ledger, services, stripe_gateway, webhooks
+from billing import ledger, stripe_gateway, webhooks
 from billing.models import NORMAL_SIDE, LedgerEntry, PaymentAuthorization, Payout, StripeEvent
+from billing.services import cards, connect, payouts, refunds, settling
 from marketplace.models import Bid, WorkUnit
 from tests.billing import builders
 from tests.factories import CustomerFactory, OwnerFactory, vehicle_with_credential
@@ -33,14 +34,14 @@ class Books(RuleBasedStateMachine):
     def people(self):
         n = next(_names)
         self.customers = [CustomerFactory(username=f"sm-customer-{n}-{i}") for i in range(2)]
-        services.card_save(user=self.customers[0], payment_method="pm_card_visa")
-        services.card_save(user=self.customers[1], payment_method="pm_card_chargeCustomerFail")  # always declined
+        cards.card_save(user=self.customers[0], payment_method="pm_card_visa")
+        cards.card_save(user=self.customers[1], payment_method="pm_card_chargeCustomerFail")  # always declined
         self.owners = [OwnerFactory(username=f"sm-owner-{n}-{i}") for i in range(2)]
         self.cars = [vehicle_with_credential(owner, name=f"car {n}-{i}")[0] for i, owner in enumerate(self.owners)]
         for owner in self.owners:  # both owners can be paid; earnings above 1 ¢ are paid out
-            services.connect_onboarding_url(user=owner, refresh_url="http://t/r", return_url="http://t/x")
+            connect.connect_onboarding_url(user=owner, refresh_url="http://t/r", return_url="http://t/x")
             _onboard(owner.connect_account.stripe_account_id)
-            services.connect_account_sync(account_id=owner.connect_account.stripe_account_id)
+            connect.connect_account_sync(account_id=owner.connect_account.stripe_account_id)
         self.bids: list[Bid] = []
         self.allocations = []
         self.now = timezone.now()
@@ -91,12 +92,12 @@ class Books(RuleBasedStateMachine):
     def job_ends_and_is_settled(self, data, status):
         bid = data.draw(st.sampled_from(self._open_bids()))
         builders.close(bid, status)
-        services.bid_settle(bid_id=bid.pk)
+        settling.bid_settle(bid_id=bid.pk)
 
     @precondition(lambda self: self.bids)
     @rule(data=st.data())
     def retried_settle_task(self, data):
-        services.bid_settle(bid_id=data.draw(st.sampled_from(self.bids)).pk)
+        settling.bid_settle(bid_id=data.draw(st.sampled_from(self.bids)).pk)
 
     def _refundable(self):
         return [
@@ -109,19 +110,19 @@ class Books(RuleBasedStateMachine):
     def refund(self, data, share):
         auth = data.draw(st.sampled_from(self._refundable()))
         amount = max(1, int((auth.captured_cents - auth.refunded_cents) * share))
-        services.refund_create(authorization=auth, amount_cents=amount, reason="state machine", by=None)
+        refunds.refund_create(authorization=auth, amount_cents=amount, reason="state machine", by=None)
 
     @rule(hours=st.integers(min_value=0, max_value=100))
     def time_passes_and_earnings_leave_the_hold(self, hours):
         self.now += timedelta(hours=hours)
-        services.earnings_release_due(now=self.now)
+        payouts.earnings_release_due(now=self.now)
 
     @rule()
     def payout_run(self):
         from django.test import override_settings
 
         with override_settings(MIN_PAYOUT_CENTS=1):
-            services.payouts_run(force=True, now=self.now)
+            payouts.payouts_run(force=True, now=self.now)
         self.now += timedelta(days=1)  # one payout per owner per day: the next run is another day
 
     @precondition(lambda self: PaymentAuthorization.objects.filter(bid__in=self.bids, status="settled").exists())
@@ -214,10 +215,10 @@ def test_a_whole_cycle_keeps_the_same_invariants(stripe_server):
     builders.validate(books.allocations[0])
     builders.fail(books.allocations[1])
     builders.close(bid)
-    services.bid_settle(bid_id=bid.pk)
-    services.bid_settle(bid_id=bid.pk)  # a retried task
+    settling.bid_settle(bid_id=bid.pk)
+    settling.bid_settle(bid_id=bid.pk)  # a retried task
     auth = PaymentAuthorization.objects.get(bid=bid)
-    services.refund_create(authorization=auth, amount_cents=20, reason="goodwill", by=None)
+    refunds.refund_create(authorization=auth, amount_cents=20, reason="goodwill", by=None)
     books.time_passes_and_earnings_leave_the_hold(hours=80)
     books.payout_run()
     books.payout_run()

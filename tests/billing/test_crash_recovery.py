@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from billing import ledger, services, stripe_gateway
+from billing import ledger, stripe_gateway
 from billing.models import AccountKind, LedgerTransaction, PaymentAuthorization, Payout
+from billing.services import authorizations, payouts, settling
 from marketplace.models import Bid
 from tests.billing import builders
 
@@ -45,7 +46,7 @@ def test_a_crash_after_authorizing_then_the_sweeper_gives_one_hold(monkeypatch, 
         builders.bid_authorized(alice, budget_cents=900)
     bid = Bid.objects.get()
     assert bid.status == Bid.Status.AUTHORIZING  # not entered in any round yet
-    assert services.authorizations_resume(older_than_seconds=0) == 1
+    assert authorizations.authorizations_resume(older_than_seconds=0) == 1
 
     bid.refresh_from_db()
     assert bid.status == Bid.Status.WAITING
@@ -53,18 +54,46 @@ def test_a_crash_after_authorizing_then_the_sweeper_gives_one_hold(monkeypatch, 
     assert LedgerTransaction.objects.filter(kind="authorize").count() == 1
 
 
+def test_a_request_that_dies_while_stripe_holds_a_new_bids_budget_leaves_both_rows_for_the_sweeper(
+    monkeypatch, client, digits_with_variants
+):
+    from tests.marketplace.test_bids import bid_payload
+
+    real_authorize, keys = stripe_gateway.payment_authorize, []
+
+    def dies_once(**kwargs):
+        keys.append(kwargs["key"])
+        if len(keys) == 1:
+            raise Crash("the placing request died while Stripe was holding the budget")
+        return real_authorize(**kwargs)
+
+    monkeypatch.setattr(stripe_gateway, "payment_authorize", dies_once)
+
+    with pytest.raises(Crash):
+        client.post("/api/v1/bids/", bid_payload(digits_with_variants), content_type="application/json")
+    bid = Bid.objects.get()  # committed with its authorization before Stripe was called
+    assert bid.status == Bid.Status.AUTHORIZING
+    assert bid.authorization.status == PaymentAuthorization.Status.PENDING
+    assert authorizations.authorizations_resume(older_than_seconds=0) == 1
+
+    bid.refresh_from_db()
+    assert bid.status == Bid.Status.WAITING
+    assert keys[0] == keys[1] == bid.authorization.create_key  # the sweeper asked with the stored key
+    assert [(i.status, i.amount) for i in intents_for(bid)] == [("requires_capture", bid.budget_cents)]
+
+
 def test_a_crash_after_capturing_then_a_retry_charges_once(monkeypatch, alice, alice_card, olivia_car):
     bid = builders.bid_authorized(alice, budget_cents=1000)
     builders.validate(builders.sell(bid, olivia_car, ch=3.0, price_mcents=7_000))  # 21 ¢
     builders.close(bid)
-    crash_once(monkeypatch, services, "settlement_book")
+    crash_once(monkeypatch, settling, "settlement_book")
 
     with pytest.raises(Crash):
-        services.bid_settle(bid_id=bid.pk)
+        settling.bid_settle(bid_id=bid.pk)
     assert PaymentAuthorization.objects.get(bid=bid).status == PaymentAuthorization.Status.SETTLING
     assert not LedgerTransaction.objects.filter(kind="capture").exists()
 
-    auth = services.bid_settle(bid_id=bid.pk)  # the retried task
+    auth = settling.bid_settle(bid_id=bid.pk)  # the retried task
 
     assert (auth.status, auth.captured_cents) == ("settled", 21)
     (intent,) = intents_for(bid)
@@ -81,16 +110,16 @@ def test_a_capture_retried_after_stripe_forgot_the_key_reads_the_payment_instead
     bid = builders.bid_authorized(alice, budget_cents=1000)
     builders.validate(builders.sell(bid, olivia_car, ch=1.0, price_mcents=5_000))
     builders.close(bid)
-    crash_once(monkeypatch, services, "settlement_book")
+    crash_once(monkeypatch, settling, "settlement_book")
     with pytest.raises(Crash):
-        services.bid_settle(bid_id=bid.pk)
+        settling.bid_settle(bid_id=bid.pk)
 
     # More than 24 h later Stripe no longer knows the key: capturing again is refused as already captured.
     def refused(**kwargs):
         raise stripe_gateway.GatewayError("This PaymentIntent has already been captured.", code="already_captured")
 
     monkeypatch.setattr(stripe_gateway, "payment_capture", refused)
-    auth = services.bid_settle(bid_id=bid.pk)
+    auth = settling.bid_settle(bid_id=bid.pk)
 
     assert (auth.status, auth.captured_cents) == ("settled", 5)
     assert LedgerTransaction.objects.filter(kind="capture").count() == 1
@@ -102,16 +131,16 @@ def test_a_crash_after_transferring_then_a_retry_pays_once(
     bid = builders.bid_authorized(alice, budget_cents=5000)
     builders.validate(builders.sell(bid, olivia_car, ch=300.0, price_mcents=5_000))  # 1,500 ¢
     builders.close(bid)
-    services.bid_settle(bid_id=bid.pk)
-    services.earnings_release_due(now=timezone.now() + timedelta(days=4))
+    settling.bid_settle(bid_id=bid.pk)
+    payouts.earnings_release_due(now=timezone.now() + timedelta(days=4))
     onboarded(olivia)
-    crash_once(monkeypatch, services, "payout_book")
+    crash_once(monkeypatch, payouts, "payout_book")
 
     with pytest.raises(Crash):
-        services.payouts_run(force=True)
+        payouts.payouts_run(force=True)
     assert Payout.objects.get().status == Payout.Status.PENDING
 
-    (payout,) = services.payouts_run(force=True)  # the next run finishes the half-done payout first
+    (payout,) = payouts.payouts_run(force=True)  # the next run finishes the half-done payout first
 
     assert (payout.status, payout.amount_cents) == ("paid", 1275)
     destination = olivia.connect_account.stripe_account_id

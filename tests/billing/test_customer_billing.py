@@ -6,9 +6,10 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from billing import ledger, selectors, services, stripe_gateway
+from billing import ledger, selectors, stripe_gateway
 from billing.ledger import Leg
 from billing.models import AccountKind, BillingProfile, LedgerTransaction, PaymentAuthorization, Refund
+from billing.services import cards
 from marketplace.models import Bid, WorkUnit
 from tests.billing import builders
 
@@ -66,7 +67,7 @@ def test_a_customer_without_a_card_is_offered_stripes_test_cards(client, alice):
     assert response.status_code == 200
     page = " ".join(response.content.decode().split())
     assert "No card yet." in page
-    for payment_method in services.TEST_CARDS:
+    for payment_method in cards.TEST_CARDS:
         assert f'value="{payment_method}"' in page
     assert "Each bid holds its budget on your card while it runs." in page
     assert "you are charged only for the work that was validated" in page
@@ -105,7 +106,7 @@ def test_a_card_stripe_refuses_shows_stripes_message_on_the_field(client, alice,
 
 
 def test_a_payment_method_that_is_not_a_test_card_is_refused_before_stripe(client, alice, monkeypatch):
-    monkeypatch.setattr(services, "card_save", lambda **kwargs: pytest.fail("Stripe was called"))
+    monkeypatch.setattr(cards, "card_save", lambda **kwargs: pytest.fail("Stripe was called"))
     client.force_login(alice)
 
     response = client.post(BILLING, {"payment_method": "pm_made_up"})

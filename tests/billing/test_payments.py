@@ -5,8 +5,10 @@ from decimal import Decimal
 
 import pytest
 
-from billing import ledger, services, stripe_gateway
+from billing import ledger, stripe_gateway
 from billing.models import AccountKind, LedgerTransaction, PaymentAuthorization
+from billing.services import payouts, refunds, settling
+from core.exceptions import ApplicationError
 from marketplace.models import Bid
 from tests.billing import builders
 
@@ -53,7 +55,7 @@ def test_a_job_is_charged_its_validated_work_at_each_rounds_price_and_the_rest_r
     builders.fail(builders.sell(bid, oscar_car, ch=0.25, price_mcents=6_000))  # failed work is never billed
     builders.close(bid)
 
-    auth = services.bid_settle(bid_id=bid.pk)
+    auth = settling.bid_settle(bid_id=bid.pk)
 
     assert auth.status == PaymentAuthorization.Status.SETTLED
     assert auth.work_mcents == Decimal(4_000)
@@ -68,7 +70,7 @@ def test_a_job_is_charged_its_validated_work_at_each_rounds_price_and_the_rest_r
     assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 4
     books_balance()
     # Settling again (a retried task) changes nothing.
-    services.bid_settle(bid_id=bid.pk)
+    settling.bid_settle(bid_id=bid.pk)
     assert LedgerTransaction.objects.filter(kind=LedgerTransaction.Kind.CAPTURE).count() == 1
 
 
@@ -77,7 +79,7 @@ def test_a_job_with_no_validated_work_releases_the_whole_hold(alice, alice_card,
     builders.fail(builders.sell(bid, olivia_car, ch=0.5, price_mcents=5_000))
     builders.close(bid, Bid.Status.FAILED)
 
-    auth = services.bid_settle(bid_id=bid.pk)
+    auth = settling.bid_settle(bid_id=bid.pk)
 
     assert (auth.captured_cents, auth.released_cents) == (0, 700)
     assert stripe_gateway.payment_retrieve(auth.stripe_payment_intent_id).status == "canceled"
@@ -89,30 +91,30 @@ def test_a_closed_bid_waits_for_a_car_still_running_its_unit(alice, alice_card, 
     allocation = builders.sell(bid, olivia_car, ch=0.5, price_mcents=5_000)
     builders.close(bid, Bid.Status.EXPIRED)
 
-    assert services.bid_settle(bid_id=bid.pk).status == PaymentAuthorization.Status.AUTHORIZED
+    assert settling.bid_settle(bid_id=bid.pk).status == PaymentAuthorization.Status.AUTHORIZED
 
     builders.validate(allocation)
-    assert services.bid_settle(bid_id=bid.pk).captured_cents == 3  # 2.5 ¢, half up
+    assert settling.bid_settle(bid_id=bid.pk).captured_cents == 3  # 2.5 ¢, half up
 
 
 def test_a_refund_is_booked_once_and_borne_by_the_platform(alice, alice_card, olivia, olivia_car, staff):
     bid = builders.bid_authorized(alice)
     builders.validate(builders.sell(bid, olivia_car, ch=2.0, price_mcents=5_000))
     builders.close(bid)
-    auth = services.bid_settle(bid_id=bid.pk)
+    auth = settling.bid_settle(bid_id=bid.pk)
     assert auth.captured_cents == 10
 
-    services.refund_create(authorization=auth, amount_cents=4, reason="slow job", by=staff)
-    services.refunds_sync(authorization=auth)  # as if Stripe's webhook arrived too
+    refunds.refund_create(authorization=auth, amount_cents=4, reason="slow job", by=staff)
+    refunds.refunds_sync(authorization=auth)  # as if Stripe's webhook arrived too
 
     assert ledger.balance(kind=AccountKind.REFUNDS, user_id=alice.pk) == 4
     assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 6
     assert ledger.balance(kind=AccountKind.OWNER_PENDING, user_id=olivia.pk) == 8  # owners keep their earnings
     auth.refresh_from_db()
     at_stripe = stripe_gateway.refunds(payment_intent_id=auth.stripe_payment_intent_id)
-    assert [r.amount for r in at_stripe if not services.refund_is_release(auth, r)] == [4]
-    with pytest.raises(services.ApplicationError, match="amount_cents"):
-        services.refund_create(authorization=auth, amount_cents=7, reason="too much", by=staff)
+    assert [r.amount for r in at_stripe if not refunds.refund_is_release(auth, r)] == [4]
+    with pytest.raises(ApplicationError, match="amount_cents"):
+        refunds.refund_create(authorization=auth, amount_cents=7, reason="too much", by=staff)
     books_balance()
 
 
@@ -126,23 +128,23 @@ def test_earnings_wait_out_the_hold_then_a_payout_transfers_them(
     bid = builders.bid_authorized(alice, budget_cents=5000)
     builders.validate(builders.sell(bid, olivia_car, ch=40.0, price_mcents=5_000))  # 200 ¢
     builders.close(bid)
-    services.bid_settle(bid_id=bid.pk)
+    settling.bid_settle(bid_id=bid.pk)
     onboarded(olivia)
     settings.MIN_PAYOUT_CENTS = 100
 
-    assert services.earnings_release_due() == 0  # still in the 72 h hold
-    assert services.payouts_run(force=True) == []
-    assert services.earnings_release_due(now=timezone.now() + timedelta(hours=73)) == 1
+    assert payouts.earnings_release_due() == 0  # still in the 72 h hold
+    assert payouts.payouts_run(force=True) == []
+    assert payouts.earnings_release_due(now=timezone.now() + timedelta(hours=73)) == 1
     assert ledger.balance(kind=AccountKind.OWNER_AVAILABLE, user_id=olivia.pk) == 170
 
-    (payout,) = services.payouts_run(force=True)
+    (payout,) = payouts.payouts_run(force=True)
 
     assert (payout.status, payout.amount_cents) == ("paid", 170)
     transfer = stripe_gateway.transfer_retrieve(payout.stripe_transfer_id)
     assert (transfer.amount, transfer.destination) == (170, olivia.connect_account.stripe_account_id)
     assert ledger.balance(kind=AccountKind.OWNER_AVAILABLE, user_id=olivia.pk) == 0
     assert ledger.balance(kind=AccountKind.OWNER_PAID_OUT, user_id=olivia.pk) == 170
-    assert services.payouts_run(force=True) == []  # one payout per owner per period
+    assert payouts.payouts_run(force=True) == []  # one payout per owner per period
     books_balance()
 
 
@@ -154,8 +156,8 @@ def test_an_owner_without_payouts_set_up_is_not_paid_and_keeps_the_money(alice, 
     bid = builders.bid_authorized(alice, budget_cents=5000)
     builders.validate(builders.sell(bid, olivia_car, ch=400.0, price_mcents=5_000))
     builders.close(bid)
-    services.bid_settle(bid_id=bid.pk)
-    services.earnings_release_due(now=timezone.now() + timedelta(hours=73))
+    settling.bid_settle(bid_id=bid.pk)
+    payouts.earnings_release_due(now=timezone.now() + timedelta(hours=73))
 
-    assert services.payouts_run(force=True) == []
+    assert payouts.payouts_run(force=True) == []
     assert ledger.balance(kind=AccountKind.OWNER_AVAILABLE, user_id=olivia.pk) == 1700

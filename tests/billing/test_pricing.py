@@ -1,9 +1,18 @@
-"""Staff set the market's prices in the Django admin; every change is a new version, in force from the next round."""
+"""Staff set the market's prices, the payout rules and the fleet's defaults in the Django admin, each where it
+belongs (marketplace, billing, fleet); every change is a new version, in force from the next round."""
+
+from decimal import Decimal
 
 import pytest
+from django.conf import settings
 
-from billing.models import PricingPolicy
-from billing.selectors import pricing_current
+from billing.models import PayoutPolicy
+from billing.selectors import payout_policy_current
+from fleet.models import FleetPolicy, HardwareProfile
+from fleet.selectors import energy_price_default
+from fleet.services import vehicle_register
+from marketplace.models import PricingPolicy
+from marketplace.selectors import pricing_current
 
 pytestmark = pytest.mark.django_db
 
@@ -17,10 +26,6 @@ def policy_form(**overrides):
         "reserve_fp8_mcents": 3000,
         "reserve_fp16_mcents": 3000,
         "reserve_fp32_mcents": 4000,
-        "default_energy_price_cents_per_kwh": "30.00",
-        "min_payout_cents": 1000,
-        "earnings_hold_hours": 72,
-        "payout_schedule": "weekly",
         "note": "California pilot",
     }
     data.update(overrides)
@@ -35,10 +40,12 @@ def test_without_a_policy_the_settings_defaults_apply():
 
 def test_staff_change_pricing_in_the_admin_and_history_is_kept(client, staff):
     client.force_login(staff)
-    assert client.post("/admin/billing/pricingpolicy/add/", policy_form()).status_code == 302
+    assert client.post("/admin/marketplace/pricingpolicy/add/", policy_form()).status_code == 302
     first = PricingPolicy.objects.get()
 
-    response = client.post(f"/admin/billing/pricingpolicy/{first.pk}/change/", policy_form(reserve_int8_mcents=3100))
+    response = client.post(
+        f"/admin/marketplace/pricingpolicy/{first.pk}/change/", policy_form(reserve_int8_mcents=3100)
+    )
 
     assert response.status_code == 302
     assert PricingPolicy.objects.count() == 2  # the change is a new version; the first is untouched
@@ -48,12 +55,12 @@ def test_staff_change_pricing_in_the_admin_and_history_is_kept(client, staff):
     assert (latest.reserve_int8_mcents, latest.created_by) == (3100, staff)
     assert pricing_current().reserves["int8"] == 3100
     assert pricing_current().platform_fee_pct == 12.5
-    assert client.post(f"/admin/billing/pricingpolicy/{first.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.post(f"/admin/marketplace/pricingpolicy/{first.pk}/delete/", {"post": "yes"}).status_code == 403
 
 
 def test_a_ceiling_below_a_reserve_is_refused(client, staff):
     client.force_login(staff)
-    response = client.post("/admin/billing/pricingpolicy/add/", policy_form(price_ceiling_mcents=2000))
+    response = client.post("/admin/marketplace/pricingpolicy/add/", policy_form(price_ceiling_mcents=2000))
     assert response.status_code == 200
     assert "The price ceiling must be at least every reserve price." in response.content.decode()
     assert not PricingPolicy.objects.exists()
@@ -65,10 +72,47 @@ def test_the_next_round_uses_the_new_reserve(client, staff, digits_with_variants
     from marketplace.rounds import auction_round_run
 
     client.force_login(staff)
-    client.post("/admin/billing/pricingpolicy/add/", policy_form(reserve_int8_mcents=3500))
+    client.post("/admin/marketplace/pricingpolicy/add/", policy_form(reserve_int8_mcents=3500))
 
     round_ = auction_round_run()
 
     clearing = PoolClearing.objects.get(round=round_, pool="int8")
     assert clearing.reserve_mcents == 3500
     assert clearing.clearing_price_mcents == 3500
+
+
+def test_staff_change_the_payout_rules_in_billing_and_history_is_kept(client, staff):
+    assert payout_policy_current().earnings_hold_hours == 72  # the settings' default before any version
+    client.force_login(staff)
+    form = {"min_payout_cents": 2500, "earnings_hold_hours": 24, "payout_schedule": "daily", "note": "faster"}
+    assert client.post("/admin/billing/payoutpolicy/add/", form).status_code == 302
+    first = PayoutPolicy.objects.get()
+
+    response = client.post(f"/admin/billing/payoutpolicy/{first.pk}/change/", {**form, "earnings_hold_hours": 48})
+
+    assert response.status_code == 302
+    assert PayoutPolicy.objects.count() == 2
+    first.refresh_from_db()
+    assert first.earnings_hold_hours == 24
+    policy = payout_policy_current()
+    assert (policy.min_payout_cents, policy.earnings_hold_hours, policy.payout_schedule) == (2500, 48, "daily")
+    assert client.post(f"/admin/billing/payoutpolicy/{first.pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+def test_staff_change_the_default_energy_price_in_the_fleet_and_new_cars_start_with_it(client, staff, olivia):
+    assert energy_price_default() == Decimal(str(settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH))  # before any version
+    client.force_login(staff)
+    form = {"default_energy_price_cents_per_kwh": "41.50", "note": "winter tariff"}
+    assert client.post("/admin/fleet/fleetpolicy/add/", form).status_code == 302
+
+    vehicle, _credential = vehicle_register(
+        owner=olivia, display_name="Fresh", hardware=HardwareProfile.objects.get(name="HW4")
+    )
+
+    assert FleetPolicy.objects.get().created_by == staff
+    assert vehicle.energy_price_cents_per_kwh == Decimal("41.50")
+    assert (
+        client.post("/admin/fleet/fleetpolicy/add/", {**form, "default_energy_price_cents_per_kwh": "-1"}).status_code
+        == 200
+    )
+    assert FleetPolicy.objects.count() == 1

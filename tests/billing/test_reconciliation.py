@@ -9,10 +9,11 @@ from django.core.management import ManagementUtility, call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from billing import ledger, reconciliation, services, stripe_gateway
+from billing import ledger, reconciliation, stripe_gateway
 from billing.ledger import Leg
 from billing.models import AccountKind, LedgerTransaction
 from billing.reconciliation import AMOUNT_MISMATCH, MISSING_AT_STRIPE, MISSING_IN_LEDGER, Difference
+from billing.services import payouts, refunds, settling
 from tests.billing import builders
 
 pytestmark = pytest.mark.django_db
@@ -50,7 +51,7 @@ def stripe_has(monkeypatch):
     return set_
 
 
-# --- The ledger's side: the postings billing/services.py makes -------------------------------------------------------
+# --- The ledger's side: the postings billing/services/ makes --------------------------------------------------------
 
 
 def book_capture(customer, owner, payment_intent: str, cents: int, *, fee: int = 1) -> LedgerTransaction:
@@ -396,12 +397,12 @@ def test_a_job_settled_refunded_and_paid_out_at_the_local_stripe_server_reconcil
     bid = builders.bid_authorized(alice, budget_cents=1000)
     builders.validate(builders.sell(bid, olivia_car, ch=2.0, price_mcents=5_000))
     builders.close(bid)
-    auth = services.bid_settle(bid_id=bid.pk)
-    stripe_refund = services.refund_create(authorization=auth, amount_cents=4, reason="slow job", by=staff)
+    auth = settling.bid_settle(bid_id=bid.pk)
+    stripe_refund = refunds.refund_create(authorization=auth, amount_cents=4, reason="slow job", by=staff)
     onboarded(olivia)
     settings.MIN_PAYOUT_CENTS = 1
-    services.earnings_release_due(now=timezone.now() + timedelta(hours=73))
-    (payout,) = services.payouts_run(force=True)
+    payouts.earnings_release_due(now=timezone.now() + timedelta(hours=73))
+    (payout,) = payouts.payouts_run(force=True)
 
     report = reconciliation.reconciliation_report()
 

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from billing import ledger, services, stripe_gateway
+from billing import ledger, stripe_gateway
 from billing.models import AccountKind, LedgerTransaction, StripeEvent
+from billing.services import settling
 from tests.billing import builders
 
 pytestmark = pytest.mark.django_db
@@ -52,7 +53,7 @@ def settled_job(alice, alice_card, olivia_car):
     bid = builders.bid_authorized(alice, budget_cents=1000)
     builders.validate(builders.sell(bid, olivia_car, ch=4.0, price_mcents=5_000))  # 20 ¢
     builders.close(bid)
-    return services.bid_settle(bid_id=bid.pk)
+    return settling.bid_settle(bid_id=bid.pk)
 
 
 def test_a_refund_made_in_stripe_is_booked_once_whatever_the_deliveries(deliver, settled_job, alice):
@@ -85,10 +86,10 @@ def test_a_capture_whose_booking_was_lost_is_booked_by_the_webhook(deliver, monk
     bid = builders.bid_authorized(alice, budget_cents=1000)
     builders.validate(builders.sell(bid, olivia_car, ch=2.0, price_mcents=5_000))
     builders.close(bid)
-    real_book = services.settlement_book
-    monkeypatch.setattr(services, "settlement_book", lambda **kwargs: None)  # the process dies after capturing
-    services.bid_settle(bid_id=bid.pk)
-    monkeypatch.setattr(services, "settlement_book", real_book)
+    real_book = settling.settlement_book
+    monkeypatch.setattr(settling, "settlement_book", lambda **kwargs: None)  # the process dies after capturing
+    settling.bid_settle(bid_id=bid.pk)
+    monkeypatch.setattr(settling, "settlement_book", real_book)
     from billing.models import PaymentAuthorization
 
     auth = PaymentAuthorization.objects.get(bid=bid)

@@ -76,7 +76,7 @@ def test_staff_raises_a_reserve_price_and_the_next_round_clears_at_it(
     page.get_by_role("link", name="Admin", exact=True).click()
     page.get_by_role("link", name="Pricing policies (newest is in force)").click()
     page.get_by_role("link", name="Add pricing policy").click()
-    page.wait_for_url("**/admin/billing/pricingpolicy/add/")
+    page.wait_for_url("**/admin/marketplace/pricingpolicy/add/")
     assert_accessible_basics(page, headings=False)  # Django's own markup: labels only
     reserve = page.get_by_label("INT8 reserve (m¢/CH)")
     assert reserve.input_value() == "1000"  # the form starts from the prices in force

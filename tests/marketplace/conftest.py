@@ -39,7 +39,7 @@ def measured_here(vehicle, variant, *, items: int = 32) -> None:
     from fleet.agent.inference import ModelRunner, ModelSpec
     from fleet.services import throughput_record
     from marketplace import storage
-    from marketplace.services import dataset_items
+    from marketplace.storage import dataset_items
 
     model = variant.inference_model
     tokenizer = storage.artifact_read(model.tokenizer_sha256).decode() if model.tokenizer_sha256 else None

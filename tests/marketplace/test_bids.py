@@ -128,6 +128,13 @@ def test_without_a_card_a_bid_is_refused_and_the_form_says_where_to_add_one(clie
     assert "Add a card first." in page and "/customer/billing/" in page
 
 
+def test_the_bid_form_names_the_card_the_budget_is_held_on(client, digits_with_variants):
+    page = client.get(f"/customer/models/{digits_with_variants.pk}/bid/").content.decode()
+
+    assert "The budget is held on your Visa ending 4242;" in page
+    assert "Add a card first." not in page
+
+
 def test_a_declined_card_gets_402_with_stripes_reason_and_the_bid_never_trades(client, digits_with_variants, alice,
                                                                                card_for):  # fmt: skip
     card_for(alice, "pm_card_chargeCustomerFail")

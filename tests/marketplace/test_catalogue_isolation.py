@@ -9,7 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from marketplace import services
+from marketplace import services, storage
 from marketplace.models import Dataset, InferenceModel, PrecisionVariant
 from tests.factories import CustomerFactory
 from tests.fleet.agent_requests import signed_headers, signed_post
@@ -127,7 +127,7 @@ def test_while_a_rebuild_is_on_its_way_the_builds_in_force_keep_serving(client, 
     assert before["auto_precision"] == "int8"
     monkeypatch.setattr(app.Task, "delay_on_commit", lambda task, *args, **kwargs: None)  # the worker is busy
 
-    response = upload(client, model, np.asarray(services.dataset_items(model.datasets.get()).items), "more digits")
+    response = upload(client, model, np.asarray(storage.dataset_items(model.datasets.get()).items), "more digits")
     assert response.status_code == 201, response.content
 
     during = client.get(f"/api/v1/models/{model.pk}/").json()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from marketplace import services, storage
+from marketplace import storage
 from marketplace.datasets import (
     DatasetLimits,
     DatasetRejected,
@@ -299,8 +299,8 @@ def test_the_dataset_cache_is_bounded_by_bytes_and_keeps_the_newest(alice, digit
         ))  # fmt: skip
 
     for dataset in datasets:
-        assert services.dataset_items(dataset).count == 200
-    cache = services.dataset_cache()
+        assert storage.dataset_items(dataset).count == 200
+    cache = storage.dataset_cache()
 
     assert cache.currsize == 3 * one <= settings.DATASET_CACHE_BYTES
     assert {key[0] for key in cache} == {d.sha256 for d in datasets[1:]}  # the oldest went first
@@ -310,7 +310,7 @@ def test_the_dataset_cache_is_bounded_by_bytes_and_keeps_the_newest(alice, digit
         owner=alice, inference_model=digits_model, name="big", sha256=storage.artifact_save(data),
         size_bytes=len(data), format="npy", item_count=1000, status=InferenceModel.Status.READY,
     )  # fmt: skip
-    assert np.array_equal(services.dataset_items(huge).items, big)  # used once, larger than the whole cache
+    assert np.array_equal(storage.dataset_items(huge).items, big)  # used once, larger than the whole cache
     assert huge.sha256 not in {key[0] for key in cache} and cache.currsize <= settings.DATASET_CACHE_BYTES
 
 

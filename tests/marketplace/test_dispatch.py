@@ -72,7 +72,7 @@ def test_the_allocated_car_runs_every_item_and_the_customer_downloads_them(clien
 
 
 def _dataset_array(bid):
-    from marketplace.services import dataset_items
+    from marketplace.storage import dataset_items
 
     return dataset_items(bid.dataset).items
 

@@ -130,8 +130,9 @@ def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
 def money_follows_the_work(client, bid, owners, onboarded, settings):
     from decimal import Decimal
 
-    from billing import ledger, reconciliation, services, stripe_gateway
+    from billing import ledger, reconciliation, stripe_gateway
     from billing.models import PaymentAuthorization, StripeEvent
+    from billing.services.payouts import earnings_release_due, payouts_run
     from billing.settlement import cents_half_up
 
     # The worker settles the job once it completes (the task is queued when the bid closes).
@@ -159,8 +160,8 @@ def money_follows_the_work(client, bid, owners, onboarded, settings):
     for owner in owners:
         onboarded(owner)
     settings.MIN_PAYOUT_CENTS = 1
-    services.earnings_release_due(now=timezone.now() + timedelta(hours=73))
-    payouts = services.payouts_run(force=True)
+    earnings_release_due(now=timezone.now() + timedelta(hours=73))
+    payouts = payouts_run(force=True)
     assert sorted((p.owner_id, p.amount_cents, p.status) for p in payouts) == sorted(
         (o.pk, ledger.balance(kind="owner_paid_out", user_id=o.pk), "paid") for o in earners
     )

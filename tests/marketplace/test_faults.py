@@ -23,7 +23,7 @@ from marketplace.dispatch import leases_expire
 from marketplace.inference.catalogue import DIGITS_OUTPUT
 from marketplace.models import Allocation, Bid, PoolClearing, WorkUnit
 from marketplace.rounds import auction_round_run
-from marketplace.services import dataset_items
+from marketplace.storage import dataset_items
 from tests.factories import OwnerFactory, vehicle_with_credential
 from tests.marketplace.conftest import measured_here
 

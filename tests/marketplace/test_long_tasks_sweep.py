@@ -17,7 +17,7 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from marketplace import services, storage, sweeps
+from marketplace import services, storage
 from marketplace import tasks as marketplace_tasks
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
 from marketplace.models import Dataset, InferenceModel, PrecisionVariant
@@ -255,7 +255,7 @@ def test_a_check_and_a_build_whose_worker_is_killed_are_finished_after_the_sweep
         # Past the time limits (the clock moved forward): one tick of beat's sweep queues both again.
         queued_ago(uploaded, validation_window() + timedelta(seconds=1))
         build_queued_ago(killed_build, build_window() + timedelta(seconds=1))
-        swept = sweeps.long_tasks_sweep()
+        swept = marketplace_tasks.long_tasks_sweep()
         assert (swept["validations_retried"], swept["builds_retried"]) == (1, 1)
 
         assert wait_for(lambda: InferenceModel.objects.get(pk=uploaded.pk).status != "validating", timeout=60)

@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 from django.utils import timezone
 
-from billing.selectors import pricing_current
 from fleet.agent.clock import SimClock
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import Vehicle, VehicleThroughput
 from fleet.services import policy_update, throughput_record
 from marketplace import auction, services
+from marketplace.accuracies import accuracy_record
 from marketplace.models import SelfTest, VariantAccuracy, WorkUnit
 from marketplace.rounds import auction_round_run, supply_snapshot
-from marketplace.selectors import auto_pick, pools_outlook
+from marketplace.selectors import auto_pick, pools_outlook, pricing_current
 from marketplace.selftests import lease_seconds_for
-from marketplace.services import accuracy_record
 from tests.factories import OwnerFactory, vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
 from tests.marketplace.agents import catalogue_minilm, night_zone, parked_agent

@@ -10,7 +10,8 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from billing import ledger, services
+from billing import ledger
+from billing.services import settling
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import OptInPolicy, Vehicle
 from marketplace import storage
@@ -186,7 +187,7 @@ def test_the_liar_is_paid_nothing_and_the_platform_pays_the_checking_cars(alice,
         )  # fmt: skip
     builders.close(bid)
 
-    auth = services.bid_settle(bid_id=bid.pk)
+    auth = settling.bid_settle(bid_id=bid.pk)
 
     assert auth.captured_cents == 500  # the customer pays for the items once
     assert ledger.balance(kind="owner_pending", user_id=hana.owner_id) == 425

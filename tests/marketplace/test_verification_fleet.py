@@ -127,7 +127,7 @@ def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digit
     assert caught and report["cheaters_suspended"] == len(caught)
     # The customer's results are the model's own outputs, item for item (INT8 outputs depend a little on the batch
     # they ran in: compare as two honest cars are compared).
-    from marketplace.services import dataset_items
+    from marketplace.storage import dataset_items
     from marketplace.verification import Tolerance, results_agree
 
     result = decode_npy(storage.artifact_read(bid.result_sha256))

@@ -2,13 +2,15 @@
 the log in the admin and nobody can change it there."""
 
 import pytest
+from django.db import connection
 from django.test import Client
 
-from billing import services
-from billing.models import PaymentAuthorization, PricingPolicy
+from accounts.audit import audit_record
+from accounts.models import AuditEvent
+from billing.models import PaymentAuthorization
+from billing.services import settling
 from fleet.models import Vehicle
-from ops.audit import audit_record
-from ops.models import AuditEvent
+from marketplace.models import PricingPolicy
 from tests.billing import builders
 from tests.factories import vehicle_with_credential
 
@@ -19,8 +21,7 @@ def policy_form(**overrides):
     data = {
         "platform_fee_pct": "12.5", "price_ceiling_mcents": 50_000, "auction_interval_seconds": 30,
         "reserve_int8_mcents": 2500, "reserve_fp8_mcents": 3000, "reserve_fp16_mcents": 3000,
-        "reserve_fp32_mcents": 4000, "default_energy_price_cents_per_kwh": "30.00", "min_payout_cents": 1000,
-        "earnings_hold_hours": 72, "payout_schedule": "weekly", "note": "California pilot",
+        "reserve_fp32_mcents": 4000, "note": "California pilot",
     }  # fmt: skip
     data.update(overrides)
     return data
@@ -36,6 +37,26 @@ def test_audit_record_names_the_actor_the_action_and_the_target(staff, olivia):
     assert (event.target_type, event.target_id, event.target_repr) == ("fleet.vehicle", str(vehicle.pk), str(vehicle))
     assert event.details == {"reason": "wrong results"}
     assert event.created_at is not None
+
+
+def test_a_row_written_while_the_log_lived_in_ops_reads_through_accounts(staff):
+    """The log moved from ops to accounts without its rows moving: a row in the table ops' migrations made, written
+    the way the old code wrote it, is an event of the new model, with its actor and its user's `audit_events`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO ops_auditevent (actor_id, actor_username, action, target_type, target_id, target_repr,"
+            " details, created_at) VALUES (%s, 'staff', 'vehicle.suspend', 'fleet.vehicle', '7', 'Blue car', %s,"
+            " now()) RETURNING id",
+            [staff.pk, '{"reason": "wrong results"}'],
+        )
+        [row_id] = cursor.fetchone()
+
+    event = AuditEvent.objects.get(pk=row_id)
+    assert (event.actor, event.action, event.target_type, event.target_id, event.target_repr) == (
+        staff, "vehicle.suspend", "fleet.vehicle", "7", "Blue car"
+    )  # fmt: skip
+    assert event.details == {"reason": "wrong results"}
+    assert list(staff.audit_events.all()) == [event]
 
 
 def test_the_platform_itself_may_be_the_actor(olivia):
@@ -61,16 +82,18 @@ def test_the_event_outlives_its_actor(staff, olivia):
 
 def test_a_pricing_change_in_the_admin_is_recorded_with_what_changed(client, staff):
     client.force_login(staff)
-    assert client.post("/admin/billing/pricingpolicy/add/", policy_form()).status_code == 302
+    assert client.post("/admin/marketplace/pricingpolicy/add/", policy_form()).status_code == 302
     first = PricingPolicy.objects.get()
 
-    client.post(f"/admin/billing/pricingpolicy/{first.pk}/change/", policy_form(reserve_int8_mcents=3100, note="up"))
+    client.post(
+        f"/admin/marketplace/pricingpolicy/{first.pk}/change/", policy_form(reserve_int8_mcents=3100, note="up")
+    )
 
     events = list(AuditEvent.objects.filter(action="pricing.change").order_by("created_at", "pk"))
     assert len(events) == 2
     latest = PricingPolicy.objects.first()
     change = events[-1]
-    assert (change.actor, change.target_type, change.target_id) == (staff, "billing.pricingpolicy", str(latest.pk))
+    assert (change.actor, change.target_type, change.target_id) == (staff, "marketplace.pricingpolicy", str(latest.pk))
     assert change.details["changes"]["reserve_int8_mcents"] == [2500, 3100]
     assert change.details["changes"]["note"] == ["California pilot", "up"]
     assert "platform_fee_pct" not in change.details["changes"]
@@ -105,7 +128,7 @@ def test_a_refund_by_staff_is_recorded(client, staff, alice, olivia, card_for):
     bid = builders.bid_authorized(alice, budget_cents=1000)
     builders.validate(builders.sell(bid, car, ch=4.0, price_mcents=5_000))  # 20 ¢
     builders.close(bid)
-    auth = services.bid_settle(bid_id=bid.pk)
+    auth = settling.bid_settle(bid_id=bid.pk)
     assert auth.status == PaymentAuthorization.Status.SETTLED
     client.force_login(staff)
 
@@ -125,15 +148,15 @@ def test_staff_read_the_log_in_the_admin_and_cannot_change_it(client, staff, oli
     event = audit_record(actor=staff, action="vehicle.suspend", target=vehicle, details={"reason": "test"})
     client.force_login(staff)
 
-    listing = client.get("/admin/ops/auditevent/")
+    listing = client.get("/admin/accounts/auditevent/")
     assert listing.status_code == 200
     html = listing.content.decode()
     assert "vehicle.suspend" in html
     assert "By action" in html  # list filters
-    assert client.get(f"/admin/ops/auditevent/{event.pk}/change/").status_code == 200  # read-only view
-    assert client.get("/admin/ops/auditevent/add/").status_code == 403
-    assert client.post(f"/admin/ops/auditevent/{event.pk}/change/", {"action": "x"}).status_code == 403
-    assert client.post(f"/admin/ops/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.get(f"/admin/accounts/auditevent/{event.pk}/change/").status_code == 200  # read-only view
+    assert client.get("/admin/accounts/auditevent/add/").status_code == 403
+    assert client.post(f"/admin/accounts/auditevent/{event.pk}/change/", {"action": "x"}).status_code == 403
+    assert client.post(f"/admin/accounts/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
     event.refresh_from_db()
     assert event.action == "vehicle.suspend"
 

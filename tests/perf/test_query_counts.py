@@ -228,6 +228,7 @@ def _everything(staff) -> None:
     """One more row of each thing the admin lists, each tied to the others as the services tie them."""
     from knox.models import AuthToken
 
+    from accounts.audit import audit_record
     from accounts.models import IdempotentRequest
     from billing import ledger
     from billing.models import (
@@ -241,7 +242,6 @@ def _everything(staff) -> None:
     )
     from fleet.services import throughput_record
     from marketplace.models import ResultFault, SelfTest, VariantAccuracy
-    from ops.audit import audit_record
     from ops.models import PlatformHeartbeat
 
     n = next(_serial)
@@ -289,6 +289,7 @@ def _everything(staff) -> None:
 # table, the count is first asked of PostgreSQL's estimate: one query more here, where the tables are small). The
 # same with 2 or 20 rows of everything.
 ADMIN_QUERIES = {
+    "accounts.auditevent": 8,
     "accounts.idempotentrequest": 7,
     "accounts.user": 5,
     "auth.group": 5,
@@ -298,9 +299,10 @@ ADMIN_QUERIES = {
     "billing.ledgertransaction": 5,
     "billing.paymentauthorization": 5,
     "billing.payout": 6,
-    "billing.pricingpolicy": 6,
+    "billing.payoutpolicy": 6,
     "billing.refund": 4,
     "billing.stripeevent": 6,
+    "fleet.fleetpolicy": 6,
     "fleet.hardwareprofile": 6,
     "fleet.parkingsession": 5,
     "fleet.vehicle": 9,
@@ -312,12 +314,12 @@ ADMIN_QUERIES = {
     "marketplace.dataset": 5,
     "marketplace.inferencemodel": 5,
     "marketplace.precisionvariant": 5,
+    "marketplace.pricingpolicy": 6,
     "marketplace.resultfault": 5,
     "marketplace.round": 5,
     "marketplace.selftest": 6,
     "marketplace.variantaccuracy": 5,
     "marketplace.workunit": 5,
-    "ops.auditevent": 8,
     "ops.platformheartbeat": 5,
 }
 
@@ -349,7 +351,7 @@ def _no_estimate(app_label: str, model_name: str) -> int:
     from django.apps import apps
     from django.db import connection
 
-    from ops.admin import EstimatedCountPaginator
+    from core.admin import EstimatedCountPaginator
 
     model_admin = admin.site._registry[apps.get_model(app_label, model_name)]
     return int(issubclass(model_admin.paginator, EstimatedCountPaginator) and connection.vendor != "postgresql")

@@ -45,7 +45,7 @@ REFUSED = {LOGIN, ADMIN_LOGIN, 401, 403, 404, 405}
 # them (alice cancels her bid, olivia issues a new credential).
 ACTORS = ("anonymous", "car", "other_car", "staff", "bob", "oscar", "alice", "olivia")
 PEOPLE = ("staff", "bob", "oscar", "alice", "olivia")
-ADMIN_CHANGELIST = "admin/ops/auditevent/"
+ADMIN_CHANGELIST = "admin/accounts/auditevent/"
 NOT_CLASSIFIED_HERE = {"api/schema/", "api/docs/", "api/redoc/"}
 
 

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from marketplace import selectors, services, storage
+from marketplace.datasets import holdout_indices, parse_dataset
 from marketplace.inference import catalogue
 from marketplace.models import Dataset, InferenceModel, PrecisionVariant
 
@@ -88,9 +89,9 @@ class Command(BaseCommand):
         existing = model.datasets.filter(owner__isnull=True, sha256=sha).first()
         if existing:
             return existing
-        parsed = services.parse_dataset(data, fmt=fmt, kind=model.kind, inputs=model.inputs)
+        parsed = parse_dataset(data, fmt=fmt, kind=model.kind, inputs=model.inputs)
         return Dataset.objects.create(
             owner=None, inference_model=model, name=name, sha256=sha, size_bytes=len(data), format=fmt,
-            item_count=parsed.count, holdout_count=len(services.holdout_indices(parsed.count)),
+            item_count=parsed.count, holdout_count=len(holdout_indices(parsed.count)),
             status=InferenceModel.Status.READY,
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""The audit log's one writer: `audit_record`. Read it in the admin (Platform operations › Audit events)."""
+"""The audit log's one writer: `audit_record`. Read it in the admin (Accounts › Audit events)."""
 
 from __future__ import annotations
 

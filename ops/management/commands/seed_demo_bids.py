@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing.models import BillingProfile
-from billing.services import card_save
+from billing.services.cards import card_save
 from core.exceptions import ApplicationError
 from marketplace import services
 from marketplace.models import Bid, InferenceModel

@@ -1,0 +1,126 @@
+"""Owners' money out: earnings move from pending to available once their hold period has passed, and each owner's
+available earnings go to their Connect account once per period (the payout rules in force: billing.selectors)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta
+
+from django.db import transaction
+from django.db.models import CharField, Exists, OuterRef, Value
+from django.db.models.functions import Cast, Concat
+from django.utils import timezone
+
+from .. import ledger, stripe_gateway
+from ..ledger import Leg
+from ..models import AccountKind, ConnectAccount, LedgerTransaction, Payout, PayoutSchedule
+from ..selectors import payout_policy_current
+from .keys import stripe_key
+
+log = logging.getLogger(__name__)
+Kind = LedgerTransaction.Kind
+
+
+def earnings_release_due(*, now: datetime | None = None) -> int:
+    """Move owners' earnings whose hold period has passed from pending to available: one posting per capture."""
+    now = now or timezone.now()
+    hold = timedelta(hours=payout_policy_current().earnings_hold_hours)
+    released_already = LedgerTransaction.objects.filter(
+        idempotency_key=Concat(Value("hold_over:"), Cast(OuterRef("pk"), CharField()))
+    )
+    captures = (
+        LedgerTransaction.objects.filter(kind=Kind.CAPTURE, created_at__lte=now - hold)
+        .exclude(Exists(released_already))
+        .prefetch_related("entries__account")[:500]
+    )
+    count = 0
+    for capture in captures:
+        legs = []
+        for entry in capture.entries.all():
+            if entry.account.kind == AccountKind.OWNER_PENDING:
+                owner = entry.account.user_id
+                legs += [
+                    Leg(AccountKind.OWNER_PENDING, -entry.amount_cents, user_id=owner, vehicle_id=entry.vehicle_id),
+                    Leg(AccountKind.OWNER_AVAILABLE, entry.amount_cents, user_id=owner, vehicle_id=entry.vehicle_id),
+                ]
+        if legs:
+            currency = capture.entries.all()[0].currency
+            ledger.post(kind=Kind.EARNINGS_RELEASE, key=f"hold_over:{capture.pk}", legs=legs, currency=currency,
+                        bid_id=capture.bid_id, description=f"Bid {capture.bid_id}: earnings out of hold")  # fmt: skip
+            count += 1
+    return count
+
+
+def payout_period(*, today: date, schedule: str) -> date | None:
+    """The period a payout run on `today` belongs to: every day, or weekly on Mondays (None on other days)."""
+    if schedule == PayoutSchedule.DAILY:
+        return today
+    return today if today.weekday() == 0 else None
+
+
+def payouts_run(*, now: datetime | None = None, force: bool = False) -> list[Payout]:
+    """Transfer each owner's available earnings above the minimum to their connected account, once per period.
+
+    `force` runs outside the schedule (staff's "pay out now"); it still makes at most one payout per owner per day.
+    """
+    now = now or timezone.now()
+    policy = payout_policy_current()
+    today = timezone.localdate(now)
+    period = today if force else payout_period(today=today, schedule=policy.payout_schedule)
+    sent: list[Payout] = []
+    for payout in Payout.objects.filter(status=Payout.Status.PENDING):  # a crash left these half-done
+        sent.append(payout_send(payout_id=payout.pk))
+    if period is None:
+        return sent
+    accounts = list(ConnectAccount.objects.filter(payouts_enabled=True).exclude(stripe_account_id=""))
+    availability = ledger.balances_by_user(kind=AccountKind.OWNER_AVAILABLE, user_ids=[a.user_id for a in accounts])
+    for account in accounts:
+        available = availability.get(account.user_id, 0)
+        if available < max(policy.min_payout_cents, 1):
+            continue
+        with transaction.atomic():
+            payout, created = Payout.objects.get_or_create(
+                owner_id=account.user_id, period=period, currency="usd",
+                defaults={"amount_cents": available, "destination": account.stripe_account_id,
+                          "idempotency_key": stripe_key("payout", f"{account.user_id}:{period.isoformat()}")},
+            )  # fmt: skip
+        if created:
+            sent.append(payout_send(payout_id=payout.pk))
+    return sent
+
+
+def payout_send(*, payout_id: int) -> Payout:
+    payout = Payout.objects.get(pk=payout_id)
+    if payout.status != Payout.Status.PENDING:
+        return payout
+    try:
+        transfer = stripe_gateway.transfer_create(
+            amount_cents=payout.amount_cents, currency=payout.currency, destination=payout.destination,
+            key=payout.idempotency_key, metadata={"payout_id": str(payout.pk), "owner_id": str(payout.owner_id)},
+        )  # fmt: skip
+    except stripe_gateway.GatewayError as error:
+        Payout.objects.filter(pk=payout.pk, status=Payout.Status.PENDING).update(
+            status=Payout.Status.FAILED, failure_message=error.message[:255]
+        )
+        log.warning("payout %s to %s failed: %s", payout.pk, payout.destination, error.code)
+        payout.refresh_from_db()
+        return payout
+    return payout_book(payout_id=payout.pk, transfer_id=transfer.id)
+
+
+def payout_book(*, payout_id: int, transfer_id: str) -> Payout:
+    with transaction.atomic():
+        payout = Payout.objects.select_for_update().get(pk=payout_id)
+        if payout.status != Payout.Status.PENDING:
+            return payout
+        ledger.post(
+            kind=Kind.PAYOUT, key=f"payout:{payout.pk}", currency=payout.currency, payout_id=payout.pk,
+            stripe_object_id=transfer_id, description=f"Payout {payout.pk} to {payout.destination}",
+            legs=[
+                Leg(AccountKind.OWNER_AVAILABLE, payout.amount_cents, user_id=payout.owner_id),
+                Leg(AccountKind.OWNER_PAID_OUT, -payout.amount_cents, user_id=payout.owner_id),
+            ],
+        )  # fmt: skip
+        payout.status, payout.stripe_transfer_id, payout.paid_at = Payout.Status.PAID, transfer_id, timezone.now()
+        payout.save(update_fields=["status", "stripe_transfer_id", "paid_at"])
+    return payout
