@@ -9,8 +9,8 @@ class PayoutSchedule(models.TextChoices):
 
 class PayoutPolicy(models.Model):
     """How and when owners are paid, set by staff: the smallest payout, how long earnings are held before they can
-    be paid out, and the payout schedule. Append-only like the market's pricing policy (marketplace.PricingPolicy):
-    every change is a new row, and the newest is in force."""
+    be paid out, and the payout schedule. Append-only like the market's own rules, which the marketplace keeps: every
+    change is a new row, and the newest is in force."""
 
     min_payout_cents = models.PositiveIntegerField("minimum payout (¢)", default=1000)
     earnings_hold_hours = models.PositiveIntegerField("earnings hold (hours)", default=72)

@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db.models import Count, F, OuterRef, QuerySet, Subquery, Sum
 from django.utils import timezone
 
+from marketplace.selectors import customer_results
+
 from . import ledger, settlement
 from .models import AccountKind, LedgerEntry, LedgerTransaction, PaymentAuthorization, PayoutPolicy, Refund
 
@@ -146,30 +148,38 @@ class Receipt:
 
 
 def receipt_get(*, bid) -> Receipt:
-    """A bid's receipt: one line per round that sold it validated work. Units under no allocation, or not done
-    (queued, leased, failed), are not billed and do not appear."""
-    from marketplace.models import WorkUnit
-
+    """A bid's receipt: one line per round that sold it validated work, the work the job is charged for
+    (services/settling.py): each slice's canonical result once. Replicas that checked it are the platform's cost;
+    units under no allocation, not done (queued, leased, failed) or not validated are not billed and do not
+    appear."""
     rows = (
-        WorkUnit.objects.filter(bid=bid, status=WorkUnit.Status.DONE, allocation__isnull=False)
+        customer_results(bid=bid)
+        .filter(allocation__isnull=False)
         .values_list(
             "allocation__round_id",
             "allocation__round__slot",
             "allocation__pool",
             "allocation__price_mcents_per_ch",
+            # A replica's result that outvoted the first: shown in the round the customer bought the slice in, at
+            # the price they pay (settlement.customer_price_mcents).
+            "replica_of__allocation__round_id",
+            "replica_of__allocation__round__slot",
+            "replica_of__allocation__price_mcents_per_ch",
             "ch",
         )
         .order_by("allocation__round__slot", "allocation__round_id", "pk")
     )
     groups: dict[tuple, list[float]] = defaultdict(list)
-    for round_id, slot, pool, price, ch in rows:
-        groups[(slot, round_id, pool, price)].append(ch)
+    for round_id, slot, pool, price, own_round_id, own_slot, own_price, ch in rows:
+        if own_round_id is not None:
+            round_id, slot = own_round_id, own_slot
+        groups[(slot, round_id, pool, settlement.customer_price_mcents(price, own_price))].append(ch)
     lines = [
         ReceiptLine(
             round_slot=slot, pool=pool, ch=sum(chs), price_mcents_per_ch=price,
             value_mcents=sum((Decimal(repr(ch)) * price for ch in chs), Decimal(0)),
         )
-        for (slot, _, pool, price), chs in groups.items()
+        for (slot, _, pool, price), chs in sorted(groups.items(), key=lambda group: group[0][:2])
     ]  # fmt: skip
     authorization = PaymentAuthorization.objects.filter(bid=bid).first()
     refunds = list(authorization.refunds.order_by("created_at", "pk")) if authorization else []

@@ -36,6 +36,13 @@ class Split:
     work_mcents: Decimal
 
 
+def customer_price_mcents(price: int, primary_price: int | None) -> int:
+    """What the customer pays per CH for a canonical result sold at `price`: that price, but never above the price
+    of the customer's own allocation of the slice (`primary_price`, when the result is a replica's: a replica that
+    outvoted the first result may have been bought dearer, and the platform bears the difference as verification)."""
+    return price if primary_price is None else min(price, primary_price)
+
+
 def cents_half_up(mcents: Decimal) -> int:
     return int((mcents / 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 

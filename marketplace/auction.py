@@ -19,7 +19,8 @@ The rule, per pool, in `POOLS` order (scarcest first)
 1. Demand: the pool's bids with price >= the pool's reserve (and a quantity of at least one nano-CH), sorted by price
    descending; ties: earlier `placed` first, then smaller bid id.
 2. Supply: the pool's rows of cars that sold nothing in an earlier pool, sorted by ask ascending; ties: higher
-   reliability first, then smaller car id. A car appears once per pool it supports (with that pool's CH); one that
+   reliability (the car's reputation) first, then a car that already holds a model file the pool's bids run (no
+   download), then smaller car id. A car appears once per pool it supports (with that pool's CH); one that
    sold anything in a pool is not offered again (no car is sold twice), one that sold nothing may sell in the next.
    Asks above the best bid cannot trade and are skipped (they still count in `supply_ch`).
 3. Volume Q: demand and supply are step functions of cumulative CH (bid price falls, ask price rises); Q is the
@@ -98,7 +99,9 @@ class Supply:
     """What the cars offer this round: one row per (car, pool it supports).
 
     car: int64 car (vehicle) id; pool: int8 index into POOLS; ch: float64 CH the car can deliver in that pool before
-    it is predicted to leave; ask: int64 m¢/CH; reliability: float64, higher is better (a tie-break between equal asks).
+    it is predicted to leave; ask: int64 m¢/CH; reliability: float64, the car's reputation, higher is better (the
+    first tie-break between equal asks); holds_model: bool, the car already holds a model file the pool's bids run
+    (the second tie-break: no download; all False when not given).
     Precondition, not checked: a car appears at most once per pool.
     """
 
@@ -107,6 +110,7 @@ class Supply:
     ch: np.ndarray
     ask: np.ndarray
     reliability: np.ndarray
+    holds_model: np.ndarray | None = None
 
     def __post_init__(self):
         columns = {
@@ -115,6 +119,11 @@ class Supply:
             "ch": _column(self.ch, "float", np.float64, "Supply.ch"),
             "ask": _column(self.ask, "int", np.int64, "Supply.ask"),
             "reliability": _column(self.reliability, "float", np.float64, "Supply.reliability"),
+            "holds_model": (
+                np.zeros(np.shape(self.car), dtype=bool)
+                if self.holds_model is None
+                else np.asarray(self.holds_model, dtype=bool)
+            ),
         }
         _check_lengths(columns)
         for name, column in columns.items():
@@ -276,7 +285,9 @@ def clear(supply: Supply, demand: Demand, reserve) -> Result:
         bid_end = np.cumsum(bid_nano)  # cumulative CH at the end of each bid's step
 
         asks = rows[supply.ask[rows] <= bid_price[0]]
-        asks = asks[np.lexsort((supply.car[asks], -supply.reliability[asks], supply.ask[asks]))]
+        asks = asks[
+            np.lexsort((supply.car[asks], ~supply.holds_model[asks], -supply.reliability[asks], supply.ask[asks]))
+        ]
         ask_price = supply.ask[asks]
         ask_end = np.cumsum(supply_nano[asks])
         if not asks.size:
@@ -340,6 +351,7 @@ def clear_reference(supply: Supply, demand: Demand, reserve) -> Result:
             [nano(ch) for ch in supply.ch.tolist()],
             supply.ask.tolist(),
             supply.reliability.tolist(),
+            supply.holds_model.tolist(),
             strict=True,
         )
     )
@@ -363,18 +375,18 @@ def clear_reference(supply: Supply, demand: Demand, reserve) -> Result:
             if pool == index and price >= floor and quantity > 0
         )
         pool_asks = sorted(
-            (ask, -reliability, car, quantity)
-            for car, pool, quantity, ask, reliability in cars
+            (ask, -reliability, not holds, car, quantity)
+            for car, pool, quantity, ask, reliability, holds in cars
             if pool == index and quantity > 0 and car not in sold
         )
         wanted = sum(bid[3] for bid in pool_bids)
-        offered = sum(ask[3] for ask in pool_asks)
-        next_ask, left = 0, pool_asks[0][3] if pool_asks else 0
+        offered = sum(ask[-1] for ask in pool_asks)
+        next_ask, left = 0, pool_asks[0][-1] if pool_asks else 0
         volume, last_ask, highest_not_filled = 0, None, None
         for minus_price, _placed, bid, quantity in pool_bids:
             want = quantity
             while want and next_ask < len(pool_asks) and pool_asks[next_ask][0] <= -minus_price:
-                ask, _minus_reliability, car, _quantity = pool_asks[next_ask]
+                ask, _minus_reliability, _not_holds, car, _quantity = pool_asks[next_ask]
                 take = min(want, left)
                 out_bid.append(bid)
                 out_car.append(car)
@@ -387,7 +399,7 @@ def clear_reference(supply: Supply, demand: Demand, reserve) -> Result:
                 sold.add(car)
                 if not left:
                     next_ask += 1
-                    left = pool_asks[next_ask][3] if next_ask < len(pool_asks) else 0
+                    left = pool_asks[next_ask][-1] if next_ask < len(pool_asks) else 0
             if want and highest_not_filled is None:
                 highest_not_filled = -minus_price
         price = None

@@ -62,6 +62,15 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
     # Only the bid's last allocation in the round (they are cut in pk order) takes what is left, or the first car
     # would get the work every other car bought.
     last_of_bid = {allocation.bid_id: allocation.pk for allocation in allocations}
+    # A reissued unit never goes back to a car that ran it, nor a replica to a car of an owner who did: their owners,
+    # in one query, only when a replica waits.
+    replicas = [unit for units in reissued.values() for unit in units if unit.replica_of_id]
+    owners = verdicts.owners_of(
+        [a.vehicle_id for a in allocations] + [v for unit in replicas for v in unit.excluded_vehicles]
+    ) if replicas else {}  # fmt: skip
+    # CH an allocation sold but could not spend, because the units left were ones its car may not run: given back to
+    # the bid at the end, so that its next rounds buy them from another car instead of waiting forever.
+    unspent: dict[int, float] = {}
     cut: list[tuple] = []  # rows of _CUT_COLUMNS: a big round cuts tens of thousands, too many to build as models
     reassigned: list[WorkUnit] = []
     unitised_before = {bid_id: bids[bid_id].items_unitised for bid_id in bid_ids}
@@ -84,15 +93,15 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
         index = next_index.get(bid.pk, 0)
         left: list[WorkUnit] = []
         for unit in reissued.get(bid.pk, []):
-            # A replica checks another car's result: it runs on the same hardware class, never on a car that ran it
+            # No unit goes back to a car that ran it (a failed known answer must not count twice). A replica checks
+            # another car's result: it runs on the same hardware class, never on a car of an owner who ran it
             # (rounds.verification_allocate finds it a car when no allocation of the bid fits).
-            if (budget <= 0 and not fully_allocated) or (
-                unit.replica_of_id
-                and (
-                    allocation.vehicle_id in unit.excluded_vehicles
-                    or (unit.requires_hardware_id and unit.requires_hardware_id != car["hardware_id"])
-                )
-            ):
+            if (
+                (budget <= 0 and not fully_allocated)
+                or verdicts.vehicle_refused(unit=unit, vehicle_id=allocation.vehicle_id, owners=owners)
+                or (unit.replica_of_id and unit.requires_hardware_id
+                    and unit.requires_hardware_id != car["hardware_id"])
+            ):  # fmt: skip
                 left.append(unit)
                 continue
             rest = unit.item_end
@@ -108,19 +117,20 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
                 mine = budget > 0 or fully_allocated
                 cut.append(
                     (bid.pk, unit.variant_id, index, start, end, (end - start) * per_item,
-                     allocation.vehicle_id if mine else None, allocation.pk if mine else None)
+                     allocation.vehicle_id if mine else None, allocation.pk if mine else None, unit.excluded_vehicles)
                 )  # fmt: skip
                 budget -= (end - start) if mine else 0
                 index += 1
         reissued[bid.pk] = left
         remaining = bid.items - bid.items_unitised
         to_cut = remaining if fully_allocated else min(max(budget, 0), remaining)
+        unspent[bid.pk] = unspent.get(bid.pk, 0.0) + max(budget - to_cut, 0) * per_item
         start = bid.items_unitised
         while to_cut > 0:
             count = min(size, to_cut)
             cut.append(
                 (bid.pk, bid.variant_id, index, start, start + count, count * per_item, allocation.vehicle_id,
-                 allocation.pk)
+                 allocation.pk, [])
             )  # fmt: skip
             index, start, to_cut = index + 1, start + count, to_cut - count
         next_index[bid.pk], bid.items_unitised = index, start
@@ -128,12 +138,19 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
     _units_insert(cut)
     changed = [bids[bid_id] for bid_id in bid_ids if bids[bid_id].items_unitised != unitised_before[bid_id]]
     Bid.objects.bulk_update(changed, ["items_unitised"], batch_size=1000)
+    for bid_id, units in reissued.items():
+        # Without a refused unit, units are left only once every allocation's budget is spent: nothing goes back.
+        back = min(sum(unit.ch for unit in units if unit.replica_of_id is None), unspent.get(bid_id, 0.0))
+        if back > 0:
+            Bid.objects.filter(pk=bid_id).update(ch_allocated=F("ch_allocated") - back)
     return len(reassigned) + len(cut)
 
 
-# What differs between the units a round cuts; every other column holds its default.
+# What differs between the units a round cuts; every other column holds its default. The cars excluded from a
+# reissued unit stay excluded from the units its rest is cut into.
 _CUT_COLUMNS = (
     "bid_id", "variant_id", "index", "item_start", "item_end", "ch", "assigned_vehicle_id", "allocation_id",
+    "excluded_vehicles",
 )  # fmt: skip
 
 
@@ -148,6 +165,8 @@ def _units_insert(rows: list[tuple]) -> None:
     defaults = [f.get_db_prep_save(getattr(fresh, f.attname), connection) for f in fields]
     at = {name: i for i, name in enumerate(f.attname for f in fields)}
     where = [at[name] for name in _CUT_COLUMNS]
+    excluded_field = WorkUnit._meta.get_field("excluded_vehicles")
+    excluded_at = at[excluded_field.attname]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     with (
         connection.cursor() as cursor,
@@ -157,6 +176,10 @@ def _units_insert(rows: list[tuple]) -> None:
             values = defaults.copy()
             for i, value in zip(where, row, strict=True):
                 values[i] = value
+            # JSON is adapted for the database, but only the rare non-empty list: the rest keep the default's.
+            values[excluded_at] = (
+                excluded_field.get_db_prep_save(row[-1], connection) if row[-1] else defaults[excluded_at]
+            )
             copy.write_row(values)
 
 
@@ -542,7 +565,7 @@ def unit_split(unit: WorkUnit, *, at: int) -> WorkUnit:
     rest = WorkUnit.objects.create(
         bid_id=unit.bid_id, variant_id=unit.variant_id, index=index, item_start=at, item_end=unit.item_end,
         ch=unit.ch - per_item * (at - unit.item_start), assigned_vehicle_id=unit.assigned_vehicle_id,
-        allocation=unit.allocation, attempts=unit.attempts,
+        allocation=unit.allocation, attempts=unit.attempts, excluded_vehicles=unit.excluded_vehicles,
     )  # fmt: skip
     unit.item_end, unit.ch = at, per_item * (at - unit.item_start)
     unit.save(update_fields=["item_end", "ch"])

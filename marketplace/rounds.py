@@ -16,7 +16,7 @@ from fleet.availability import rated_ch_per_hour
 from fleet.models import Vehicle
 from fleet.selectors import hardware_of, vehicles_live
 
-from . import auction
+from . import auction, verdicts, verification
 from .dispatch import units_cut
 from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
 from .selectors import pricing_current
@@ -66,13 +66,13 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         if v.pk not in busy
     ]
     fee = pricing_current().platform_fee_pct / 100
-    # The variants (model files) open bids of each pool run. Between equal asks, a car that already holds one wins:
-    # no download.
+    # The variants (model files) open bids of each pool run. Between equal asks and reputations, a car that already
+    # holds one wins: no download.
     wanted_models: dict[str, set[str]] = {}
     for pool, sha in Bid.objects.filter(status__in=Bid.OPEN_STATUSES).values_list("pool", "variant__sha256"):
         wanted_models.setdefault(pool, set()).add(sha)
     failed = self_tests_failed([v.pk for v in vehicles])
-    cars, pools, chs, asks, reliabilities = [], [], [], [], []
+    cars, pools, chs, asks, reliabilities, holds_model = [], [], [], [], [], []
     rates: dict[int, dict] = {}
     for item in vehicles_live(vehicles, now=now):
         availability = item.availability
@@ -124,8 +124,11 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
             pools.append(auction.POOLS.index(precision))
             chs.append(availability.hours_offered * pool_rate)
             asks.append(ask)
-            holds = bool(wanted & rates[vehicle.pk]["model_shas_held"])
-            reliabilities.append(1.5 if holds else 1.0)
+            # Between equal asks the more reliable car sells first: its record of validated results.
+            reliabilities.append(
+                verification.reputation(results_valid=vehicle.results_valid, results_invalid=vehicle.results_invalid)
+            )
+            holds_model.append(bool(wanted & rates[vehicle.pk]["model_shas_held"]))
             rates[vehicle.pk]["ch_per_hour"][precision] = pool_rate
     supply = auction.Supply(
         car=np.array(cars, dtype=np.int64),
@@ -133,6 +136,7 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         ch=np.array(chs, dtype=np.float64),
         ask=np.array(asks, dtype=np.int64),
         reliability=np.array(reliabilities, dtype=np.float64),
+        holds_model=np.array(holds_model, dtype=bool),
     )
     return supply, rates
 
@@ -361,7 +365,7 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
 
 def verification_allocate(*, round_: Round, supply: auction.Supply, result, reserve, rates, now: datetime) -> int:
     """Find cars for the replicas waiting for one (marketplace/verdicts.py): the auction cannot, since a replica needs
-    a car of a given hardware class that has not run its items. Each goes to an available car this round did not
+    a car of a given hardware class whose owner has not run its items. Each goes to an available car this round did not
     sell, of the right class, at the pool's clearing price (or the reserve) but never below the car's ask; the
     platform pays for it, not the customer. Returns the number of replicas placed."""
     waiting = list(
@@ -381,6 +385,8 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
         if car not in sold
     ]  # fmt: skip
     hardware = dict(Vehicle.objects.filter(pk__in={car for car, *_ in unsold}).values_list("pk", "hardware_id"))
+    # Never a car of an owner who already ran the replica's slice: the owners of both sides, in one query.
+    owners = verdicts.owners_of([*hardware, *(car for unit in waiting for car in unit.excluded_vehicles)])
     # The free offers by (pool, hardware class), so each replica looks only at cars that could run it.
     offers: dict[tuple[str, int | None], list[list]] = {}
     for car, pool, ch, ask in unsold:
@@ -394,7 +400,7 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
             candidates = [offer for (p, _), group in offers.items() if p == pool for offer in group]
         for offer in candidates:
             car, ch_left, ask = offer
-            if ch_left < unit.ch or car in unit.excluded_vehicles:
+            if ch_left < unit.ch or verdicts.vehicle_refused(unit=unit, vehicle_id=car, owners=owners):
                 continue
             price = max(prices.get(pool) or int(reserve[auction.POOLS.index(pool)]), ask)
             hours = unit.ch / rates[car]["ch_per_hour"][pool] / rates[car]["clock_rate"]

@@ -304,13 +304,44 @@ def bid_get_for_customer(*, user: User, bid_id: int):
         raise Http404("No such bid.") from None
 
 
+_CUSTOMER_RESULT = Q(canonical=True, verification=WorkUnit.Verification.VALID, status=WorkUnit.Status.DONE)
+
+
+def customer_results(*, bid) -> QuerySet:
+    """The bid's results that are the customer's: for each slice of items, its one canonical, validated result
+    (whichever car returned it). Replicas that confirmed it are the platform's cost, not the customer's work;
+    billing charges exactly these (billing/services/settling.py)."""
+    return bid.units.filter(_CUSTOMER_RESULT)
+
+
 def bid_progress(*, bid) -> dict[str, int]:
-    """How many work units the bid has (replicas included) and the items of those done, in one query."""
+    """How many slices of items the bid has been cut into, and how many of its items have their result, in one
+    query. A slice run again to check it counts once: replicas are not the customer's work, and a result still
+    waiting for a second opinion is not done."""
     from django.db.models import Count, F, Sum
 
     return bid.units.aggregate(
-        unit_count=Count("pk"),
-        done_items=Sum(F("item_end") - F("item_start"), filter=Q(status=WorkUnit.Status.DONE), default=0),
+        unit_count=Count("pk", filter=Q(replica_of__isnull=True)),
+        done_items=Sum(
+            F("item_end") - F("item_start"),
+            filter=_CUSTOMER_RESULT,
+            default=0,
+        ),
+    )
+
+
+def bid_allocations_won(*, bid) -> QuerySet:
+    """The rounds the customer won for the bid: its allocations, less those verification bought to check results
+    (rounds.verification_allocate gives each a replica and no slice of the customer's own). Newest first."""
+    from django.db.models import Exists, OuterRef
+
+    units = WorkUnit.objects.filter(allocation=OuterRef("pk"))
+    return (
+        bid.allocations.alias(
+            checks=Exists(units.filter(replica_of__isnull=False)), own=Exists(units.filter(replica_of__isnull=True))
+        )
+        .exclude(checks=True, own=False)
+        .order_by("-round__slot")
     )
 
 

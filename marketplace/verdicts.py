@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import Count, F, Q
 
 from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy
 from fleet.models import Vehicle
@@ -154,10 +154,11 @@ def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -
     hardware_id = Vehicle.objects.filter(pk=group[0].done_by_id).values_list("hardware_id", flat=True).first()
     # A car of the same hardware already working for this bid takes it within what it sold; otherwise the next
     # round finds it a free car of that class (rounds.verification_allocate). The customer's demand is unchanged.
+    # Never a car of an owner who already ran the slice: two cars of one owner would confirm each other.
     allocation = (
         Allocation.objects.filter(bid=bid, ends_at__gt=now, vehicle__hardware_id=hardware_id,
                                   vehicle__status=Vehicle.Status.ACTIVE)
-        .exclude(vehicle_id__in=excluded)
+        .exclude(vehicle__owner_id__in=Vehicle.objects.filter(pk__in=excluded).values("owner_id"))
         .order_by("ends_at")
         .first()
     )  # fmt: skip
@@ -168,6 +169,24 @@ def replica_ensure(*, primary: WorkUnit, group: list[WorkUnit], now: datetime) -
         assigned_vehicle_id=allocation.vehicle_id if allocation is not None else None,
     )  # fmt: skip
     return True
+
+
+def owners_of(vehicle_ids) -> dict[int, int]:
+    """The owner of each of these cars, in one query: what vehicle_refused needs for a round's or a bid's units."""
+    return dict(Vehicle.objects.filter(pk__in=set(vehicle_ids)).values_list("pk", "owner_id"))
+
+
+def vehicle_refused(*, unit: WorkUnit, vehicle_id: int, owners: dict[int, int]) -> bool:
+    """Whether `unit` may not go to this car: the car already ran its items (or got one of its known answers wrong,
+    which must not count against it twice), or, for a replica, the car's owner owns a car that did. Like BOINC's
+    one result per user per work unit: two cars of one owner would otherwise confirm each other's fake result.
+    `owners` maps this car and the unit's excluded cars to their owners (owners_of)."""
+    if vehicle_id in unit.excluded_vehicles:
+        return True
+    if unit.replica_of_id is None:
+        return False
+    owner = owners.get(vehicle_id)
+    return owner is None or owner in {owners.get(excluded) for excluded in unit.excluded_vehicles}
 
 
 def reputation_record(
@@ -188,22 +207,42 @@ def reputation_record(
     car.results_invalid += 1
     car.last_fault_at = now
     car.save(update_fields=["valid_streak", "results_invalid", "last_fault_at"])
-    faults = _faults_recent(car.pk, now)
+    by_kind = _faults_recent_by_kind(car.pk, now)
+    faults = sum(by_kind.values())
     log.warning("vehicle %s returned a wrong result (unit %s); %s fault(s) recently", car.pk,
                 unit.pk if unit else "?", faults)  # fmt: skip
     if faults >= settings.VERIFICATION_SUSPEND_AFTER_FAULTS and car.status == Vehicle.Status.ACTIVE:
         # Its work goes back to the market (fleet.signals.vehicle_stopped_working: dispatch releases it).
-        car = vehicle_suspend(
-            vehicle=car, actor=None,
-            reason=f"{faults} results in the last {settings.VERIFICATION_FAULT_WINDOW_HOURS} hours disagreed with "
-                   "other cars running the same work. Suspended cars get no work; contact support to appeal.",
-        )  # fmt: skip
+        car = vehicle_suspend(vehicle=car, actor=None, reason=_suspension_reason(by_kind))
     return car
+
+
+def _suspension_reason(by_kind: dict[str, int]) -> str:
+    """What the owner reads on the car's page and in the email: the evidence that caught the car, since an owner
+    told "disagreed with other cars" about a car that failed known answers is told the wrong thing to look into."""
+    hours = settings.VERIFICATION_FAULT_WINDOW_HOURS
+    outvoted, known = by_kind.get(ResultFault.Kind.OUTVOTED, 0), by_kind.get(ResultFault.Kind.KNOWN_ANSWER, 0)
+    disagreed = f"{outvoted} result{'s' if outvoted != 1 else ''}"
+    checks = f"{known} known-answer check{'s' if known != 1 else ''}"
+    if outvoted and known:
+        evidence = (f"In the last {hours} hours, {disagreed} disagreed with other cars running the same work and it "
+                    f"failed {checks} (items whose answers Idlefleet computes itself).")  # fmt: skip
+    elif known:
+        evidence = f"It failed {checks} in the last {hours} hours (items whose answers Idlefleet computes itself)."
+    else:
+        evidence = f"{disagreed} in the last {hours} hours disagreed with other cars running the same work."
+    return f"{evidence} Suspended cars get no work; contact support to appeal."
 
 
 def _faults_recent(vehicle_id: int, now: datetime) -> int:
     window = timedelta(hours=settings.VERIFICATION_FAULT_WINDOW_HOURS)
     return ResultFault.objects.filter(vehicle_id=vehicle_id, created_at__gte=now - window).count()
+
+
+def _faults_recent_by_kind(vehicle_id: int, now: datetime) -> dict[str, int]:
+    window = timedelta(hours=settings.VERIFICATION_FAULT_WINDOW_HOURS)
+    recent = ResultFault.objects.filter(vehicle_id=vehicle_id, created_at__gte=now - window)
+    return dict(recent.order_by().values("kind").annotate(n=Count("pk")).values_list("kind", "n"))
 
 
 # --- Known-answer probes ------------------------------------------------------------------------------------------

@@ -268,3 +268,12 @@ def replication_needed(
 def streak_after(streak: int, *, valid: bool) -> int:
     """A car's count of consecutive validated results after one more verdict: +1 when valid, back to 0 when not."""
     return streak + 1 if valid else 0
+
+
+def reputation(*, results_valid: int, results_invalid: int) -> float:
+    """A car's reputation in [0, 1): the share of its judged results that were validated, with one valid and one
+    invalid result assumed before any (Laplace's rule), so a new car starts at 0.5, a long clean record nears 1, and
+    every fault weighs more the shorter the record. The auction prefers the higher between equal asks."""
+    if results_valid < 0 or results_invalid < 0:
+        raise ValueError("result counts cannot be negative")
+    return (results_valid + 1) / (results_valid + results_invalid + 2)

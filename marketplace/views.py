@@ -190,7 +190,7 @@ def bid_new(request, model_id: int):
 @role_required(Role.CUSTOMER)
 def bid_detail(request, bid_id: int):
     bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
-    allocations = bid.allocations.select_related("round", "vehicle__hardware").order_by("-round__slot")[:50]
+    allocations = selectors.bid_allocations_won(bid=bid).select_related("round", "vehicle__hardware")[:50]
     context = {"bid": bid, "allocations": allocations, **selectors.bid_progress(bid=bid)}
     if request.htmx:
         return render(request, "marketplace/_bid_progress.html", context)

@@ -22,21 +22,32 @@ Kind = LedgerTransaction.Kind
 def _work_lines(bid) -> tuple[list[settlement.WorkLine], list[settlement.WorkLine], dict]:
     """The bid's validated work, one line per (car, round price): what the customer pays for (the canonical result
     of each slice of items), what the platform pays for (replicas that confirmed it), and each car's CH and energy.
-    Rejected results and results still waiting for a second opinion are nobody's to pay."""
+    Rejected results and results still waiting for a second opinion are nobody's to pay.
+
+    A customer never pays above the price of their own allocation of a slice: when the slice's canonical result came
+    from a replica that verification bought dearer (its first result was outvoted), the customer pays their own
+    price and the platform pays the car the difference, as verification (`settlement.customer_price_mcents`)."""
     rows = (
         WorkUnit.objects.filter(
             bid=bid, status=WorkUnit.Status.DONE, verification=WorkUnit.Verification.VALID, allocation__isnull=False
         )
         .values_list("canonical", "done_by_id", "done_by__owner_id", "allocation__price_mcents_per_ch",
-                     "allocation__round__platform_fee_pct")
+                     "replica_of__allocation__price_mcents_per_ch", "allocation__round__platform_fee_pct")
         .annotate(ch=Sum("ch"), energy_wh=Sum("energy_wh"))
         .order_by()
     )  # fmt: skip
     customer_lines, replica_lines, usage = [], [], {}
-    for canonical, vehicle_id, owner_id, price, fee_pct, ch, energy_wh in rows:
-        key = f"{vehicle_id}:{owner_id}"
-        line = settlement.WorkLine(key=key, ch=ch, price_mcents=price, fee_pct=Decimal(fee_pct))
-        (customer_lines if canonical else replica_lines).append(line)
+    for canonical, vehicle_id, owner_id, price, primary_price, fee_pct, ch, energy_wh in rows:
+        key, fee = f"{vehicle_id}:{owner_id}", Decimal(fee_pct)
+        if not canonical:
+            replica_lines.append(settlement.WorkLine(key=key, ch=ch, price_mcents=price, fee_pct=fee))
+        else:
+            customer_price = settlement.customer_price_mcents(price, primary_price)
+            customer_lines.append(settlement.WorkLine(key=key, ch=ch, price_mcents=customer_price, fee_pct=fee))
+            if price > customer_price:
+                replica_lines.append(
+                    settlement.WorkLine(key=key, ch=ch, price_mcents=price - customer_price, fee_pct=fee)
+                )
         used = usage.setdefault(key, {"ch": 0.0, "energy_wh": 0.0})
         used["ch"] += ch
         used["energy_wh"] += energy_wh or 0.0

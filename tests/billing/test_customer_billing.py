@@ -9,7 +9,7 @@ from django.utils import timezone
 from billing import ledger, selectors, stripe_gateway
 from billing.ledger import Leg
 from billing.models import AccountKind, BillingProfile, LedgerTransaction, PaymentAuthorization, Refund
-from billing.services import cards
+from billing.services import cards, settling
 from marketplace.models import Bid, WorkUnit
 from tests.billing import builders
 
@@ -246,6 +246,56 @@ def test_a_settled_receipt_shows_the_charge_hold_release_and_refunds(client, ali
     assert "6000 m¢/CH" not in page  # the failed unit's round sold nothing that was validated
 
 
+# --- Checking work is the platform's, not the customer's --------------------------------------------------------------
+
+
+@pytest.fixture
+def alices_checked_job(alice, alice_card, olivia_car, oscar_car):
+    """Alice bought 500 items (0.5 CH at 5,000 m¢/CH) run on Olivia's car; Oscar's car ran them again in a round that
+    verification bought (4,000 m¢/CH) and agreed. The job is completed and settled at the local Stripe server."""
+    bid = builders.bid_authorized(alice, items=500)
+    bought = builders.sell(bid, olivia_car, ch=0.5, price_mcents=5_000)
+    Bid.objects.filter(pk=bid.pk).update(ch_allocated=0.5)  # as the round that sold it does
+    builders.confirm(builders.validate(bought), oscar_car, price_mcents=4_000)
+    builders.close(bid)
+    settling.bid_settle(bid_id=bid.pk)
+    bid.refresh_from_db()
+    return bid, bought
+
+
+def test_a_job_checked_by_a_second_car_shows_its_items_and_rounds_once(client, alice, alices_checked_job):
+    bid, bought = alices_checked_job
+    client.force_login(alice)
+
+    response = client.get(f"/customer/bids/{bid.pk}/")
+    api = client.get(f"/api/v1/bids/{bid.pk}/").json()
+
+    page = " ".join(response.content.decode().split())
+    assert "500 of 500 items done in 1 work unit ·" in page
+    assert '<progress value="500" max="500"' in page
+    assert list(response.context["allocations"]) == [bought]  # not the round verification bought
+    assert "$0.0400/CH" not in page
+    assert (api["items"], api["ch_allocated"], api["ch_total"]) == (500, 0.5, 0.5)
+
+
+def test_the_receipt_of_a_checked_job_is_the_work_bought_and_equals_the_charge(client, alice, alices_checked_job):
+    bid, bought = alices_checked_job
+    auth = PaymentAuthorization.objects.get(bid=bid)
+
+    receipt = selectors.receipt_get(bid=bid)
+    client.force_login(alice)
+    page = client.get(f"/customer/billing/receipts/{bid.pk}/").content.decode()
+
+    assert [(line.round_slot, line.ch, line.price_mcents_per_ch) for line in receipt.lines] == [
+        (bought.round.slot, 0.5, 5_000)
+    ]
+    assert receipt.ch == bid.ch_total
+    assert receipt.work_mcents == auth.work_mcents == Decimal(2_500)
+    assert receipt.uncapped_cents == auth.captured_cents == 3  # 2.5 ¢, half up
+    assert "4000 m¢/CH" not in page
+    assert 'Charged (rounded to the cent)</th><td class="number">$0.03</td>' in page
+
+
 def test_bob_cannot_see_alices_receipt(client, alice, bob):
     bid = job(alice)
     settled(bid, captured=3)
@@ -262,3 +312,33 @@ def test_owners_and_visitors_have_no_billing_pages(client, alice, olivia):
 
     assert client.get(BILLING).status_code == 403
     assert client.get(f"/customer/billing/receipts/{bid.pk}/").status_code == 403
+
+
+def test_a_replica_bought_dearer_that_outvotes_the_first_result_never_raises_the_customers_charge(
+    client, alice, alice_card, olivia, oscar, olivia_car, oscar_car
+):
+    """Alice bought 5 CH at 1,000 m¢/CH on Olivia's car; Olivia's result was outvoted by a replica on Oscar's car that
+    verification bought at 8,000 m¢/CH (the car's ask). Alice pays her own price; the platform pays the rest."""
+    bid = builders.bid_authorized(alice, items=500, budget_cents=1000)
+    bought = builders.sell(bid, olivia_car, ch=5.0, price_mcents=1_000)
+    Bid.objects.filter(pk=bid.pk).update(ch_allocated=5.0)
+    first = builders.validate(bought)
+    replica = builders.confirm(first, oscar_car, price_mcents=8_000)
+    WorkUnit.objects.filter(pk=first.pk).update(verification=WorkUnit.Verification.INVALID, canonical=False)
+    WorkUnit.objects.filter(pk=replica.pk).update(canonical=True)
+    builders.close(bid)
+
+    settling.bid_settle(bid_id=bid.pk)
+
+    auth = PaymentAuthorization.objects.get(bid=bid)
+    assert auth.captured_cents == 5  # 5 CH × 1,000 m¢, not 5 CH × 8,000 m¢ = 40 ¢
+    receipt = selectors.receipt_get(bid=bid)
+    assert [(line.round_slot, line.ch, line.price_mcents_per_ch) for line in receipt.lines] == [
+        (bought.round.slot, 5.0, 1_000)
+    ]
+    assert receipt.uncapped_cents == auth.captured_cents
+    # Oscar's car still earns its own sale, 40 ¢ less the 15 % fee; Olivia's outvoted result earns nothing.
+    assert ledger.balance(kind=AccountKind.OWNER_PENDING, user_id=oscar.pk) == 34
+    assert ledger.balance(kind=AccountKind.OWNER_PENDING, user_id=olivia.pk) == 0
+    assert ledger.balance(kind=AccountKind.VERIFICATION_COST) == 34 - 4  # the platform pays what Alice does not
+    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 5

@@ -38,7 +38,7 @@ def markets(draw, max_cars=30, max_bids=30):
     for car in draw(st.permutations(range(100, 100 + n_cars))):
         reliability = draw(st.sampled_from([0.5, 0.9, 0.99, 1.0]))
         for pool in draw(st.sets(st.integers(0, len(POOLS) - 1), min_size=1)):
-            rows.append((car, pool, draw(QUANTITIES), draw(PRICES), reliability))
+            rows.append((car, pool, draw(QUANTITIES), draw(PRICES), reliability, draw(st.booleans())))
     rows = draw(st.permutations(rows))
     n_bids = draw(st.integers(0, max_bids))
     bids = [
@@ -181,6 +181,21 @@ def test_a_car_partly_sold_in_a_scarcer_pool_is_not_offered_in_the_next():
     result = clear(supply, demand, [0, 0, 0, 0])
     assert allocations(result) == [(10, 1, FP8, 1.0), (11, 2, INT8, 1.0)]
     assert result.pool("int8").supply_ch == 1.0
+
+
+def test_between_equal_asks_reputation_comes_first_then_holding_the_model():
+    # Cars 1-3 ask the same; car 1 holds the model but has the worst record; cars 2 and 3 have the same record, and
+    # car 3 holds the model. One bid takes exactly one car's CH.
+    supply = Supply(
+        car=[1, 2, 3], pool=[INT8] * 3, ch=[4.0] * 3, ask=[500] * 3, reliability=[0.5, 0.9, 0.9],
+        holds_model=[True, False, True],
+    )  # fmt: skip
+    demand = Demand(bid=[1, 2], pool=[INT8, INT8], ch=[4.0, 4.0], price=[900, 900], placed=[0, 1])
+
+    result = clear(supply, demand, np.array([100] * len(POOLS)))
+
+    assert [car for _bid, car, _pool, _ch in allocations(result)] == [3, 2]
+    assert allocations(clear_reference(supply, demand, np.array([100] * len(POOLS)))) == allocations(result)
 
 
 def test_bad_input_gets_a_clear_error():

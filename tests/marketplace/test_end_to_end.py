@@ -142,6 +142,16 @@ def money_follows_the_work(client, bid, owners, onboarded, settings):
     work = sum(Decimal(repr(u.ch)) * u.allocation.price_mcents_per_ch for u in billed)
     assert auth.captured_cents == cents_half_up(work) > 0
     assert auth.released_cents == auth.amount_cents - auth.captured_cents
+    # Every slice ran on two cars, but the customer sees and pays for each item once: the job page's progress and the
+    # receipt count the canonical results only, and the receipt adds up to the charge.
+    from billing.selectors import receipt_get
+
+    page = " ".join(client.get(f"/customer/bids/{bid.pk}/").content.decode().split())
+    assert f"{bid.items} of {bid.items} items done" in page
+    receipt = receipt_get(bid=bid)
+    assert abs(receipt.ch - bid.ch_total) < 1e-9
+    assert abs(receipt.work_mcents - auth.work_mcents) < 1  # m¢
+    assert receipt.uncapped_cents == auth.captured_cents
     intent = stripe_gateway.payment_retrieve(auth.stripe_payment_intent_id)
     assert (intent.status, intent.amount_received) == ("succeeded", auth.captured_cents)
     # Stripe's webhooks (payment_intent.succeeded and the like) reached the live server and were processed.

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from fleet.models import OptInPolicy
+from fleet.models import OptInPolicy, Vehicle
 from marketplace.models import Allocation, Bid, PoolClearing, Round
 from marketplace.rounds import auction_round_run
 from tests.factories import vehicle_with_credential
@@ -119,3 +119,18 @@ def test_between_equal_asks_the_car_that_holds_the_model_wins(client, bid, olivi
     auction_round_run()
 
     assert Allocation.objects.get().vehicle == keys[1]  # oscar's car already has the model
+
+
+def test_between_equal_asks_the_car_with_the_better_record_wins_even_without_the_model(client, bid, olivia, oscar):
+    keys = []
+    for owner, cached, record in ((olivia, [], (40, 0)), (oscar, [bid.variant.sha256], (40, 3))):
+        vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
+        Vehicle.objects.filter(pk=vehicle.pk).update(results_valid=record[0], results_invalid=record[1])
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=2)  # the same ask
+        signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=90, models_cached=cached))
+        keys.append(vehicle)
+
+    auction_round_run()
+
+    # Three faults in 43 results weigh more than a download: olivia's clean record sells first.
+    assert Allocation.objects.get().vehicle == keys[0]

@@ -15,7 +15,7 @@ from billing.services import settling
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import OptInPolicy, Vehicle
 from marketplace import storage
-from marketplace.models import Bid, ResultFault, WorkUnit
+from marketplace.models import Allocation, Bid, ResultFault, WorkUnit
 from marketplace.rounds import auction_round_run
 from tests.factories import OwnerFactory, vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
@@ -301,3 +301,154 @@ def test_the_probes_model_is_loaded_once_when_the_first_results_arrive_together(
 
     assert loads == ["ab" * 32]
     assert len(runners) == 4 and len({id(runner) for runner in runners}) == 1
+
+
+def test_a_car_that_fails_a_known_answer_never_gets_that_unit_again_and_another_car_runs_it(
+    client, bid, new_cars, settings
+):
+    settings.VERIFICATION_PROBE_RATE = 1.0
+    settings.VERIFICATION_SUSPEND_AFTER_FAULTS = 99
+    (liam, liam_key), (hana, hana_key) = new_cars["liam"], new_cars["hana"]
+    Vehicle.objects.filter(pk__in=[liam.pk, hana.pk]).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
+    # Liam asks the least: the auction sells him the bid first, every round he is free.
+    OptInPolicy.objects.filter(vehicle=liam).update(min_price_cents_per_ch=1)
+    Vehicle.objects.filter(pk=liam.pk).update(energy_price_cents_per_kwh=0)
+    for car in (liam, hana):
+        measured_here(car, bid.variant)
+    model = model_bytes_of(bid)
+    only_cars(new_cars, "liam")
+    next_round(0)
+    lease = signed_post(client, liam_key, LEASE, {}).json()
+    assert signed_post(client, liam_key, RESULT, lying(lease, model)).json() == {"accepted": True}
+    unit = WorkUnit.objects.get(pk=lease["unit_id"])
+    work_off(client, liam_key, model)  # the rest of his work, honestly
+    Allocation.objects.filter(vehicle=liam).update(ends_at=timezone.now())  # his sold time is over: he is free
+
+    # Both are offered; Liam is sold the bid again, but not the unit he lied about.
+    only_cars(new_cars, "liam", "hana")
+    assert Allocation.objects.filter(round=next_round(1), bid=bid, vehicle=liam).exists()
+    assert WorkUnit.objects.filter(pk=unit.pk, assigned_vehicle__isnull=True).exists()
+    assert work_off(client, liam_key, model) == 0
+    # The bid buys those CH again, from another car: Hana runs the unit.
+    only_cars(new_cars, "hana")
+    next_round(2)
+    assert work_off(client, hana_key, model) >= 1
+
+    unit.refresh_from_db()
+    assert (unit.status, unit.done_by_id, unit.verification) == ("done", hana.pk, "valid")
+    liam.refresh_from_db()
+    assert (liam.results_invalid, liam.result_faults.count()) == (1, 1)  # one lie, one fault
+    bid.refresh_from_db()
+    assert bid.status == Bid.Status.COMPLETED
+    result = decode_npy(storage.artifact_read(bid.result_sha256))
+    np.testing.assert_array_equal(
+        result[unit.item_start : unit.item_end], decode_npy(storage.artifact_read(unit.output_sha256))
+    )
+
+
+def test_a_car_caught_by_known_answers_is_suspended_with_a_reason_that_says_so(client, bid, new_cars, settings):
+    settings.VERIFICATION_SUSPEND_AFTER_FAULTS = 2
+    from marketplace.verdicts import probe_failed
+
+    liam, _ = new_cars["liam"]
+    unit = WorkUnit.objects.create(bid=bid, variant=bid.variant, index=0, item_start=0, item_end=10, ch=2.0)
+    now = timezone.now()
+    ResultFault.objects.create(vehicle=liam, kind="known_answer", created_at=now - timedelta(days=1))
+
+    probe_failed(unit=unit, vehicle_id=liam.pk, now=now)
+
+    liam.refresh_from_db()
+    assert liam.status == Vehicle.Status.SUSPENDED
+    assert "failed 2 known-answer checks in the last 168 hours" in liam.status_reason
+    assert "disagreed" not in liam.status_reason
+    assert "known-answer checks" in mail.outbox[0].body
+    client.force_login(liam.owner)
+    page = client.get(f"/owner/vehicles/{liam.pk}/").content.decode()
+    assert "failed 2 known-answer checks" in page
+
+
+def test_a_car_caught_both_ways_is_told_both(bid, new_cars, settings):
+    settings.VERIFICATION_SUSPEND_AFTER_FAULTS = 2
+    from marketplace.verdicts import reputation_record
+
+    liam, _ = new_cars["liam"]
+    now = timezone.now()
+    ResultFault.objects.create(vehicle=liam, kind="known_answer", created_at=now - timedelta(days=1))
+
+    car = reputation_record(vehicle_id=liam.pk, valid=False, now=now)
+
+    assert "1 result disagreed with other cars running the same work" in car.status_reason
+    assert "failed 1 known-answer check " in car.status_reason
+    assert len(car.status_reason) < 255  # stored whole
+
+
+@pytest.fixture
+def two_of_hanas(client, new_cars):
+    """Hana's second HW4 car, registered after Hugo's so that a round offers it first, and asking as little."""
+    hana, _ = new_cars["hana"]
+    vehicle, credential = vehicle_with_credential(hana.owner, name="hana's other car")
+    OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=1)
+    assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
+    return vehicle, credential
+
+
+def test_a_replica_never_goes_to_another_car_of_the_owner_who_ran_the_slice(client, bid, new_cars, two_of_hanas):
+    (_, hana_key), (hugo, hugo_key) = new_cars["hana"], new_cars["hugo"]
+    other, other_key = two_of_hanas
+    model = model_bytes_of(bid)
+    only_cars(new_cars, "hana")
+    Vehicle.objects.filter(pk=other.pk).update(status="paused")
+    next_round(0)
+    assert work_off(client, hana_key, model) > 0
+    replicas = bid.units.filter(replica_of__isnull=False)
+    assert replicas.exists() and not replicas.filter(assigned_vehicle__isnull=False).exists()
+
+    # Only Hana's other car is free: the slices wait rather than be confirmed by their own owner.
+    only_cars(new_cars)
+    Vehicle.objects.filter(pk=other.pk).update(status="active")
+    next_round(1)
+    assert not replicas.filter(assigned_vehicle__isnull=False).exists()
+    assert work_off(client, other_key, model) == 0
+
+    # Hugo's car is free too: Hugo checks them, though Hana's other car asks less.
+    only_cars(new_cars, "hugo")
+    next_round(2)
+    assert set(replicas.values_list("assigned_vehicle", flat=True)) == {hugo.pk}
+    assert work_off(client, other_key, model) == 0
+    assert work_off(client, hugo_key, model) == replicas.count()
+    bid.refresh_from_db()
+    assert bid.status == Bid.Status.COMPLETED
+    assert set(replicas.values_list("done_by", flat=True)) == {hugo.pk}
+
+
+def test_a_replica_made_while_the_owners_other_car_works_for_the_bid_goes_to_another_owners_car(
+    bid, new_cars, two_of_hanas
+):
+    from marketplace.verdicts import replica_ensure
+    from tests.billing import builders
+
+    (hana, _), (hugo, _) = new_cars["hana"], new_cars["hugo"]
+    other, _ = two_of_hanas
+    primary = builders.validate(builders.sell(bid, hana, ch=1.0, price_mcents=3_000))
+    builders.sell(bid, other, ch=1.0, price_mcents=2_000)  # ends first: it would be chosen
+    hugos = builders.sell(bid, hugo, ch=1.0, price_mcents=3_000)
+    Allocation.objects.filter(pk=hugos.pk).update(ends_at=timezone.now() + timedelta(hours=1))
+
+    assert replica_ensure(primary=primary, group=[primary], now=timezone.now())
+
+    replica = primary.replicas.get()
+    assert (replica.assigned_vehicle_id, replica.allocation_id) == (hugo.pk, hugos.pk)
+
+
+def test_a_replica_waits_when_only_the_owners_other_car_works_for_the_bid(bid, new_cars, two_of_hanas):
+    from marketplace.verdicts import replica_ensure
+    from tests.billing import builders
+
+    hana, _ = new_cars["hana"]
+    other, _ = two_of_hanas
+    primary = builders.validate(builders.sell(bid, hana, ch=1.0, price_mcents=3_000))
+    builders.sell(bid, other, ch=1.0, price_mcents=2_000)
+
+    assert replica_ensure(primary=primary, group=[primary], now=timezone.now())
+
+    assert primary.replicas.get().assigned_vehicle_id is None
