@@ -256,6 +256,10 @@ class Allocation(models.Model):
     ch = models.FloatField()
     price_mcents_per_ch = models.PositiveBigIntegerField()
     ends_at = models.DateTimeField(help_text="When the car's sold time runs out.")
+    for_verification = models.BooleanField(
+        default=False, help_text="Bought by the platform to check results (rounds.verification_allocate), not won by "
+        "the customer: left out of the customer's rounds won.",
+    )  # fmt: skip
 
     class Meta:
         ordering = ["round", "bid"]
@@ -314,7 +318,10 @@ class WorkUnit(models.Model):
         "fleet.HardwareProfile", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
         help_text="A replica runs on the same hardware class as the result it checks (homogeneous redundancy).",
     )  # fmt: skip
-    excluded_vehicles = models.JSONField(default=list, blank=True, help_text="Cars that already ran these items.")
+    excluded_vehicles = models.JSONField(
+        default=list, blank=True, help_text="Cars that may not run these items: they ran them, or got one of their "
+        "known answers wrong; a replica also never runs on another car of their owners.",
+    )  # fmt: skip
     probes = models.JSONField(
         default=list, blank=True,
         help_text="Known-answer items mixed into this lease: [[position in the lease, dataset item], ...].",

@@ -406,7 +406,7 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
             hours = unit.ch / rates[car]["ch_per_hour"][pool] / rates[car]["clock_rate"]
             allocation = Allocation.objects.create(
                 round=round_, bid=unit.bid, vehicle_id=car, pool=pool, ch=unit.ch, price_mcents_per_ch=price,
-                ends_at=now + timedelta(hours=hours),
+                ends_at=now + timedelta(hours=hours), for_verification=True,
             )  # fmt: skip
             WorkUnit.objects.filter(pk=unit.pk).update(assigned_vehicle_id=car, allocation=allocation)
             offer[1] -= unit.ch

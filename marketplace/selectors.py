@@ -331,18 +331,9 @@ def bid_progress(*, bid) -> dict[str, int]:
 
 
 def bid_allocations_won(*, bid) -> QuerySet:
-    """The rounds the customer won for the bid: its allocations, less those verification bought to check results
-    (rounds.verification_allocate gives each a replica and no slice of the customer's own). Newest first."""
-    from django.db.models import Exists, OuterRef
-
-    units = WorkUnit.objects.filter(allocation=OuterRef("pk"))
-    return (
-        bid.allocations.alias(
-            checks=Exists(units.filter(replica_of__isnull=False)), own=Exists(units.filter(replica_of__isnull=True))
-        )
-        .exclude(checks=True, own=False)
-        .order_by("-round__slot")
-    )
+    """The rounds the customer won for the bid: its allocations, less those the platform bought to check results
+    (rounds.verification_allocate marks them). Newest first."""
+    return bid.allocations.filter(for_verification=False).order_by("-round__slot")
 
 
 def market_latest() -> dict[str, dict]:

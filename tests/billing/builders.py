@@ -79,6 +79,7 @@ def validate(allocation: Allocation, *, energy_wh: float = 5.0) -> WorkUnit:
 def confirm(unit: WorkUnit, vehicle, *, price_mcents: int, fee_pct=15, valid: bool = True) -> WorkUnit:
     """Another car ran `unit`'s items again and its result agreed (or, valid=False, was outvoted)."""
     allocation = sell(unit.bid, vehicle, ch=unit.ch, price_mcents=price_mcents, fee_pct=fee_pct)
+    Allocation.objects.filter(pk=allocation.pk).update(for_verification=True)  # as rounds.verification_allocate does
     replica = allocation.units.get()
     replica.replica_of, replica.item_start, replica.item_end = unit, unit.item_start, unit.item_end
     replica.status, replica.done_by, replica.energy_wh, replica.completed_at = (

@@ -33,6 +33,9 @@ def test_two_simulated_days_look_like_commuting(live_server, tmp_path, restore_s
         sample_minutes=20,
         report=str(report),
         quiet=True,
+        # Monday and Tuesday: both mornings are rush hours (commuters stay home at weekends, so a run started on a
+        # Friday would compare nights with weekend mornings).
+        start="2026-11-30T00:00",
     )
 
     curve = json.loads(report.read_text())

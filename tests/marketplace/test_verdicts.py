@@ -14,7 +14,7 @@ from billing import ledger
 from billing.services import settling
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import OptInPolicy, Vehicle
-from marketplace import storage
+from marketplace import selectors, storage
 from marketplace.models import Allocation, Bid, ResultFault, WorkUnit
 from marketplace.rounds import auction_round_run
 from tests.factories import OwnerFactory, vehicle_with_credential
@@ -414,6 +414,9 @@ def test_a_replica_never_goes_to_another_car_of_the_owner_who_ran_the_slice(clie
     only_cars(new_cars, "hugo")
     next_round(2)
     assert set(replicas.values_list("assigned_vehicle", flat=True)) == {hugo.pk}
+    # The platform bought hugo's time to check the results: not a round the customer won.
+    assert not selectors.bid_allocations_won(bid=bid).filter(vehicle=hugo).exists()
+    assert bid.allocations.filter(vehicle=hugo, for_verification=True).exists()
     assert work_off(client, other_key, model) == 0
     assert work_off(client, hugo_key, model) == replicas.count()
     bid.refresh_from_db()

@@ -96,18 +96,26 @@ class Command(BaseCommand):
         parser.add_argument("--sample-minutes", type=float, default=30, help="car minutes between curve samples")
         parser.add_argument("--report", default="", help="write the availability curve as JSON to this file")
         parser.add_argument("--quiet", action="store_true", help="only print the curve at the end")
+        parser.add_argument(
+            "--start", default="", help="the cars' clock at the start, e.g. 2026-11-30T06:00, in --time-zone (default: "
+            "now); days of the week matter: commuters stay home at weekends",
+        )  # fmt: skip
 
     def handle(self, *args, **opts):
         if opts["vehicles"] < 1 or opts["speed"] <= 0:
             raise CommandError("--vehicles must be at least 1 and --speed above 0.")
         tz = zoneinfo.ZoneInfo(opts["time_zone"])
+        try:
+            start = datetime.fromisoformat(opts["start"]).replace(tzinfo=tz) if opts["start"] else None
+        except ValueError:
+            raise CommandError(f"--start: '{opts['start']}' is not a date and time such as 2026-11-30T06:00.") from None
         speed = opts["speed"]
         # Every 5 real seconds at least 15 car seconds apart: a fast clock must not flood the server.
         heartbeat = opts["heartbeat_seconds"] or max(15.0, 5.0 * speed)
         server = opts["server"].rstrip("/")
         self._wait_for(server)
 
-        start = datetime.now(tz).replace(microsecond=0)
+        start = start or datetime.now(tz).replace(microsecond=0)
         cars = make_fleet(opts["vehicles"], opts["seed"], start=start, tz=tz)
         vehicles, credentials = self._register(cars, tz)
         stop = threading.Event()
