@@ -4,7 +4,7 @@ import json
 import signal
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from fleet.models import ParkingSession, Vehicle
 from tests.factories import ensure_hardware_profiles
@@ -45,3 +45,8 @@ def test_two_simulated_days_look_like_commuting(live_server, tmp_path, restore_s
     out = capsys.readouterr().out
     assert "night (00–05)" in out
     assert " 0 errors" in out
+
+
+def test_a_start_that_is_not_a_date_is_refused_before_anything_runs():
+    with pytest.raises(CommandError, match="--start: 'monday' is not a date and time"):
+        call_command("simulate_fleet", start="monday", server="http://127.0.0.1:9", quiet=True)
