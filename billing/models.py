@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
@@ -27,6 +28,16 @@ class PayoutPolicy(models.Model):
     def __str__(self) -> str:
         return f"Payouts of {self.created_at:%Y-%m-%d %H:%M}"
 
+    def clean(self) -> None:
+        # Earnings are held at least as long as a caught car's results can be audited (marketplace/verdicts.py:
+        # audit_open), so that no wrong result is paid out before the audit that would reverse it.
+        window = settings.VERIFICATION_AUDIT_WINDOW_HOURS
+        if self.earnings_hold_hours is not None and self.earnings_hold_hours < window:
+            raise ValidationError({"earnings_hold_hours": (
+                f"At least {window} hours: the audit window, within which a caught car's unchecked results are run "
+                "again and their earnings reversed, must close before the earnings can be paid out."
+            )})  # fmt: skip
+
 
 # --- The ledger ------------------------------------------------------------------------------------------------------
 
@@ -43,6 +54,9 @@ class AccountKind(models.TextChoices):
       hold over X     Dr owner_pending X                   Cr owner_available X
       payout A        Dr owner_available A                 Cr owner_paid_out A
       refund X        Dr refunds X                         Cr customer_spend X
+      correction      after an audit (billing/services/corrections.py), the change in the job's books: the
+                      earnings reversed Dr owner_pending, the fee Dr platform_fee, the cars whose results replaced
+                      them Cr owner_pending, verification cost ± V, and Cr refunds R for the refund they pay for
     so that, at every moment, captured (customer_spend + refunds) + verification cost = owners' earnings (pending +
     available + paid out) + the platform's fee, and stripe_clearing = customer_held = authorizations still open.
     """
@@ -115,6 +129,7 @@ class LedgerTransaction(models.Model):
         PAYOUT = "payout", "Payout to owner"
         REFUND = "refund", "Refund"
         REVERSAL = "reversal", "Reversal (correction)"
+        CORRECTION = "correction", "Corrected after an audit"
 
     kind = models.CharField(max_length=20, choices=Kind.choices, db_index=True)
     idempotency_key = models.CharField(max_length=120, unique=True)

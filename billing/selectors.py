@@ -165,15 +165,17 @@ def receipt_get(*, bid) -> Receipt:
             "replica_of__allocation__round_id",
             "replica_of__allocation__round__slot",
             "replica_of__allocation__price_mcents_per_ch",
+            "price_cap_mcents",
+            "replica_of__price_cap_mcents",
             "ch",
         )
         .order_by("allocation__round__slot", "allocation__round_id", "pk")
     )
     groups: dict[tuple, list[float]] = defaultdict(list)
-    for round_id, slot, pool, price, own_round_id, own_slot, own_price, ch in rows:
+    for round_id, slot, pool, price, own_round_id, own_slot, own_price, cap, own_cap, ch in rows:
         if own_round_id is not None:
             round_id, slot = own_round_id, own_slot
-        groups[(slot, round_id, pool, settlement.customer_price_mcents(price, own_price))].append(ch)
+        groups[(slot, round_id, pool, settlement.customer_price_mcents(price, own_price, cap, own_cap))].append(ch)
     lines = [
         ReceiptLine(
             round_slot=slot, pool=pool, ch=sum(chs), price_mcents_per_ch=price,

@@ -36,11 +36,13 @@ class Split:
     work_mcents: Decimal
 
 
-def customer_price_mcents(price: int, primary_price: int | None) -> int:
+def customer_price_mcents(price: int, *caps: int | None) -> int:
     """What the customer pays per CH for a canonical result sold at `price`: that price, but never above the price
-    of the customer's own allocation of the slice (`primary_price`, when the result is a replica's: a replica that
-    outvoted the first result may have been bought dearer, and the platform bears the difference as verification)."""
-    return price if primary_price is None else min(price, primary_price)
+    of the customer's own allocation of the slice. The caps (None: none) are those prices: the primary's, when the
+    result is a replica's (a replica that outvoted the first result may have been bought dearer), and the first
+    allocation's, when a failed known-answer check sent the slice to another car, sold in a later round (a reissue
+    may be dearer too). The platform bears the difference as verification."""
+    return min([price, *(cap for cap in caps if cap is not None)])
 
 
 def cents_half_up(mcents: Decimal) -> int:

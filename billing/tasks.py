@@ -8,7 +8,7 @@ from celery import shared_task
 
 from . import reconciliation, webhooks
 from .models import PaymentAuthorization
-from .services import authorizations, settling
+from .services import authorizations, corrections, settling
 from .services import payouts as payouts_service
 
 
@@ -42,12 +42,28 @@ def bid_closed_received(sender, *, bid_id: int, **kwargs) -> None:
     bid_settle.delay(bid_id)
 
 
+@shared_task(ignore_result=True, soft_time_limit=60, time_limit=70, autoretry_for=(Exception,),
+             retry_backoff=5, retry_backoff_max=300, max_retries=10)  # fmt: skip
+def audit_correct(bid_id: int) -> None:
+    corrections.audit_correct(bid_id=bid_id)
+
+
+def bid_audited_received(sender, *, bid_id: int, **kwargs) -> None:
+    """marketplace.signals.bid_audited (after the commit): a caught car's results in this bid were judged again.
+    Settle the bid if it was waiting for that, or correct its settlement, in a worker."""
+    bid_settle.delay(bid_id)
+    audit_correct.delay(bid_id)
+
+
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
 def billing_sweep() -> None:
-    """What lost messages or crashes left behind: bids to settle, authorizations to finish, earnings out of hold."""
+    """What lost messages or crashes left behind: bids to settle or to correct after an audit, authorizations to
+    finish, earnings out of hold."""
     authorizations.authorizations_resume()
     for bid_id in settling.settlements_due():
         settling.bid_settle(bid_id=bid_id)
+    for bid_id in corrections.corrections_due():
+        corrections.audit_correct(bid_id=bid_id)
     payouts_service.earnings_release_due()
 
 

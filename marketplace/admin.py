@@ -9,6 +9,7 @@ from .models import (
     InferenceModel,
     PrecisionVariant,
     PricingPolicy,
+    ResultAudit,
     ResultFault,
     Round,
     SelfTest,
@@ -71,6 +72,27 @@ class ResultFaultAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ResultAudit)
+class ResultAuditAdmin(admin.ModelAdmin):
+    """A caught car's unchecked results in one job, run again on other cars (read-only): what was found and
+    replaced. Billing's corrections follow each closed audit."""
+
+    list_display = ("opened_at", "vehicle", "bid", "evidence", "items_checked", "units_wrong", "items_replaced",
+                    "items_removed", "result_version", "closed_at")  # fmt: skip
+    list_filter = ("evidence", ("closed_at", admin.EmptyFieldListFilter), ("opened_at", admin.DateFieldListFilter))
+    search_fields = ("vehicle__display_name", "vehicle__owner__username", "bid__customer__username")
+    list_select_related = ("vehicle", "bid")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 

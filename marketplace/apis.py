@@ -257,7 +257,7 @@ class BidOutputSerializer(serializers.ModelSerializer):
         fields = (
             "id", "inference_model", "dataset", "precision_requested", "precision", "max_price_mcents_per_ch",
             "budget_cents", "currency", "deadline", "all_or_none", "items", "ch_total", "ch_allocated", "status",
-            "created_at", "closed_at",
+            "created_at", "closed_at", "result_version",
         )  # fmt: skip
         read_only_fields = fields
 

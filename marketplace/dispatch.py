@@ -31,7 +31,7 @@ from fleet.services import throughput_record
 from . import selftests, sizing, storage, verdicts
 from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
 from .payloads import LEASE_BATCH_SIZE, lease_lost, leased_items, no_such_unit, outputs_checked, variant_payload
-from .signals import bid_closed_announce
+from .signals import bid_audited_announce, bid_closed_announce
 
 MAX_UNIT_ATTEMPTS = 3
 # What one item's output weighs on the way back, bytes (an embedding of 384 floats is 1.5 kB): sizing's upload term.
@@ -117,7 +117,8 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
                 mine = budget > 0 or fully_allocated
                 cut.append(
                     (bid.pk, unit.variant_id, index, start, end, (end - start) * per_item,
-                     allocation.vehicle_id if mine else None, allocation.pk if mine else None, unit.excluded_vehicles)
+                     allocation.vehicle_id if mine else None, allocation.pk if mine else None,
+                     unit.price_cap_mcents, unit.excluded_vehicles)
                 )  # fmt: skip
                 budget -= (end - start) if mine else 0
                 index += 1
@@ -130,7 +131,7 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
             count = min(size, to_cut)
             cut.append(
                 (bid.pk, bid.variant_id, index, start, start + count, count * per_item, allocation.vehicle_id,
-                 allocation.pk, [])
+                 allocation.pk, None, [])
             )  # fmt: skip
             index, start, to_cut = index + 1, start + count, to_cut - count
         next_index[bid.pk], bid.items_unitised = index, start
@@ -147,10 +148,11 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
 
 
 # What differs between the units a round cuts; every other column holds its default. The cars excluded from a
-# reissued unit stay excluded from the units its rest is cut into.
+# reissued unit stay excluded from the units its rest is cut into, and its price cap holds for them too.
+# excluded_vehicles is last (the COPY below adapts it apart).
 _CUT_COLUMNS = (
     "bid_id", "variant_id", "index", "item_start", "item_end", "ch", "assigned_vehicle_id", "allocation_id",
-    "excluded_vehicles",
+    "price_cap_mcents", "excluded_vehicles",
 )  # fmt: skip
 
 
@@ -230,7 +232,8 @@ def unit_lease(*, vehicle: Vehicle, now: datetime | None = None) -> WorkUnit | S
                 WorkUnit.objects.select_for_update(skip_locked=True, of=("self",))
                 # What lease_payload reads, in the same query.
                 .select_related("variant", "bid__inference_model", "bid__dataset__inference_model")
-                .filter(assigned_vehicle=vehicle, status=WorkUnit.Status.QUEUED, bid__status__in=Bid.OPEN_STATUSES)
+                .filter(assigned_vehicle=vehicle, status=WorkUnit.Status.QUEUED)
+                .filter(work_wanted())
                 .order_by("bid__created_at", "index")
                 .first()
             )
@@ -377,6 +380,10 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
         outputs, probes_ok = verdicts.probes_check(unit=unit, outputs=outputs)
         if not probes_ok:
             unit.excluded_vehicles = sorted(set(unit.excluded_vehicles) | {vehicle.pk})
+            if unit.replica_of_id is None and unit.allocation is not None:
+                # Sold again in a later round, maybe dearer: the customer still pays this allocation's price at most.
+                prices = (unit.price_cap_mcents, unit.allocation.price_mcents_per_ch)
+                unit.price_cap_mcents = min(price for price in prices if price is not None)
             unit_release(unit, error="a known-answer check failed: given to another car", count_attempt=False)
             verdicts.probe_failed(unit=unit, vehicle_id=vehicle.pk, now=now)
             return None
@@ -392,7 +399,8 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
         _unit_withdraw(spare, reason="not needed: the results already agree")
     if judgement.unresolved:
         _bid_fail(unit.bid_id, now=now)
-    bid_finish_if_done(bid=unit.bid)
+    if not bid_finish_if_done(bid=unit.bid):
+        bid_reassemble_if_audited(bid=unit.bid, now=now)
     return unit
 
 
@@ -566,6 +574,7 @@ def unit_split(unit: WorkUnit, *, at: int) -> WorkUnit:
         bid_id=unit.bid_id, variant_id=unit.variant_id, index=index, item_start=at, item_end=unit.item_end,
         ch=unit.ch - per_item * (at - unit.item_start), assigned_vehicle_id=unit.assigned_vehicle_id,
         allocation=unit.allocation, attempts=unit.attempts, excluded_vehicles=unit.excluded_vehicles,
+        price_cap_mcents=unit.price_cap_mcents,
     )  # fmt: skip
     unit.item_end, unit.ch = at, per_item * (at - unit.item_start)
     unit.save(update_fields=["item_end", "ch"])
@@ -620,6 +629,64 @@ def vehicle_stopped_working_received(sender, *, vehicle: Vehicle, reason: str, *
 # --- Assembling ---------------------------------------------------------------------------------------------------
 
 
+def work_wanted() -> Q:
+    """The queued units worth running: those of open bids, and the replicas auditing a completed bid (a caught car's
+    result being judged again, verdicts.audit_open), which the customer's results wait for."""
+    return Q(bid__status__in=Bid.OPEN_STATUSES) | Q(
+        bid__status=Bid.Status.COMPLETED, replica_of__verification=WorkUnit.Verification.PENDING
+    )
+
+
+def _outputs_assembled(bid: Bid, *, fill_missing: bool) -> np.ndarray | None:
+    """The bid's outputs in item order, each slice from its canonical (validated) result, whichever car returned
+    it. None when a slice has none, unless `fill_missing`: an audited slice no quorum could settle is then NaN."""
+    canonical = {
+        u.primary_id: u
+        for u in bid.units.filter(canonical=True, verification=WorkUnit.Verification.VALID, status=WorkUnit.Status.DONE)
+    }
+    primaries = list(bid.units.filter(replica_of__isnull=True).order_by("item_start"))
+    if not primaries or (not fill_missing and any(p.pk not in canonical for p in primaries)):
+        return None
+    parts, shape, dtype = [], None, None
+    for primary in primaries:
+        unit = canonical.get(primary.pk)
+        part = None if unit is None else decode_npy(storage.artifact_read(unit.output_sha256))
+        if part is not None:
+            shape, dtype = part.shape[1:], part.dtype
+        parts.append((primary, part))
+    if shape is None:
+        return None
+    outputs = np.concatenate([
+        part if part is not None else np.full((primary.items, *shape), np.nan, dtype=dtype) for primary, part in parts
+    ])  # fmt: skip
+    return outputs if outputs.shape[0] == bid.items else None
+
+
+def bid_reassemble_if_audited(*, bid: Bid, now: datetime) -> bool:
+    """A completed bid whose audited results have all been judged again gets its results file assembled anew: a new
+    version when an output changed (a wrong result replaced, or removed as NaN when no quorum could settle it). Its
+    audits close, and the apps above hear of it (signals.bid_audited: billing corrects the charge and the earnings,
+    and tells the customer). False while results are still being judged, or when the bid has no open audit."""
+    bid = Bid.objects.select_for_update().get(pk=bid.pk)
+    if bid.status != Bid.Status.COMPLETED or not bid.audits.filter(closed_at__isnull=True).exists():
+        return False
+    if bid.units.filter(replica_of__isnull=True, verification=WorkUnit.Verification.PENDING,
+                        replicas__status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED)).exists():  # fmt: skip
+        return False
+    outputs = _outputs_assembled(bid, fill_missing=True)
+    if outputs is None:
+        return False
+    data, _ = encode_npy(outputs)
+    sha256 = storage.artifact_save(data)
+    if sha256 != bid.result_sha256:
+        bid.result_sha256, bid.result_version = sha256, bid.result_version + 1
+        bid.save(update_fields=["result_sha256", "result_version"])
+    closed = verdicts.audits_conclude(bid=bid, now=now, result_version=bid.result_version)
+    if closed:
+        bid_audited_announce(bid.pk, [audit.pk for audit in closed])
+    return bool(closed)
+
+
 def bid_finish_if_done(*, bid: Bid) -> bool:
     """When every item of a bid has a done unit, assemble the outputs in item order and complete the bid."""
     # The bid's row alone: FOR UPDATE over a join would also lock its inference model, which every bid on a
@@ -636,20 +703,14 @@ def bid_finish_if_done(*, bid: Bid) -> bool:
     if bid.units.filter(replica_of__isnull=True).exclude(Exists(resolved)).exists():
         return False
     # Each slice of items counts once, by its canonical (validated) result, whichever car returned it.
-    canonical = {
-        u.primary_id: u
-        for u in bid.units.filter(canonical=True, verification=WorkUnit.Verification.VALID, status=WorkUnit.Status.DONE)
-    }
-    primaries = list(bid.units.filter(replica_of__isnull=True).order_by("item_start"))
-    if not primaries or any(p.pk not in canonical for p in primaries):
-        return False
-    units = [canonical[p.pk] for p in primaries]
-    outputs = np.concatenate([decode_npy(storage.artifact_read(u.output_sha256)) for u in units])
-    if outputs.shape[0] != bid.items:
+    outputs = _outputs_assembled(bid, fill_missing=False)
+    if outputs is None:
         return False
     data, _ = encode_npy(outputs)
     bid.result_sha256 = storage.artifact_save(data)
     bid.status, bid.closed_at = Bid.Status.COMPLETED, timezone.now()
     bid.save(update_fields=["result_sha256", "status", "closed_at"])
+    # Audits of its results that ended before it did: nothing wrong was delivered, the page still tells of them.
+    verdicts.audits_conclude(bid=bid, now=bid.closed_at, result_version=bid.result_version)
     bid_closed_announce(bid.pk)
     return True

@@ -189,6 +189,9 @@ class Bid(models.Model):
     ch_allocated = models.FloatField(default=0.0)
     items_unitised = models.PositiveIntegerField(default=0, help_text="Items already cut into work units.")
     result_sha256 = models.CharField(max_length=64, blank=True, help_text="The assembled outputs, in item order.")
+    result_version = models.PositiveIntegerField(
+        default=1, help_text="Goes up each time an audit replaces results in the assembled file (ResultAudit)."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -322,6 +325,10 @@ class WorkUnit(models.Model):
         default=list, blank=True, help_text="Cars that may not run these items: they ran them, or got one of their "
         "known answers wrong; a replica also never runs on another car of their owners.",
     )  # fmt: skip
+    price_cap_mcents = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The price of the customer's allocation that first ran these items, when a "
+        "failed known-answer check sent them to another car: the customer never pays more for them.",
+    )  # fmt: skip
     probes = models.JSONField(
         default=list, blank=True,
         help_text="Known-answer items mixed into this lease: [[position in the lease, dataset item], ...].",
@@ -388,6 +395,34 @@ class ResultFault(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} by {self.vehicle}"
+
+
+class ResultAudit(models.Model):
+    """Results of a caught car re-checked in one bid. When a car is caught returning a wrong result, every result it
+    returned alone (trusted, not run again by another car) in the audit window is run again on other cars and judged
+    with the new results (marketplace/verdicts.py: audit_open); wrong ones are replaced in the customer's results,
+    which get a new version, and billing corrects the charge and the owner's earnings (billing: audit corrections).
+    The customer's job page shows each audit of their bid."""
+
+    bid = models.ForeignKey(Bid, on_delete=models.PROTECT, related_name="audits")
+    vehicle = models.ForeignKey("fleet.Vehicle", on_delete=models.PROTECT, related_name="audits")
+    evidence = models.CharField(max_length=16, choices=ResultFault.Kind.choices, help_text="What caught the car.")
+    opened_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    units = models.JSONField(default=list, help_text="The re-checked results: their work units' ids.")
+    units_wrong = models.PositiveIntegerField(default=0, help_text="Re-checked results the other cars outvoted.")
+    items_checked = models.PositiveIntegerField(default=0)
+    items_replaced = models.PositiveIntegerField(default=0, help_text="Items whose delivered output was replaced.")
+    items_removed = models.PositiveIntegerField(
+        default=0, help_text="Items no other car could settle: removed from the results (NaN) and not charged."
+    )
+    result_version = models.PositiveIntegerField(null=True, blank=True, help_text="The results file's version after.")
+
+    class Meta:
+        ordering = ["-opened_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Audit of {self.vehicle} in bid {self.bid_id}"
 
 
 class SelfTest(models.Model):

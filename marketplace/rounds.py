@@ -17,7 +17,7 @@ from fleet.models import Vehicle
 from fleet.selectors import hardware_of, vehicles_live
 
 from . import auction, verdicts, verification
-from .dispatch import units_cut
+from .dispatch import units_cut, work_wanted
 from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
 from .selectors import pricing_current
 from .signals import bid_closed_announce
@@ -369,8 +369,8 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
     sell, of the right class, at the pool's clearing price (or the reserve) but never below the car's ask; the
     platform pays for it, not the customer. Returns the number of replicas placed."""
     waiting = list(
-        WorkUnit.objects.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True, replica_of__isnull=False,
-                                bid__status__in=Bid.OPEN_STATUSES)
+        WorkUnit.objects.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True, replica_of__isnull=False)
+        .filter(work_wanted())
         .select_related("bid")
         .order_by("bid__created_at", "index")
     )  # fmt: skip

@@ -330,6 +330,11 @@ def bid_progress(*, bid) -> dict[str, int]:
     )
 
 
+def bid_audits(*, bid) -> QuerySet:
+    """The audits of the bid's results (a car that ran part of it was caught lying), newest first."""
+    return bid.audits.order_by("-opened_at", "-pk")
+
+
 def bid_allocations_won(*, bid) -> QuerySet:
     """The rounds the customer won for the bid: its allocations, less those the platform bought to check results
     (rounds.verification_allocate marks them). Newest first."""
@@ -398,6 +403,10 @@ class VerificationOverview:
     replica_ch: float
     cars_suspended: int
     cars_trusted: int
+    audits: int = 0
+    audits_open: int = 0
+    audited_results_wrong: int = 0
+    audited_items_replaced: int = 0
 
     @property
     def overhead_pct(self) -> float | None:
@@ -419,7 +428,17 @@ def verification_overview(*, trusted_after: int) -> VerificationOverview:
         suspended=Count("pk", filter=Q(status=Vehicle.Status.SUSPENDED)),
         trusted=Count("pk", filter=Q(valid_streak__gte=trusted_after)),
     )
+    from .models import ResultAudit
+
+    audits = ResultAudit.objects.aggregate(
+        n=Count("pk"), open=Count("pk", filter=Q(closed_at__isnull=True)), wrong=Sum("units_wrong", default=0),
+        replaced=Sum("items_replaced", default=0),
+    )  # fmt: skip
     return VerificationOverview(
+        audits=audits["n"],
+        audits_open=audits["open"],
+        audited_results_wrong=audits["wrong"],
+        audited_items_replaced=audits["replaced"],
         results_valid=counts.get(WorkUnit.Verification.VALID, 0),
         results_invalid=counts.get(WorkUnit.Verification.INVALID, 0),
         results_pending=counts.get(WorkUnit.Verification.PENDING, 0),

@@ -13,6 +13,10 @@ and billing's sweeper finishes the authorization with the same key.
 `bid_closed(bid_id)`: a bid closed (completed, failed, expired or cancelled), sent once the transaction that closed
 it has committed. Billing charges the bid's validated work and releases the rest of its hold (billing.apps).
 
+`bid_audited(bid_id, audit_ids)`: results of a car caught lying were judged again (ResultAudit) and the bid's
+results file assembled anew, sent once that has committed. Billing corrects the charge (a refund through Stripe) and
+the owners' earnings, and tells the customer.
+
 And work the marketplace's services want done in a worker, for marketplace.tasks to queue (marketplace.apps), so that
 the services never import the tasks that call them: `model_check_wanted(model_id)`, an uploaded model waits for its
 check; `variant_build_wanted(variant_id)`, a new build of a variant waits for a worker. Both are sent inside the
@@ -25,6 +29,7 @@ from django.dispatch import Signal
 bid_placing = Signal()
 bid_placed = Signal()
 bid_closed = Signal()
+bid_audited = Signal()
 model_check_wanted = Signal()
 variant_build_wanted = Signal()
 
@@ -39,3 +44,8 @@ def bid_placed_announce(bid_id: int) -> str:
 def bid_closed_announce(bid_id: int) -> None:
     """Announce that bid `bid_id` closed, once the current transaction commits (at once outside one)."""
     transaction.on_commit(lambda: bid_closed.send(sender="marketplace", bid_id=bid_id))
+
+
+def bid_audited_announce(bid_id: int, audit_ids: list[int]) -> None:
+    """Announce that audits of bid `bid_id` closed, once the current transaction commits (at once outside one)."""
+    transaction.on_commit(lambda: bid_audited.send(sender="marketplace", bid_id=bid_id, audit_ids=audit_ids))

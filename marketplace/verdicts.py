@@ -35,7 +35,8 @@ from fleet.models import Vehicle
 from fleet.services import vehicle_suspend
 
 from . import storage, verification
-from .models import Allocation, Bid, InferenceModel, ResultFault, WorkUnit
+from .models import Allocation, Bid, InferenceModel, ResultAudit, ResultFault, WorkUnit
+from .signals import bid_audited_announce
 
 log = logging.getLogger(__name__)
 Verification = WorkUnit.Verification
@@ -211,10 +212,89 @@ def reputation_record(
     faults = sum(by_kind.values())
     log.warning("vehicle %s returned a wrong result (unit %s); %s fault(s) recently", car.pk,
                 unit.pk if unit else "?", faults)  # fmt: skip
+    audit_open(vehicle_id=car.pk, evidence=fault, now=now)
     if faults >= settings.VERIFICATION_SUSPEND_AFTER_FAULTS and car.status == Vehicle.Status.ACTIVE:
         # Its work goes back to the market (fleet.signals.vehicle_stopped_working: dispatch releases it).
         car = vehicle_suspend(vehicle=car, actor=None, reason=_suspension_reason(by_kind))
     return car
+
+
+# --- Audits of caught cars ---------------------------------------------------------------------------------------
+
+
+def audit_open(*, vehicle_id: int, evidence: str, now: datetime) -> list[ResultAudit]:
+    """A car was caught returning a wrong result: nothing else it returned on trust may stay delivered or paid.
+
+    Every result it returned in the audit window (VERIFICATION_AUDIT_WINDOW_HOURS) that no other car checked (a
+    trusted car's unit judged alone, quorum 1) is judged again: its slice needs two agreeing results now, it is not
+    the customer's result meanwhile, and a replica goes to a car of another owner (replica_ensure). The car's result
+    counts as one vote: an honest result is confirmed by one replica, a wrong one is outvoted by two and replaced.
+    Owners' earnings are held longer than the window (billing.PayoutPolicy), so nothing audited is paid out first.
+
+    A bid that closed without completing (failed, expired, cancelled) has no results file and nobody runs its work
+    again: its unchecked results from this car are rejected at once, so that its customer pays only for what other
+    cars validated. Returns one audit per bid touched (none when the car returned nothing on trust)."""
+    since = now - timedelta(hours=settings.VERIFICATION_AUDIT_WINDOW_HOURS)
+    unchecked = list(
+        WorkUnit.objects.select_for_update(of=("self",))
+        .filter(done_by_id=vehicle_id, replica_of__isnull=True, status=WorkUnit.Status.DONE, quorum=1,
+                verification=Verification.VALID, completed_at__gte=since)
+        .select_related("bid")
+        .order_by("bid_id", "item_start")
+    )  # fmt: skip
+    by_bid: dict[int, list[WorkUnit]] = {}
+    for unit in unchecked:
+        by_bid.setdefault(unit.bid_id, []).append(unit)
+    audits = []
+    for units in by_bid.values():
+        bid = units[0].bid
+        rerun = bid.status in (*Bid.OPEN_STATUSES, Bid.Status.COMPLETED)
+        for unit in units:
+            unit.quorum, unit.canonical = 2, False
+            unit.verification = Verification.PENDING if rerun else Verification.INVALID
+            unit.save(update_fields=["quorum", "verification", "canonical"])
+            if rerun:
+                replica_ensure(primary=unit, group=[unit], now=now)
+        items = sum(u.items for u in units)
+        audits.append(ResultAudit.objects.create(
+            bid=bid, vehicle_id=vehicle_id, evidence=evidence, opened_at=now, units=[u.pk for u in units],
+            items_checked=items, **({} if rerun else {"closed_at": now, "items_removed": items}),
+        ))  # fmt: skip
+        if not rerun:
+            bid_audited_announce(bid.pk, [audits[-1].pk])  # billing takes the rejected work off its charge
+    if audits:
+        log.warning("vehicle %s caught: %s unchecked result(s) in %s bid(s) audited", vehicle_id, len(unchecked),
+                    len(audits))  # fmt: skip
+    return audits
+
+
+def audits_conclude(*, bid: Bid, now: datetime, result_version: int | None) -> list[ResultAudit]:
+    """Close the bid's open audits whose results have all been judged again: how many were wrong, how many items the
+    customer's results got replaced (a completed bid's file, now at `result_version`) or lost (no quorum: NaN, not
+    charged). Called by dispatch once the bid's results are assembled again (or for the first time). Returns the
+    audits closed."""
+    open_audits = list(ResultAudit.objects.select_for_update().filter(bid=bid, closed_at__isnull=True))
+    closed = []
+    for audit in open_audits:
+        units = list(WorkUnit.objects.filter(pk__in=audit.units))
+        outstanding = WorkUnit.objects.filter(
+            replica_of__in=audit.units, status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED)
+        )
+        # A result still pending with no copy left to run is a slice no quorum settled (replica_ensure gave up).
+        if any(u.verification == Verification.PENDING for u in units) and outstanding.exists():
+            continue
+        canonical = set(
+            WorkUnit.objects.filter(replica_of__in=audit.units, canonical=True, verification=Verification.VALID)
+            .values_list("replica_of_id", flat=True)
+        )  # fmt: skip
+        wrong = [u for u in units if u.verification == Verification.INVALID]
+        audit.units_wrong = len(wrong)
+        audit.items_replaced = sum(u.items for u in wrong if u.pk in canonical)
+        audit.items_removed = sum(u.items for u in units if not u.canonical and u.pk not in canonical)
+        audit.result_version, audit.closed_at = result_version, now
+        audit.save(update_fields=["units_wrong", "items_replaced", "items_removed", "result_version", "closed_at"])
+        closed.append(audit)
+    return closed
 
 
 def _suspension_reason(by_kind: dict[str, int]) -> str:

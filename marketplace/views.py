@@ -191,7 +191,8 @@ def bid_new(request, model_id: int):
 def bid_detail(request, bid_id: int):
     bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
     allocations = selectors.bid_allocations_won(bid=bid).select_related("round", "vehicle__hardware")[:50]
-    context = {"bid": bid, "allocations": allocations, **selectors.bid_progress(bid=bid)}
+    context = {"bid": bid, "allocations": allocations, "audits": selectors.bid_audits(bid=bid)[:20],
+               **selectors.bid_progress(bid=bid)}  # fmt: skip
     if request.htmx:
         return render(request, "marketplace/_bid_progress.html", context)
     return render(request, "marketplace/bid_detail.html", context)

@@ -7,13 +7,15 @@ import logging
 from datetime import date, datetime, timedelta
 
 from django.db import transaction
-from django.db.models import CharField, Exists, OuterRef, Value
+from django.db.models import CharField, Exists, OuterRef, Sum, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
+from marketplace.models import ResultAudit
+
 from .. import ledger, stripe_gateway
 from ..ledger import Leg
-from ..models import AccountKind, ConnectAccount, LedgerTransaction, Payout, PayoutSchedule
+from ..models import AccountKind, ConnectAccount, LedgerEntry, LedgerTransaction, Payout, PayoutSchedule
 from ..selectors import payout_policy_current
 from .keys import stripe_key
 
@@ -22,30 +24,40 @@ Kind = LedgerTransaction.Kind
 
 
 def earnings_release_due(*, now: datetime | None = None) -> int:
-    """Move owners' earnings whose hold period has passed from pending to available: one posting per capture."""
+    """Move owners' earnings whose hold period has passed from pending to available: one posting per capture, of
+    the earnings the job's capture and its corrections left pending. A job with an audit still open stays held: a
+    caught car's wrong results in it are not paid out before other cars have judged them (corrections.py)."""
     now = now or timezone.now()
     hold = timedelta(hours=payout_policy_current().earnings_hold_hours)
     released_already = LedgerTransaction.objects.filter(
         idempotency_key=Concat(Value("hold_over:"), Cast(OuterRef("pk"), CharField()))
     )
+    audit_open = ResultAudit.objects.filter(bid_id=OuterRef("bid_id"), closed_at__isnull=True)
     captures = (
         LedgerTransaction.objects.filter(kind=Kind.CAPTURE, created_at__lte=now - hold)
         .exclude(Exists(released_already))
-        .prefetch_related("entries__account")[:500]
+        .exclude(Exists(audit_open))[:500]
     )
     count = 0
     for capture in captures:
-        legs = []
-        for entry in capture.entries.all():
-            if entry.account.kind == AccountKind.OWNER_PENDING:
-                owner = entry.account.user_id
+        pending = (
+            LedgerEntry.objects.filter(
+                transaction__bid_id=capture.bid_id, transaction__kind__in=(Kind.CAPTURE, Kind.CORRECTION),
+                account__kind=AccountKind.OWNER_PENDING,
+            )
+            .values_list("account__user_id", "vehicle_id", "currency")
+            .annotate(cents=Sum("amount_cents"))
+            .order_by("account__user_id", "vehicle_id")
+        )  # fmt: skip
+        legs, currencies = [], {currency for _, _, currency, _ in pending}
+        for owner, vehicle, _, cents in pending:
+            if cents:
                 legs += [
-                    Leg(AccountKind.OWNER_PENDING, -entry.amount_cents, user_id=owner, vehicle_id=entry.vehicle_id),
-                    Leg(AccountKind.OWNER_AVAILABLE, entry.amount_cents, user_id=owner, vehicle_id=entry.vehicle_id),
+                    Leg(AccountKind.OWNER_PENDING, -cents, user_id=owner, vehicle_id=vehicle),
+                    Leg(AccountKind.OWNER_AVAILABLE, cents, user_id=owner, vehicle_id=vehicle),
                 ]
         if legs:
-            currency = capture.entries.all()[0].currency
-            ledger.post(kind=Kind.EARNINGS_RELEASE, key=f"hold_over:{capture.pk}", legs=legs, currency=currency,
+            ledger.post(kind=Kind.EARNINGS_RELEASE, key=f"hold_over:{capture.pk}", legs=legs, currency=min(currencies),
                         bid_id=capture.bid_id, description=f"Bid {capture.bid_id}: earnings out of hold")  # fmt: skip
             count += 1
     return count

@@ -19,30 +19,32 @@ from .keys import stripe_key
 Kind = LedgerTransaction.Kind
 
 
-def _work_lines(bid) -> tuple[list[settlement.WorkLine], list[settlement.WorkLine], dict]:
+def work_lines(bid) -> tuple[list[settlement.WorkLine], list[settlement.WorkLine], dict]:
     """The bid's validated work, one line per (car, round price): what the customer pays for (the canonical result
     of each slice of items), what the platform pays for (replicas that confirmed it), and each car's CH and energy.
     Rejected results and results still waiting for a second opinion are nobody's to pay.
 
     A customer never pays above the price of their own allocation of a slice: when the slice's canonical result came
     from a replica that verification bought dearer (its first result was outvoted), the customer pays their own
-    price and the platform pays the car the difference, as verification (`settlement.customer_price_mcents`)."""
+    price and the platform pays the car the difference, as verification (`settlement.customer_price_mcents`); so
+    for a slice sent to another car after a failed known-answer check and sold again dearer (`price_cap_mcents`)."""
     rows = (
         WorkUnit.objects.filter(
             bid=bid, status=WorkUnit.Status.DONE, verification=WorkUnit.Verification.VALID, allocation__isnull=False
         )
         .values_list("canonical", "done_by_id", "done_by__owner_id", "allocation__price_mcents_per_ch",
-                     "replica_of__allocation__price_mcents_per_ch", "allocation__round__platform_fee_pct")
+                     "replica_of__allocation__price_mcents_per_ch", "price_cap_mcents",
+                     "replica_of__price_cap_mcents", "allocation__round__platform_fee_pct")
         .annotate(ch=Sum("ch"), energy_wh=Sum("energy_wh"))
         .order_by()
     )  # fmt: skip
     customer_lines, replica_lines, usage = [], [], {}
-    for canonical, vehicle_id, owner_id, price, primary_price, fee_pct, ch, energy_wh in rows:
+    for canonical, vehicle_id, owner_id, price, primary_price, cap, primary_cap, fee_pct, ch, energy_wh in rows:
         key, fee = f"{vehicle_id}:{owner_id}", Decimal(fee_pct)
         if not canonical:
             replica_lines.append(settlement.WorkLine(key=key, ch=ch, price_mcents=price, fee_pct=fee))
         else:
-            customer_price = settlement.customer_price_mcents(price, primary_price)
+            customer_price = settlement.customer_price_mcents(price, primary_price, cap, primary_cap)
             customer_lines.append(settlement.WorkLine(key=key, ch=ch, price_mcents=customer_price, fee_pct=fee))
             if price > customer_price:
                 replica_lines.append(
@@ -68,7 +70,9 @@ def bid_settle(*, bid_id: int) -> PaymentAuthorization | None:
                 return auth
             if bid.units.filter(status=WorkUnit.Status.LEASED).exists():
                 return auth  # a car is still running a unit of this closed bid: bill it once it reports or expires
-            lines, replica_lines, usage = _work_lines(bid)
+            if bid.audits.filter(closed_at__isnull=True).exists():
+                return auth  # results a caught car returned are being judged again: bill what they turn out to be
+            lines, replica_lines, usage = work_lines(bid)
             split = settlement.settle(lines, authorized_cents=auth.amount_cents)
             # A job too small to charge pays nobody, replicas included.
             replicas = settlement.replicas_pay(replica_lines) if split.charge_cents else {}
@@ -76,6 +80,9 @@ def bid_settle(*, bid_id: int) -> PaymentAuthorization | None:
             auth.capture_key = stripe_key("capture" if split.charge_cents else "cancel", auth.pk)
             auth.settlement = {
                 "fee_cents": split.fee_cents,
+                "charge_cents": split.charge_cents,
+                # Audits already closed are in these figures; one that closes later corrects them (corrections.py).
+                "audits": sorted(bid.audits.filter(closed_at__isnull=False).values_list("pk", flat=True)),
                 "cars": {
                     key: {"cents": split.shares.get(key, 0) + replicas.get(key, 0),
                           "verification_cents": replicas.get(key, 0), **usage[key]}
@@ -162,5 +169,8 @@ def settlements_due() -> list[int]:
         PaymentAuthorization.objects.filter(
             status__in=(PaymentAuthorization.Status.AUTHORIZED, PaymentAuthorization.Status.SETTLING),
             bid__status__in=closed,
-        ).values_list("bid_id", flat=True)[:500]
+        )
+        .exclude(bid__audits__closed_at__isnull=True, bid__audits__isnull=False)
+        .values_list("bid_id", flat=True)
+        .distinct()[:500]
     )

@@ -343,13 +343,18 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Idlefleet <noreply@i
 # Result verification (marketplace/verdicts.py): a car with this many validated results in a row, and no fault in
 # the window, is replicated only for random spot checks at this rate; this many faults in the window suspend a car.
 VERIFICATION_TRUSTED_AFTER = env.int("VERIFICATION_TRUSTED_AFTER", default=10)
-VERIFICATION_SPOT_CHECK_RATE = env.float("VERIFICATION_SPOT_CHECK_RATE", default=0.1)
+VERIFICATION_SPOT_CHECK_RATE = env.float("VERIFICATION_SPOT_CHECK_RATE", default=0.05)
 VERIFICATION_SUSPEND_AFTER_FAULTS = env.int("VERIFICATION_SUSPEND_AFTER_FAULTS", default=2)
 VERIFICATION_FAULT_WINDOW_HOURS = env.int("VERIFICATION_FAULT_WINDOW_HOURS", default=168)
 VERIFICATION_MAX_REPLICAS = env.int("VERIFICATION_MAX_REPLICAS", default=3)
-# Known-answer probes: this share of leases carries this many items whose answers the platform computes itself.
-VERIFICATION_PROBE_RATE = env.float("VERIFICATION_PROBE_RATE", default=0.2)
-VERIFICATION_PROBE_ITEMS = env.int("VERIFICATION_PROBE_ITEMS", default=2)
+# Known-answer probes: this share of leases carries this many items whose answers the platform computes itself. They
+# are the cheap check (a few items of the platform's CPU per lease, cached nowhere a car can see), so every lease
+# carries them; replicas (a whole unit bought again) are the dear one. README: Trust; BENCHMARKS.md: the residual risk.
+VERIFICATION_PROBE_RATE = env.float("VERIFICATION_PROBE_RATE", default=1.0)
+VERIFICATION_PROBE_ITEMS = env.int("VERIFICATION_PROBE_ITEMS", default=4)
+# When a car is caught, its results of the last this many hours that no other car checked are run again
+# (marketplace/verdicts.py: audit_open). Owners' earnings are held longer (billing.PayoutPolicy.earnings_hold_hours).
+VERIFICATION_AUDIT_WINDOW_HOURS = env.int("VERIFICATION_AUDIT_WINDOW_HOURS", default=48)
 # A lease lasts the unit's predicted run on the car plus a margin (marketplace/sizing.py), at least
 # WORK_LEASE_MIN_SECONDS and at most WORK_LEASE_SECONDS; the agent renews it while it works. A self-test, whose run
 # nothing predicts yet, is leased for the minimum and renewed (for 15 minutes at most: marketplace/selftests.py).

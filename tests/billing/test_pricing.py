@@ -84,7 +84,7 @@ def test_the_next_round_uses_the_new_reserve(client, staff, digits_with_variants
 def test_staff_change_the_payout_rules_in_billing_and_history_is_kept(client, staff):
     assert payout_policy_current().earnings_hold_hours == 72  # the settings' default before any version
     client.force_login(staff)
-    form = {"min_payout_cents": 2500, "earnings_hold_hours": 24, "payout_schedule": "daily", "note": "faster"}
+    form = {"min_payout_cents": 2500, "earnings_hold_hours": 96, "payout_schedule": "daily", "note": "slower"}
     assert client.post("/admin/billing/payoutpolicy/add/", form).status_code == 302
     first = PayoutPolicy.objects.get()
 
@@ -93,9 +93,13 @@ def test_staff_change_the_payout_rules_in_billing_and_history_is_kept(client, st
     assert response.status_code == 302
     assert PayoutPolicy.objects.count() == 2
     first.refresh_from_db()
-    assert first.earnings_hold_hours == 24
+    assert first.earnings_hold_hours == 96
     policy = payout_policy_current()
     assert (policy.min_payout_cents, policy.earnings_hold_hours, policy.payout_schedule) == (2500, 48, "daily")
+    # A hold shorter than the audit window would pay a caught car's unchecked results out before they are audited.
+    response = client.post("/admin/billing/payoutpolicy/add/", {**form, "earnings_hold_hours": 24})
+    assert response.status_code == 200 and PayoutPolicy.objects.count() == 2
+    assert "At least 48 hours: the audit window" in response.content.decode()
     assert client.post(f"/admin/billing/payoutpolicy/{first.pk}/delete/", {"post": "yes"}).status_code == 403
 
 

@@ -86,3 +86,13 @@ def test_largest_remainder_hands_out_every_cent(total, weights):
         assert sum(shares.values()) == total
     else:
         assert shares == {}
+
+
+def test_the_customer_never_pays_above_the_price_of_their_own_allocation_of_a_slice():
+    from billing.settlement import customer_price_mcents
+
+    assert customer_price_mcents(5000) == 5000  # the first car's result: its own allocation's price
+    assert customer_price_mcents(8000, 1000) == 1000  # a dearer replica outvoted it: the customer's price holds
+    assert customer_price_mcents(800, 1000) == 800  # a cheaper one: the cheaper price
+    assert customer_price_mcents(9000, None, 4000) == 4000  # reissued dearer after a failed known answer
+    assert customer_price_mcents(9000, 6000, None, 4000) == 4000  # a replica of such a reissue

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from billing import ledger
 from billing.services import settling
+from billing.services.settling import work_lines
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import OptInPolicy, Vehicle
 from marketplace import selectors, storage
@@ -303,7 +304,7 @@ def test_the_probes_model_is_loaded_once_when_the_first_results_arrive_together(
     assert len(runners) == 4 and len({id(runner) for runner in runners}) == 1
 
 
-def test_a_car_that_fails_a_known_answer_never_gets_that_unit_again_and_another_car_runs_it(
+def test_a_car_that_fails_a_known_answer_never_gets_that_unit_again_and_another_car_runs_it_at_its_first_price(
     client, bid, new_cars, settings
 ):
     settings.VERIFICATION_PROBE_RATE = 1.0
@@ -329,13 +330,25 @@ def test_a_car_that_fails_a_known_answer_never_gets_that_unit_again_and_another_
     assert Allocation.objects.filter(round=next_round(1), bid=bid, vehicle=liam).exists()
     assert WorkUnit.objects.filter(pk=unit.pk, assigned_vehicle__isnull=True).exists()
     assert work_off(client, liam_key, model) == 0
-    # The bid buys those CH again, from another car: Hana runs the unit.
+    # The bid buys those CH again, from another car, dearer: Hana runs the unit.
+    first_price = Allocation.objects.filter(vehicle=liam).order_by("pk").first().price_mcents_per_ch
+    assert WorkUnit.objects.get(pk=unit.pk).price_cap_mcents == first_price
+    OptInPolicy.objects.filter(vehicle=hana).update(min_price_cents_per_ch=4)
     only_cars(new_cars, "hana")
     next_round(2)
     assert work_off(client, hana_key, model) >= 1
 
     unit.refresh_from_db()
     assert (unit.status, unit.done_by_id, unit.verification) == ("done", hana.pk, "valid")
+    # The customer pays the price of the allocation that first ran the items, not the reissue's dearer one: the
+    # platform bears the difference, as verification.
+    assert unit.allocation.price_mcents_per_ch > first_price
+    lines, checks, _ = work_lines(bid)
+    hana_key_ = f"{hana.pk}:{hana.owner_id}"
+    assert {line.price_mcents for line in lines if line.key == hana_key_} == {first_price}
+    assert {line.price_mcents for line in checks if line.key == hana_key_} == {
+        unit.allocation.price_mcents_per_ch - first_price
+    }
     liam.refresh_from_db()
     assert (liam.results_invalid, liam.result_faults.count()) == (1, 1)  # one lie, one fault
     bid.refresh_from_db()

@@ -146,7 +146,8 @@ def test_a_car_without_a_live_heartbeat_costs_one_query_more_not_one_per_car(cli
             assert client.get(reverse("fleet:dashboard")).status_code == 200
 
 
-JOB_PAGE_QUERIES = 5  # session, user, the bid (model, dataset, variant), its rounds won (round, car), its progress
+# session, user, the bid (model, dataset, variant), its rounds won (round, car), its progress, its audits
+JOB_PAGE_QUERIES = 6
 
 
 def test_the_customers_job_page_queries_the_same_for_2_or_20_rounds_won(
@@ -163,7 +164,8 @@ def test_the_customers_job_page_queries_the_same_for_2_or_20_rounds_won(
         assert len(page.context["allocations"]) == size
         assert page.context["unit_count"] == size
         assert f"{size * 10} of 1000 items done in {size} work units" in page.content.decode()
-        with django_assert_num_queries(JOB_PAGE_QUERIES - 1):  # the fragment htmx polls: no session user's menu
+        # The fragment htmx polls: no session user's menu, no audits.
+        with django_assert_num_queries(JOB_PAGE_QUERIES - 2):
             assert client.get(url, headers={"HX-Request": "true"}).status_code == 200
 
 
