@@ -71,6 +71,7 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
     # CH an allocation sold but could not spend, because the units left were ones its car may not run: given back to
     # the bid at the end, so that its next rounds buy them from another car instead of waiting forever.
     unspent: dict[int, float] = {}
+    stranded: dict[int, float] = {}
     cut: list[tuple] = []  # rows of _CUT_COLUMNS: a big round cuts tens of thousands, too many to build as models
     reassigned: list[WorkUnit] = []
     unitised_before = {bid_id: bids[bid_id].items_unitised for bid_id in bid_ids}
@@ -121,6 +122,9 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
                      unit.price_cap_mcents, unit.excluded_vehicles)
                 )  # fmt: skip
                 budget -= (end - start) if mine else 0
+                if not mine and unit.replica_of_id is None:
+                    # A piece no car got this round waits for one (see the end: what the bid gets back for it).
+                    stranded[bid.pk] = stranded.get(bid.pk, 0.0) + (end - start) * per_item
                 index += 1
         reissued[bid.pk] = left
         remaining = bid.items - bid.items_unitised
@@ -141,7 +145,10 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
     Bid.objects.bulk_update(changed, ["items_unitised"], batch_size=1000)
     for bid_id, units in reissued.items():
         # Without a refused unit, units are left only once every allocation's budget is spent: nothing goes back.
-        back = min(sum(unit.ch for unit in units if unit.replica_of_id is None), unspent.get(bid_id, 0.0))
+        # Pieces of a reissued unit that no car got this round count as left too: a later allocation of the bid in
+        # the round does not see them, so its CH are given back for them rather than left sold with nothing to run.
+        left = sum(unit.ch for unit in units if unit.replica_of_id is None) + stranded.get(bid_id, 0.0)
+        back = min(left, unspent.get(bid_id, 0.0))
         if back > 0:
             Bid.objects.filter(pk=bid_id).update(ch_allocated=F("ch_allocated") - back)
     return len(reassigned) + len(cut)

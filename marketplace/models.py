@@ -399,10 +399,10 @@ class ResultFault(models.Model):
 
 class ResultAudit(models.Model):
     """Results of a caught car re-checked in one bid. When a car is caught returning a wrong result, every result it
-    returned alone (trusted, not run again by another car) in the audit window is run again on other cars and judged
-    with the new results (marketplace/verdicts.py: audit_open); wrong ones are replaced in the customer's results,
-    which get a new version, and billing corrects the charge and the owner's earnings (billing: audit corrections).
-    The customer's job page shows each audit of their bid."""
+    returned alone (no other car ran it) in the audit window is checked again (marketplace/verdicts.py: audit_open):
+    a sample of its items computed by the platform, then, where that sample is wrong, other cars; wrong results are
+    replaced in the customer's results, which get a new version, and billing corrects the charge and the owner's
+    earnings (billing/services/corrections.py). The customer's job page shows each audit of their bid."""
 
     bid = models.ForeignKey(Bid, on_delete=models.PROTECT, related_name="audits")
     vehicle = models.ForeignKey("fleet.Vehicle", on_delete=models.PROTECT, related_name="audits")
@@ -412,6 +412,9 @@ class ResultAudit(models.Model):
     units = models.JSONField(default=list, help_text="The re-checked results: their work units' ids.")
     units_wrong = models.PositiveIntegerField(default=0, help_text="Re-checked results the other cars outvoted.")
     items_checked = models.PositiveIntegerField(default=0)
+    sampled_right = models.PositiveIntegerField(
+        default=0, help_text="Re-checked results whose sample of items the platform computed itself agreed: kept."
+    )
     items_replaced = models.PositiveIntegerField(default=0, help_text="Items whose delivered output was replaced.")
     items_removed = models.PositiveIntegerField(
         default=0, help_text="Items no other car could settle: removed from the results (NaN) and not charged."

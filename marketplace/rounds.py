@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import numpy as np
 from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet.availability import rated_ch_per_hour
@@ -367,9 +368,15 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
     """Find cars for the replicas waiting for one (marketplace/verdicts.py): the auction cannot, since a replica needs
     a car of a given hardware class whose owner has not run its items. Each goes to an available car this round did not
     sell, of the right class, at the pool's clearing price (or the reserve) but never below the car's ask; the
-    platform pays for it, not the customer. Returns the number of replicas placed."""
+    platform pays for it, not the customer.
+
+    So do the units a car was refused for (it got one of their known answers wrong): the auction does not know
+    which cars a unit may not go to, and would sell the bid that car again and again (it asks the least) while the
+    unit waits. Such a unit is the customer's work, at no more than the price they first bought it at
+    (`WorkUnit.price_cap_mcents`; settling charges the rest to verification). Returns the number of units placed."""
     waiting = list(
-        WorkUnit.objects.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True, replica_of__isnull=False)
+        WorkUnit.objects.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True)
+        .filter(Q(replica_of__isnull=False) | ~Q(excluded_vehicles=[]))
         .filter(work_wanted())
         .select_related("bid")
         .order_by("bid__created_at", "index")
@@ -402,13 +409,21 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
             car, ch_left, ask = offer
             if ch_left < unit.ch or verdicts.vehicle_refused(unit=unit, vehicle_id=car, owners=owners):
                 continue
-            price = max(prices.get(pool) or int(reserve[auction.POOLS.index(pool)]), ask)
+            market = prices.get(pool) or int(reserve[auction.POOLS.index(pool)])
+            price = max(market, ask)
             hours = unit.ch / rates[car]["ch_per_hour"][pool] / rates[car]["clock_rate"]
+            primary = unit.replica_of_id is None
             allocation = Allocation.objects.create(
                 round=round_, bid=unit.bid, vehicle_id=car, pool=pool, ch=unit.ch, price_mcents_per_ch=price,
-                ends_at=now + timedelta(hours=hours), for_verification=True,
+                ends_at=now + timedelta(hours=hours), for_verification=not primary,
             )  # fmt: skip
-            WorkUnit.objects.filter(pk=unit.pk).update(assigned_vehicle_id=car, allocation=allocation)
+            placed_fields = {"assigned_vehicle_id": car, "allocation": allocation}
+            if primary:
+                # The customer's work again: never above their first price, nor this round's (or their maximum).
+                cap = min(c for c in (unit.price_cap_mcents, market, unit.bid.max_price_mcents_per_ch) if c)
+                placed_fields["price_cap_mcents"] = cap
+                Bid.objects.filter(pk=unit.bid_id).update(ch_allocated=F("ch_allocated") + unit.ch)
+            WorkUnit.objects.filter(pk=unit.pk).update(**placed_fields)
             offer[1] -= unit.ch
             placed += 1
             break

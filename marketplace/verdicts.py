@@ -88,11 +88,11 @@ def _replication_needed(*, vehicle_id: int, streak: int, now: datetime) -> bool:
     trusted_after = settings.VERIFICATION_TRUSTED_AFTER
     return verification.replication_needed(
         streak=streak,
-        # Recent faults only matter to a car whose streak would trust it: spare the count for the others.
-        faults_recent=_faults_recent(vehicle_id, now) if streak >= trusted_after else 0,
+        faults_recent=_faults_recent(vehicle_id, now),
         rng_value=random.random(),  # noqa: S311 - a sampling decision, not a secret
         spot_check_rate=settings.VERIFICATION_SPOT_CHECK_RATE,
         trusted_after=trusted_after,
+        new_car_rate=settings.VERIFICATION_NEW_CAR_RATE,
     )
 
 
@@ -225,21 +225,25 @@ def reputation_record(
 def audit_open(*, vehicle_id: int, evidence: str, now: datetime) -> list[ResultAudit]:
     """A car was caught returning a wrong result: nothing else it returned on trust may stay delivered or paid.
 
-    Every result it returned in the audit window (VERIFICATION_AUDIT_WINDOW_HOURS) that no other car checked (a
-    trusted car's unit judged alone, quorum 1) is judged again: its slice needs two agreeing results now, it is not
-    the customer's result meanwhile, and a replica goes to a car of another owner (replica_ensure). The car's result
-    counts as one vote: an honest result is confirmed by one replica, a wrong one is outvoted by two and replaced.
-    Owners' earnings are held longer than the window (billing.PayoutPolicy), so nothing audited is paid out first.
+    Every result it returned in the audit window (VERIFICATION_AUDIT_WINDOW_HOURS) that no other car checked (a unit
+    judged alone, quorum 1) is checked again. First the platform computes a sample of its items itself
+    (VERIFICATION_AUDIT_SAMPLE_ITEMS, like the known answers of a lease, which the car could not tell apart): a result
+    whose sample is right stays as it is. Any other (a sample wrong, or none to take) is judged again by other cars:
+    its slice needs two agreeing results now, it is not the customer's result meanwhile, and a replica goes to a car
+    of another owner (replica_ensure). The car's result counts as one vote: an honest one is confirmed by one
+    replica, a wrong one is outvoted by two and replaced. So an audit buys replicas for the lies, not for everything
+    the car did. Owners' earnings are held longer than the window (billing.PayoutPolicy): nothing audited is paid
+    out first.
 
     A bid that closed without completing (failed, expired, cancelled) has no results file and nobody runs its work
-    again: its unchecked results from this car are rejected at once, so that its customer pays only for what other
-    cars validated. Returns one audit per bid touched (none when the car returned nothing on trust)."""
+    again: its results that the sample does not clear are rejected at once, so that its customer pays only for what
+    was validated. Returns one audit per bid touched (none when the car returned nothing on trust)."""
     since = now - timedelta(hours=settings.VERIFICATION_AUDIT_WINDOW_HOURS)
     unchecked = list(
         WorkUnit.objects.select_for_update(of=("self",))
         .filter(done_by_id=vehicle_id, replica_of__isnull=True, status=WorkUnit.Status.DONE, quorum=1,
                 verification=Verification.VALID, completed_at__gte=since)
-        .select_related("bid")
+        .select_related("bid__dataset", "variant")
         .order_by("bid_id", "item_start")
     )  # fmt: skip
     by_bid: dict[int, list[WorkUnit]] = {}
@@ -249,23 +253,45 @@ def audit_open(*, vehicle_id: int, evidence: str, now: datetime) -> list[ResultA
     for units in by_bid.values():
         bid = units[0].bid
         rerun = bid.status in (*Bid.OPEN_STATUSES, Bid.Status.COMPLETED)
-        for unit in units:
+        suspect = [unit for unit in units if not _sample_right(unit)]
+        for unit in suspect:
             unit.quorum, unit.canonical = 2, False
             unit.verification = Verification.PENDING if rerun else Verification.INVALID
             unit.save(update_fields=["quorum", "verification", "canonical"])
             if rerun:
                 replica_ensure(primary=unit, group=[unit], now=now)
-        items = sum(u.items for u in units)
+        removed = 0 if rerun else sum(u.items for u in suspect)
         audits.append(ResultAudit.objects.create(
             bid=bid, vehicle_id=vehicle_id, evidence=evidence, opened_at=now, units=[u.pk for u in units],
-            items_checked=items, **({} if rerun else {"closed_at": now, "items_removed": items}),
+            items_checked=sum(u.items for u in units), sampled_right=len(units) - len(suspect),
+            # Nothing left to judge (every sample right, or a job that ended): the audit is over.
+            **({"closed_at": now, "items_removed": removed} if not (rerun and suspect) else {}),
         ))  # fmt: skip
-        if not rerun:
+        if removed:
             bid_audited_announce(bid.pk, [audits[-1].pk])  # billing takes the rejected work off its charge
     if audits:
         log.warning("vehicle %s caught: %s unchecked result(s) in %s bid(s) audited", vehicle_id, len(unchecked),
                     len(audits))  # fmt: skip
     return audits
+
+
+def _sample_right(unit: WorkUnit) -> bool:
+    """Whether the platform's own outputs for a random sample of the unit's items agree with the car's stored result
+    (the tolerance between two cars). False when they do not, or when no sample can be taken (no stored result)."""
+    if not unit.output_sha256:
+        return False
+    try:
+        outputs = decode_npy(storage.artifact_read(unit.output_sha256))
+    except (FileNotFoundError, ValueError):
+        return False
+    count = min(settings.VERIFICATION_AUDIT_SAMPLE_ITEMS, unit.items, len(outputs))
+    if count < 1 or len(outputs) != unit.items:
+        return False
+    picks = sorted(random.sample(range(unit.items), count))
+    items = storage.dataset_items(unit.bid.dataset).items
+    runner = runner_for(unit.variant.sha256, unit.bid.inference_model_id)
+    expected = runner.run([items[unit.item_start + i] for i in picks], batch_size=count)
+    return verification.known_answer_check(outputs[picks], np.asarray(expected), _tolerance(unit))
 
 
 def audits_conclude(*, bid: Bid, now: datetime, result_version: int | None) -> list[ResultAudit]:

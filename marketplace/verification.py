@@ -245,24 +245,28 @@ def known_answer_check(output: np.ndarray, expected: np.ndarray, tolerance: Tole
 
 
 def replication_needed(
-    *, streak: int, faults_recent: int, rng_value: float, spot_check_rate: float = 0.1, trusted_after: int = 10
-) -> bool:
+    *, streak: int, faults_recent: int, rng_value: float, spot_check_rate: float = 0.1, trusted_after: int = 10,
+    new_car_rate: float = 1.0,
+) -> bool:  # fmt: skip
     """Whether a car's next result must be replicated on another car (adaptive replication, as in BOINC).
 
     Replicating every unit doubles the compute paid for. A car that has returned `trusted_after` consecutive
     validated results (`streak`) and had no recent fault has shown it computes honestly, so its units are replicated
-    only at random, with probability `spot_check_rate`: a cheater cannot predict which results are checked, and a
-    single invalid result resets its streak to 0 (`streak_after`), so it is replicated every time again until it
-    rebuilds its record. Any other car is always replicated.
+    only at random, with probability `spot_check_rate`: a cheater cannot predict which results are checked. Any other
+    car (no record yet, or a recent fault: a fault resets trust) is replicated with probability `new_car_rate`: 1 is
+    BOINC's rule; below 1 relies on known answers in every lease and on the audit of a caught car's unchecked
+    results for the rest (README: Trust), since replicating every result of cheap untrusted cars costs more than the
+    platform's fee. A single invalid result resets the streak to 0 (`streak_after`).
 
     rng_value: a uniform random number in [0, 1), drawn by the caller so that this stays a pure function.
     """
     if streak < 0 or faults_recent < 0 or trusted_after < 0:
         raise ValueError("streak, faults_recent and trusted_after cannot be negative")
-    if not 0.0 <= spot_check_rate <= 1.0:
-        raise ValueError(f"spot_check_rate must be in [0, 1], not {spot_check_rate}")
+    for name, rate in (("spot_check_rate", spot_check_rate), ("new_car_rate", new_car_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], not {rate}")
     trusted = streak >= trusted_after and faults_recent == 0
-    return not trusted or rng_value < spot_check_rate
+    return rng_value < (spot_check_rate if trusted else new_car_rate)
 
 
 def streak_after(streak: int, *, valid: bool) -> int:

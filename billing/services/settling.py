@@ -7,9 +7,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Exists, OuterRef, Sum
 
-from marketplace.models import Bid, WorkUnit
+from marketplace.models import Bid, ResultAudit, WorkUnit
 
 from .. import ledger, settlement, stripe_gateway
 from ..ledger import Leg
@@ -170,7 +170,7 @@ def settlements_due() -> list[int]:
             status__in=(PaymentAuthorization.Status.AUTHORIZED, PaymentAuthorization.Status.SETTLING),
             bid__status__in=closed,
         )
-        .exclude(bid__audits__closed_at__isnull=True, bid__audits__isnull=False)
-        .values_list("bid_id", flat=True)
-        .distinct()[:500]
+        # A job whose audit is open is settled when it closes (the audit's event, or this sweeper then).
+        .exclude(Exists(ResultAudit.objects.filter(bid_id=OuterRef("bid_id"), closed_at__isnull=True)))
+        .values_list("bid_id", flat=True)[:500]
     )

@@ -344,6 +344,10 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Idlefleet <noreply@i
 # the window, is replicated only for random spot checks at this rate; this many faults in the window suspend a car.
 VERIFICATION_TRUSTED_AFTER = env.int("VERIFICATION_TRUSTED_AFTER", default=10)
 VERIFICATION_SPOT_CHECK_RATE = env.float("VERIFICATION_SPOT_CHECK_RATE", default=0.05)
+# A car without that record yet (and no recent fault) is replicated at this rate: 1 would be BOINC's rule, but every
+# result of cheap new cars run twice costs more than the fee; known answers in every lease and the audit of a caught
+# car's unchecked results cover the rest (README: Trust; bench/trust.py measures the cost).
+VERIFICATION_NEW_CAR_RATE = env.float("VERIFICATION_NEW_CAR_RATE", default=0.15)
 VERIFICATION_SUSPEND_AFTER_FAULTS = env.int("VERIFICATION_SUSPEND_AFTER_FAULTS", default=2)
 VERIFICATION_FAULT_WINDOW_HOURS = env.int("VERIFICATION_FAULT_WINDOW_HOURS", default=168)
 VERIFICATION_MAX_REPLICAS = env.int("VERIFICATION_MAX_REPLICAS", default=3)
@@ -355,6 +359,9 @@ VERIFICATION_PROBE_ITEMS = env.int("VERIFICATION_PROBE_ITEMS", default=4)
 # When a car is caught, its results of the last this many hours that no other car checked are run again
 # (marketplace/verdicts.py: audit_open). Owners' earnings are held longer (billing.PayoutPolicy.earnings_hold_hours).
 VERIFICATION_AUDIT_WINDOW_HOURS = env.int("VERIFICATION_AUDIT_WINDOW_HOURS", default=48)
+# The audit first computes this many random items of each such result itself; only a result whose sample is wrong is
+# run again on other cars (so an audit buys replicas for the caught car's lies, not for all it did).
+VERIFICATION_AUDIT_SAMPLE_ITEMS = env.int("VERIFICATION_AUDIT_SAMPLE_ITEMS", default=8)
 # A lease lasts the unit's predicted run on the car plus a margin (marketplace/sizing.py), at least
 # WORK_LEASE_MIN_SECONDS and at most WORK_LEASE_SECONDS; the agent renews it while it works. A self-test, whose run
 # nothing predicts yet, is leased for the minimum and renewed (for 15 minutes at most: marketplace/selftests.py).

@@ -9,6 +9,9 @@ os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("PLATFORM_HEARTBEAT_SECONDS", "1")
 # Known-answer probes are random: tests that count a lease's items turn them on where they mean to (rate 1).
 os.environ.setdefault("VERIFICATION_PROBE_RATE", "0")
+# New cars' results are all run twice (BOINC's rule), so that tests of replicas see them every time; the product's
+# share (config/settings/base.py) is tested by tests/marketplace/test_verification.py.
+os.environ.setdefault("VERIFICATION_NEW_CAR_RATE", "1")
 
 from .local import *  # noqa: F403
 

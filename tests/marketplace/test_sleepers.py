@@ -202,6 +202,14 @@ def test_a_sleeper_caught_after_its_lies_were_delivered_and_charged_keeps_none_o
         corrections.audit_correct(bid_id=bid_id)
     assert not corrections.corrections_due()
 
+    # The audits bought replicas for its lies only: the platform's own sample of items cleared its honest results.
+    for audit in ResultAudit.objects.filter(vehicle=sam):
+        honest = [pk for pk in audit.units if pk not in sleeper.lied]
+        assert (audit.sampled_right, audit.units_wrong) == (len(honest), len(audit.units) - len(honest))
+        assert not WorkUnit.objects.filter(replica_of_id__in=honest).exists()
+    if every > 1:
+        assert any(pk not in sleeper.lied for audit in ResultAudit.objects.all() for pk in audit.units)
+
     car = Vehicle.objects.get(pk=sam.pk)
     assert car.status == Vehicle.Status.SUSPENDED and "disagreed with other cars" in car.status_reason
     # No lie is valid or canonical any more; every job's results file is the model's own outputs.

@@ -325,17 +325,15 @@ def test_a_car_that_fails_a_known_answer_never_gets_that_unit_again_and_another_
     work_off(client, liam_key, model)  # the rest of his work, honestly
     Allocation.objects.filter(vehicle=liam).update(ends_at=timezone.now())  # his sold time is over: he is free
 
-    # Both are offered; Liam is sold the bid again, but not the unit he lied about.
-    only_cars(new_cars, "liam", "hana")
-    assert Allocation.objects.filter(round=next_round(1), bid=bid, vehicle=liam).exists()
-    assert WorkUnit.objects.filter(pk=unit.pk, assigned_vehicle__isnull=True).exists()
-    assert work_off(client, liam_key, model) == 0
-    # The bid buys those CH again, from another car, dearer: Hana runs the unit.
     first_price = Allocation.objects.filter(vehicle=liam).order_by("pk").first().price_mcents_per_ch
     assert WorkUnit.objects.get(pk=unit.pk).price_cap_mcents == first_price
+    # Both are offered, Hana dearer. The auction, which cannot tell, sells Liam the bid again (he asks the least),
+    # but not the unit he lied about: the round gives it to Hana, a car it did not sell, rather than let it wait.
     OptInPolicy.objects.filter(vehicle=hana).update(min_price_cents_per_ch=4)
-    only_cars(new_cars, "hana")
-    next_round(2)
+    only_cars(new_cars, "liam", "hana")
+    assert Allocation.objects.filter(round=next_round(1), bid=bid, vehicle=liam).exists()
+    assert WorkUnit.objects.get(pk=unit.pk).assigned_vehicle_id == hana.pk
+    assert work_off(client, liam_key, model) == 0
     assert work_off(client, hana_key, model) >= 1
 
     unit.refresh_from_db()

@@ -426,3 +426,18 @@ class TestAdaptiveReplication:
         streak = streak_after(25, valid=False)
 
         assert replication_needed(streak=streak, faults_recent=0, rng_value=0.99)
+        # The fault that reset it is recent: its results are checked as a new car's, however long its record.
+        assert replication_needed(streak=50, faults_recent=1, rng_value=0.2, new_car_rate=0.25)
+        assert not replication_needed(streak=50, faults_recent=1, rng_value=0.3, new_car_rate=0.25)
+
+    def test_a_new_car_is_replicated_at_the_new_car_rate_and_a_trusted_one_at_the_spot_check_rate(self):
+        draws = np.random.default_rng(2).random(10_000)
+        rates = {"new_car_rate": 0.25, "spot_check_rate": 0.05}
+
+        new = [replication_needed(streak=3, faults_recent=0, rng_value=v, **rates) for v in draws]
+        trusted = [replication_needed(streak=10, faults_recent=0, rng_value=v, **rates) for v in draws]
+
+        assert np.mean(new) == pytest.approx(0.25, abs=0.015)
+        assert np.mean(trusted) == pytest.approx(0.05, abs=0.01)
+        with pytest.raises(ValueError, match="new_car_rate must be in"):
+            replication_needed(streak=0, faults_recent=0, rng_value=0.5, new_car_rate=1.5)
