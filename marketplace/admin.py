@@ -84,7 +84,7 @@ class ResultAuditAdmin(admin.ModelAdmin):
                     "items_removed", "result_version", "closed_at")  # fmt: skip
     list_filter = ("evidence", ("closed_at", admin.EmptyFieldListFilter), ("opened_at", admin.DateFieldListFilter))
     search_fields = ("vehicle__display_name", "vehicle__owner__username", "bid__customer__username")
-    list_select_related = ("vehicle", "bid")
+    list_select_related = ("vehicle", "bid__inference_model")
 
     def has_add_permission(self, request) -> bool:
         return False

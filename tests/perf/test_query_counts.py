@@ -243,7 +243,7 @@ def _everything(staff) -> None:
         StripeEvent,
     )
     from fleet.services import throughput_record
-    from marketplace.models import ResultFault, SelfTest, VariantAccuracy
+    from marketplace.models import ResultAudit, ResultFault, SelfTest, VariantAccuracy
     from ops.models import PlatformHeartbeat
 
     n = next(_serial)
@@ -252,6 +252,8 @@ def _everything(staff) -> None:
     bid = _bid(customer, status="completed")
     unit = _won(bid, vehicle)
     ResultFault.objects.create(vehicle=vehicle, unit=unit, kind="outvoted", created_at=timezone.now())
+    ResultAudit.objects.create(bid=bid, vehicle=vehicle, evidence="outvoted", opened_at=timezone.now(),
+                               units=[unit.pk], items_checked=unit.items)  # fmt: skip
     throughput_record(vehicle=vehicle, workload=f"{n:064x}", precision="int8", ch_per_item=1e-8, items=10,
                       seconds=0.1, energy_wh=0.01, at=timezone.now(), first=True)  # fmt: skip
     SelfTest.objects.create(
@@ -317,6 +319,7 @@ ADMIN_QUERIES = {
     "marketplace.inferencemodel": 5,
     "marketplace.precisionvariant": 5,
     "marketplace.pricingpolicy": 6,
+    "marketplace.resultaudit": 5,
     "marketplace.resultfault": 5,
     "marketplace.round": 5,
     "marketplace.selftest": 6,
