@@ -881,8 +881,8 @@ def run(args: argparse.Namespace, lab: Lab) -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def lab_run(name: str, run, args: argparse.Namespace) -> int:
+    """Run `run(args, lab)` with a Lab that is closed (everything it started stopped and removed) however it ends."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -895,10 +895,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, lab)
     except KeyboardInterrupt:
-        print("chaos: interrupted", flush=True)
+        print(f"{name}: interrupted", flush=True)
         return 130
     finally:
         lab.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return lab_run("chaos", run, parse_args(argv))
 
 
 if __name__ == "__main__":

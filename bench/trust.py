@@ -87,7 +87,6 @@ import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
-import signal  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
@@ -96,7 +95,7 @@ from datetime import UTC, datetime, timedelta  # noqa: E402
 from decimal import Decimal  # noqa: E402
 
 import numpy as np  # noqa: E402
-from chaos import Lab, RedisServer, free_port, pg_admin, pg_exists  # noqa: E402
+from chaos import Lab, RedisServer, free_port, lab_run, pg_admin, pg_exists  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "trust.json"
 DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/trust_bench"
@@ -1210,22 +1209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    # SIGTERM ends the run as Ctrl-C does, through the finally below that stops and removes what the run started.
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
-    lab = Lab(args.keep)
-    try:
-        return run(args, lab)
-    except KeyboardInterrupt:
-        print("trust: interrupted", flush=True)
-        return 130
-    finally:
-        lab.close()
+    return lab_run("trust", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ class ResultFaultAdmin(admin.ModelAdmin):
 
 
 @admin.register(ResultAudit)
-class ResultAuditAdmin(admin.ModelAdmin):
+class ResultAuditAdmin(ReadOnlyAdmin):
     """A caught car's unchecked results in one job, run again on other cars (read-only): what was found and
     replaced. Billing's corrections follow each closed audit."""
 
@@ -85,15 +85,6 @@ class ResultAuditAdmin(admin.ModelAdmin):
     list_filter = ("evidence", ("closed_at", admin.EmptyFieldListFilter), ("opened_at", admin.DateFieldListFilter))
     search_fields = ("vehicle__display_name", "vehicle__owner__username", "bid__customer__username")
     list_select_related = ("vehicle", "bid__inference_model")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Bid)

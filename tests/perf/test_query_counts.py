@@ -319,7 +319,7 @@ ADMIN_QUERIES = {
     "marketplace.inferencemodel": 5,
     "marketplace.precisionvariant": 5,
     "marketplace.pricingpolicy": 6,
-    "marketplace.resultaudit": 5,
+    "marketplace.resultaudit": 4,
     "marketplace.resultfault": 5,
     "marketplace.round": 5,
     "marketplace.selftest": 6,
