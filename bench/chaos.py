@@ -94,8 +94,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def night_time_zone() -> str:
-    """A time zone where it is 01:00–03:59 now: a homebody car is parked at home on WiFi for hours there."""
+def night_time_zone(first_hour: int = 1, last_hour: int = 3) -> str:
+    """A time zone where the hour is first_hour–last_hour now (by default 01:00–03:59: a homebody car is parked at
+    home on WiFi for hours there)."""
     now = datetime.now(UTC)
     names = sorted(
         name
@@ -103,9 +104,10 @@ def night_time_zone() -> str:
         if "/" in name and not name.startswith(("Etc/", "posix", "right"))
     )
     for name in names:
-        if 1 <= now.astimezone(zoneinfo.ZoneInfo(name)).hour <= 3:
+        if first_hour <= now.astimezone(zoneinfo.ZoneInfo(name)).hour <= last_hour:
             return name
-    raise SystemExit("no time zone is between 01:00 and 04:00 right now")  # cannot happen: offsets cover the day
+    # Cannot happen: the offsets cover the day.
+    raise SystemExit(f"no time zone is between {first_hour}:00 and {last_hour + 1}:00 right now")
 
 
 # --- Processes -------------------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ from datetime import UTC, datetime, timedelta  # noqa: E402
 from decimal import Decimal  # noqa: E402
 
 import numpy as np  # noqa: E402
-from chaos import Lab, RedisServer, free_port, lab_run, pg_admin, pg_exists  # noqa: E402
+from chaos import Lab, RedisServer, free_port, lab_run, night_time_zone, pg_admin, pg_exists  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "trust.json"
 DEFAULT_DATABASE = "postgres://postgres@127.0.0.1:5432/trust_bench"
@@ -208,18 +208,7 @@ def environment(args: argparse.Namespace, lab: Lab, ports: dict[str, int]) -> di
 
 def evening_time_zone() -> str:
     """A time zone where it is 20:00–21:59 now: a car parked at home for the night stays until about 07:00."""
-    import zoneinfo
-
-    now = datetime.now(UTC)
-    names = sorted(
-        name
-        for name in zoneinfo.available_timezones()
-        if "/" in name and not name.startswith(("Etc/", "posix", "right"))
-    )
-    for name in names:
-        if 20 <= now.astimezone(zoneinfo.ZoneInfo(name)).hour <= 21:
-            return name
-    raise SystemExit("no time zone is between 20:00 and 22:00 right now")  # cannot happen: offsets cover the day
+    return night_time_zone(20, 21)
 
 
 def catalogue_minilm():
