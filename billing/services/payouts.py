@@ -38,26 +38,32 @@ def earnings_release_due(*, now: datetime | None = None) -> int:
         .exclude(Exists(released_already))
         .exclude(Exists(audit_open))[:500]
     )
+    captures = list(captures)
+    # What each job's capture and corrections left pending, per owner and car: one query for every capture due.
+    pending: dict[int, list[tuple]] = {}
+    for bid_id, owner, vehicle, currency, cents in (
+        LedgerEntry.objects.filter(
+            transaction__bid_id__in=[capture.bid_id for capture in captures],
+            transaction__kind__in=(Kind.CAPTURE, Kind.CORRECTION), account__kind=AccountKind.OWNER_PENDING,
+        )
+        .values_list("transaction__bid_id", "account__user_id", "vehicle_id", "currency")
+        .annotate(cents=Sum("amount_cents"))
+        .order_by("transaction__bid_id", "account__user_id", "vehicle_id")
+    ):  # fmt: skip
+        pending.setdefault(bid_id, []).append((owner, vehicle, currency, cents))
     count = 0
     for capture in captures:
-        pending = (
-            LedgerEntry.objects.filter(
-                transaction__bid_id=capture.bid_id, transaction__kind__in=(Kind.CAPTURE, Kind.CORRECTION),
-                account__kind=AccountKind.OWNER_PENDING,
-            )
-            .values_list("account__user_id", "vehicle_id", "currency")
-            .annotate(cents=Sum("amount_cents"))
-            .order_by("account__user_id", "vehicle_id")
-        )  # fmt: skip
-        legs, currencies = [], {currency for _, _, currency, _ in pending}
-        for owner, vehicle, _, cents in pending:
+        rows = pending.get(capture.bid_id, [])
+        legs = []
+        for owner, vehicle, _, cents in rows:
             if cents:
                 legs += [
                     Leg(AccountKind.OWNER_PENDING, -cents, user_id=owner, vehicle_id=vehicle),
                     Leg(AccountKind.OWNER_AVAILABLE, cents, user_id=owner, vehicle_id=vehicle),
                 ]
         if legs:
-            ledger.post(kind=Kind.EARNINGS_RELEASE, key=f"hold_over:{capture.pk}", legs=legs, currency=min(currencies),
+            currency = min(currency for _, _, currency, _ in rows)
+            ledger.post(kind=Kind.EARNINGS_RELEASE, key=f"hold_over:{capture.pk}", legs=legs, currency=currency,
                         bid_id=capture.bid_id, description=f"Bid {capture.bid_id}: earnings out of hold")  # fmt: skip
             count += 1
     return count
