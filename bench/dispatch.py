@@ -281,10 +281,10 @@ def fleet_executor_class():
             with FleetExecutor.lock:
                 return super()._runner(unit)
 
-        def _infer(self, runner, unit):
+        def _infer(self, runner, unit, cancel=None):
             started = time.thread_time()
             try:
-                return super()._infer(runner, unit)
+                return super()._infer(runner, unit, cancel)
             finally:
                 COMPUTE.add(time.thread_time() - started, len(unit.items))
 
@@ -808,8 +808,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cars", type=int, default=50)
     parser.add_argument("--documents", type=int, default=10_000)
     parser.add_argument("--database-url", default=DEFAULT_DATABASE, help="a PostgreSQL database of its own")
-    parser.add_argument("--probe-rate", type=float, default=0.2, help="VERIFICATION_PROBE_RATE (default 0.2)")
-    parser.add_argument("--spot-check-rate", type=float, default=0.1, help="VERIFICATION_SPOT_CHECK_RATE")
+    parser.add_argument("--probe-rate", type=float, default=1.0, help="VERIFICATION_PROBE_RATE (default 1.0)")
+    parser.add_argument("--spot-check-rate", type=float, default=0.05, help="VERIFICATION_SPOT_CHECK_RATE")
     parser.add_argument("--new-fleet", action="store_true", help="cars without a record: every unit is replicated")
     parser.add_argument("--timeout", type=float, default=420, help="the longest the job may run, seconds")
     parser.add_argument("--json", type=Path, default=RESULTS)
