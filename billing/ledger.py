@@ -20,10 +20,10 @@ from .models import NORMAL_SIDE, PER_USER_KINDS, AccountKind, LedgerAccount, Led
 
 @dataclass(frozen=True)
 class Leg:
-    """One entry to post: `amount_cents` > 0 debits the account, < 0 credits it."""
+    """One entry to post: `amount_nc` (n¢, core/money.py) > 0 debits the account, < 0 credits it."""
 
     kind: str
-    amount_cents: int
+    amount_nc: int
     user_id: int | None = None
     vehicle_id: int | None = None
     ch: float | None = None
@@ -50,13 +50,12 @@ def post(
     stripe_object_id: str = "",
 ) -> LedgerTransaction:
     """Post a balanced transaction once per `key`; a second call with the same key returns the first one."""
-    legs = [leg for leg in legs if leg.amount_cents != 0]
+    legs = [leg for leg in legs if leg.amount_nc != 0]
     if not legs:
         raise ApplicationError("A ledger transaction needs at least one non-zero entry.", code="ledger_empty")
-    if sum(leg.amount_cents for leg in legs) != 0:
+    if sum(leg.amount_nc for leg in legs) != 0:
         raise ApplicationError(
-            f"Ledger transaction {key} does not balance: its entries sum to "
-            f"{sum(leg.amount_cents for leg in legs)} cents.",
+            f"Ledger transaction {key} does not balance: its entries sum to {sum(leg.amount_nc for leg in legs)} n¢.",
             code="ledger_unbalanced",
         )
     existing = LedgerTransaction.objects.filter(idempotency_key=key).first()
@@ -72,7 +71,7 @@ def post(
                 LedgerEntry(
                     transaction=txn,
                     account=account_get(kind=leg.kind, user_id=leg.user_id, currency=currency),
-                    amount_cents=leg.amount_cents,
+                    amount_nc=leg.amount_nc,
                     currency=currency,
                     vehicle_id=leg.vehicle_id,
                     ch=leg.ch,
@@ -92,7 +91,7 @@ def post(
 def reverse(*, txn: LedgerTransaction, key: str, description: str = "") -> LedgerTransaction:
     """The correcting transaction: every entry of `txn` with its sign flipped."""
     legs = [
-        Leg(kind=e.account.kind, amount_cents=-e.amount_cents, user_id=e.account.user_id, vehicle_id=e.vehicle_id,
+        Leg(kind=e.account.kind, amount_nc=-e.amount_nc, user_id=e.account.user_id, vehicle_id=e.vehicle_id,
             ch=-e.ch if e.ch else None, energy_wh=-e.energy_wh if e.energy_wh else None)
         for e in txn.entries.select_related("account")
     ]  # fmt: skip
@@ -104,10 +103,10 @@ def reverse(*, txn: LedgerTransaction, key: str, description: str = "") -> Ledge
 
 
 def balance(*, kind: str, user_id: int | None = None, currency: str = "usd") -> int:
-    """An account's balance in cents on its normal side (what a person would call the balance)."""
+    """An account's balance in n¢ on its normal side (what a person would call the balance)."""
     total = (
         LedgerEntry.objects.filter(account__kind=kind, account__user_id=user_id, currency=currency).aggregate(
-            total=Sum("amount_cents")
+            total=Sum("amount_nc")
         )["total"]
         or 0
     )
@@ -119,7 +118,7 @@ def balances_by_user(*, kind: str, user_ids, currency: str = "usd") -> dict[int,
     rows = (
         LedgerEntry.objects.filter(account__kind=kind, account__user_id__in=user_ids, currency=currency)
         .values_list("account__user_id")
-        .annotate(total=Sum("amount_cents"))
+        .annotate(total=Sum("amount_nc"))
         .order_by()
     )
     return {user_id: total * NORMAL_SIDE[kind] for user_id, total in rows}
@@ -130,7 +129,7 @@ def balances(*, user_id: int | None = None, currency: str = "usd") -> dict[str, 
     rows = (
         LedgerEntry.objects.filter(account__user_id=user_id, currency=currency)
         .values_list("account__kind")
-        .annotate(total=Sum("amount_cents"))
+        .annotate(total=Sum("amount_nc"))
         .order_by()
     )
     return {kind: total * NORMAL_SIDE[kind] for kind, total in rows}
@@ -142,7 +141,7 @@ def totals_by_kind(*, currency: str = "usd") -> dict[str, int]:
     rows = (
         LedgerEntry.objects.filter(currency=currency)
         .values_list("account__kind")
-        .annotate(total=Sum("amount_cents"))
+        .annotate(total=Sum("amount_nc"))
         .order_by()
     )
     for kind, total in rows:
@@ -154,7 +153,7 @@ def unbalanced_transactions() -> list[int]:
     """Ids of transactions whose entries do not sum to zero: always empty, unless the database was tampered with."""
     return list(
         LedgerEntry.objects.values("transaction_id", "currency")
-        .annotate(total=Sum("amount_cents"))
+        .annotate(total=Sum("amount_nc"))
         .exclude(total=0)
         .values_list("transaction_id", flat=True)
     )

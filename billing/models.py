@@ -43,22 +43,36 @@ class PayoutPolicy(models.Model):
 
 
 class AccountKind(models.TextChoices):
-    """The ledger's accounts. Amounts are signed: + is a debit, − a credit. Each kind has a normal side, and its
-    balance (shown as a positive number) is the sum of its entries times that side.
+    """The ledger's accounts, in nano-cents (n¢: 1 ¢ = 10⁹ n¢, core/money.py). Amounts are signed: + is a debit, − a
+    credit. Each kind has a normal side, and its balance (shown as a positive number) is the sum of its entries times
+    that side.
 
-    The postings (billing/ledger.py):
+    The postings (billing/ledger.py), W the job's validated work (exact, to the n¢), S the cars' shares, F the fee:
+      top-up T        Dr prepaid_cash T                    Cr customer_balance T
+      reserve B       Dr customer_balance B                Cr customer_reserved B
       authorize B     Dr stripe_clearing B                 Cr customer_held B
-      release R       Dr customer_held R                   Cr stripe_clearing R
-      capture C       Dr customer_held C, customer_spend C  Cr stripe_clearing C, owner_pending S…, platform_fee F
+      release R       Dr customer_held R                   Cr stripe_clearing R           (a card's hold), or
+                      Dr customer_reserved R               Cr customer_balance R          (a reservation)
+      capture W       from the balance:  Dr customer_reserved W, customer_spend W   Cr prepaid_cash W, owner_pending S…,
+                                         platform_fee F
+                      from a card (C whole cents ≥ W):  Dr customer_held C, customer_spend W, prepaid_cash C−W
+                                         Cr stripe_clearing C, owner_pending S…, platform_fee F, customer_balance C−W
+                                         (the rest of the last cent is kept on the customer's balance)
                       and, for validated replicas:  Dr verification_cost V   Cr owner_pending V…
       hold over X     Dr owner_pending X                   Cr owner_available X
-      payout A        Dr owner_available A                 Cr owner_paid_out A
-      refund X        Dr refunds X                         Cr customer_spend X
+      payout A        Dr owner_available A                 Cr owner_paid_out A            (whole cents; the sub-cent
+                                                                                          rest stays available)
+      refund X        Dr refunds X                         Cr customer_spend X            (and, for a job paid from
+                      the balance, Dr prepaid_cash X, Cr customer_balance X: the money goes back to the balance)
+      balance refund  Dr customer_balance X                Cr prepaid_cash X              (whole cents, to the card)
       correction      after an audit (billing/services/corrections.py), the change in the job's books: the
                       earnings reversed Dr owner_pending, the fee Dr platform_fee, the cars whose results replaced
                       them Cr owner_pending, verification cost ± V, and Cr refunds R for the refund they pay for
-    so that, at every moment, captured (customer_spend + refunds) + verification cost = owners' earnings (pending +
-    available + paid out) + the platform's fee, and stripe_clearing = customer_held = authorizations still open.
+    so that, at every moment:
+      customers' spend (customer_spend + refunds) + verification cost = owners' earnings (pending + available + paid
+      out) + the platform's fee;
+      stripe_clearing = customer_held = card authorizations still open;
+      prepaid_cash = customer_balance + customer_reserved (each customer's, and in all).
     """
 
     STRIPE_CLEARING = "stripe_clearing", "Stripe clearing (card authorizations open at Stripe)"
@@ -70,6 +84,9 @@ class AccountKind(models.TextChoices):
     PLATFORM_FEE = "platform_fee", "Platform fee revenue"
     REFUNDS = "refunds", "Refunds to customers"
     VERIFICATION_COST = "verification_cost", "Verification cost (replicas paid by the platform)"
+    PREPAID_CASH = "prepaid_cash", "Prepaid money (top-ups, and the rest of captured cents, not yet spent)"
+    CUSTOMER_BALANCE = "customer_balance", "Customer balance (prepaid, free to spend)"
+    CUSTOMER_RESERVED = "customer_reserved", "Customer balance reserved by open bids"
 
 
 # +1: debit-normal (authorizations Stripe holds for us, what customers spent, refunds); −1: credit-normal (owed).
@@ -83,10 +100,14 @@ NORMAL_SIDE = {
     AccountKind.PLATFORM_FEE: -1,
     AccountKind.REFUNDS: 1,
     AccountKind.VERIFICATION_COST: 1,
+    AccountKind.PREPAID_CASH: 1,
+    AccountKind.CUSTOMER_BALANCE: -1,
+    AccountKind.CUSTOMER_RESERVED: -1,
 }
 PER_USER_KINDS = {
     AccountKind.CUSTOMER_HELD, AccountKind.CUSTOMER_SPEND, AccountKind.OWNER_PENDING, AccountKind.OWNER_AVAILABLE,
-    AccountKind.OWNER_PAID_OUT, AccountKind.REFUNDS,
+    AccountKind.OWNER_PAID_OUT, AccountKind.REFUNDS, AccountKind.PREPAID_CASH, AccountKind.CUSTOMER_BALANCE,
+    AccountKind.CUSTOMER_RESERVED,
 }  # fmt: skip
 
 
@@ -124,12 +145,15 @@ class LedgerTransaction(models.Model):
     class Kind(models.TextChoices):
         AUTHORIZE = "authorize", "Card authorized"
         RELEASE = "release", "Authorization released"
-        CAPTURE = "capture", "Captured for validated work"
+        CAPTURE = "capture", "Charged for validated work"
         EARNINGS_RELEASE = "earnings_release", "Earnings out of hold"
         PAYOUT = "payout", "Payout to owner"
         REFUND = "refund", "Refund"
         REVERSAL = "reversal", "Reversal (correction)"
         CORRECTION = "correction", "Corrected after an audit"
+        TOPUP = "topup", "Balance topped up"
+        RESERVE = "reserve", "Budget reserved from the balance"
+        BALANCE_REFUND = "balance_refund", "Balance refunded to the card"
 
     kind = models.CharField(max_length=20, choices=Kind.choices, db_index=True)
     idempotency_key = models.CharField(max_length=120, unique=True)
@@ -152,7 +176,7 @@ class LedgerTransaction(models.Model):
 class LedgerEntry(models.Model):
     transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="entries")
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
-    amount_cents = models.BigIntegerField(help_text="+ debit, − credit.")
+    amount_nc = models.BigIntegerField(help_text="n¢ (1 ¢ = 10⁹ n¢): + debit, − credit.")
     currency = models.CharField(max_length=3)
     vehicle = models.ForeignKey(
         "fleet.Vehicle", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries",
@@ -175,7 +199,7 @@ class LedgerEntry(models.Model):
                     "account",
                     "currency",
                     "created_at",
-                    "amount_cents",
+                    "amount_nc",
                     "transaction",
                     "vehicle",
                     "ch",
@@ -184,10 +208,10 @@ class LedgerEntry(models.Model):
                 name="billing_entry_account_cover",
             ),
         ]
-        constraints = [models.CheckConstraint(condition=~models.Q(amount_cents=0), name="entry_not_zero")]
+        constraints = [models.CheckConstraint(condition=~models.Q(amount_nc=0), name="entry_not_zero")]
 
     def __str__(self) -> str:
-        return f"{self.amount_cents:+d} {self.currency} {self.account}"
+        return f"{self.amount_nc:+d} n¢ {self.currency} {self.account}"
 
 
 # --- Stripe-side records ------------------------------------------------------------------------------------------
@@ -213,7 +237,8 @@ class BillingProfile(models.Model):
 
 
 class PaymentAuthorization(models.Model):
-    """A bid's card authorization (a PaymentIntent with manual capture) and how it ended.
+    """How a bid's budget is set aside, and how it ended: reserved from the customer's prepaid balance (`balance`), or
+    held on their card (`card`: a PaymentIntent with manual capture). A reservation waiting for funds is PENDING.
 
     Idempotency keys are derived from this row's id and stored before each Stripe call, so a crash between the call
     and the commit is repaired by calling again with the same key: Stripe answers with the same object.
@@ -226,9 +251,14 @@ class PaymentAuthorization(models.Model):
         SETTLING = "settling", "Capturing"
         SETTLED = "settled", "Settled"
 
+    class Method(models.TextChoices):
+        BALANCE = "balance", "Prepaid balance"
+        CARD = "card", "Card hold"
+
     bid = models.OneToOneField("marketplace.Bid", on_delete=models.PROTECT, related_name="authorization")
     customer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="authorizations")
-    amount_cents = models.PositiveBigIntegerField(help_text="Authorized: the bid's budget.")
+    method = models.CharField(max_length=8, choices=Method.choices, default=Method.CARD)
+    amount_cents = models.PositiveBigIntegerField(help_text="Reserved or authorized: the bid's budget.")
     currency = models.CharField(max_length=3, default="usd")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
     stripe_payment_intent_id = models.CharField(max_length=64, blank=True, db_index=True)
@@ -240,10 +270,13 @@ class PaymentAuthorization(models.Model):
     refunded_cents = models.PositiveBigIntegerField(default=0)
     work_mcents = models.DecimalField(
         max_digits=24, decimal_places=6, null=True, blank=True,
-        help_text="Validated work × clearing prices, exactly, in milli-cents (before rounding to the cent).",
+        help_text="Validated work × clearing prices, exactly, in milli-cents (before rounding to the n¢).",
     )  # fmt: skip
+    charged_nc = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="What the validated work costs the customer, in n¢ (after corrections)."
+    )
     settlement = models.JSONField(
-        default=dict, blank=True, help_text="The split decided before capturing: fee, and each car's cents, CH, Wh."
+        default=dict, blank=True, help_text="The split decided before capturing: fee, and each car's n¢, CH, Wh."
     )
     failure_code = models.CharField(max_length=60, blank=True)
     failure_message = models.CharField(max_length=255, blank=True)
@@ -342,3 +375,57 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class TopUp(models.Model):
+    """Money a customer adds to their prepaid balance: a PaymentIntent charged to their saved card at once. Booked
+    once, whether the charging request or Stripe's webhook sees it succeed first."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Charging the card"
+        SUCCEEDED = "succeeded", "Added to the balance"
+        FAILED = "failed", "Declined"
+
+    customer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="topups")
+    amount_cents = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    idempotency_key = models.CharField(max_length=80, unique=True)
+    stripe_payment_intent_id = models.CharField(max_length=64, blank=True, db_index=True)
+    refunded_cents = models.PositiveBigIntegerField(default=0, help_text="Given back to the card (unused balance).")
+    failure_message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [models.CheckConstraint(condition=models.Q(amount_cents__gt=0), name="topup_positive")]
+
+    def __str__(self) -> str:
+        return f"Top-up {self.pk} of {self.customer}"
+
+
+class BalanceRefund(models.Model):
+    """Unused prepaid balance given back to the card that paid it in: a Stripe refund of part of one top-up. The money
+    leaves the balance in the ledger before Stripe is called (so it cannot be reserved meanwhile), and comes back if
+    Stripe refuses."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Refunding"
+        SUCCEEDED = "succeeded", "Refunded"
+        FAILED = "failed", "Failed: back on the balance"
+
+    topup = models.ForeignKey(TopUp, on_delete=models.PROTECT, related_name="balance_refunds")
+    customer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="balance_refunds")
+    amount_cents = models.PositiveBigIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    idempotency_key = models.CharField(max_length=80, unique=True)
+    stripe_refund_id = models.CharField(max_length=64, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Balance refund {self.pk} of {self.customer}"

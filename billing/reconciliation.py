@@ -2,9 +2,10 @@
 against the ledger transactions that booked it.
 
 Each ledger transaction that moves money at Stripe names its Stripe object (`stripe_object_id`): the PaymentIntent
-for a capture, the refund for a refund, the transfer for a payout. A reversal of one of them counts against the same
-object. Every Stripe object must have its booking with the same amount, and every booking its Stripe object; anything
-else is a difference for staff to look at. Amounts are integer cents.
+for a capture or a top-up, the refund for a refund, the top-up's PaymentIntent for a refund of unused balance, the
+transfer for a payout. A reversal of one of them counts against the same object. Every Stripe object must have its
+booking with the same amount, and every booking its Stripe object; anything else is a difference for staff to look
+at. Amounts are n¢ (Stripe's cents × 10⁹), so a booking that is not whole cents is a difference too.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from django.core.cache import cache
 from django.db.models import Case, F, Sum, When
 from django.utils import timezone
 
+from core.money import nc_from_cents
+
 from . import ledger, stripe_gateway
 from .models import AccountKind, LedgerEntry, LedgerTransaction
 
 Kind = LedgerTransaction.Kind
 
-CAPTURES, REFUNDS, TRANSFERS = "capture", "refund", "transfer"
-LABELS = {CAPTURES: "Captured from cards", REFUNDS: "Refunded to customers", TRANSFERS: "Transferred to owners"}
+CAPTURES, TOPUPS, REFUNDS, BALANCE_REFUNDS, TRANSFERS = "capture", "topup", "refund", "balance_refund", "transfer"
+LABELS = {
+    CAPTURES: "Captured from cards", TOPUPS: "Top-ups charged", REFUNDS: "Refunded to customers",
+    BALANCE_REFUNDS: "Unused balance refunded", TRANSFERS: "Transferred to owners",
+}  # fmt: skip
 MISSING_IN_LEDGER, MISSING_AT_STRIPE, AMOUNT_MISMATCH = "missing_in_ledger", "missing_at_stripe", "amount_mismatch"
 PROBLEMS = {
     MISSING_IN_LEDGER: "Missing in the ledger",
@@ -36,11 +42,11 @@ PROBLEMS = {
 
 @dataclass(frozen=True)
 class Difference:
-    what: str  # CAPTURES, REFUNDS or TRANSFERS
+    what: str  # one of LABELS
     problem: str  # one of PROBLEMS
     object_id: str  # the Stripe id ("" for a booking that names none)
-    stripe_cents: int | None  # None: Stripe has no such object
-    ledger_cents: int | None  # None: the ledger has no booking of it
+    stripe_nc: int | None  # None: Stripe has no such object
+    ledger_nc: int | None  # None: the ledger has no booking of it
 
     @property
     def what_display(self) -> str:
@@ -51,24 +57,24 @@ class Difference:
         return PROBLEMS[self.problem]
 
     @property
-    def delta_cents(self) -> int:
+    def delta_nc(self) -> int:
         """Stripe minus ledger."""
-        return (self.stripe_cents or 0) - (self.ledger_cents or 0)
+        return (self.stripe_nc or 0) - (self.ledger_nc or 0)
 
 
 @dataclass(frozen=True)
 class Total:
     what: str
-    ledger_cents: int
-    stripe_cents: int | None  # None: Stripe could not be read
+    ledger_nc: int
+    stripe_nc: int | None  # None: Stripe could not be read
 
     @property
     def label(self) -> str:
         return LABELS[self.what]
 
     @property
-    def delta_cents(self) -> int | None:
-        return None if self.stripe_cents is None else self.stripe_cents - self.ledger_cents
+    def delta_nc(self) -> int | None:
+        return None if self.stripe_nc is None else self.stripe_nc - self.ledger_nc
 
 
 @dataclass
@@ -125,29 +131,61 @@ def _captured_cents(intent) -> int:
     return int(_get(charge, "amount", 0)) - sum(int(_get(r, "amount", 0)) for r in refunds if _is_hold_release(r))
 
 
-def _stripe_captures(currency: str) -> tuple[dict[str, int], set[str]]:
-    """Captured cents per PaymentIntent id (those that captured anything), and the ids of every intent."""
+def _is_topup(intent) -> bool:
+    return bool((_get(intent, "metadata") or {}).get("topup_id"))
+
+
+def _stripe_intents(currency: str, *, topups: bool) -> tuple[dict[str, int], set[str]]:
+    """Captured n¢ per PaymentIntent id (those that captured anything), and the ids of every intent: the bids' card
+    payments, or the top-ups."""
     captured, seen = {}, set()
     for intent in stripe_gateway.payment_intents():
-        if _get(intent, "currency") != currency:
+        if _get(intent, "currency") != currency or _is_topup(intent) != topups:
             continue
         seen.add(intent.id)
         cents = _captured_cents(intent)
         if cents:
-            captured[intent.id] = cents
+            captured[intent.id] = nc_from_cents(cents)
     return captured, seen
 
 
-def _stripe_refunds(currency: str) -> tuple[dict[str, int], set[str]]:
-    refunded, seen = {}, set()
+def _stripe_captures(currency: str) -> tuple[dict[str, int], set[str]]:
+    return _stripe_intents(currency, topups=False)
+
+
+def _stripe_topups(currency: str) -> tuple[dict[str, int], set[str]]:
+    return _stripe_intents(currency, topups=True)
+
+
+def _topup_intent_ids(currency: str) -> set[str]:
+    return {intent.id for intent in stripe_gateway.payment_intents() if _is_topup(intent)}
+
+
+def _stripe_refunds_of(currency: str, *, balance: bool) -> tuple[dict[str, int], set[str]]:
+    """Refunded n¢: of the bids' card payments per refund id, or of top-ups (unused balance) per top-up's intent."""
+    topup_intents = _topup_intent_ids(currency)
+    refunded: dict[str, int] = defaultdict(int)
+    seen = set()
     for refund in stripe_gateway.refunds():
         if _get(refund, "currency") != currency or _is_hold_release(refund):
             continue
-        seen.add(refund.id)
+        intent_id = _get(refund, "payment_intent")
+        if (intent_id in topup_intents) != balance:
+            continue
+        key = intent_id if balance else refund.id
+        seen.add(key)
         # A failed or canceled refund gave nothing back (refund_book books only these two statuses).
         if _get(refund, "status") in ("succeeded", "pending"):
-            refunded[refund.id] = int(_get(refund, "amount", 0))
-    return refunded, seen
+            refunded[key] += nc_from_cents(int(_get(refund, "amount", 0)))
+    return dict(refunded), seen
+
+
+def _stripe_refunds(currency: str) -> tuple[dict[str, int], set[str]]:
+    return _stripe_refunds_of(currency, balance=False)
+
+
+def _stripe_balance_refunds(currency: str) -> tuple[dict[str, int], set[str]]:
+    return _stripe_refunds_of(currency, balance=True)
 
 
 def _stripe_transfers(currency: str) -> tuple[dict[str, int], set[str]]:
@@ -158,7 +196,7 @@ def _stripe_transfers(currency: str) -> tuple[dict[str, int], set[str]]:
         seen.add(transfer.id)
         cents = int(_get(transfer, "amount", 0)) - int(_get(transfer, "amount_reversed", 0) or 0)
         if cents:
-            transferred[transfer.id] = cents
+            transferred[transfer.id] = nc_from_cents(cents)
     return transferred, seen
 
 
@@ -166,7 +204,7 @@ def _stripe_transfers(currency: str) -> tuple[dict[str, int], set[str]]:
 
 
 def _ledger_amounts(*, kind: str, account_kind: str, sign: int, currency: str) -> dict[str, int]:
-    """Cents booked per Stripe object id: the `account_kind` entries of `kind` transactions (times `sign`, so that
+    """n¢ booked per Stripe object id: the `account_kind` entries of `kind` transactions (times `sign`, so that
     a credit counts positive) less those of the reversals of such transactions."""
     rows = (
         LedgerEntry.objects.filter(account__kind=account_kind, currency=currency)
@@ -183,13 +221,13 @@ def _ledger_amounts(*, kind: str, account_kind: str, sign: int, currency: str) -
         )
         .filter(booked_kind=kind)
         .values_list("object_id")
-        .annotate(total=Sum("amount_cents"))
+        .annotate(total=Sum("amount_nc"))
         .order_by()
     )
     amounts: dict[str, int] = defaultdict(int)
     for object_id, total in rows:
         amounts[object_id or ""] += total * sign
-    return {object_id: cents for object_id, cents in amounts.items() if cents}
+    return {object_id: amount for object_id, amount in amounts.items() if amount}
 
 
 # --- Matching ---------------------------------------------------------------------------------------------------------
@@ -210,17 +248,21 @@ def _match(what: str, stripe_side: dict[str, int], seen: set[str], ledger_side: 
 
 
 # What is compared: Stripe's reader, and the ledger transactions and account (with the sign that makes it positive).
+# A card capture is what left the customer's hold (customer_held): the work, and the rest of its last cent that went
+# onto the balance. A job paid from the balance touches no hold and nothing at Stripe.
 SOURCES: list[tuple[str, Callable[[str], tuple[dict[str, int], set[str]]], str, str, int]] = [
-    (CAPTURES, _stripe_captures, Kind.CAPTURE, AccountKind.CUSTOMER_SPEND, 1),
+    (CAPTURES, _stripe_captures, Kind.CAPTURE, AccountKind.CUSTOMER_HELD, 1),
+    (TOPUPS, _stripe_topups, Kind.TOPUP, AccountKind.PREPAID_CASH, 1),
     (REFUNDS, _stripe_refunds, Kind.REFUND, AccountKind.REFUNDS, 1),
+    (BALANCE_REFUNDS, _stripe_balance_refunds, Kind.BALANCE_REFUND, AccountKind.PREPAID_CASH, -1),
     (TRANSFERS, _stripe_transfers, Kind.PAYOUT, AccountKind.OWNER_PAID_OUT, -1),
 ]
 
 
 def reconciliation_report(*, currency: str = "usd") -> Report:
-    """Reconcile the ledger with Stripe: totals of captures, refunds and transfers on both sides, every difference
-    object by object, and the ledger's own check that each transaction balances. A part of Stripe that cannot be
-    read is reported (`stripe_errors`) with the ledger's side alone; it never raises for Stripe."""
+    """Reconcile the ledger with Stripe: totals of captures, top-ups, refunds and transfers on both sides, every
+    difference object by object, and the ledger's own check that each transaction balances. A part of Stripe that
+    cannot be read is reported (`stripe_errors`) with the ledger's side alone; it never raises for Stripe."""
     report = Report(currency=currency, totals=[], unbalanced_transaction_ids=sorted(ledger.unbalanced_transactions()))
     unreachable = ""
     for what, read_stripe, kind, account_kind, sign in SOURCES:
@@ -236,9 +278,9 @@ def reconciliation_report(*, currency: str = "usd") -> Report:
             if isinstance(error, stripe.APIConnectionError) or isinstance(error.__cause__, stripe.APIConnectionError):
                 unreachable = message
             report.stripe_errors.append(f"{LABELS[what]}: Stripe could not be read ({message})")
-            report.totals.append(Total(what, ledger_cents=sum(booked.values()), stripe_cents=None))
+            report.totals.append(Total(what, ledger_nc=sum(booked.values()), stripe_nc=None))
             continue
-        report.totals.append(Total(what, ledger_cents=sum(booked.values()), stripe_cents=sum(at_stripe.values())))
+        report.totals.append(Total(what, ledger_nc=sum(booked.values()), stripe_nc=sum(at_stripe.values())))
         report.differences += _match(what, at_stripe, seen, booked)
     return report
 

@@ -1,9 +1,10 @@
 """Reads for a car owner's earnings: the earnings dashboard and its CSV export.
 
 An owner's earnings are what their cars earned: the owner_pending credits of CAPTURE transactions, less the ones a
-REVERSAL of a capture voided. Moves between the owner's own accounts (out of hold, paid out) are not earnings and are
-left out. Money is integer cents, shown positive for an earning (it is −amount_cents of a credit); work is in CH;
-energy in Wh as booked, kWh as shown. Days, weeks (from Monday) and months are the site's time zone.
+REVERSAL of a capture voided, and changed by the CORRECTIONs of an audit. Moves between the owner's own accounts (out
+of hold, paid out) are not earnings and are left out. Money is integer n¢ (core/money.py), shown positive for an
+earning (it is −amount_nc of a credit); work is in CH; energy in Wh as booked, kWh as shown. Days, weeks (from Monday)
+and months are the site's time zone.
 
 Every query starts from `_earning_entries`, which reaches entries only through the owner's own ledger accounts.
 """
@@ -23,6 +24,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import User
+from core.money import NC_PER_CENT, NC_PER_DOLLAR, NC_PER_MCENT
 
 from . import ledger
 from .models import AccountKind, LedgerEntry, LedgerTransaction
@@ -34,13 +36,16 @@ Kind = LedgerTransaction.Kind
 def _earning_entries(owner: User, currency: str) -> QuerySet[LedgerEntry]:
     # A reversal counts only when it voids a capture: reversing an earnings release also credits owner_pending, but
     # that only moves money back between the owner's own accounts.
+    # A correction after an audit changes earnings in the account they are in by then (pending, or available).
     return LedgerEntry.objects.filter(
-        Q(transaction__kind=Kind.CAPTURE)
-        | Q(transaction__kind=Kind.REVERSAL, transaction__reverses__kind=Kind.CAPTURE),
+        Q(transaction__kind=Kind.CAPTURE, account__kind=AccountKind.OWNER_PENDING)
+        | Q(transaction__kind=Kind.REVERSAL, transaction__reverses__kind=Kind.CAPTURE,
+            account__kind=AccountKind.OWNER_PENDING)
+        | Q(transaction__kind=Kind.CORRECTION, account__kind__in=(AccountKind.OWNER_PENDING,
+                                                                  AccountKind.OWNER_AVAILABLE)),
         account__user=owner,
-        account__kind=AccountKind.OWNER_PENDING,
         currency=currency,
-    )
+    )  # fmt: skip
 
 
 def _local_midnight(day: date) -> datetime:
@@ -51,16 +56,23 @@ def _half_up(value: Decimal) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def energy_cost_cents(*, energy_wh: float, price_cents_per_kwh: Decimal) -> int:
-    """Energy (Wh) at a price (¢/kWh) in whole cents, half up. Wh are first rounded to the mWh so that the noise of
-    summing floats in the database cannot tip a half cent."""
-    return _half_up(Decimal(str(round(energy_wh, 3))) / 1000 * price_cents_per_kwh)
+def energy_cost_nc(*, energy_wh: float, price_cents_per_kwh: Decimal) -> int:
+    """Energy (Wh) at a price (¢/kWh) in n¢, half up. Wh are first rounded to the mWh so that the noise of summing
+    floats in the database cannot tip the result."""
+    return _half_up(Decimal(str(round(energy_wh, 3))) / 1000 * price_cents_per_kwh * NC_PER_CENT)
 
 
-def cents_as_dollars(cents: int) -> str:
-    """Integer cents as a plain decimal dollar amount for spreadsheets: −1234 → "-12.34" (no float on the way)."""
-    whole, part = divmod(abs(cents), 100)
-    return f"{'-' if cents < 0 else ''}{whole}.{part:02d}"
+def nc_as_dollars(nc: int) -> str:
+    """Integer n¢ as a plain, exact decimal dollar amount for spreadsheets: −1234 × 10⁹ → "-12.34", 21 →
+    "0.00000000021" (no float on the way, no exponent)."""
+    text = f"{(Decimal(abs(nc)) / NC_PER_DOLLAR):f}"
+    if "." in text:
+        whole, part = text.split(".")
+        part = part.rstrip("0").ljust(2, "0")
+        text = f"{whole}.{part}"
+    else:
+        text = f"{text}.00"
+    return f"{'-' if nc < 0 else ''}{text}"
 
 
 # --- The dashboard's figures ----------------------------------------------------------------------------------------
@@ -68,37 +80,37 @@ def cents_as_dollars(cents: int) -> str:
 
 @dataclass(frozen=True)
 class VehicleEarnings:
-    """One car's earnings over all time: cents, CH, kWh, and its energy at the car's own price (¢/kWh)."""
+    """One car's earnings over all time: n¢, CH, kWh, and its energy at the car's own price (¢/kWh)."""
 
     vehicle_id: int | None
     name: str
-    earned_cents: int
+    earned_nc: int
     ch: float
     energy_kwh: float
     energy_price_cents_per_kwh: Decimal | None
-    energy_cost_cents: int
+    energy_cost_nc: int
 
     @property
-    def net_profit_cents(self) -> int:
-        return self.earned_cents - self.energy_cost_cents
+    def net_profit_nc(self) -> int:
+        return self.earned_nc - self.energy_cost_nc
 
 
 @dataclass(frozen=True)
 class EarningsSummary:
-    """An owner's earnings by period (cents), what their cars sold (CH) and used (kWh), and their balances (cents)."""
+    """An owner's earnings by period (n¢), what their cars sold (CH) and used (kWh), and their balances (n¢)."""
 
-    today_cents: int
-    week_cents: int  # since Monday
-    month_cents: int
-    all_time_cents: int
+    today_nc: int
+    week_nc: int  # since Monday
+    month_nc: int
+    all_time_nc: int
     ch_sold: float
     avg_mcents_per_ch: int | None  # all-time earnings ÷ CH sold, in milli-cents per CH; None before any CH
     energy_kwh: float
-    energy_cost_cents: int  # each car's energy at its own price, summed over cars
-    net_profit_cents: int  # all-time earnings − energy cost
-    pending_cents: int
-    available_cents: int
-    paid_out_cents: int
+    energy_cost_nc: int  # each car's energy at its own price, summed over cars
+    net_profit_nc: int  # all-time earnings − energy cost
+    pending_nc: int
+    available_nc: int
+    paid_out_nc: int
     hold_hours: int  # how long pending earnings wait before they become available
     vehicles: tuple[VehicleEarnings, ...]
     has_earnings: bool
@@ -115,10 +127,10 @@ def owner_earnings_summary(*, owner: User, now: datetime | None = None, currency
         _earning_entries(owner, currency)
         .values("vehicle_id", "vehicle__display_name", "vehicle__energy_price_cents_per_kwh")
         .annotate(
-            credits=Sum("amount_cents"),
-            day_credits=Sum("amount_cents", filter=Q(created_at__gte=day_start), default=0),
-            week_credits=Sum("amount_cents", filter=Q(created_at__gte=week_start), default=0),
-            month_credits=Sum("amount_cents", filter=Q(created_at__gte=month_start), default=0),
+            credits=Sum("amount_nc"),
+            day_credits=Sum("amount_nc", filter=Q(created_at__gte=day_start), default=0),
+            week_credits=Sum("amount_nc", filter=Q(created_at__gte=week_start), default=0),
+            month_credits=Sum("amount_nc", filter=Q(created_at__gte=month_start), default=0),
             ch_total=Sum("ch", default=0.0),
             wh_total=Sum("energy_wh", default=0.0),
             entries=Count("pk"),
@@ -135,33 +147,35 @@ def owner_earnings_summary(*, owner: User, now: datetime | None = None, currency
             VehicleEarnings(
                 vehicle_id=row["vehicle_id"],
                 name=row["vehicle__display_name"] or "Unknown car",
-                earned_cents=-row["credits"],
+                earned_nc=-row["credits"],
                 ch=row["ch_total"],
                 energy_kwh=row["wh_total"] / 1000,
                 energy_price_cents_per_kwh=price,
-                energy_cost_cents=(
-                    energy_cost_cents(energy_wh=row["wh_total"], price_cents_per_kwh=price) if price is not None else 0
+                energy_cost_nc=(
+                    energy_cost_nc(energy_wh=row["wh_total"], price_cents_per_kwh=price) if price is not None else 0
                 ),
             )
         )
-    all_time = sum(v.earned_cents for v in vehicles)
+    all_time = sum(v.earned_nc for v in vehicles)
     ch_sold = sum(v.ch for v in vehicles)
-    energy_cost = sum(v.energy_cost_cents for v in vehicles)
+    energy_cost = sum(v.energy_cost_nc for v in vehicles)
     balances = ledger.balances(user_id=owner.pk, currency=currency)
     return EarningsSummary(
-        today_cents=day,
-        week_cents=week,
-        month_cents=month,
-        all_time_cents=all_time,
+        today_nc=day,
+        week_nc=week,
+        month_nc=month,
+        all_time_nc=all_time,
         ch_sold=ch_sold,
         # A CH count this small is what is left of earnings voided in full; a price over it means nothing.
-        avg_mcents_per_ch=_half_up(Decimal(all_time * 1000) / Decimal(str(ch_sold))) if ch_sold > 1e-9 else None,
+        avg_mcents_per_ch=(
+            _half_up(Decimal(all_time) / NC_PER_MCENT / Decimal(str(ch_sold))) if ch_sold > 1e-9 else None
+        ),
         energy_kwh=sum(v.energy_kwh for v in vehicles),
-        energy_cost_cents=energy_cost,
-        net_profit_cents=all_time - energy_cost,
-        pending_cents=balances.get(AccountKind.OWNER_PENDING, 0),
-        available_cents=balances.get(AccountKind.OWNER_AVAILABLE, 0),
-        paid_out_cents=balances.get(AccountKind.OWNER_PAID_OUT, 0),
+        energy_cost_nc=energy_cost,
+        net_profit_nc=all_time - energy_cost,
+        pending_nc=balances.get(AccountKind.OWNER_PENDING, 0),
+        available_nc=balances.get(AccountKind.OWNER_AVAILABLE, 0),
+        paid_out_nc=balances.get(AccountKind.OWNER_PAID_OUT, 0),
         hold_hours=payout_policy_current().earnings_hold_hours,
         vehicles=tuple(vehicles),
         has_earnings=entries > 0,
@@ -174,7 +188,7 @@ def owner_earnings_summary(*, owner: User, now: datetime | None = None, currency
 class DailySeries(TypedDict):
     label: str  # the car's name
     vehicle_id: int | None
-    data: list[int]  # cents earned per day, aligned with the chart's labels
+    data: list[int]  # n¢ earned per day, aligned with the chart's labels
 
 
 class DailyEarnings(TypedDict):
@@ -185,7 +199,7 @@ class DailyEarnings(TypedDict):
 def owner_daily_earnings(
     *, owner: User, days: int = 30, now: datetime | None = None, currency: str = "usd"
 ) -> DailyEarnings:
-    """Cents earned per car per day over the last `days` days up to today (site time zone), zeros included: the data
+    """n¢ earned per car per day over the last `days` days up to today (site time zone), zeros included: the data
     of a stacked bar chart (JSON-ready). One query."""
     today = timezone.localdate(now)
     first = today - timedelta(days=days - 1)
@@ -196,7 +210,7 @@ def owner_daily_earnings(
         .filter(created_at__gte=_local_midnight(first), created_at__lt=_local_midnight(today + timedelta(days=1)))
         .annotate(day=TruncDate("created_at"))
         .values("day", "vehicle_id", "vehicle__display_name")
-        .annotate(credits=Sum("amount_cents"))
+        .annotate(credits=Sum("amount_nc"))
         .order_by("vehicle__display_name", "vehicle_id", "day")
     )
     series: dict[int | None, DailySeries] = {}
@@ -213,15 +227,15 @@ def owner_daily_earnings(
 @dataclass(frozen=True)
 class DailyRow:
     day: date
-    cents: list[int]  # per car, in the order of the chart's datasets
-    total_cents: int
+    amounts: list[int]  # n¢ per car, in the order of the chart's datasets
+    total_nc: int
 
 
 def daily_rows(chart: DailyEarnings) -> list[DailyRow]:
     """The chart's numbers as table rows (newest day first): the page's text alternative to the chart."""
     rows = [
-        DailyRow(day=date.fromisoformat(label), cents=cents, total_cents=sum(cents))
-        for label, *cents in zip(chart["labels"], *(s["data"] for s in chart["datasets"]), strict=True)
+        DailyRow(day=date.fromisoformat(label), amounts=amounts, total_nc=sum(amounts))
+        for label, *amounts in zip(chart["labels"], *(s["data"] for s in chart["datasets"]), strict=True)
     ]
     return rows[::-1]
 
@@ -231,7 +245,7 @@ def daily_rows(chart: DailyEarnings) -> list[DailyRow]:
 
 @dataclass(frozen=True)
 class EarningRow:
-    """One earning entry: `amount_cents` is positive when earned, negative when a reversal voided it."""
+    """One earning entry: `amount_nc` is positive when earned, negative when a reversal or a correction took it."""
 
     created_at: datetime  # site time zone
     transaction_id: int
@@ -239,17 +253,17 @@ class EarningRow:
     vehicle: str
     ch: float | None
     energy_kwh: float | None
-    amount_cents: int
+    amount_nc: int
     kind: str  # "earned" or "voided"
 
     @property
     def amount_dollars(self) -> str:
-        return cents_as_dollars(self.amount_cents)
+        return nc_as_dollars(self.amount_nc)
 
 
 _ROW_FIELDS = (
     "created_at", "transaction_id", "transaction__bid_id", "transaction__kind", "vehicle__display_name", "ch",
-    "energy_wh", "amount_cents",
+    "energy_wh", "amount_nc",
 )  # fmt: skip
 
 
@@ -264,13 +278,13 @@ def owner_earnings_rows(*, owner: User, currency: str = "usd") -> Iterator[Earni
             vehicle=entry["vehicle__display_name"] or "",
             ch=entry["ch"],
             energy_kwh=entry["energy_wh"] / 1000 if entry["energy_wh"] is not None else None,
-            amount_cents=-entry["amount_cents"],
-            kind="earned" if entry["transaction__kind"] == Kind.CAPTURE else "voided",
+            amount_nc=-entry["amount_nc"],
+            kind={Kind.CAPTURE: "earned", Kind.CORRECTION: "corrected"}.get(entry["transaction__kind"], "voided"),
         )
 
 
 CSV_HEADER = (
-    "date_time", "transaction_id", "bid_id", "vehicle", "ch", "energy_kwh", "amount_cents", "amount_dollars", "kind",
+    "date_time", "transaction_id", "bid_id", "vehicle", "ch", "energy_kwh", "amount_nc", "amount_usd", "kind",
 )  # fmt: skip
 
 
@@ -300,7 +314,7 @@ def owner_earnings_csv_lines(*, owner: User, currency: str = "usd") -> Iterator[
                 _spreadsheet_safe(row.vehicle),
                 f"{row.ch:.6f}" if row.ch is not None else "",
                 f"{row.energy_kwh:.6f}" if row.energy_kwh is not None else "",
-                row.amount_cents,
+                row.amount_nc,
                 row.amount_dollars,
                 row.kind,
             )

@@ -9,10 +9,11 @@ from django.conf import settings
 from django.db.models import Count, F, OuterRef, QuerySet, Subquery, Sum
 from django.utils import timezone
 
+from core.money import nc_from_cents, nc_from_mcents
 from marketplace.selectors import customer_results
 
 from . import ledger, settlement
-from .models import AccountKind, LedgerEntry, LedgerTransaction, PaymentAuthorization, PayoutPolicy, Refund
+from .models import AccountKind, LedgerEntry, LedgerTransaction, PaymentAuthorization, PayoutPolicy, Refund, TopUp
 
 
 def payout_policy_current() -> PayoutPolicy:
@@ -57,31 +58,41 @@ def spend_history(*, user) -> QuerySet[PaymentAuthorization]:
 
 @dataclass(frozen=True)
 class SpendTotals:
-    month_cents: int
-    all_time_cents: int
-    held_cents: int
+    """A customer's money, in n¢: spent this month and in all (net of refunds), the prepaid balance free to spend
+    and reserved by open bids, and what open bids hold on the card."""
+
+    month_nc: int
+    all_time_nc: int
+    held_nc: int
+    balance_nc: int
+    reserved_nc: int
     currency: str
 
 
 def spend_totals(*, user, now: datetime | None = None, currency: str = "usd") -> SpendTotals:
-    """What the customer paid, net of refunds, this calendar month and in all (their customer_spend account in the
-    ledger, so it is what the books say), and what their open bids still hold on the card. Cents."""
+    """What the customer paid for validated work, net of refunds, this calendar month and in all (their
+    customer_spend account in the ledger, so it is what the books say), their prepaid balance, and what their open
+    bids hold. Two queries."""
     now = now or timezone.now()
     month_start = timezone.localtime(now).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     entries = LedgerEntry.objects.filter(
         account__kind=AccountKind.CUSTOMER_SPEND, account__user=user, currency=currency
     )
-    month = entries.filter(created_at__gte=month_start).aggregate(total=Sum("amount_cents"))["total"] or 0
+    month = entries.filter(created_at__gte=month_start).aggregate(total=Sum("amount_nc"))["total"] or 0
+    books = ledger.balances(user_id=user.pk, currency=currency)
     return SpendTotals(
-        month_cents=month,
-        all_time_cents=ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=user.pk, currency=currency),
-        held_cents=ledger.balance(kind=AccountKind.CUSTOMER_HELD, user_id=user.pk, currency=currency),
+        month_nc=month,
+        all_time_nc=books.get(AccountKind.CUSTOMER_SPEND, 0),
+        held_nc=books.get(AccountKind.CUSTOMER_HELD, 0),
+        balance_nc=books.get(AccountKind.CUSTOMER_BALANCE, 0),
+        reserved_nc=books.get(AccountKind.CUSTOMER_RESERVED, 0),
         currency=currency,
     )
 
 
-def _plain(value: Decimal) -> str:
-    return f"{value.normalize():f}" if value else "0"
+def topups_recent(*, user, limit: int = 20) -> QuerySet[TopUp]:
+    """The customer's latest top-ups (each with what of it was refunded as unused balance)."""
+    return TopUp.objects.filter(customer=user).order_by("-created_at", "-pk")[:limit]
 
 
 @dataclass(frozen=True)
@@ -95,9 +106,8 @@ class ReceiptLine:
     value_mcents: Decimal  # exact: each unit's CH (from its shortest repr) × the price, summed
 
     @property
-    def value_mcents_text(self) -> str:
-        """The exact amount as plain digits (no exponent), for the receipt."""
-        return _plain(self.value_mcents)
+    def value_nc(self) -> int:
+        return nc_from_mcents(self.value_mcents)
 
 
 @dataclass(frozen=True)
@@ -112,10 +122,6 @@ class Receipt:
         return sum((line.value_mcents for line in self.lines), Decimal(0))
 
     @property
-    def work_mcents_text(self) -> str:
-        return _plain(self.work_mcents)
-
-    @property
     def ch(self) -> float:
         return sum(line.ch for line in self.lines)
 
@@ -124,27 +130,39 @@ class Receipt:
         return self.authorization is not None and self.authorization.status == PaymentAuthorization.Status.SETTLED
 
     @property
-    def uncapped_cents(self) -> int:
-        """The work rounded half-up to the cent, once per job (billing/settlement.py)."""
-        return settlement.cents_half_up(self.work_mcents)
+    def work_nc(self) -> int:
+        """The work rounded half-up to the n¢, once per job (billing/settlement.py)."""
+        return nc_from_mcents(self.work_mcents)
 
     @property
-    def estimate_cents(self) -> int:
-        """What the job would be charged now: never more than the hold."""
+    def estimate_nc(self) -> int:
+        """What the job would be charged now: never more than its budget."""
         if self.authorization is None:
-            return self.uncapped_cents
-        return min(self.uncapped_cents, self.authorization.amount_cents)
+            return self.work_nc
+        return min(self.work_nc, nc_from_cents(self.authorization.amount_cents))
 
     @property
     def capped(self) -> bool:
-        return self.estimate_cents < self.uncapped_cents
+        return self.estimate_nc < self.work_nc
 
     @property
-    def paid_cents(self) -> int:
-        """Charged, less what was refunded."""
+    def charged_nc(self) -> int:
+        """What the validated work was charged (after any correction of an audit)."""
         if self.authorization is None:
             return 0
-        return self.authorization.captured_cents - self.authorization.refunded_cents
+        return self.authorization.charged_nc or 0
+
+    @property
+    def returned_nc(self) -> int:
+        """For a job paid from the balance: what of its reservation went back to the balance when it ended."""
+        if self.authorization is None:
+            return 0
+        return nc_from_cents(self.authorization.amount_cents) - self.charged_nc
+
+    @property
+    def carried_nc(self) -> int:
+        """For a job paid by card: the rest of the last cent captured, kept on the customer's balance."""
+        return (self.authorization.settlement or {}).get("carried_nc", 0) if self.authorization else 0
 
 
 def receipt_get(*, bid) -> Receipt:
@@ -193,42 +211,46 @@ def receipt_get(*, bid) -> Receipt:
 
 @dataclass(frozen=True)
 class FinanceSummary:
-    """The platform's books, in cents, from the ledger's account totals (billing/models.py, AccountKind)."""
+    """The platform's books, in n¢, from the ledger's account totals (billing/models.py, AccountKind)."""
 
-    gross_cents: int  # everything captured, before refunds
-    fee_cents: int
-    refunds_cents: int
-    owner_pending_cents: int
-    owner_available_cents: int
-    owner_paid_out_cents: int
-    open_holds_cents: int
+    gross_nc: int  # everything customers were charged for validated work, before refunds
+    fee_nc: int
+    refunds_nc: int
+    owner_pending_nc: int
+    owner_available_nc: int
+    owner_paid_out_nc: int
+    open_holds_nc: int
+    prepaid_free_nc: int  # customers' prepaid balances, free to spend
+    prepaid_reserved_nc: int  # ... and reserved by open bids
     transactions: list[tuple[str, int]]  # (kind, how many), every kind
     currency: str
 
     @property
-    def net_cents(self) -> int:
-        return self.gross_cents - self.refunds_cents
+    def net_nc(self) -> int:
+        return self.gross_nc - self.refunds_nc
 
     @property
     def take_rate_pct(self) -> Decimal | None:
-        """The platform fee as a share of gross volume, in %; None before the first capture."""
-        if not self.gross_cents:
+        """The platform fee as a share of gross volume, in %; None before the first charge."""
+        if not self.gross_nc:
             return None
-        return (Decimal(self.fee_cents) * 100 / self.gross_cents).quantize(Decimal("0.01"))
+        return (Decimal(self.fee_nc) * 100 / self.gross_nc).quantize(Decimal("0.01"))
 
 
 def finance_summary(*, currency: str = "usd") -> FinanceSummary:
     totals = ledger.totals_by_kind(currency=currency)
     counts = dict(LedgerTransaction.objects.values_list("kind").annotate(n=Count("pk")).order_by())
     return FinanceSummary(
-        # A refund moves money from customer_spend to refunds: together they are all that was ever captured.
-        gross_cents=totals.get(AccountKind.CUSTOMER_SPEND, 0) + totals.get(AccountKind.REFUNDS, 0),
-        fee_cents=totals.get(AccountKind.PLATFORM_FEE, 0),
-        refunds_cents=totals.get(AccountKind.REFUNDS, 0),
-        owner_pending_cents=totals.get(AccountKind.OWNER_PENDING, 0),
-        owner_available_cents=totals.get(AccountKind.OWNER_AVAILABLE, 0),
-        owner_paid_out_cents=totals.get(AccountKind.OWNER_PAID_OUT, 0),
-        open_holds_cents=totals.get(AccountKind.CUSTOMER_HELD, 0),
+        # A refund moves money from customer_spend to refunds: together they are all that was ever charged.
+        gross_nc=totals.get(AccountKind.CUSTOMER_SPEND, 0) + totals.get(AccountKind.REFUNDS, 0),
+        fee_nc=totals.get(AccountKind.PLATFORM_FEE, 0),
+        refunds_nc=totals.get(AccountKind.REFUNDS, 0),
+        owner_pending_nc=totals.get(AccountKind.OWNER_PENDING, 0),
+        owner_available_nc=totals.get(AccountKind.OWNER_AVAILABLE, 0),
+        owner_paid_out_nc=totals.get(AccountKind.OWNER_PAID_OUT, 0),
+        open_holds_nc=totals.get(AccountKind.CUSTOMER_HELD, 0),
+        prepaid_free_nc=totals.get(AccountKind.CUSTOMER_BALANCE, 0),
+        prepaid_reserved_nc=totals.get(AccountKind.CUSTOMER_RESERVED, 0),
         transactions=[(label, counts.get(kind, 0)) for kind, label in LedgerTransaction.Kind.choices],
         currency=currency,
     )

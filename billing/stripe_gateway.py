@@ -121,6 +121,33 @@ def payment_authorize(
     return intent
 
 
+def payment_charge(
+    *, amount_cents: int, currency: str, customer_id: str, payment_method_id: str, key: str, metadata: dict[str, str]
+) -> stripe.PaymentIntent:
+    """Charge `amount_cents` to the card at once (a top-up of the prepaid balance). Raises CardDeclined when refused;
+    a payment still `processing` is returned, and its webhook tells how it ends."""
+    intent = _call(
+        client().v1.payment_intents.create,
+        params={
+            "amount": amount_cents,
+            "currency": currency,
+            "customer": customer_id,
+            "payment_method": payment_method_id,
+            "payment_method_types": ["card"],
+            "confirm": True,
+            "off_session": True,
+            "metadata": metadata,
+        },
+        options=_options(key),
+    )
+    if intent.status not in ("succeeded", "processing"):
+        raise CardDeclined(
+            f"The card could not be charged (the payment is '{intent.status}'): try another card.",
+            code=f"payment_{intent.status}",
+        )
+    return intent
+
+
 def payment_capture(*, payment_intent_id: str, amount_cents: int, key: str) -> stripe.PaymentIntent:
     """Capture `amount_cents` (≤ the authorized amount); Stripe releases the rest of the hold."""
     return _call(

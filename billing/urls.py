@@ -8,6 +8,8 @@ urlpatterns = [
     # Customers
     path("customer/billing/", views.customer_billing, name="customer-billing"),
     path("customer/billing/receipts/<int:bid_id>/", views.receipt, name="receipt"),
+    path("customer/billing/topup/", views.topup, name="topup"),
+    path("customer/billing/refund-balance/", views.balance_refund, name="balance-refund"),
     # Owners
     path("owner/earnings/", views.owner_earnings, name="owner-earnings"),
     path("owner/earnings.csv", views.owner_earnings_csv, name="owner-earnings-csv"),

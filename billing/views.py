@@ -14,12 +14,13 @@ from accounts.models import Role
 from accounts.permissions import role_required, staff_required
 from core.exceptions import ApplicationError
 from core.forms import add_application_error
+from core.money import usd_cents
 from marketplace.selectors import verification_overview
 
 from . import ledger, reconciliation, reports, selectors, stripe_gateway, webhooks
-from .forms import CardForm
+from .forms import CardForm, TopUpForm
 from .models import BillingProfile, ConnectAccount, Payout
-from .services import cards, connect
+from .services import cards, connect, topups
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def stripe_webhook(request):
 @role_required(Role.CUSTOMER)
 @require_http_methods(["GET", "POST"])
 def customer_billing(request):
-    """The saved card (add or replace it), and what the customer's settled jobs cost, with a receipt for each."""
+    """The prepaid balance and its top-ups, the saved card (add or replace it), and what the customer's settled jobs
+    cost, with a receipt for each."""
     test_mode = selectors.stripe_test_mode()
     form = CardForm(request.POST or None)
     if request.method == "POST" and test_mode and form.is_valid():
@@ -62,15 +64,61 @@ def customer_billing(request):
         else:
             messages.success(request, f"Card saved: {profile.card_brand.title()} ending in {profile.card_last4}.")
             return redirect("billing:customer-billing")
+    return _customer_billing_page(request, form=form, topup_form=TopUpForm())
+
+
+def _customer_billing_page(request, *, form: CardForm, topup_form: TopUpForm):
     history = Paginator(selectors.spend_history(user=request.user), 25).get_page(request.GET.get("page"))
     context = {
         "profile": BillingProfile.objects.filter(user=request.user).first(),
         "form": form,
-        "test_mode": test_mode,
+        "topup_form": topup_form,
+        "test_mode": selectors.stripe_test_mode(),
         "history": history,
         "totals": selectors.spend_totals(user=request.user),
+        "topups": selectors.topups_recent(user=request.user),
     }
-    return render(request, "billing/customer_billing.html", context, status=400 if form.errors else 200)
+    status = 400 if form.errors or topup_form.errors else 200
+    return render(request, "billing/customer_billing.html", context, status=status)
+
+
+@role_required(Role.CUSTOMER)
+@require_POST
+def topup(request):
+    """Charge the card and add the amount to the prepaid balance; a refusal shows on the form, and adds nothing."""
+    form = TopUpForm(request.POST)
+    if form.is_valid():
+        try:
+            done = topups.topup_create(customer=request.user, amount_cents=form.amount_cents())
+        except ApplicationError as error:
+            add_application_error(form, error)
+        else:
+            if done.status == done.Status.SUCCEEDED:
+                messages.success(request, f"{usd_cents(done.amount_cents)} added to your balance.")
+            else:
+                messages.info(request, f"Your card is being charged {usd_cents(done.amount_cents)}: the balance "
+                              "shows it once Stripe confirms.")  # fmt: skip
+            return redirect("billing:customer-billing")
+    return _customer_billing_page(request, form=CardForm(), topup_form=form)
+
+
+@role_required(Role.CUSTOMER)
+@require_POST
+def balance_refund(request):
+    """Give the free prepaid balance back to the cards that paid it, in whole cents."""
+    try:
+        refunds = topups.balance_refund(customer=request.user)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        sent = sum(r.amount_cents for r in refunds if r.status == r.Status.SUCCEEDED)
+        failed = [r for r in refunds if r.status == r.Status.FAILED]
+        if sent:
+            messages.success(request, f"{usd_cents(sent)} refunded to your card.")
+        for refund in failed:
+            messages.error(request, f"Stripe refused to refund {usd_cents(refund.amount_cents)}: "
+                           f"{refund.failure_message} It is back on your balance.")  # fmt: skip
+    return redirect("billing:customer-billing")
 
 
 @role_required(Role.CUSTOMER)
@@ -170,6 +218,6 @@ def staff_finance(request):
             "books": selectors.finance_summary(),
             "report": reconciliation.reconciliation_report_recent(),
             "verification": verification_overview(trusted_after=settings.VERIFICATION_TRUSTED_AFTER),
-            "verification_cost_cents": ledger.balance(kind="verification_cost"),
+            "verification_cost_nc": ledger.balance(kind="verification_cost"),
         },
     )

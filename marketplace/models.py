@@ -157,7 +157,8 @@ class PrecisionVariant(models.Model):
 class Bid(models.Model):
     """A customer's order: run a dataset through a model variant, paying at most `max_price` per CH.
 
-    Prices are integer milli-cents per CH (1 ¢ = 1000 m¢), because a CH costs a few cents; money is cents.
+    Prices are integer milli-cents per CH (1 ¢ = 1000 m¢), because a CH costs a few cents; a budget is whole cents (it
+    is reserved from the balance, or held on a card); billing meters the work in n¢ (core/money.py).
     """
 
     class Status(models.TextChoices):
@@ -170,6 +171,11 @@ class Bid(models.Model):
         EXPIRED = "expired", "Expired"
         AUTHORIZING = "authorizing", "Authorizing the card"
         DECLINED = "declined", "Card declined"
+        PAUSED = "paused", "Paused: waiting for funds"
+
+    class Funding(models.TextChoices):
+        BALANCE = "balance", "Prepaid balance"
+        CARD = "card", "Hold on the card"
 
     OPEN_STATUSES = (Status.WAITING, Status.RUNNING)
 
@@ -181,6 +187,10 @@ class Bid(models.Model):
     pool = models.CharField(max_length=8, choices=Precision.choices, db_index=True)
     max_price_mcents_per_ch = models.PositiveBigIntegerField("maximum price (m¢/CH)")
     budget_cents = models.PositiveBigIntegerField()
+    funding = models.CharField(
+        max_length=8, choices=Funding.choices, default=Funding.BALANCE,
+        help_text="Where the budget is set aside: reserved from the prepaid balance, or held on the card.",
+    )  # fmt: skip
     currency = models.CharField(max_length=3, default="usd")
     deadline = models.DateTimeField()
     all_or_none = models.BooleanField(default=False)

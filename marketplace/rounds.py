@@ -255,7 +255,11 @@ def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
 def bids_expire(*, now: datetime) -> int:
     """Bids past their deadline close as expired; work not yet handed to a car is released (never billed), and no
     further unit of theirs is leased. Units already running may still report, but the bid is not completed late."""
-    expired = list(Bid.objects.filter(status__in=Bid.OPEN_STATUSES, deadline__lte=now).values_list("pk", flat=True))
+    expired = list(
+        Bid.objects.filter(status__in=(*Bid.OPEN_STATUSES, Bid.Status.PAUSED), deadline__lte=now).values_list(
+            "pk", flat=True
+        )
+    )
     if expired:
         Bid.objects.filter(pk__in=expired).update(status=Bid.Status.EXPIRED, closed_at=now)
         WorkUnit.objects.filter(bid__in=expired, status=WorkUnit.Status.QUEUED).update(assigned_vehicle=None)

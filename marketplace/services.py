@@ -17,7 +17,7 @@ from django.db import transaction
 
 from accounts.models import Role, User
 from core.exceptions import ApplicationError
-from core.money import MAX_AUTHORIZATION_CENTS
+from core.money import MAX_AUTHORIZATION_CENTS, price_per_ch, usd_cents
 from core.uploads import file_too_large
 from fleet.agent.inference import ModelRunner, ModelSpec
 from fleet.agent.precisions import FP8, FP16, FP32, INT8
@@ -409,8 +409,11 @@ def bid_place(
     budget_cents: int,
     deadline,
     all_or_none: bool = False,
+    funding: str | None = None,
 ) -> Bid:
     """Enter a bid for the next rounds. The amount of work follows from the dataset and the variant's CH per item.
+    `funding` is where the budget comes from (Bid.Funding); None lets billing choose: the prepaid balance when it
+    covers the budget, else the card on file (a bid the balance cannot cover yet is paused until a top-up does).
 
     Not one transaction: the bid and its card authorization (with its idempotency key, stored by billing on
     `bid_placing`) commit before Stripe is called (on `bid_placed`), so a crash during the call leaves a row the
@@ -458,11 +461,13 @@ def bid_place(
     reserve = pricing.reserves[variant.precision]
     ceiling = pricing.price_ceiling_mcents
     if not 0 < max_price_mcents_per_ch <= ceiling:
-        raise _field_error("max_price_mcents_per_ch", f"Between 1 and {ceiling:,} m¢ per CH.")
+        raise _field_error(
+            "max_price_mcents_per_ch", f"Between {price_per_ch(1)} and {price_per_ch(ceiling)} (the price ceiling)."
+        )
     if max_price_mcents_per_ch < reserve:
         raise _field_error(
             "max_price_mcents_per_ch",
-            f"Below the {variant.precision.upper()} reserve price of {reserve:,} m¢ per CH: such a bid never trades.",
+            f"Below the {variant.precision.upper()} reserve price of {price_per_ch(reserve)}: such a bid never trades.",
         )
     now = timezone.now()
     if deadline <= now + timedelta(seconds=settings.MIN_BID_LEAD_SECONDS):
@@ -470,24 +475,22 @@ def bid_place(
         raise _field_error("deadline", f"Give the cars at least {minutes} minutes: set a later deadline.")
     latest = now + timedelta(days=settings.BID_MAX_DEADLINE_DAYS)
     if deadline > latest:
-        # The work is paid by capturing the budget's hold on the card, which does not outlive this.
         raise _field_error(
             "deadline",
-            f"At most {settings.BID_MAX_DEADLINE_DAYS} days ahead: {latest:%Y-%m-%d %H:%M} UTC at the latest, while "
-            "the budget's hold on your card lasts.",
+            f"At most {settings.BID_MAX_DEADLINE_DAYS} days ahead: {latest:%Y-%m-%d %H:%M} UTC at the latest.",
         )
     if budget_cents > MAX_AUTHORIZATION_CENTS:
-        raise _field_error("budget_cents", f"At most {MAX_AUTHORIZATION_CENTS:,} ¢: the largest card payment.")
+        raise _field_error("budget_cents", f"At most {usd_cents(MAX_AUTHORIZATION_CENTS)}: the largest payment.")
     ch_total = dataset.item_count * variant.ch_per_item
-    smallest_unit = min(dataset.item_count, 100) * variant.ch_per_item
-    if budget_cents <= 0 or budget_cents * 1000 < smallest_unit * reserve:
-        raise _field_error("budget_cents", "The budget does not cover one work unit at the reserve price.")
-    # The budget is held on the card, and the job never costs more than it: all of its CH at the maximum price.
+    if budget_cents <= 0:
+        raise _field_error("budget_cents", "At least $0.01.")
+    # The budget is set aside (reserved from the balance, or held on the card), and the job never costs more than
+    # it: all of its CH at the maximum price, rounded up to the cent.
     worst_case_cents = math.ceil(ch_total * max_price_mcents_per_ch / 1000)
     if budget_cents < worst_case_cents:
         raise _field_error(
             "budget_cents",
-            f"All {dataset.item_count:,} items at your maximum price can cost {worst_case_cents / 100:.2f}: raise the "
+            f"All {dataset.item_count:,} items at your maximum price can cost {usd_cents(worst_case_cents)}: raise the "
             "budget to that, or lower the maximum price.",
         )
     with transaction.atomic():
@@ -502,6 +505,7 @@ def bid_place(
             budget_cents=budget_cents,
             deadline=deadline,
             all_or_none=all_or_none,
+            funding=funding or "",
             items=dataset.item_count,
             ch_total=ch_total,
             status=Bid.Status.AUTHORIZING,
@@ -513,8 +517,7 @@ def bid_place(
     bid.refresh_from_db()
     if bid.status == Bid.Status.DECLINED:
         raise ApplicationError(
-            f"payment_method: your card was not authorized for {budget_cents / 100:.2f} "
-            f"{bid.currency.upper()}: {reason}",
+            f"payment_method: your card was not authorized for {usd_cents(budget_cents, bid.currency)}: {reason}",
             fields={"payment_method": [reason]},
             code="card_declined",
             status=402,
@@ -528,9 +531,10 @@ def bid_cancel(*, bid: Bid) -> Bid:
 
     with transaction.atomic():
         bid = Bid.objects.select_for_update().get(pk=bid.pk)
-        if bid.status != Bid.Status.WAITING:
+        if bid.status not in (Bid.Status.WAITING, Bid.Status.PAUSED):
             raise ApplicationError(
-                f"This bid is {bid.get_status_display().lower()}: only a bid waiting for capacity can be cancelled.",
+                f"This bid is {bid.get_status_display().lower()}: only a bid waiting for capacity or for funds can be "
+                "cancelled.",
                 code="not_cancellable",
                 status=409,
             )

@@ -17,6 +17,7 @@ import logging
 from django.core.mail import send_mail
 from django.db import transaction
 
+from core.money import cents_floor, nc_from_cents, usd
 from marketplace.models import Bid, ResultAudit
 
 from .. import ledger, settlement, stripe_gateway
@@ -73,28 +74,32 @@ def audit_correct(*, bid_id: int) -> PaymentAuthorization | None:
 
 
 def _plan(auth: PaymentAuthorization, audits: list[int]) -> dict:
-    """The job's charge and earnings computed anew from its validated work, and the refund they make due."""
+    """The job's charge and earnings computed anew from its validated work (n¢), and the refund they make due: whole
+    cents back to the card for a job paid by card, the rest (all of it, for a job paid from the balance) onto the
+    customer's balance."""
     bid = Bid.objects.get(pk=auth.bid_id)
-    charged = auth.settlement.get("charge_cents", auth.captured_cents)
+    charged = auth.settlement.get("charge_nc", auth.charged_nc or 0)
     lines, replica_lines, usage = work_lines(bid)
-    # Never more than was charged: the card cannot be charged again, and the customer's price is capped already.
-    split = settlement.settle(lines, authorized_cents=charged)
-    replicas = settlement.replicas_pay(replica_lines) if split.charge_cents else {}
-    refund = charged - split.charge_cents
+    # Never more than was charged: the customer's price is capped already, and a card cannot be charged again.
+    split = settlement.settle(lines, budget_nc=charged)
+    replicas = settlement.replicas_pay(replica_lines) if split.charge_nc else {}
+    refund = charged - split.charge_nc
+    card_cents = cents_floor(refund) if auth.method == PaymentAuthorization.Method.CARD else 0
     return {
         "audits": audits,
-        "charge_cents": split.charge_cents,
-        "fee_cents": split.fee_cents,
+        "charge_nc": split.charge_nc,
+        "fee_nc": split.fee_nc,
         "cars": {
             key: {
-                "cents": split.shares.get(key, 0) + replicas.get(key, 0),
-                "verification_cents": replicas.get(key, 0),
+                "nc": split.shares.get(key, 0) + replicas.get(key, 0),
+                "verification_nc": replicas.get(key, 0),
                 **usage[key],
             }
             for key in usage
         },
-        "refund_cents": refund,
-        "refund_key": stripe_key("refund", auth.pk) if refund else "",
+        "refund_nc": refund,
+        "refund_cents": card_cents,
+        "refund_key": stripe_key("refund", auth.pk) if card_cents else "",
     }
 
 
@@ -112,37 +117,43 @@ def _book(*, authorization_id: int, stripe_refund) -> PaymentAuthorization | Non
         plan = auth.settlement.get("correction")
         if plan is None:
             return None
-        old, refund = auth.settlement, plan["refund_cents"]
+        old, refund, customer = auth.settlement, plan["refund_nc"], auth.customer_id
+        card_refund = nc_from_cents(plan["refund_cents"])
         if stripe_refund is not None and not Refund.objects.filter(stripe_refund_id=stripe_refund.id).exists():
             Refund.objects.create(
-                authorization=auth, amount_cents=refund, reason="Results of a car caught lying were replaced",
-                idempotency_key=plan["refund_key"], stripe_refund_id=stripe_refund.id,
+                authorization=auth, amount_cents=plan["refund_cents"], idempotency_key=plan["refund_key"],
+                reason="Results of a car caught lying were replaced", stripe_refund_id=stripe_refund.id,
             )  # fmt: skip
             ledger.post(
                 kind=Kind.REFUND, key=f"refund:{stripe_refund.id}", currency=auth.currency, bid_id=auth.bid_id,
                 stripe_object_id=stripe_refund.id, description=f"Bid {auth.bid_id}: refund after an audit",
                 legs=[
-                    Leg(AccountKind.REFUNDS, refund, user_id=auth.customer_id),
-                    Leg(AccountKind.CUSTOMER_SPEND, -refund, user_id=auth.customer_id),
+                    Leg(AccountKind.REFUNDS, card_refund, user_id=customer),
+                    Leg(AccountKind.CUSTOMER_SPEND, -card_refund, user_id=customer),
                 ],
             )  # fmt: skip
-            auth.refunded_cents += refund
+            auth.refunded_cents += plan["refund_cents"]
         earnings = AccountKind.OWNER_AVAILABLE if _released(auth) else AccountKind.OWNER_PENDING
+        to_balance = refund - card_refund  # what no card refund carries: back onto the customer's balance
         legs = [
-            Leg(AccountKind.PLATFORM_FEE, old["fee_cents"] - plan["fee_cents"]),
+            Leg(AccountKind.PLATFORM_FEE, old["fee_nc"] - plan["fee_nc"]),
             Leg(AccountKind.VERIFICATION_COST, _verification(plan) - _verification(old)),
             # The refund is not the platform's loss: the earnings and the fee it reverses pay for it.
-            Leg(AccountKind.REFUNDS, -refund, user_id=auth.customer_id),
+            Leg(AccountKind.REFUNDS, -refund, user_id=customer),
+            Leg(AccountKind.REFUNDS, to_balance, user_id=customer),
+            Leg(AccountKind.CUSTOMER_SPEND, -to_balance, user_id=customer),
+            Leg(AccountKind.PREPAID_CASH, to_balance, user_id=customer),
+            Leg(AccountKind.CUSTOMER_BALANCE, -to_balance, user_id=customer),
         ]
         for key in sorted(set(old["cars"]) | set(plan["cars"])):
             before, after = old["cars"].get(key, {}), plan["cars"].get(key, {})
             vehicle_id, owner_id = (int(part) for part in key.split(":"))
-            change = before.get("cents", 0) - after.get("cents", 0)
+            change = before.get("nc", 0) - after.get("nc", 0)
             if change:
                 legs.append(Leg(earnings, change, user_id=owner_id, vehicle_id=vehicle_id,
                                 ch=after.get("ch", 0.0) - before.get("ch", 0.0),
                                 energy_wh=after.get("energy_wh", 0.0) - before.get("energy_wh", 0.0)))  # fmt: skip
-        legs = [leg for leg in legs if leg.amount_cents]
+        legs = [leg for leg in legs if leg.amount_nc]
         if legs:
             ledger.post(
                 kind=Kind.CORRECTION, key=f"correction:{auth.pk}:{','.join(map(str, plan['audits']))}",
@@ -150,16 +161,18 @@ def _book(*, authorization_id: int, stripe_refund) -> PaymentAuthorization | Non
                 description=f"Bid {auth.bid_id}: corrected after an audit of a caught car's results",
             )  # fmt: skip
         auth.settlement = {
-            "fee_cents": plan["fee_cents"], "cars": plan["cars"], "charge_cents": plan["charge_cents"],
+            "fee_nc": plan["fee_nc"], "cars": plan["cars"], "charge_nc": plan["charge_nc"],
+            "carried_nc": old.get("carried_nc", 0),
             "audits": sorted(set(old.get("audits", [])) | set(plan["audits"])),
         }  # fmt: skip
-        auth.save(update_fields=["settlement", "refunded_cents", "updated_at"])
-    log.warning("bid %s corrected after audits %s: %s ¢ refunded", auth.bid_id, plan["audits"], refund)
+        auth.charged_nc = plan["charge_nc"]
+        auth.save(update_fields=["settlement", "charged_nc", "refunded_cents", "updated_at"])
+    log.warning("bid %s corrected after audits %s: %s n¢ refunded", auth.bid_id, plan["audits"], refund)
     return auth
 
 
 def _verification(split: dict) -> int:
-    return sum(car.get("verification_cents", 0) for car in split["cars"].values())
+    return sum(car.get("verification_nc", 0) for car in split["cars"].values())
 
 
 def _customer_tell(auth: PaymentAuthorization, plan: dict) -> None:
@@ -168,7 +181,7 @@ def _customer_tell(auth: PaymentAuthorization, plan: dict) -> None:
     audits = list(ResultAudit.objects.filter(pk__in=plan["audits"]))
     replaced = sum(a.items_replaced for a in audits)
     removed = sum(a.items_removed for a in audits)
-    if not bid.customer.email or not (replaced or removed or plan["refund_cents"]):
+    if not bid.customer.email or not (replaced or removed or plan["refund_nc"]):
         return
     lines = [
         f"A car that ran part of your job {bid.pk} was caught returning wrong results, so every result it had "
@@ -185,9 +198,11 @@ def _customer_tell(auth: PaymentAuthorization, plan: dict) -> None:
     elif removed:
         lines.append(f"- The job had ended, so nobody runs its {removed} item{'s' if removed != 1 else ''} again: "
                      "you are not charged for them.")  # fmt: skip
-    if plan["refund_cents"]:
-        cents = plan["refund_cents"]
-        lines.append(f"- ${cents // 100}.{cents % 100:02d} was refunded to your card: you pay only for validated work.")
+    if plan["refund_nc"]:
+        card, rest = nc_from_cents(plan["refund_cents"]), plan["refund_nc"] - nc_from_cents(plan["refund_cents"])
+        parts = [f"{usd(card)} to your card"] if card else []
+        parts += [f"{usd(rest)} to your prepaid balance"] if rest else []
+        lines.append(f"- {' and '.join(parts)} refunded: you pay only for validated work.")
     send_mail(
         subject=f"Idlefleet: the results of job {bid.pk} were corrected",
         message="\n".join(lines) + "\n",

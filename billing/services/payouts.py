@@ -1,5 +1,8 @@
 """Owners' money out: earnings move from pending to available once their hold period has passed, and each owner's
-available earnings go to their Connect account once per period (the payout rules in force: billing.selectors)."""
+available earnings go to their Connect account once per period (the payout rules in force: billing.selectors).
+
+Earnings accrue to the n¢ (a car's share of each job, however small); a transfer sends whole cents, and the sub-cent
+rest stays available, carried to the next payout."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from django.db.models import CharField, Exists, OuterRef, Sum, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
+from core.money import cents_floor, nc_from_cents
 from marketplace.models import ResultAudit
 
 from .. import ledger, stripe_gateway
@@ -41,25 +45,25 @@ def earnings_release_due(*, now: datetime | None = None) -> int:
     captures = list(captures)
     # What each job's capture and corrections left pending, per owner and car: one query for every capture due.
     pending: dict[int, list[tuple]] = {}
-    for bid_id, owner, vehicle, currency, cents in (
+    for bid_id, owner, vehicle, currency, amount in (
         LedgerEntry.objects.filter(
             transaction__bid_id__in=[capture.bid_id for capture in captures],
             transaction__kind__in=(Kind.CAPTURE, Kind.CORRECTION), account__kind=AccountKind.OWNER_PENDING,
         )
         .values_list("transaction__bid_id", "account__user_id", "vehicle_id", "currency")
-        .annotate(cents=Sum("amount_cents"))
+        .annotate(amount=Sum("amount_nc"))
         .order_by("transaction__bid_id", "account__user_id", "vehicle_id")
     ):  # fmt: skip
-        pending.setdefault(bid_id, []).append((owner, vehicle, currency, cents))
+        pending.setdefault(bid_id, []).append((owner, vehicle, currency, amount))
     count = 0
     for capture in captures:
         rows = pending.get(capture.bid_id, [])
         legs = []
-        for owner, vehicle, _, cents in rows:
-            if cents:
+        for owner, vehicle, _, amount in rows:
+            if amount:
                 legs += [
-                    Leg(AccountKind.OWNER_PENDING, -cents, user_id=owner, vehicle_id=vehicle),
-                    Leg(AccountKind.OWNER_AVAILABLE, cents, user_id=owner, vehicle_id=vehicle),
+                    Leg(AccountKind.OWNER_PENDING, -amount, user_id=owner, vehicle_id=vehicle),
+                    Leg(AccountKind.OWNER_AVAILABLE, amount, user_id=owner, vehicle_id=vehicle),
                 ]
         if legs:
             currency = min(currency for _, _, currency, _ in rows)
@@ -77,7 +81,8 @@ def payout_period(*, today: date, schedule: str) -> date | None:
 
 
 def payouts_run(*, now: datetime | None = None, force: bool = False) -> list[Payout]:
-    """Transfer each owner's available earnings above the minimum to their connected account, once per period.
+    """Transfer each owner's available earnings, in whole cents, to their connected account once per period when they
+    reach the minimum; the sub-cent rest stays available for the next payout.
 
     `force` runs outside the schedule (staff's "pay out now"); it still makes at most one payout per owner per day.
     """
@@ -93,13 +98,13 @@ def payouts_run(*, now: datetime | None = None, force: bool = False) -> list[Pay
     accounts = list(ConnectAccount.objects.filter(payouts_enabled=True).exclude(stripe_account_id=""))
     availability = ledger.balances_by_user(kind=AccountKind.OWNER_AVAILABLE, user_ids=[a.user_id for a in accounts])
     for account in accounts:
-        available = availability.get(account.user_id, 0)
-        if available < max(policy.min_payout_cents, 1):
+        cents = cents_floor(availability.get(account.user_id, 0))
+        if cents < max(policy.min_payout_cents, 1):
             continue
         with transaction.atomic():
             payout, created = Payout.objects.get_or_create(
                 owner_id=account.user_id, period=period, currency="usd",
-                defaults={"amount_cents": available, "destination": account.stripe_account_id,
+                defaults={"amount_cents": cents, "destination": account.stripe_account_id,
                           "idempotency_key": stripe_key("payout", f"{account.user_id}:{period.isoformat()}")},
             )  # fmt: skip
         if created:
@@ -135,8 +140,8 @@ def payout_book(*, payout_id: int, transfer_id: str) -> Payout:
             kind=Kind.PAYOUT, key=f"payout:{payout.pk}", currency=payout.currency, payout_id=payout.pk,
             stripe_object_id=transfer_id, description=f"Payout {payout.pk} to {payout.destination}",
             legs=[
-                Leg(AccountKind.OWNER_AVAILABLE, payout.amount_cents, user_id=payout.owner_id),
-                Leg(AccountKind.OWNER_PAID_OUT, -payout.amount_cents, user_id=payout.owner_id),
+                Leg(AccountKind.OWNER_AVAILABLE, nc_from_cents(payout.amount_cents), user_id=payout.owner_id),
+                Leg(AccountKind.OWNER_PAID_OUT, -nc_from_cents(payout.amount_cents), user_id=payout.owner_id),
             ],
         )  # fmt: skip
         payout.status, payout.stripe_transfer_id, payout.paid_at = Payout.Status.PAID, transfer_id, timezone.now()

@@ -7,6 +7,7 @@ from django.db import transaction
 
 from accounts.models import User
 from core.exceptions import ApplicationError
+from core.money import nc_from_cents, usd_cents
 
 from .. import ledger, stripe_gateway
 from ..ledger import Leg
@@ -23,7 +24,9 @@ def refund_create(*, authorization: PaymentAuthorization, amount_cents: int, rea
         auth = PaymentAuthorization.objects.select_for_update().get(pk=authorization.pk)
         refundable = auth.captured_cents - auth.refunded_cents
         if not 0 < amount_cents <= refundable:
-            raise _field_error("amount_cents", f"Between 1 and {refundable} ¢ (captured and not yet refunded).")
+            raise _field_error(
+                "amount_cents", f"Between $0.01 and {usd_cents(refundable)} (captured and not yet refunded)."
+            )
         refund = Refund.objects.create(
             authorization=auth, amount_cents=amount_cents, reason=reason, created_by=by,
             idempotency_key=stripe_key("refund", auth.pk),
@@ -59,8 +62,8 @@ def refund_book(*, authorization_id: int, stripe_refund, refund_row: Refund | No
             kind=Kind.REFUND, key=f"refund:{stripe_refund.id}", currency=auth.currency, bid_id=auth.bid_id,
             stripe_object_id=stripe_refund.id, description=f"Bid {auth.bid_id}: refund",
             legs=[
-                Leg(AccountKind.REFUNDS, stripe_refund.amount, user_id=auth.customer_id),
-                Leg(AccountKind.CUSTOMER_SPEND, -stripe_refund.amount, user_id=auth.customer_id),
+                Leg(AccountKind.REFUNDS, nc_from_cents(stripe_refund.amount), user_id=auth.customer_id),
+                Leg(AccountKind.CUSTOMER_SPEND, -nc_from_cents(stripe_refund.amount), user_id=auth.customer_id),
             ],
         )  # fmt: skip
         auth.refunded_cents += stripe_refund.amount

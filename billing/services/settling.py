@@ -1,6 +1,8 @@
-"""Settling a finished job: capture exactly its validated work × the clearing prices of the rounds that sold it,
-release the rest of the hold, and book both. The money split itself is billing/settlement.py (pure, no Django); this
-module reads the work from the database, calls Stripe and posts to the ledger."""
+"""Settling a finished job: charge exactly its validated work × the clearing prices of the rounds that sold it, to
+the n¢, release the rest of its budget, and book both. A budget reserved from the prepaid balance is drawn on in the
+ledger alone; a budget held on a card is captured in whole cents (the fewest that cover the work), and the rest of
+the last cent goes onto the customer's balance. The money split itself is billing/settlement.py (pure, no Django);
+this module reads the work from the database, calls Stripe and posts to the ledger."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Sum
 
+from core.money import cents_ceil, nc_from_cents
 from marketplace.models import Bid, ResultAudit, WorkUnit
 
 from .. import ledger, settlement, stripe_gateway
@@ -57,8 +60,8 @@ def work_lines(bid) -> tuple[list[settlement.WorkLine], list[settlement.WorkLine
 
 
 def bid_settle(*, bid_id: int) -> PaymentAuthorization | None:
-    """When a job has ended, capture exactly its validated work × the clearing prices of the rounds that sold it, and
-    release the rest of the hold. Safe to run any number of times, and after a crash at any point."""
+    """When a job has ended, charge exactly its validated work × the clearing prices of the rounds that sold it, and
+    release the rest of its budget. Safe to run any number of times, and after a crash at any point."""
     with transaction.atomic():
         auth = PaymentAuthorization.objects.select_for_update().filter(bid_id=bid_id).first()
         if auth is None or auth.status not in (PaymentAuthorization.Status.AUTHORIZED,
@@ -73,27 +76,33 @@ def bid_settle(*, bid_id: int) -> PaymentAuthorization | None:
             if bid.audits.filter(closed_at__isnull=True).exists():
                 return auth  # results a caught car returned are being judged again: bill what they turn out to be
             lines, replica_lines, usage = work_lines(bid)
-            split = settlement.settle(lines, authorized_cents=auth.amount_cents)
-            # A job too small to charge pays nobody, replicas included.
-            replicas = settlement.replicas_pay(replica_lines) if split.charge_cents else {}
-            auth.capture_cents, auth.work_mcents = split.charge_cents, split.work_mcents
-            auth.capture_key = stripe_key("capture" if split.charge_cents else "cancel", auth.pk)
+            split = settlement.settle(lines, budget_nc=nc_from_cents(auth.amount_cents))
+            # A job with no validated work pays nobody, replicas included.
+            replicas = settlement.replicas_pay(replica_lines) if split.charge_nc else {}
+            auth.charged_nc, auth.work_mcents = split.charge_nc, split.work_mcents
+            carried = 0
+            if auth.method == PaymentAuthorization.Method.CARD:
+                auth.capture_cents = cents_ceil(split.charge_nc)
+                auth.capture_key = stripe_key("capture" if auth.capture_cents else "cancel", auth.pk)
+                carried = nc_from_cents(auth.capture_cents) - split.charge_nc
             auth.settlement = {
-                "fee_cents": split.fee_cents,
-                "charge_cents": split.charge_cents,
+                "carried_nc": carried,  # the rest of the last cent captured, onto the customer's balance
+                "fee_nc": split.fee_nc,
+                "charge_nc": split.charge_nc,
                 # Audits already closed are in these figures; one that closes later corrects them (corrections.py).
                 "audits": sorted(bid.audits.filter(closed_at__isnull=False).values_list("pk", flat=True)),
                 "cars": {
-                    key: {"cents": split.shares.get(key, 0) + replicas.get(key, 0),
-                          "verification_cents": replicas.get(key, 0), **usage[key]}
+                    key: {"nc": split.shares.get(key, 0) + replicas.get(key, 0),
+                          "verification_nc": replicas.get(key, 0), **usage[key]}
                     for key in usage
                 },
             }  # fmt: skip
             auth.status = PaymentAuthorization.Status.SETTLING
-            auth.save(update_fields=["capture_cents", "work_mcents", "capture_key", "settlement", "status",
-                                     "updated_at"])  # fmt: skip
+            auth.save(update_fields=["capture_cents", "charged_nc", "work_mcents", "capture_key", "settlement",
+                                     "status", "updated_at"])  # fmt: skip
     # Committed: the amount and the key are on record before Stripe hears of them.
-    _settle_at_stripe(auth)
+    if auth.method == PaymentAuthorization.Method.CARD:
+        _settle_at_stripe(auth)
     return settlement_book(authorization_id=auth.pk)
 
 
@@ -114,49 +123,69 @@ def _settle_at_stripe(auth: PaymentAuthorization) -> None:
 
 def stripe_settled(intent, auth: PaymentAuthorization) -> bool:
     """Whether Stripe's payment intent shows the settlement stored on `auth`: the capture of exactly its amount, or
-    the cancel of a job too small to charge. (The webhooks ask too, to book a capture whose booking was lost.)"""
+    the cancel of a job with nothing to charge. (The webhooks ask too, to book a capture whose booking was lost.)"""
     if auth.capture_cents:
         return intent.status == "succeeded" and intent.amount_received == auth.capture_cents
     return intent.status == "canceled"
 
 
+def _work_legs(auth: PaymentAuthorization) -> list[Leg]:
+    """What the work pays for, from the settlement stored on `auth`: the customer's spend, each car's earnings (with
+    the CH and energy they are for), the fee, and the verification the platform pays for."""
+    books = auth.settlement
+    legs = [
+        Leg(AccountKind.CUSTOMER_SPEND, auth.charged_nc, user_id=auth.customer_id),
+        Leg(AccountKind.PLATFORM_FEE, -books["fee_nc"]),
+        Leg(AccountKind.VERIFICATION_COST, sum(car.get("verification_nc", 0) for car in books["cars"].values())),
+    ]
+    for key, car in sorted(books["cars"].items()):
+        vehicle_id, owner_id = (int(part) for part in key.split(":"))
+        if car["nc"]:
+            legs.append(Leg(AccountKind.OWNER_PENDING, -car["nc"], user_id=owner_id, vehicle_id=vehicle_id,
+                            ch=car["ch"], energy_wh=car["energy_wh"]))  # fmt: skip
+    return legs
+
+
 def settlement_book(*, authorization_id: int) -> PaymentAuthorization:
-    """Book a settlement Stripe has done: the capture (customer spend, owners' pending earnings, the fee) and the
-    release of the rest of the hold."""
+    """Book a settlement (Stripe's part done, for a card): the charge (customer spend, owners' pending earnings, the
+    fee), drawn from the reservation or the card's capture, and the release of the rest of the budget."""
     with transaction.atomic():
         auth = PaymentAuthorization.objects.select_for_update().get(pk=authorization_id)
         if auth.status != PaymentAuthorization.Status.SETTLING:
             return auth
-        captured = auth.capture_cents or 0
-        released = auth.amount_cents - captured
-        if captured:
-            legs = [
-                Leg(AccountKind.CUSTOMER_HELD, captured, user_id=auth.customer_id),
-                Leg(AccountKind.CUSTOMER_SPEND, captured, user_id=auth.customer_id),
-                Leg(AccountKind.STRIPE_CLEARING, -captured),
-                Leg(AccountKind.PLATFORM_FEE, -auth.settlement["fee_cents"]),
-                Leg(AccountKind.VERIFICATION_COST,
-                    sum(car.get("verification_cents", 0) for car in auth.settlement["cars"].values())),
-            ]  # fmt: skip
-            for key, car in sorted(auth.settlement["cars"].items()):
-                vehicle_id, owner_id = (int(part) for part in key.split(":"))
-                if car["cents"]:
-                    legs.append(Leg(AccountKind.OWNER_PENDING, -car["cents"], user_id=owner_id,
-                                    vehicle_id=vehicle_id, ch=car["ch"], energy_wh=car["energy_wh"]))  # fmt: skip
+        budget, charged = nc_from_cents(auth.amount_cents), auth.charged_nc or 0
+        card = auth.method == PaymentAuthorization.Method.CARD
+        taken = nc_from_cents(auth.capture_cents or 0) if card else charged  # out of the budget
+        customer = auth.customer_id
+        if charged:
+            if card:
+                rest = auth.settlement["carried_nc"]  # the rest of the last cent captured: onto the balance
+                source = [
+                    Leg(AccountKind.CUSTOMER_HELD, taken, user_id=customer), Leg(AccountKind.STRIPE_CLEARING, -taken),
+                    Leg(AccountKind.PREPAID_CASH, rest, user_id=customer),
+                    Leg(AccountKind.CUSTOMER_BALANCE, -rest, user_id=customer),
+                ]  # fmt: skip
+            else:
+                source = [
+                    Leg(AccountKind.CUSTOMER_RESERVED, charged, user_id=customer),
+                    Leg(AccountKind.PREPAID_CASH, -charged, user_id=customer),
+                ]
             ledger.post(
-                kind=Kind.CAPTURE, key=f"capture:{auth.pk}", currency=auth.currency, bid_id=auth.bid_id, legs=legs,
-                stripe_object_id=auth.stripe_payment_intent_id, description=f"Bid {auth.bid_id}: validated work",
+                kind=Kind.CAPTURE, key=f"capture:{auth.pk}", currency=auth.currency, bid_id=auth.bid_id,
+                legs=source + _work_legs(auth), stripe_object_id=auth.stripe_payment_intent_id,
+                description=f"Bid {auth.bid_id}: validated work",
             )  # fmt: skip
+        released = budget - taken
         if released:
+            held = (AccountKind.CUSTOMER_HELD, AccountKind.STRIPE_CLEARING, None) if card else (
+                AccountKind.CUSTOMER_RESERVED, AccountKind.CUSTOMER_BALANCE, customer)  # fmt: skip
             ledger.post(
                 kind=Kind.RELEASE, key=f"release:{auth.pk}", currency=auth.currency, bid_id=auth.bid_id,
                 stripe_object_id=auth.stripe_payment_intent_id, description=f"Bid {auth.bid_id}: unused budget",
-                legs=[
-                    Leg(AccountKind.CUSTOMER_HELD, released, user_id=auth.customer_id),
-                    Leg(AccountKind.STRIPE_CLEARING, -released),
-                ],
+                legs=[Leg(held[0], released, user_id=customer), Leg(held[1], -released, user_id=held[2])],
             )  # fmt: skip
-        auth.captured_cents, auth.released_cents = captured, released
+        auth.captured_cents = (auth.capture_cents or 0) if card else 0
+        auth.released_cents = auth.amount_cents - auth.captured_cents if card else 0
         auth.status = PaymentAuthorization.Status.SETTLED
         auth.save(update_fields=["captured_cents", "released_cents", "status", "updated_at"])
     return auth

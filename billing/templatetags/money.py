@@ -1,31 +1,32 @@
-"""Money in templates: integer cents with a currency, shown the way people read it."""
-
-from decimal import Decimal
+"""Money in templates, one way everywhere (core/money.py): dollars with the digits the amount needs, never an
+exponent; prices per CH and per 1M items."""
 
 from django import template
 
+from core import money
+
 register = template.Library()
 
-SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
+
+@register.filter
+def usd(value, currency: str = "usd") -> str:
+    """An amount in n¢ (the ledger's unit): 1234 × 10⁹ → "$12.34", 21 → "$0.00000000021"."""
+    return money.usd(value, currency)
 
 
 @register.filter
-def cents(value, currency: str = "usd") -> str:
-    """1234 → "$12.34"; −5 → "−$0.05"."""
-    if value is None or value == "":
-        return "—"
-    amount = int(value)
-    sign = "−" if amount < 0 else ""
-    symbol = SYMBOLS.get(str(currency).lower(), "")
-    whole, part = divmod(abs(amount), 100)
-    text = f"{symbol}{whole:,}.{part:02d}"
-    return f"{sign}{text}" if symbol else f"{sign}{text} {str(currency).upper()}"
+def usd_cents(value, currency: str = "usd") -> str:
+    """Whole cents (Stripe's amounts, a budget): 1234 → "$12.34"."""
+    return money.usd_cents(value, currency)
 
 
 @register.filter
-def mcents(value) -> str:
-    """Exact sub-cent amounts (milli-cents) as cents: 1.5 → "0.0015 ¢"."""
-    if value is None or value == "":
-        return "—"
-    amount = Decimal(value) / 1000
-    return f"{amount.normalize():f} ¢" if amount else "0 ¢"
+def per_ch(mcents) -> str:
+    """A price in m¢ per CH: 1500 → "$0.015/CH"."""
+    return money.price_per_ch(mcents)
+
+
+@register.filter
+def per_million(mcents, ch_per_item) -> str:
+    """A price in m¢ per CH for 1M items of `ch_per_item` CH: "$0.00021 per 1M items"."""
+    return money.price_per_million(mcents, ch_per_item)

@@ -320,9 +320,14 @@ EARNINGS_HOLD_HOURS = env.int("EARNINGS_HOLD_HOURS", default=72)
 PAYOUT_SCHEDULE = env.str("PAYOUT_SCHEDULE", default="weekly")
 # A bid's deadline must leave at least this long for the work.
 MIN_BID_LEAD_SECONDS = env.int("MIN_BID_LEAD_SECONDS", default=600)
-# ... and lie at most this many days ahead: the budget's hold on the card lasts 7 days (Stripe's, for online card
-# payments), and the work is charged by capturing it.
-BID_MAX_DEADLINE_DAYS = env.int("BID_MAX_DEADLINE_DAYS", default=7)
+# ... and lie at most this many days ahead (a budget reserved from the prepaid balance does not lapse) ...
+BID_MAX_DEADLINE_DAYS = env.int("BID_MAX_DEADLINE_DAYS", default=30)
+# ... or this many, for a bid whose budget is held on the card: a card authorization lapses after about 7 days (5 for
+# some networks), and the work is charged by capturing it.
+CARD_HOLD_MAX_DAYS = env.int("CARD_HOLD_MAX_DAYS", default=5)
+# The smallest and largest top-up of a prepaid balance (cents).
+TOPUP_MIN_CENTS = env.int("TOPUP_MIN_CENTS", default=500)
+TOPUP_MAX_CENTS = env.int("TOPUP_MAX_CENTS", default=1_000_000)
 # The most a customer may have held on their card in open bids at once (cents), unless staff set the customer's own
 # cap in the admin (accounts.User.exposure_cap_cents).
 CUSTOMER_EXPOSURE_CAP_CENTS = env.int("CUSTOMER_EXPOSURE_CAP_CENTS", default=50_000)

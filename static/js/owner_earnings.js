@@ -1,11 +1,20 @@
-// The earnings page's chart: what each car earned per day, stacked, in dollars (the data comes in integer cents).
+// The earnings page's chart: what each car earned per day, stacked, in dollars (the data comes in integer n¢:
+// 1 $ = 1e11 n¢, core/money.py). Amounts read as on the page: whole cents from a cent up, else 3 significant digits.
 (function () {
   const data = JSON.parse(document.getElementById("daily-earnings").textContent);
   const colours = ["#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#c62828", "#5d4037", "#9e9d24"];
-  const dollars = (cents) => `$${(cents / 100).toFixed(2)}`;
+  const NC_PER_DOLLAR = 1e11;
+  const dollars = (value) => {
+    const amount = Math.abs(value);
+    let text;
+    if (amount === 0) text = "0.00";
+    else if (amount >= 0.01) text = amount.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    else text = amount.toLocaleString("en-US", { maximumSignificantDigits: 3, maximumFractionDigits: 20 });
+    return `${value < 0 ? "−" : ""}$${text}`;
+  };
   const datasets = data.datasets.map((series, n) => ({
     label: series.label,
-    data: series.data.map((cents) => cents / 100),
+    data: series.data.map((nc) => nc / NC_PER_DOLLAR),
     backgroundColor: colours[n % colours.length],
   }));
   // ISO dates are calendar days of the site: read them as local midnight, not as UTC.
@@ -19,10 +28,10 @@
       animation: false,
       scales: {
         x: { stacked: true },
-        y: { stacked: true, title: { display: true, text: "$ earned" } },
+        y: { stacked: true, title: { display: true, text: "$ earned" }, ticks: { callback: (value) => dollars(value) } },
       },
       plugins: {
-        tooltip: { callbacks: { label: (item) => `${item.dataset.label}: ${dollars(Math.round(item.parsed.y * 100))}` } },
+        tooltip: { callbacks: { label: (item) => `${item.dataset.label}: ${dollars(item.parsed.y)}` } },
       },
     },
   });

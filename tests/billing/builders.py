@@ -39,7 +39,7 @@ def bid_authorized(customer, *, budget_cents: int = 1000, items: int = 1000) -> 
     bid = Bid.objects.create(
         customer=customer, inference_model=variant.inference_model, dataset=variant.inference_model.datasets.get(),
         variant=variant, precision_requested="int8", pool="int8", max_price_mcents_per_ch=10_000,
-        budget_cents=budget_cents, deadline=timezone.now() + timedelta(hours=2), items=items,
+        budget_cents=budget_cents, funding=Bid.Funding.CARD, deadline=timezone.now() + timedelta(hours=2), items=items,
         ch_total=items * variant.ch_per_item, status=Bid.Status.AUTHORIZING,
     )  # fmt: skip
     auth = authorizations.authorization_prepare(bid=bid)

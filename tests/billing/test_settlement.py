@@ -1,41 +1,58 @@
-"""The split of a job's charge between the cars and the platform: exact to the cent, and fair to within a cent."""
+"""The split of a job's charge between the cars and the platform: exact to the n¢ (1 ¢ = 10⁹ n¢), and fair to within
+a n¢."""
 
 from decimal import Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.settlement import WorkLine, cents_half_up, largest_remainder, settle
+from billing.settlement import WorkLine, largest_remainder, settle
+from core.money import NC_PER_CENT, nc_from_mcents
+
+CENT = NC_PER_CENT
 
 
-def test_a_job_is_charged_its_work_times_the_clearing_prices_rounded_once():
+def test_a_job_is_charged_its_work_times_the_clearing_prices_exactly():
     lines = [
         WorkLine(key="car1", ch=0.5, price_mcents=5_000, fee_pct=Decimal(15)),  # 2,500 m¢
         WorkLine(key="car2", ch=0.25, price_mcents=6_000, fee_pct=Decimal(15)),  # 1,500 m¢
         WorkLine(key="car1", ch=0.1, price_mcents=6_000, fee_pct=Decimal(15)),  # 600 m¢
     ]
-    split = settle(lines, authorized_cents=1_000)
+    split = settle(lines, budget_nc=1_000 * CENT)
     assert split.work_mcents == Decimal(4_600)
-    assert split.charge_cents == 5  # 4.6 ¢, half-up
-    assert split.fee_cents == 1  # 15 % of 5 ¢ = 0.75 ¢
-    assert split.shares == {"car1": 3, "car2": 1}
-    assert split.fee_cents + sum(split.shares.values()) == split.charge_cents
+    assert split.charge_nc == 4_600_000_000  # 4.6 ¢ exactly, not rounded to 5 ¢
+    assert split.fee_nc == 690_000_000  # 15 %
+    assert split.shares == {"car1": 2_635_000_000, "car2": 1_275_000_000}
+    assert split.fee_nc + sum(split.shares.values()) == split.charge_nc
 
 
-def test_the_charge_never_exceeds_the_authorization():
-    split = settle([WorkLine(key="car", ch=10.0, price_mcents=100_000, fee_pct=Decimal(15))], authorized_cents=700)
-    assert split.charge_cents == 700
+def test_the_charge_never_exceeds_the_budget():
+    split = settle([WorkLine(key="car", ch=10.0, price_mcents=100_000, fee_pct=Decimal(15))], budget_nc=700 * CENT)
+    assert split.charge_nc == 700 * CENT
 
 
-def test_work_below_half_a_cent_is_not_charged_and_nobody_is_owed():
-    split = settle([WorkLine(key="car", ch=3e-5, price_mcents=5_000, fee_pct=Decimal(15))], authorized_cents=100)
-    assert (split.charge_cents, split.fee_cents, split.shares) == (0, 0, {})
-    assert split.work_mcents == Decimal("0.15000")
+def test_subcent_a_thousand_embeddings_are_charged_and_paid_to_the_nanocent():
+    """MiniLM costs about 1.4e-8 CH per document: 1,000 documents at $0.015/CH are worth 2.1e-5 ¢. Before, this
+    rounded to 0 ¢ and nobody was paid."""
+    lines = [
+        WorkLine(key="car1", ch=600 * 1.4e-8, price_mcents=1_500, fee_pct=Decimal(15)),
+        WorkLine(key="car2", ch=400 * 1.4e-8, price_mcents=1_500, fee_pct=Decimal(15)),
+    ]
+    split = settle(lines, budget_nc=500 * CENT)
+    assert split.charge_nc == 21_000  # n¢: $0.00000021
+    assert split.fee_nc == 3_150
+    assert split.shares == {"car1": 10_710, "car2": 7_140}
+    assert split.fee_nc + sum(split.shares.values()) == split.charge_nc
 
 
-def test_half_a_cent_rounds_up():
-    assert cents_half_up(Decimal(500)) == 1
-    assert cents_half_up(Decimal("499.999")) == 0
+def test_subcent_one_document_is_worth_more_than_nothing():
+    split = settle([WorkLine(key="car", ch=1.4e-8, price_mcents=1_500, fee_pct=Decimal(15))], budget_nc=CENT)
+    assert split.charge_nc == 21 and split.shares == {"car": 18} and split.fee_nc == 3
+
+
+def test_half_a_nanocent_rounds_up():
+    assert nc_from_mcents(Decimal("0.0000005")) == 1
+    assert nc_from_mcents(Decimal("0.000000499")) == 0
 
 
 def test_each_round_keeps_its_own_fee():
@@ -43,10 +60,10 @@ def test_each_round_keeps_its_own_fee():
         WorkLine(key="a", ch=1.0, price_mcents=10_000, fee_pct=Decimal(10)),
         WorkLine(key="b", ch=1.0, price_mcents=10_000, fee_pct=Decimal(30)),
     ]
-    split = settle(lines, authorized_cents=10_000)
-    assert split.charge_cents == 20
-    assert split.fee_cents == 4  # 1 + 3
-    assert split.shares == {"a": 9, "b": 7}
+    split = settle(lines, budget_nc=10_000 * CENT)
+    assert split.charge_nc == 20 * CENT
+    assert split.fee_nc == 4 * CENT  # 1 + 3
+    assert split.shares == {"a": 9 * CENT, "b": 7 * CENT}
 
 
 lines_strategy = st.lists(
@@ -61,15 +78,15 @@ lines_strategy = st.lists(
 )
 
 
-@given(lines=lines_strategy, authorized=st.integers(min_value=50, max_value=10_000_000))
-def test_the_charge_is_exactly_the_fee_plus_the_shares_and_each_share_is_within_a_cent(lines, authorized):
-    split = settle(lines, authorized_cents=authorized)
-    assert split.fee_cents + sum(split.shares.values()) == split.charge_cents
-    assert 0 <= split.charge_cents <= authorized
-    assert all(cents > 0 for cents in split.shares.values())
-    if split.charge_cents and split.charge_cents < authorized:
-        assert abs(Decimal(split.charge_cents) - split.work_mcents / 1000) <= Decimal("0.5")
-    owners_total = split.charge_cents - split.fee_cents
+@given(lines=lines_strategy, budget=st.integers(min_value=1, max_value=10_000_000 * CENT))
+def test_the_charge_is_exactly_the_fee_plus_the_shares_and_each_share_is_within_a_nanocent(lines, budget):
+    split = settle(lines, budget_nc=budget)
+    assert split.fee_nc + sum(split.shares.values()) == split.charge_nc
+    assert 0 <= split.charge_nc <= budget
+    assert all(amount > 0 for amount in split.shares.values())
+    if split.charge_nc and split.charge_nc < budget:
+        assert abs(Decimal(split.charge_nc) - split.work_mcents * 10**6) <= Decimal("0.5")
+    owners_total = split.charge_nc - split.fee_nc
     earned: dict = {}
     for line in lines:
         earned[line.key] = earned.get(line.key, Decimal(0)) + line.value_mcents * (100 - line.fee_pct) / 100
@@ -80,7 +97,7 @@ def test_the_charge_is_exactly_the_fee_plus_the_shares_and_each_share_is_within_
 
 
 @given(total=st.integers(min_value=0, max_value=10**9), weights=st.lists(st.integers(0, 10**6), max_size=8))
-def test_largest_remainder_hands_out_every_cent(total, weights):
+def test_largest_remainder_hands_out_every_nanocent(total, weights):
     shares = largest_remainder(total, {i: Decimal(w) for i, w in enumerate(weights)})
     if sum(weights) and total:
         assert sum(shares.values()) == total

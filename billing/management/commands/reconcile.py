@@ -4,11 +4,11 @@ difference (or an unbalanced transaction), 2 when Stripe could not be read."""
 from django.core.management.base import BaseCommand, CommandError
 
 from billing.reconciliation import reconciliation_report
-from billing.templatetags.money import cents
+from core.money import usd
 
 
 class Command(BaseCommand):
-    help = "Compare Stripe's captures, refunds and transfers with the ledger, object by object; exit 1 on a difference."
+    help = "Compare Stripe's captures, top-ups, refunds and transfers with the ledger, object by object; exit 1 on any."
 
     def add_arguments(self, parser):
         parser.add_argument("--currency", default="usd")
@@ -16,13 +16,13 @@ class Command(BaseCommand):
     def handle(self, *args, currency: str, **options):
         report = reconciliation_report(currency=currency)
         for total in report.totals:
-            stripe_side = "unreadable" if total.stripe_cents is None else cents(total.stripe_cents, currency)
-            self.stdout.write(f"{total.label}: Stripe {stripe_side}, ledger {cents(total.ledger_cents, currency)}")
+            stripe_side = "unreadable" if total.stripe_nc is None else usd(total.stripe_nc, currency)
+            self.stdout.write(f"{total.label}: Stripe {stripe_side}, ledger {usd(total.ledger_nc, currency)}")
         for difference in report.differences:
             self.stdout.write(
                 f"DIFFERENCE {difference.what} {difference.object_id or '(no Stripe id)'}: "
-                f"{difference.problem_display} (Stripe {cents(difference.stripe_cents, currency)}, "
-                f"ledger {cents(difference.ledger_cents, currency)})"
+                f"{difference.problem_display} (Stripe {usd(difference.stripe_nc, currency)}, "
+                f"ledger {usd(difference.ledger_nc, currency)})"
             )
         if report.unbalanced_transaction_ids:
             ids = ", ".join(str(pk) for pk in report.unbalanced_transaction_ids)
