@@ -132,7 +132,8 @@ def _captured_cents(intent) -> int:
 
 
 def _is_topup(intent) -> bool:
-    return bool((_get(intent, "metadata") or {}).get("topup_id"))
+    # Stripe's metadata is a StripeObject, not a dict (it has no .get): read it as any other field.
+    return bool(_get(_get(intent, "metadata") or {}, "topup_id"))
 
 
 def _stripe_intents(currency: str, *, topups: bool) -> tuple[dict[str, int], set[str]]:

@@ -8,7 +8,7 @@ from celery import shared_task
 
 from . import reconciliation, webhooks
 from .models import PaymentAuthorization
-from .services import authorizations, corrections, settling
+from .services import authorizations, corrections, settling, topups
 from .services import payouts as payouts_service
 
 
@@ -57,9 +57,11 @@ def bid_audited_received(sender, *, bid_id: int, **kwargs) -> None:
 
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
 def billing_sweep() -> None:
-    """What lost messages or crashes left behind: bids to settle or to correct after an audit, authorizations to
-    finish, earnings out of hold."""
+    """What lost messages or crashes left behind: bids to settle or to correct after an audit, authorizations,
+    top-ups and refunds of unused balance to finish, paused bids a balance now covers, earnings out of hold."""
     authorizations.authorizations_resume()
+    topups.topups_resume()
+    topups.balance_refunds_resume()
     for bid_id in settling.settlements_due():
         settling.bid_settle(bid_id=bid_id)
     for bid_id in corrections.corrections_due():

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from . import stripe_gateway
 from .models import PaymentAuthorization, Payout, StripeEvent
-from .services import connect, payouts, refunds, settling
+from .services import connect, payouts, refunds, settling, topups
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def event_process(*, event_id: str) -> None:
 def _payment_intent_changed(intent_id: str) -> None:
     auth = PaymentAuthorization.objects.filter(stripe_payment_intent_id=intent_id).first()
     if auth is None:
+        # Not a bid's card hold: a top-up's payment (one still processing, or whose request died before booking it).
+        topups.topup_sync(intent=stripe_gateway.payment_retrieve(intent_id))
         return
     intent = stripe_gateway.payment_retrieve(intent_id)
     if auth.status == PaymentAuthorization.Status.SETTLING and settling.stripe_settled(intent, auth):

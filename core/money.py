@@ -121,6 +121,31 @@ def price_per_million(mcents_per_ch: int | None, ch_per_item: float | None) -> s
     return f"{usd(per_million_nc(int(mcents_per_ch), ch_per_item))} per 1M items"
 
 
+def usd_text_from_mcents(mcents: int | None) -> str | None:
+    """A price in m¢ as an exact decimal string of dollars, for the API: 1500 → "0.015" (None stays None)."""
+    if mcents is None:
+        return None
+    text = f"{(Decimal(int(mcents)) / 100_000).normalize():f}"
+    return text if "." in text else f"{text}.00"
+
+
+def usd_text_from_cents(cents: int | None) -> str | None:
+    """Whole cents as an exact decimal string of dollars, for the API: 500 → "5.00"."""
+    if cents is None:
+        return None
+    return f"{Decimal(int(cents)) / 100:.2f}"
+
+
+def usd_text_from_nc(nc: int | None) -> str | None:
+    """n¢ as an exact decimal string of dollars, for the API: 21 → "0.00000000021", 5 × 10¹¹ → "5.00"."""
+    if nc is None:
+        return None
+    text = f"{(Decimal(int(nc)) / NC_PER_DOLLAR):f}"
+    whole, _, part = text.partition(".")
+    part = part.rstrip("0").ljust(2, "0")
+    return f"{whole}.{part}"
+
+
 def dollars_to_mcents(dollars: Decimal) -> int:
     """A price typed in dollars per CH to m¢ per CH, half up ($0.015 → 1500)."""
     return int((Decimal(dollars) * 100_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -134,5 +159,6 @@ def dollars_to_cents(dollars: Decimal) -> int:
 __all__ = [
     "MAX_AUTHORIZATION_CENTS", "NC_PER_CENT", "NC_PER_DOLLAR", "NC_PER_MCENT", "cents_ceil", "cents_floor",
     "dollars_text", "dollars_to_cents", "dollars_to_mcents", "nc_from_cents", "nc_from_mcents", "per_million_nc",
-    "price_per_ch", "price_per_million", "usd", "usd_cents",
+    "price_per_ch", "price_per_million", "usd", "usd_cents", "usd_text_from_cents", "usd_text_from_mcents",
+    "usd_text_from_nc",
 ]  # fmt: skip

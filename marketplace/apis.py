@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from django.db.models import Prefetch, Q
 from django.http import FileResponse, Http404
@@ -24,7 +25,14 @@ from accounts.idempotency import IDEMPOTENCY_KEY, idempotent
 from accounts.models import Role
 from accounts.permissions import HasRole
 from core.exceptions import ApplicationError, ErrorSerializer
-from core.money import MAX_AUTHORIZATION_CENTS
+from core.money import (
+    MAX_AUTHORIZATION_CENTS,
+    dollars_to_cents,
+    dollars_to_mcents,
+    usd_cents,
+    usd_text_from_cents,
+    usd_text_from_mcents,
+)
 from fleet.apis import AgentApi
 from fleet.models import Precision
 
@@ -67,7 +75,7 @@ class PoolOutlookSerializer(serializers.Serializer):
     runnable = serializers.BooleanField()
     cars = serializers.IntegerField(help_text="Active, opted-in cars that run it, outside classes it fails on.")
     ch_on_offer = serializers.FloatField(help_text="CH the cars available now offer in this pool.")
-    reserve_mcents = serializers.IntegerField()
+    reserve_usd_per_ch = serializers.CharField(help_text="The pool's reserve price, dollars per CH.")
     problem = serializers.CharField(help_text="Why it cannot run; empty when it can.")
 
 
@@ -110,7 +118,7 @@ class InferenceModelOutputSerializer(serializers.ModelSerializer):
         """Per precision, cheapest first: whether the fleet can run this model's variant, and why not."""
         return [
             {"precision": p.precision, "runnable": p.runnable, "cars": p.cars, "ch_on_offer": p.ch_on_offer,
-             "reserve_mcents": p.reserve_mcents, "problem": p.problem}
+             "reserve_usd_per_ch": usd_text_from_mcents(p.reserve_mcents), "problem": p.problem}
             for p in self._outlook(model)
         ]  # fmt: skip
 
@@ -250,20 +258,30 @@ class AgentArtifactApi(AgentApi):
 
 
 class BidOutputSerializer(serializers.ModelSerializer):
+    """A bid. Money is US dollars as exact decimal strings, as in every field of the API."""
+
     precision = serializers.CharField(source="pool", read_only=True)
+    max_price_usd_per_ch = serializers.SerializerMethodField()
+    budget_usd = serializers.SerializerMethodField()
 
     class Meta:
         model = Bid
         fields = (
-            "id", "inference_model", "dataset", "precision_requested", "precision", "max_price_mcents_per_ch",
-            "budget_cents", "currency", "deadline", "all_or_none", "items", "ch_total", "ch_allocated", "status",
-            "created_at", "closed_at", "result_version",
+            "id", "inference_model", "dataset", "precision_requested", "precision", "max_price_usd_per_ch",
+            "budget_usd", "funding", "currency", "deadline", "all_or_none", "items", "ch_total", "ch_allocated",
+            "status", "created_at", "closed_at", "result_version",
         )  # fmt: skip
         read_only_fields = fields
 
+    def get_max_price_usd_per_ch(self, bid) -> str:
+        return usd_text_from_mcents(bid.max_price_mcents_per_ch)
+
+    def get_budget_usd(self, bid) -> str:
+        return usd_text_from_cents(bid.budget_cents)
+
 
 class BidListApi(APIView):
-    """Your bids (newest first), and placing one. Prices are milli-cents per CH (1 ¢ = 1000 m¢)."""
+    """Your bids (newest first), and placing one. Money is US dollars as exact decimal strings ("0.015" per CH)."""
 
     permission_classes = [IsCustomer]
 
@@ -274,10 +292,20 @@ class BidListApi(APIView):
         inference_model = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
         dataset = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
         precision = serializers.ChoiceField(choices=["auto", *Precision.values], default="auto")
-        max_price_mcents_per_ch = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
-        budget_cents = serializers.IntegerField(
-            min_value=1, max_value=MAX_AUTHORIZATION_CENTS,
-            error_messages={"max_value": f"At most {MAX_AUTHORIZATION_CENTS:,} ¢: the largest card payment."},
+        max_price_usd_per_ch = serializers.DecimalField(
+            max_digits=18, decimal_places=5, min_value=Decimal("0.00001"),
+            help_text="Dollars per CH, to $0.00001: you never pay more.",
+        )  # fmt: skip
+        budget_usd = serializers.DecimalField(
+            max_digits=20, decimal_places=2, min_value=Decimal("0.01"),
+            max_value=Decimal(MAX_AUTHORIZATION_CENTS) / 100,
+            help_text="Dollars: the most the job may cost, set aside while it runs.",
+            error_messages={"max_value": f"At most {usd_cents(MAX_AUTHORIZATION_CENTS)}: the largest payment."},
+        )  # fmt: skip
+        funding = serializers.ChoiceField(
+            choices=Bid.Funding.choices, required=False,
+            help_text="Where the budget is set aside. Omitted: the prepaid balance if it covers the budget, else the "
+            "card on file. A bid the balance cannot cover yet is placed paused, and starts once a top-up covers it.",
         )  # fmt: skip
         deadline = serializers.DateTimeField()
         all_or_none = serializers.BooleanField(default=False)
@@ -307,6 +335,8 @@ class BidListApi(APIView):
                 "inference_model: no such model, or the dataset is not one of its datasets.",
                 fields={"dataset": ["Not a dataset of this model that you can use."]},
             ) from None
+        data["max_price_mcents_per_ch"] = dollars_to_mcents(data.pop("max_price_usd_per_ch"))
+        data["budget_cents"] = dollars_to_cents(data.pop("budget_usd"))
         bid = services.bid_place(customer=request.user, inference_model=model, dataset=dataset, **data)
         return Response(BidOutputSerializer(bid).data, status=status.HTTP_201_CREATED)
 
@@ -346,7 +376,20 @@ class MarketApi(APIView):
         }
     )
     def get(self, request):
-        return Response({"latest": selectors.market_latest(), "history": selectors.market_history()})
+        latest = {
+            pool: {
+                "clearing_price_usd_per_ch": usd_text_from_mcents(p["clearing_price_mcents"]),
+                "reserve_usd_per_ch": usd_text_from_mcents(p["reserve_mcents"]),
+                "index_usd_per_ch": usd_text_from_mcents(p["index_mcents"]),
+                **{key: p[key] for key in ("volume_ch", "unfilled_demand_ch", "supply_ch", "round")},
+            }
+            for pool, p in selectors.market_latest().items()
+        }
+        history = selectors.market_history()
+        history["series"] = {
+            pool: [usd_text_from_mcents(value) for value in values] for pool, values in history["series"].items()
+        }
+        return Response({"latest": latest, "history": history})
 
 
 # --- The agent's work endpoints (signed requests from cars) ------------------------------------------------------

@@ -1,11 +1,12 @@
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 
-from core.money import MAX_AUTHORIZATION_CENTS
+from core.money import MAX_AUTHORIZATION_CENTS, dollars_to_cents, dollars_to_mcents, usd_cents
 from fleet.models import Precision
 
-from .models import InferenceModel
+from .models import Bid, InferenceModel
 
 
 class InferenceModelUploadForm(forms.Form):
@@ -38,15 +39,24 @@ class BidForm(forms.Form):
 
     dataset = forms.ModelChoiceField(queryset=None, empty_label=None)
     precision = forms.ChoiceField(choices=PRECISIONS, initial="auto")
-    # Digits bounded, so that no amount overflows the database (a 500): the budget up to Stripe's largest card
-    # payment; the price far above any ceiling staff set (the bid's service names the ceiling).
-    max_price_cents_per_ch = forms.DecimalField(
-        label="Maximum price (¢ per CH)", min_value=0, max_digits=12, decimal_places=3, initial=5,
+    # Money in dollars, as everywhere on the site and in the API (the same field names). Digits bounded, so that no
+    # amount overflows the database (a 500): the budget up to Stripe's largest payment; the price far above any
+    # ceiling staff set (the bid's service names the ceiling).
+    max_price_usd_per_ch = forms.DecimalField(
+        label="Maximum price ($ per CH)", min_value=0, max_digits=12, decimal_places=5, initial=Decimal("0.05"),
         help_text="You never pay more; every winner pays the round's one clearing price.",
     )  # fmt: skip
-    budget_dollars = forms.DecimalField(
-        label="Budget ($)", min_value=0, max_value=Decimal(MAX_AUTHORIZATION_CENTS) / 100, decimal_places=2, initial=5,
-        error_messages={"max_value": f"At most ${MAX_AUTHORIZATION_CENTS / 100:,.2f}: the largest card payment."},
+    budget_usd = forms.DecimalField(
+        label="Budget ($)", min_value=0, max_value=Decimal(MAX_AUTHORIZATION_CENTS) / 100, decimal_places=2,
+        initial=Decimal("1.00"),
+        help_text="The most the job may cost: set aside while it runs, and you pay only for validated work.",
+        error_messages={"max_value": f"At most {usd_cents(MAX_AUTHORIZATION_CENTS)}: the largest payment."},
+    )  # fmt: skip
+    funding = forms.ChoiceField(
+        label="Pay from", required=False, initial="",
+        choices=[("", "My prepaid balance if it covers the budget, else my card"), *Bid.Funding.choices],
+        help_text="A budget on your balance is reserved from it; on your card it is held for at most "
+        f"{settings.CARD_HOLD_MAX_DAYS} days.",
     )  # fmt: skip
     deadline = forms.DateTimeField(
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}), help_text="In UTC. Unfinished work then expires."
@@ -62,8 +72,9 @@ class BidForm(forms.Form):
         return {
             "dataset": data["dataset"],
             "precision": data["precision"],
-            "max_price_mcents_per_ch": int(data["max_price_cents_per_ch"] * 1000),
-            "budget_cents": int(data["budget_dollars"] * 100),
+            "max_price_mcents_per_ch": dollars_to_mcents(data["max_price_usd_per_ch"]),
+            "budget_cents": dollars_to_cents(data["budget_usd"]),
+            "funding": data.get("funding") or None,
             "deadline": data["deadline"],
             "all_or_none": data["all_or_none"],
         }

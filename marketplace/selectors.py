@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from accounts.models import User
+from core.money import nc_from_cents, nc_from_mcents
 from fleet.agent.precisions import FP8, FP16, FP32, INT8
 
 from .models import Dataset, InferenceModel, PrecisionVariant, PricingPolicy, WorkUnit
@@ -381,17 +384,174 @@ def market_history(*, rounds: int = 120) -> dict:
     return {"labels": [slot.isoformat() for slot in slots], "series": series}
 
 
-def bid_estimates(*, datasets, variant, market: dict[str, dict]) -> list[dict]:
-    """What each dataset would cost with this variant at the pool's last clearing price (or its reserve)."""
-    if variant is None or variant.ch_per_item is None:
-        return []
-    last = market.get(variant.precision, {})
-    price = last.get("clearing_price_mcents") or pricing_current().reserves[variant.precision]
-    rows = []
-    for dataset in datasets:
-        ch = dataset.item_count * variant.ch_per_item
-        rows.append({"dataset": dataset, "ch": ch, "price_mcents": price, "cost_cents": ch * price / 1000})
-    return rows
+# --- The bid form's estimate ------------------------------------------------------------------------------------------
+
+
+def ch_text(ch: float | None) -> str:
+    """Compute-hours as plain digits, whatever their size, never with an exponent: 1240.4 → "1,240", 2.449 → "2.45",
+    0.0000140 → "0.000014" (three significant digits under 0.1 CH); "—" for none. A small dataset is a millionth
+    of a CH, which `.3g` prints as "1.4e-06"."""
+    if ch is None:
+        return "—"
+    value = Decimal(repr(float(ch)))
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= Decimal("0.1") or value == 0:
+        return f"{value:.2f}"
+    rounded = value.quantize(Decimal(1).scaleb(value.adjusted() - 2), rounding=ROUND_HALF_UP)
+    return f"{rounded.normalize():f}"
+
+
+def bid_worst_case_cents(*, ch: float, max_price_mcents: int) -> int:
+    """The least budget a bid of `ch` CH at up to `max_price_mcents` m¢ per CH may have, in whole cents: every CH at
+    the maximum price, rounded up, and at least a cent (the rule services.bid_place enforces, computed the same way)."""
+    return max(1, math.ceil(ch * max_price_mcents / 1000))
+
+
+def auto_pick_for_bid(outlook: list[PoolOutlook], *, items: int, max_price_mcents: int) -> PoolOutlook | None:
+    """The pool "auto" would put a bid of `items` items at up to `max_price_mcents` in, as services.bid_place picks
+    it: of the runnable precisions, the cheapest whose reserve is within the maximum, preferring one whose cars on
+    offer now can do the job (sized by the cheapest runnable build); else the cheapest runnable one (whose reserve
+    the bid then fails to reach). None when nothing can run."""
+    ch_needed = next((items * p.variant.ch_per_item for p in outlook if p.runnable and p.variant.ch_per_item), None)
+    affordable = [pool for pool in outlook if pool.reserve_mcents <= max_price_mcents]
+    return auto_pick(affordable, ch_needed=ch_needed) or auto_pick(outlook, ch_needed=ch_needed)
+
+
+@dataclass(frozen=True)
+class PoolEstimate:
+    """What a dataset would cost in one precision's pool, and whether the pool can take the job now.
+
+    Units: CH for work and supply, m¢ per CH for prices, n¢ for the cost."""
+
+    precision: str
+    ch_per_item: float | None  # of the build a bid would run; None before there is one
+    ch: float | None  # the whole dataset
+    price_mcents: int  # the pool's last clearing price, else its reserve
+    price_is_reserve: bool  # no round has cleared the pool yet
+    reserve_mcents: int
+    cost_nc: int | None  # every item at price_mcents, to the n¢
+    cars: int  # cars that can run it (PoolOutlook.cars)
+    ch_on_offer: float  # what the cars available now offer in the pool
+    problem: str  # why a bid cannot run here ("" when it can): PoolOutlook.problem
+    accuracy: str  # the build's measured accuracy on the model's metric; "" for FP32 (the reference)
+    passes: bool | None  # whether `accuracy` is within the model's tolerance; None while not measured
+
+    @property
+    def runnable(self) -> bool:
+        return not self.problem
+
+    @property
+    def supply_covers(self) -> bool:
+        """Whether the CH on offer now would do the whole job (else a bid waits for more cars)."""
+        return self.ch is not None and self.ch_on_offer >= self.ch
+
+    @property
+    def warning(self) -> str:
+        """Why a bid in this pool would not get work done now, in the customer's words; "" when it would."""
+        name = self.precision.upper()
+        if self.problem:
+            return f"{name} cannot run: {self.problem}."
+        if not self.ch_on_offer:
+            return f"No car offers {name} now: a bid here waits until one parks."
+        return ""
+
+    @property
+    def ch_text(self) -> str:
+        return ch_text(self.ch)
+
+    @property
+    def ch_on_offer_text(self) -> str:
+        return ch_text(self.ch_on_offer)
+
+
+@dataclass(frozen=True)
+class BidEstimate:
+    """The bid form's estimate for one dataset: every precision's pool, cheapest first (`pools`), the one a bid would
+    run (`chosen`: the precision picked, or auto's pick) and a budget covering its worst case.
+
+    Units: m¢ per CH for prices, whole cents for the budget (as the form takes it)."""
+
+    dataset: Dataset
+    precision: str  # as picked in the form: "auto" or a precision
+    pools: list[PoolEstimate]
+    chosen: PoolEstimate | None  # None: auto finds nothing that can run
+    max_price_mcents: int  # the price the worst case is priced at: the form's maximum
+    suggested_budget_cents: int | None  # every item of `chosen` at max_price_mcents; None when it has no cost per item
+    nothing_runs: str  # why no precision can run, when none can
+    metric: str  # the model's accuracy metric, as people read it
+    tolerance: str  # the model's tolerance as plain digits
+
+    @property
+    def auto(self) -> bool:
+        return self.precision == "auto"
+
+    @property
+    def below_reserve(self) -> bool:
+        """Whether the maximum price is below the chosen pool's reserve: such a bid never trades."""
+        return self.chosen is not None and self.max_price_mcents < self.chosen.reserve_mcents
+
+    @property
+    def suggested_budget_nc(self) -> int | None:
+        """The suggested budget in n¢ (the ledger's unit, as the prepaid balance reads)."""
+        return nc_from_cents(self.suggested_budget_cents) if self.suggested_budget_cents is not None else None
+
+
+def bid_estimate(
+    *,
+    model: InferenceModel,
+    dataset: Dataset,
+    precision: str = "auto",
+    max_price_mcents: int | None = None,
+    market: dict[str, dict] | None = None,
+) -> BidEstimate:
+    """What a bid on `dataset` would cost in each precision's pool (priced at its last clearing price, else its
+    reserve), which pool the bid would run in, and the budget its worst case needs (all items at
+    `max_price_mcents`; when None, at twice the estimate's price, within the ceiling and at least the reserve).
+    `market`: market_latest(), when the caller already has it."""
+    outlook = pools_outlook(model=model, dataset=dataset)
+    market = market_latest() if market is None else market
+    pools = []
+    for pool in outlook:
+        variant = pool.variant
+        cleared = market.get(pool.precision, {}).get("clearing_price_mcents")
+        price = cleared or pool.reserve_mcents
+        ch_per_item = variant.ch_per_item if variant is not None else None
+        ch = dataset.item_count * ch_per_item if ch_per_item is not None else None
+        accuracy, passes = "", None
+        if variant is not None and pool.precision != FP32:
+            passes = variant_passes(variant)
+            accuracy = _metric_value(variant.metrics, model.metric) if passes is not None else ""
+        pools.append(
+            PoolEstimate(
+                precision=pool.precision, ch_per_item=ch_per_item, ch=ch, price_mcents=price,
+                price_is_reserve=not cleared, reserve_mcents=pool.reserve_mcents,
+                cost_nc=nc_from_mcents(Decimal(repr(ch)) * price) if ch is not None else None,
+                cars=pool.cars, ch_on_offer=pool.ch_on_offer, problem=pool.problem, accuracy=accuracy, passes=passes,
+            )
+        )  # fmt: skip
+    by_precision = {row.precision: row for row in pools}
+    if precision == "auto":
+        # Priced as the form is filled in: auto's pick depends on the maximum price (a pool whose reserve is above it
+        # is passed over).
+        pick_price = max_price_mcents if max_price_mcents is not None else pricing_current().price_ceiling_mcents
+        picked = auto_pick_for_bid(outlook, items=dataset.item_count, max_price_mcents=pick_price)
+        chosen = by_precision[picked.precision] if picked else None
+    else:
+        chosen = by_precision.get(precision)
+    if max_price_mcents is None:
+        pricing = pricing_current()
+        twice = 2 * chosen.price_mcents if chosen else 0
+        max_price_mcents = min(max(twice, chosen.reserve_mcents if chosen else 0), pricing.price_ceiling_mcents)
+    suggested = None
+    if chosen is not None and chosen.ch is not None:
+        suggested = bid_worst_case_cents(ch=chosen.ch, max_price_mcents=max_price_mcents)
+    return BidEstimate(
+        dataset=dataset, precision=precision, pools=pools, chosen=chosen, max_price_mcents=max_price_mcents,
+        suggested_budget_cents=suggested,
+        nothing_runs=outlook_message(outlook) if not any(pool.runnable for pool in outlook) else "",
+        metric=model.get_metric_display(), tolerance=f"{Decimal(repr(float(model.tolerance))).normalize():f}",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -462,11 +462,11 @@ def bid_place(
     ceiling = pricing.price_ceiling_mcents
     if not 0 < max_price_mcents_per_ch <= ceiling:
         raise _field_error(
-            "max_price_mcents_per_ch", f"Between {price_per_ch(1)} and {price_per_ch(ceiling)} (the price ceiling)."
+            "max_price_usd_per_ch", f"Between {price_per_ch(1)} and {price_per_ch(ceiling)} (the price ceiling)."
         )
     if max_price_mcents_per_ch < reserve:
         raise _field_error(
-            "max_price_mcents_per_ch",
+            "max_price_usd_per_ch",
             f"Below the {variant.precision.upper()} reserve price of {price_per_ch(reserve)}: such a bid never trades.",
         )
     now = timezone.now()
@@ -480,16 +480,16 @@ def bid_place(
             f"At most {settings.BID_MAX_DEADLINE_DAYS} days ahead: {latest:%Y-%m-%d %H:%M} UTC at the latest.",
         )
     if budget_cents > MAX_AUTHORIZATION_CENTS:
-        raise _field_error("budget_cents", f"At most {usd_cents(MAX_AUTHORIZATION_CENTS)}: the largest payment.")
+        raise _field_error("budget_usd", f"At most {usd_cents(MAX_AUTHORIZATION_CENTS)}: the largest payment.")
     ch_total = dataset.item_count * variant.ch_per_item
     if budget_cents <= 0:
-        raise _field_error("budget_cents", "At least $0.01.")
+        raise _field_error("budget_usd", "At least $0.01.")
     # The budget is set aside (reserved from the balance, or held on the card), and the job never costs more than
     # it: all of its CH at the maximum price, rounded up to the cent.
     worst_case_cents = math.ceil(ch_total * max_price_mcents_per_ch / 1000)
     if budget_cents < worst_case_cents:
         raise _field_error(
-            "budget_cents",
+            "budget_usd",
             f"All {dataset.item_count:,} items at your maximum price can cost {usd_cents(worst_case_cents)}: raise the "
             "budget to that, or lower the maximum price.",
         )

@@ -1,11 +1,15 @@
+from decimal import Decimal
+
 from django.contrib import messages
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
+from django.core.exceptions import ValidationError
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required
 from core.exceptions import ApplicationError
 from core.forms import add_application_error
+from core.money import dollars_to_mcents
 
 from . import selectors, services
 from .downloads import bid_result_response
@@ -138,6 +142,23 @@ def model_tolerance(request, model_id: int):
     return redirect("marketplace:model", model_id=model.pk)
 
 
+def _is_id(text: str) -> bool:
+    """Whether a query parameter can be a row's id (ASCII digits: "²" is a digit that int() refuses)."""
+    return text.isascii() and text.isdigit() and len(text) < 12
+
+
+def _dataset_default(request, datasets, wanted: str = ""):
+    """The dataset a bid form starts on: the one asked for ("Bid for compute on <your dataset>"), else the customer's
+    newest, else the newest they can see (a catalogue model's sample)."""
+    if _is_id(wanted) and (asked := datasets.filter(pk=int(wanted)).first()):
+        return asked
+    return datasets.filter(owner=request.user).first() or datasets.first()
+
+
+def _mcents(dollars: Decimal | None) -> int | None:
+    return dollars_to_mcents(dollars) if dollars is not None else None
+
+
 @role_required(Role.CUSTOMER)
 @require_http_methods(["GET", "POST"])
 def bid_new(request, model_id: int):
@@ -147,44 +168,76 @@ def bid_new(request, model_id: int):
 
     model = selectors.inference_model_get(user=request.user, model_id=model_id)
     datasets = selectors.datasets_visible(user=request.user, model=model)
-    initial = {"deadline": (timezone.now() + timedelta(hours=6)).replace(second=0, microsecond=0)}
-    if (chosen := request.GET.get("dataset", "")).isdigit() and len(chosen) < 12:
-        initial["dataset"] = datasets.filter(pk=int(chosen)).first()  # "Bid for compute on <your dataset>"
+    focus = _dataset_default(request, datasets, request.GET.get("dataset", ""))
+    initial = {"deadline": (timezone.now() + timedelta(hours=6)).replace(second=0, microsecond=0), "dataset": focus}
     form = BidForm(request.POST or None, datasets=datasets, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
             bid = services.bid_place(customer=request.user, inference_model=model, **form.bid_values())
         except ApplicationError as error:
             add_application_error(form, error)
-            for field, target in (
-                ("max_price_mcents_per_ch", "max_price_cents_per_ch"),
-                ("budget_cents", "budget_dollars"),
-            ):
-                for message in error.fields.get(field, []):
-                    form.add_error(target, message)
         else:
             messages.success(request, f"Bid placed: {bid.items} items. It enters the next auction round.")
             return redirect("marketplace:bid", bid_id=bid.pk)
-    # The outlook of the dataset chosen, else the customer's newest: a catalogue model's builds for it are its own.
-    focus = initial.get("dataset") or datasets.filter(owner=request.user).first()
-    outlook = selectors.pools_outlook(model=model, dataset=focus)
-    picked = selectors.auto_pick(outlook)
-    auto = picked.variant if picked else None
-    market = selectors.market_latest()
+    # The estimate of what the form holds: what was sent (where it is valid), else what the form starts with.
+    if form.is_bound:
+        held = form.cleaned_data
+    else:
+        held = {"precision": "auto", "max_price_usd_per_ch": form["max_price_usd_per_ch"].initial}
+    market, estimate = selectors.market_latest(), None
+    if dataset := held.get("dataset") or focus:
+        estimate = selectors.bid_estimate(
+            model=model, dataset=dataset, precision=held.get("precision") or "auto",
+            max_price_mcents=_mcents(held.get("max_price_usd_per_ch")), market=market,
+        )  # fmt: skip
+        if not form.is_bound and estimate.suggested_budget_cents:
+            form.initial["budget_usd"] = Decimal(estimate.suggested_budget_cents).scaleb(-2)  # whole cents: "2.50"
     return render(
         request,
         "marketplace/bid_form.html",
-        {
-            "form": form,
-            "model": model,
-            "market": market,
-            "auto": auto,
-            "outlook": outlook,
-            "nothing_runs": selectors.outlook_message(outlook) if picked is None else "",
-            "estimates": selectors.bid_estimates(datasets=datasets, variant=auto, market=market),
-        },
+        {"form": form, "model": model, "market": market, "estimate": estimate},
         status=400 if form.errors else 200,
     )
+
+
+def _estimate_query(request, datasets) -> dict:
+    """The estimate's parameters, the bid form's own fields, checked as the form checks them; a dataset the customer
+    cannot see is a 404. Raises ValidationError naming the field."""
+    query, fields = request.GET, BidForm.base_fields
+    wanted = query.get("dataset", "")
+    if wanted and not _is_id(wanted):
+        raise ValidationError("dataset: give the number of one of your datasets.")
+    try:
+        precision = fields["precision"].clean(query.get("precision") or "auto")
+    except ValidationError as error:
+        raise ValidationError(f"precision: {' '.join(error.messages)}") from None
+    max_price = None
+    if typed := query.get("max_price_usd_per_ch", "").strip():
+        try:
+            max_price = fields["max_price_usd_per_ch"].clean(typed)
+        except ValidationError as error:
+            raise ValidationError(f"max_price_usd_per_ch: {' '.join(error.messages)}") from None
+    return {
+        "dataset": get_object_or_404(datasets, pk=int(wanted)) if wanted else _dataset_default(request, datasets),
+        "precision": precision,
+        "max_price_mcents": _mcents(max_price),
+    }
+
+
+@role_required(Role.CUSTOMER)
+@require_GET
+def bid_estimate(request, model_id: int):
+    """The bid form's estimate alone, for the dataset, precision and maximum price the form holds: the form asks for
+    it again (htmx) whenever the customer changes one. Without a maximum price, the worst case is priced at twice the
+    estimate's price."""
+    model = selectors.inference_model_get(user=request.user, model_id=model_id)
+    datasets = selectors.datasets_visible(user=request.user, model=model)
+    try:
+        query = _estimate_query(request, datasets)
+    except ValidationError as error:
+        return render(request, "marketplace/_bid_estimate.html", {"error": error.messages[0]}, status=400)
+    estimate = selectors.bid_estimate(model=model, **query) if query["dataset"] else None
+    return render(request, "marketplace/_bid_estimate.html", {"estimate": estimate})
 
 
 @role_required(Role.CUSTOMER)

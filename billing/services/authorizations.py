@@ -37,7 +37,7 @@ def authorization_prepare(*, bid) -> PaymentAuthorization:
     authorization with its key. A bid that named no funding is paid from the balance when it covers the budget, else
     held on the card on file, else paused until a top-up covers it."""
     if bid.budget_cents > MAX_AUTHORIZATION_CENTS:
-        raise _field_error("budget_cents", f"At most {usd_cents(MAX_AUTHORIZATION_CENTS)}: the largest payment.")
+        raise _field_error("budget_usd", f"At most {usd_cents(MAX_AUTHORIZATION_CENTS)}: the largest payment.")
     profile = BillingProfile.objects.filter(user_id=bid.customer_id).first()
     if not bid.funding:
         covered = balance_available_nc(customer_id=bid.customer_id) >= nc_from_cents(bid.budget_cents)
@@ -56,7 +56,7 @@ def authorization_prepare(*, bid) -> PaymentAuthorization:
         raise _field_error("payment_method", "Add a card on your billing page before placing a bid paid by card.",
                            code="payment_method_missing")  # fmt: skip
     if bid.budget_cents < MIN_AUTHORIZATION_CENTS:
-        raise _field_error("budget_cents", f"At least {usd_cents(MIN_AUTHORIZATION_CENTS)}: the smallest card payment. "
+        raise _field_error("budget_usd", f"At least {usd_cents(MIN_AUTHORIZATION_CENTS)}: the smallest card payment. "
                            "Pay a smaller budget from your prepaid balance.")  # fmt: skip
     latest = bid.created_at + timedelta(days=settings.CARD_HOLD_MAX_DAYS)
     if bid.deadline > latest:
@@ -148,7 +148,7 @@ def exposure_check(*, customer_id: int, amount_cents: int) -> None:
     if held + amount_cents > cap:
         room = max(cap - held, 0)
         raise _field_error(
-            "budget_cents",
+            "budget_usd",
             f"You have {usd_cents(held)} held on your card by open bids and may hold up to {usd_cents(cap)} at once: "
             f"this bid can hold at most {usd_cents(room)}. Pay it from your prepaid balance, or ask support to raise "
             "your limit.",

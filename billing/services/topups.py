@@ -155,6 +155,7 @@ def balance_refund(*, customer: User) -> list[BalanceRefund]:
             # Out of the balance now, so that no bid reserves it while Stripe is asked.
             ledger.post(
                 kind=Kind.BALANCE_REFUND, key=f"balance_refund:{refund.pk}", currency=topup.currency,
+                stripe_object_id=topup.stripe_payment_intent_id,  # reconciled against the top-up's refunds
                 description=f"{usd_cents(part)} of the balance back to the card of top-up {topup.pk}",
                 legs=[Leg(AccountKind.CUSTOMER_BALANCE, nc_from_cents(part), user_id=customer.pk),
                       Leg(AccountKind.PREPAID_CASH, -nc_from_cents(part), user_id=customer.pk)],

@@ -58,7 +58,7 @@ def test_one_key_for_a_different_bid_is_a_422_and_places_nothing(client, digits_
     model = digits_with_variants
     assert place(client, bid_payload(model)).status_code == 201
 
-    response = place(client, bid_payload(model, budget_cents=600))
+    response = place(client, bid_payload(model, budget_usd="6.00"))
 
     assert response.status_code == 422
     body = response.json()
@@ -70,7 +70,7 @@ def test_one_key_for_a_different_bid_is_a_422_and_places_nothing(client, digits_
 
 def test_a_refused_bid_frees_its_key_for_the_corrected_one(client, digits_with_variants):
     model = digits_with_variants
-    refused = place(client, bid_payload(model, max_price_mcents_per_ch=500))
+    refused = place(client, bid_payload(model, max_price_usd_per_ch="0.005"))
     assert refused.status_code == 400
 
     response = place(client, bid_payload(model))
@@ -107,10 +107,10 @@ def test_another_customers_same_key_is_theirs_alone(client, digits_with_variants
     place(client, bid_payload(digits_with_variants))
     client.force_login(bob)
 
-    response = place(client, {"budget_cents": 500})
+    response = place(client, {"budget_usd": "5.00"})
 
     assert response.status_code == 400  # bob's own request ran: no model of his, and nothing of alice's replayed
-    assert "budget_cents" not in response.json()["fields"]
+    assert "budget_usd" not in response.json()["fields"]
     assert Bid.objects.count() == 1
 
 

@@ -155,10 +155,10 @@ def test_an_unexpected_error_under_the_api_is_a_json_500(client, alice, monkeypa
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("budget_cents", 2**63),
-        ("budget_cents", 2**63 - 1),
-        ("budget_cents", 10**30),
-        ("max_price_mcents_per_ch", 2**64),
+        ("budget_usd", 2**63),
+        ("budget_usd", "92233720368547758.07"),
+        ("budget_usd", 10**30),
+        ("max_price_usd_per_ch", 2**64),
         ("inference_model", 2**70),
         ("dataset", 2**70),
     ],
@@ -167,7 +167,7 @@ def test_an_integer_beyond_the_database_is_a_400_naming_the_field(client, digits
     model = digits_with_variants
     body = {
         "inference_model": model.pk, "dataset": model.datasets.get().pk, "precision": "auto",
-        "max_price_mcents_per_ch": 5000, "budget_cents": 500,
+        "max_price_usd_per_ch": "0.05", "budget_usd": "5.00",
         "deadline": (timezone.now() + timedelta(hours=6)).isoformat(), field: value,
     }  # fmt: skip
 

@@ -48,6 +48,23 @@ def bid_authorized(customer, *, budget_cents: int = 1000, items: int = 1000) -> 
     return bid
 
 
+def bid_reserved(customer, *, budget_cents: int = 500, items: int = 1000) -> Bid:
+    """A bid whose budget is reserved from the customer's prepaid balance (paused when the balance is short)."""
+    from django.db import transaction
+
+    variant = catalogue_variant()
+    with transaction.atomic():
+        bid = Bid.objects.create(
+            customer=customer, inference_model=variant.inference_model, dataset=variant.inference_model.datasets.get(),
+            variant=variant, precision_requested="int8", pool="int8", max_price_mcents_per_ch=10_000,
+            budget_cents=budget_cents, funding=Bid.Funding.BALANCE, deadline=timezone.now() + timedelta(hours=2),
+            items=items, ch_total=items * variant.ch_per_item, status=Bid.Status.AUTHORIZING,
+        )  # fmt: skip
+        authorizations.authorization_prepare(bid=bid)
+    bid.refresh_from_db()
+    return bid
+
+
 def sell(bid: Bid, vehicle, *, ch: float, price_mcents: int, fee_pct=15) -> Allocation:
     """A round sells `ch` of `vehicle` to `bid` at `price_mcents` per CH; its units are leased, not yet done."""
     now = timezone.now()

@@ -15,6 +15,7 @@ from billing import ledger, reconciliation, stripe_gateway
 from billing.models import LedgerTransaction, PaymentAuthorization
 from billing.services import corrections, settling
 from billing.services.payouts import earnings_release_due
+from core.money import NC_PER_CENT
 from marketplace import verdicts
 from marketplace.models import Bid, ResultAudit, ResultFault, WorkUnit
 from tests.billing import builders
@@ -45,7 +46,7 @@ def failed_job(alice, alice_card):
     builders.fail(builders.sell(bid, honest, ch=0.5, price_mcents=6000))
     builders.close(bid, Bid.Status.FAILED)
     auth = settling.bid_settle(bid_id=bid.pk)
-    assert auth.captured_cents == 7  # 0.5 CH × 8 ¢ + 0.5 CH × 6 ¢
+    assert (auth.charged_nc, auth.captured_cents) == (7 * NC_PER_CENT, 7)  # 0.5 CH × 8 ¢ + 0.5 CH × 6 ¢
     return bid, sleeper, unchecked
 
 
@@ -53,7 +54,7 @@ def test_a_caught_cars_unchecked_result_in_a_failed_job_is_refunded_and_its_earn
     failed_job, django_capture_on_commit_callbacks
 ):
     bid, sleeper, unchecked = failed_job
-    assert ledger.balance(kind="owner_pending", user_id=sleeper.owner_id) == 3  # 4 ¢ less the 15 % fee, rounded
+    assert ledger.balance(kind="owner_pending", user_id=sleeper.owner_id) == 3_400_000_000  # 4 ¢ less the 15 % fee
 
     # The car fails a known answer elsewhere: caught.
     with django_capture_on_commit_callbacks(execute=False) as announced:
@@ -78,18 +79,23 @@ def test_a_caught_cars_unchecked_result_in_a_failed_job_is_refunded_and_its_earn
     corrections.audit_correct(bid_id=bid.pk)  # twice changes nothing
     assert corrections.corrections_due() == []
 
-    # The customer pays for the confirmed slice only: 3 ¢. The 4 ¢ for the caught car's result went back to the card.
-    assert (auth.captured_cents, auth.refunded_cents, auth.settlement["charge_cents"]) == (7, 4, 3)
+    # The customer pays for the confirmed slice only: 3 ¢. The 4 ¢ for the caught car's result went back to the card
+    # (whole cents: nothing is left over for the balance).
+    assert (auth.captured_cents, auth.refunded_cents) == (7, 4)
+    assert auth.charged_nc == auth.settlement["charge_nc"] == 3 * NC_PER_CENT
     refunds = [r for r in stripe_gateway.refunds(payment_intent_id=auth.stripe_payment_intent_id) if r.payment_intent]
     assert [r.amount for r in refunds] == [4]
-    assert ledger.balance(kind="customer_spend", user_id=bid.customer_id) == 3
+    assert ledger.balance(kind="customer_spend", user_id=bid.customer_id) == 3 * NC_PER_CENT
+    assert ledger.balance(kind="customer_balance", user_id=bid.customer_id) == 0
     # The caught car's owner is owed nothing; the honest owners keep their earnings.
     assert ledger.balance(kind="owner_pending", user_id=sleeper.owner_id) == 0
     assert f"{sleeper.pk}:{sleeper.owner_id}" not in auth.settlement["cars"]
     assert LedgerTransaction.objects.filter(kind="correction", bid=bid).count() == 1
-    # The books balance, and agree with Stripe object by object.
+    # The books balance, and agree with Stripe object by object (this job's: the session shares Stripe's server).
     report = reconciliation.reconciliation_report()
-    assert report.unbalanced_transaction_ids == [] and not report.differences, report
+    ours = {auth.stripe_payment_intent_id, refunds[0].id}
+    assert report.unbalanced_transaction_ids == [] and report.stripe_reachable, report
+    assert [d for d in report.differences if d.object_id in ours] == []
     assert ledger.balance(kind="customer_spend", user_id=bid.customer_id) + ledger.balance(
         kind="verification_cost"
     ) == sum(
@@ -97,7 +103,8 @@ def test_a_caught_cars_unchecked_result_in_a_failed_job_is_refunded_and_its_earn
     ) + ledger.balance(kind="platform_fee")
     # The customer is told by email, and on the job's page.
     (message,) = [m for m in mail.outbox if f"job {bid.pk} were corrected" in m.subject]
-    assert "you are not charged for them" in message.body and "$0.04 was refunded" in message.body
+    assert "you are not charged for them" in message.body and "$0.04 to your card refunded" in message.body
+    assert "prepaid balance" not in message.body
 
 
 def auth_owners(auth: PaymentAuthorization, sleeper) -> set[int]:
@@ -188,3 +195,42 @@ def test_a_job_that_ends_while_an_audit_of_it_runs_is_charged_once_the_audit_clo
     # The caught car's result is still pending (its replica never ran): the job is charged nothing for it.
     assert (auth.status, auth.captured_cents, auth.settlement["audits"]) == ("settled", 0, [audit.pk])
     assert corrections.corrections_due() == []  # that audit is in the settlement already
+
+
+def test_a_refund_that_is_not_whole_cents_goes_to_the_card_in_cents_and_the_rest_onto_the_balance(alice, alice_card):
+    """Work is charged to the n¢, a card refunds whole cents: the rest of a correction's refund is kept on the
+    customer's prepaid balance, and both sides still agree with Stripe."""
+    sleeper, _ = vehicle_with_credential(OwnerFactory(username="sam"), name="Sam's car")
+    honest, _ = vehicle_with_credential(OwnerFactory(username="hana"), name="Hana's car")
+    checker, _ = vehicle_with_credential(OwnerFactory(username="hugo"), name="Hugo's car")
+    bid = builders.bid_authorized(alice, budget_cents=900)
+    judged_alone(builders.validate(builders.sell(bid, sleeper, ch=0.5, price_mcents=8001)))  # 4.0005 ¢
+    confirmed = builders.validate(builders.sell(bid, honest, ch=0.5, price_mcents=6000))  # 3 ¢
+    WorkUnit.objects.filter(pk=confirmed.pk).update(quorum=2)
+    builders.confirm(confirmed, checker, price_mcents=6000)
+    builders.close(bid, Bid.Status.FAILED)
+    auth = settling.bid_settle(bid_id=bid.pk)
+    # 7.0005 ¢ of work: 8 whole cents from the card, the other 0.9995 ¢ onto the balance.
+    assert (auth.charged_nc, auth.captured_cents, auth.settlement["carried_nc"]) == (7_000_500_000, 8, 999_500_000)
+    assert ledger.balance(kind="customer_balance", user_id=alice.pk) == 999_500_000
+
+    verdicts.reputation_record(vehicle_id=sleeper.pk, valid=False, now=timezone.now(),
+                               fault=ResultFault.Kind.KNOWN_ANSWER)  # fmt: skip
+    auth = corrections.audit_correct(bid_id=bid.pk)
+
+    # 4.0005 ¢ is no longer owed: 4 ¢ back to the card through Stripe, 0.0005 ¢ onto the balance.
+    assert auth.charged_nc == auth.settlement["charge_nc"] == 3 * NC_PER_CENT
+    assert (auth.captured_cents, auth.refunded_cents) == (8, 4)
+    refunds = [r for r in stripe_gateway.refunds(payment_intent_id=auth.stripe_payment_intent_id) if r.payment_intent]
+    assert [r.amount for r in refunds] == [4]
+    assert ledger.balance(kind="customer_spend", user_id=alice.pk) == 3 * NC_PER_CENT
+    assert ledger.balance(kind="customer_balance", user_id=alice.pk) == 999_500_000 + 500_000  # one cent in all
+    assert ledger.balance(kind="prepaid_cash", user_id=alice.pk) == NC_PER_CENT
+    assert ledger.balance(kind="owner_pending", user_id=sleeper.owner_id) == 0
+    # The books balance, and this job's capture and refund agree with Stripe (its server is shared by the session).
+    report = reconciliation.reconciliation_report()
+    ours = {auth.stripe_payment_intent_id, refunds[0].id}
+    assert report.unbalanced_transaction_ids == [] and report.stripe_reachable, report
+    assert [d for d in report.differences if d.object_id in ours] == []
+    (message,) = [m for m in mail.outbox if f"job {bid.pk} were corrected" in m.subject]
+    assert "$0.04 to your card and $0.000005 to your prepaid balance refunded" in message.body

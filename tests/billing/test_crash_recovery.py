@@ -10,6 +10,7 @@ from django.utils import timezone
 from billing import ledger, stripe_gateway
 from billing.models import AccountKind, LedgerTransaction, PaymentAuthorization, Payout
 from billing.services import authorizations, payouts, settling
+from core.money import NC_PER_CENT
 from marketplace.models import Bid
 from tests.billing import builders
 
@@ -101,7 +102,7 @@ def test_a_crash_after_capturing_then_a_retry_charges_once(monkeypatch, alice, a
     charges = stripe_gateway.client().v1.charges.list(params={"customer": alice.billing_profile.stripe_customer_id})
     assert [c.amount_captured for c in charges.data] == [21]
     assert LedgerTransaction.objects.filter(kind="capture").count() == 1
-    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 21
+    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 21 * NC_PER_CENT
 
 
 def test_a_capture_retried_after_stripe_forgot_the_key_reads_the_payment_instead(
@@ -121,8 +122,9 @@ def test_a_capture_retried_after_stripe_forgot_the_key_reads_the_payment_instead
     monkeypatch.setattr(stripe_gateway, "payment_capture", refused)
     auth = settling.bid_settle(bid_id=bid.pk)
 
-    assert (auth.status, auth.captured_cents) == ("settled", 5)
+    assert (auth.status, auth.captured_cents, auth.charged_nc) == ("settled", 5, 5 * NC_PER_CENT)
     assert LedgerTransaction.objects.filter(kind="capture").count() == 1
+    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 5 * NC_PER_CENT
 
 
 def test_a_crash_after_transferring_then_a_retry_pays_once(
@@ -147,5 +149,5 @@ def test_a_crash_after_transferring_then_a_retry_pays_once(
     transfers = stripe_gateway.client().v1.transfers.list(params={"destination": destination})
     assert [t.amount for t in transfers.data] == [1275]
     assert LedgerTransaction.objects.filter(kind="payout").count() == 1
-    assert ledger.balance(kind=AccountKind.OWNER_PAID_OUT, user_id=olivia.pk) == 1275
+    assert ledger.balance(kind=AccountKind.OWNER_PAID_OUT, user_id=olivia.pk) == 1275 * NC_PER_CENT
     assert ledger.balance(kind=AccountKind.OWNER_AVAILABLE, user_id=olivia.pk) == 0

@@ -10,12 +10,14 @@ from billing import ledger, selectors, stripe_gateway
 from billing.ledger import Leg
 from billing.models import AccountKind, BillingProfile, LedgerTransaction, PaymentAuthorization, Refund
 from billing.services import cards, settling
+from core.money import NC_PER_CENT
 from marketplace.models import Bid, WorkUnit
 from tests.billing import builders
 
 pytestmark = pytest.mark.django_db
 
 BILLING = "/customer/billing/"
+CENT = NC_PER_CENT  # the ledger meters n¢: 1 ¢ = 10⁹ n¢
 
 
 def job(customer, *, budget_cents: int = 1000, status: str = Bid.Status.COMPLETED) -> Bid:
@@ -29,17 +31,22 @@ def job(customer, *, budget_cents: int = 1000, status: str = Bid.Status.COMPLETE
     )  # fmt: skip
 
 
-def settled(bid: Bid, *, captured: int, refunded: int = 0) -> PaymentAuthorization:
+def settled(bid: Bid, *, captured: int, refunded: int = 0, charged_nc: int | None = None) -> PaymentAuthorization:
+    """A job paid by card, settled: `charged_nc` (by default the whole cents captured) for its work, `captured` whole
+    cents from the card, and the rest of the last cent carried onto the balance."""
+    charged_nc = captured * CENT if charged_nc is None else charged_nc
     return PaymentAuthorization.objects.create(
         bid=bid, customer=bid.customer, amount_cents=bid.budget_cents, status=PaymentAuthorization.Status.SETTLED,
-        stripe_payment_intent_id=f"pi_test_{bid.pk}", create_key=f"authorize:bid:{bid.pk}", capture_cents=captured,
-        captured_cents=captured, released_cents=bid.budget_cents - captured, refunded_cents=refunded,
+        method=PaymentAuthorization.Method.CARD, stripe_payment_intent_id=f"pi_test_{bid.pk}",
+        create_key=f"authorize:bid:{bid.pk}", capture_cents=captured, captured_cents=captured,
+        released_cents=bid.budget_cents - captured, refunded_cents=refunded, charged_nc=charged_nc,
+        settlement={"charge_nc": charged_nc, "carried_nc": captured * CENT - charged_nc},
     )  # fmt: skip
 
 
 def book_capture(auth: PaymentAuthorization, owner) -> None:
-    """The ledger's side of a job captured in full (the platform takes 1 ¢, the owner the rest)."""
-    cents, customer = auth.captured_cents, auth.customer_id
+    """The ledger's side of a job captured in full, in n¢ (the platform takes 1 ¢, the owner the rest)."""
+    cents, customer = auth.captured_cents * CENT, auth.customer_id
     ledger.post(
         kind=LedgerTransaction.Kind.AUTHORIZE, key=f"authorize:{auth.pk}", bid_id=auth.bid_id,
         legs=[Leg(AccountKind.STRIPE_CLEARING, cents), Leg(AccountKind.CUSTOMER_HELD, -cents, user_id=customer)],
@@ -50,8 +57,8 @@ def book_capture(auth: PaymentAuthorization, owner) -> None:
         legs=[
             Leg(AccountKind.CUSTOMER_HELD, cents, user_id=customer),
             Leg(AccountKind.CUSTOMER_SPEND, cents, user_id=customer),
-            Leg(AccountKind.STRIPE_CLEARING, -cents), Leg(AccountKind.PLATFORM_FEE, -1),
-            Leg(AccountKind.OWNER_PENDING, -(cents - 1), user_id=owner.pk),
+            Leg(AccountKind.STRIPE_CLEARING, -cents), Leg(AccountKind.PLATFORM_FEE, -CENT),
+            Leg(AccountKind.OWNER_PENDING, -(cents - CENT), user_id=owner.pk),
         ],
     )  # fmt: skip
 
@@ -69,8 +76,10 @@ def test_a_customer_without_a_card_is_offered_stripes_test_cards(client, alice):
     assert "No card yet." in page
     for payment_method in cards.TEST_CARDS:
         assert f'value="{payment_method}"' in page
-    assert "Each bid holds its budget on your card while it runs." in page
-    assert "you are charged only for the work that was validated" in page
+    assert "Each bid reserves its budget from it" in page
+    assert "you are charged exactly what its validated work cost" in page
+    assert "Add a card first." in page  # a top-up is charged to the card: none is offered without one
+    assert 'action="/customer/billing/topup/"' not in page
 
 
 def test_saving_a_test_card_at_the_local_stripe_server_shows_its_brand_and_last_four(client, alice, stripe_server):
@@ -143,14 +152,15 @@ def test_totals_are_what_the_ledger_says_the_customer_paid_net_of_refunds(alice,
     book_capture(auth, olivia)
     ledger.post(
         kind=LedgerTransaction.Kind.REFUND, key="refund:re_1", stripe_object_id="re_1", bid_id=auth.bid_id,
-        legs=[Leg(AccountKind.REFUNDS, 50, user_id=alice.pk), Leg(AccountKind.CUSTOMER_SPEND, -50, user_id=alice.pk)],
+        legs=[Leg(AccountKind.REFUNDS, 50 * CENT, user_id=alice.pk),
+              Leg(AccountKind.CUSTOMER_SPEND, -50 * CENT, user_id=alice.pk)],
     )  # fmt: skip
 
     this_month = selectors.spend_totals(user=alice)
     next_month = selectors.spend_totals(user=alice, now=timezone.now() + timedelta(days=32))
 
-    assert (this_month.month_cents, this_month.all_time_cents) == (200, 200)
-    assert (next_month.month_cents, next_month.all_time_cents) == (0, 200)
+    assert (this_month.month_nc, this_month.all_time_nc) == (200 * CENT, 200 * CENT)
+    assert (next_month.month_nc, next_month.all_time_nc) == (0, 200 * CENT)
 
 
 def test_the_page_shows_the_totals(client, alice, olivia):
@@ -160,6 +170,10 @@ def test_the_page_shows_the_totals(client, alice, olivia):
     page = client.get(BILLING).content.decode()
 
     assert page.count("$12.34") >= 3  # this month, in all, and the job's row
+    flat = " ".join(page.split())
+    assert ('<th scope="col">Paid from</th><th scope="col">Budget</th><th scope="col">Charged</th>'
+            '<th scope="col">Refunded</th>') in flat  # fmt: skip
+    assert "<td>Card hold</td> <td>$50.00</td> <td>$12.34</td> <td>—</td>" in flat
 
 
 # --- Receipts ---------------------------------------------------------------------------------------------------------
@@ -200,7 +214,8 @@ def test_a_receipt_has_one_line_per_round_with_its_exact_amount(alices_job):
     ]
     assert [line.value_mcents for line in receipt.lines] == [Decimal(2_500), Decimal("333.3")]
     assert receipt.work_mcents == Decimal("2833.3")
-    assert receipt.estimate_cents == 3  # 2.8333 ¢, half up
+    assert [line.value_nc for line in receipt.lines] == [2_500_000_000, 333_300_000]
+    assert receipt.estimate_nc == 2_833_300_000  # 2.8333 ¢, exactly (to the n¢), no longer rounded to 3 ¢
 
 
 def test_before_settlement_the_receipt_says_charges_are_final_when_the_job_ends(client, alice, alices_job):
@@ -216,13 +231,14 @@ def test_before_settlement_the_receipt_says_charges_are_final_when_the_job_ends(
     page = client.get(f"/customer/billing/receipts/{bid.pk}/").content.decode()
 
     assert "Charges are final when the job ends." in page
-    assert "Running estimate for the work validated so far: <strong>$0.03</strong>" in page
-    assert "2833.3 m¢" in page
+    # 2.8333 ¢ of validated work so far, shown with the digits it needs.
+    assert "Running estimate for the work validated so far: <strong>$0.0283</strong>" in page
+    assert 'Estimated charge</th><td class="number">$0.0283</td>' in page
 
 
 def test_a_settled_receipt_shows_the_charge_hold_release_and_refunds(client, alice, alices_job):
     bid, _, _ = alices_job
-    auth = settled(bid, captured=3, refunded=1)
+    auth = settled(bid, captured=3, refunded=1, charged_nc=2_833_300_000)  # 2.8333 ¢: 3 whole cents from the card
     Refund.objects.create(
         authorization=auth, amount_cents=1, reason="slow job", idempotency_key="refund:1", stripe_refund_id="re_1"
     )
@@ -235,15 +251,25 @@ def test_a_settled_receipt_shows_the_charge_hold_release_and_refunds(client, ali
     assert "Charges are final" not in page
     for text in (
         "billing-test-model", "billing-test-data", "Completed", "INT8",
-        "2500 m¢", "333.3 m¢", "5000 m¢/CH", "$0.0500/CH", "3333 m¢/CH", "$0.0333/CH", "2833.3 m¢",
+        # Each round's line: its price per CH (and per 1M items of 0.001 CH) and its exact amount; then the total.
+        '<td class="number">$0.05/CH <small class="muted">($50.00 per 1M items)</small></td>',
+        '<td class="number">$0.025</td>',  # 0.5 CH × 5 ¢
+        '<td class="number">$0.03333/CH <small class="muted">($33.33 per 1M items)</small></td>',
+        '<td class="number">$0.00333</td>',  # 0.1 CH × 3.333 ¢ = 0.3333 ¢
+        '<td></td><td class="number">$0.0283</td>',  # 2.8333 ¢ in all
         "slow job", "−$0.01", "@media print",
     ):  # fmt: skip
         assert text in page, text
-    amounts = {"Charged (rounded to the cent)": "$0.03", "Held on your card": "$10.00", "Released": "$9.97",
-               "Paid after refunds": "$0.02"}  # fmt: skip
+    amounts = {
+        "Charged for the validated work": "$0.0283",  # exactly the work, not rounded to the cent
+        "Held on your card": "$10.00",
+        'Captured from your card <small class="muted">(whole cents)</small>': "$0.03",
+        "Rest of the last cent, kept on your balance": "$0.00167",  # 3 ¢ − 2.8333 ¢
+        "Released": "$9.97",
+    }
     for label, amount in amounts.items():
         assert f'{label}</th><td class="number">{amount}</td>' in page, label
-    assert "6000 m¢/CH" not in page  # the failed unit's round sold nothing that was validated
+    assert "$0.06/CH" not in page  # the failed unit's round sold nothing that was validated
 
 
 # --- Checking work is the platform's, not the customer's --------------------------------------------------------------
@@ -274,7 +300,7 @@ def test_a_job_checked_by_a_second_car_shows_its_items_and_rounds_once(client, a
     assert "500 of 500 items done in 1 work unit ·" in page
     assert '<progress value="500" max="500"' in page
     assert list(response.context["allocations"]) == [bought]  # not the round verification bought
-    assert "$0.0400/CH" not in page
+    assert "<td>$0.05/CH</td>" in page and "$0.04/CH" not in page
     assert (api["items"], api["ch_allocated"], api["ch_total"]) == (500, 0.5, 0.5)
 
 
@@ -291,9 +317,12 @@ def test_the_receipt_of_a_checked_job_is_the_work_bought_and_equals_the_charge(c
     ]
     assert receipt.ch == bid.ch_total
     assert receipt.work_mcents == auth.work_mcents == Decimal(2_500)
-    assert receipt.uncapped_cents == auth.captured_cents == 3  # 2.5 ¢, half up
-    assert "4000 m¢/CH" not in page
-    assert 'Charged (rounded to the cent)</th><td class="number">$0.03</td>' in page
+    assert receipt.work_nc == receipt.charged_nc == auth.charged_nc == 2_500_000_000  # 2.5 ¢, exactly
+    assert auth.captured_cents == 3  # the card pays whole cents; the half cent left goes onto the balance
+    assert ledger.balance(kind=AccountKind.CUSTOMER_BALANCE, user_id=alice.pk) == receipt.carried_nc == 500_000_000
+    assert "$0.05/CH" in page and "$0.04/CH" not in page
+    assert 'Charged for the validated work</th><td class="number">$0.025</td>' in page
+    assert 'Rest of the last cent, kept on your balance</th><td class="number">$0.005</td>' in page
 
 
 def test_bob_cannot_see_alices_receipt(client, alice, bob):
@@ -331,14 +360,16 @@ def test_a_replica_bought_dearer_that_outvotes_the_first_result_never_raises_the
     settling.bid_settle(bid_id=bid.pk)
 
     auth = PaymentAuthorization.objects.get(bid=bid)
-    assert auth.captured_cents == 5  # 5 CH × 1,000 m¢, not 5 CH × 8,000 m¢ = 40 ¢
+    assert auth.charged_nc == 5 * CENT  # 5 CH × 1,000 m¢, not 5 CH × 8,000 m¢ = 40 ¢
+    assert auth.captured_cents == 5
     receipt = selectors.receipt_get(bid=bid)
     assert [(line.round_slot, line.ch, line.price_mcents_per_ch) for line in receipt.lines] == [
         (bought.round.slot, 5.0, 1_000)
     ]
-    assert receipt.uncapped_cents == auth.captured_cents
+    assert receipt.work_nc == auth.charged_nc
     # Oscar's car still earns its own sale, 40 ¢ less the 15 % fee; Olivia's outvoted result earns nothing.
-    assert ledger.balance(kind=AccountKind.OWNER_PENDING, user_id=oscar.pk) == 34
+    assert ledger.balance(kind=AccountKind.OWNER_PENDING, user_id=oscar.pk) == 34 * CENT
     assert ledger.balance(kind=AccountKind.OWNER_PENDING, user_id=olivia.pk) == 0
-    assert ledger.balance(kind=AccountKind.VERIFICATION_COST) == 34 - 4  # the platform pays what Alice does not
-    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 5
+    # The platform pays what Alice does not: 34 ¢ less her 5 ¢ net of the fee (4.25 ¢).
+    assert ledger.balance(kind=AccountKind.VERIFICATION_COST) == 34 * CENT - 4_250_000_000
+    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 5 * CENT

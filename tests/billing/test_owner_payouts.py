@@ -3,10 +3,16 @@ payouts, and nobody else's."""
 
 import urllib.parse
 import urllib.request
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
-from billing.models import ConnectAccount, Payout
+from billing import ledger, stripe_gateway
+from billing.ledger import Leg
+from billing.models import AccountKind, ConnectAccount, LedgerTransaction, Payout
+from billing.services import payouts
+from core.money import NC_PER_CENT
 
 pytestmark = pytest.mark.django_db
 
@@ -62,6 +68,42 @@ def test_owners_see_only_their_own_payouts_and_customers_none(client, olivia, os
     client.force_login(alice)
     assert client.get("/owner/payouts/").status_code == 403
     assert client.post("/owner/payouts/onboard/").status_code == 403
+
+
+def _earned_and_released(owner, nc: int, key: str) -> None:
+    """`nc` earned (as a check the platform paid for) and out of the hold: available to be paid out."""
+    for kind, legs in (
+        (LedgerTransaction.Kind.CAPTURE, [Leg(AccountKind.VERIFICATION_COST, nc), Leg(AccountKind.OWNER_PENDING, -nc,
+                                                                                 user_id=owner.pk)]),
+        (LedgerTransaction.Kind.EARNINGS_RELEASE, [Leg(AccountKind.OWNER_PENDING, nc, user_id=owner.pk),
+                                                   Leg(AccountKind.OWNER_AVAILABLE, -nc, user_id=owner.pk)]),
+    ):  # fmt: skip
+        ledger.post(kind=kind, key=f"{kind}:{key}", legs=legs)
+
+
+def test_a_subcent_rest_of_earnings_is_carried_to_the_next_payout(olivia, onboarded, settings):
+    """Transfers are whole cents: the sub-cent rest stays available and counts towards the next payout."""
+    onboarded(olivia)
+    settings.MIN_PAYOUT_CENTS = 1000
+    available = lambda: ledger.balance(kind=AccountKind.OWNER_AVAILABLE, user_id=olivia.pk)  # noqa: E731
+    day = timezone.now()
+    _earned_and_released(olivia, 1234 * NC_PER_CENT + 999_999_999, "one")
+
+    (first,) = payouts.payouts_run(now=day, force=True)
+
+    assert (first.status, first.amount_cents) == (Payout.Status.PAID, 1234)
+    assert stripe_gateway.transfer_retrieve(first.stripe_transfer_id).amount == 1234
+    assert available() == 999_999_999  # carried, not lost and not rounded up
+    assert ledger.balance(kind=AccountKind.OWNER_PAID_OUT, user_id=olivia.pk) == 1234 * NC_PER_CENT
+
+    _earned_and_released(olivia, 999 * NC_PER_CENT, "two")  # 999.999999999 ¢: under the 10 $ minimum
+    assert payouts.payouts_run(now=day + timedelta(days=1), force=True) == []
+    _earned_and_released(olivia, 1, "three")  # one n¢ more, and the carried rest makes it 1000 ¢
+    (second,) = payouts.payouts_run(now=day + timedelta(days=2), force=True)
+
+    assert second.amount_cents == 1000
+    assert available() == 0
+    assert ledger.balance(kind=AccountKind.OWNER_PAID_OUT, user_id=olivia.pk) == 2234 * NC_PER_CENT
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -1,5 +1,6 @@
-"""Staff reconcile the ledger with Stripe: every captured payment, refund and transfer at Stripe has its ledger
-booking with the same amount, and every booking its Stripe object."""
+"""Staff reconcile the ledger with Stripe: every captured payment, top-up, refund (of a job, or of unused balance) and
+transfer at Stripe has its ledger booking with the same amount, and every booking its Stripe object. The ledger is in
+n¢ (1 ¢ = 10⁹ n¢), Stripe in whole cents: amounts compare as n¢."""
 
 from datetime import timedelta
 from types import SimpleNamespace
@@ -13,21 +14,25 @@ from billing import ledger, reconciliation, stripe_gateway
 from billing.ledger import Leg
 from billing.models import AccountKind, LedgerTransaction
 from billing.reconciliation import AMOUNT_MISMATCH, MISSING_AT_STRIPE, MISSING_IN_LEDGER, Difference
-from billing.services import payouts, refunds, settling
+from billing.services import payouts, refunds, settling, topups
+from core.money import NC_PER_CENT, nc_from_cents
 from tests.billing import builders
 
 pytestmark = pytest.mark.django_db
 
 Kind = LedgerTransaction.Kind
+C = NC_PER_CENT  # 1 ¢ in n¢
 FINANCE = "/staff/finance/"
 
 
 # --- Stripe's side: stand-ins for the gateway's lists ----------------------------------------------------------------
 
 
-def intent(id: str, *, received: int, status: str = "succeeded", amount: int = 1000):
+def intent(id: str, *, received: int, status: str = "succeeded", amount: int = 1000, topup_id: str | None = None):
+    """A PaymentIntent (amounts in cents): a bid's card hold, or a top-up's charge (`topup_id` in its metadata)."""
+    metadata = {"topup_id": topup_id} if topup_id else {}
     return SimpleNamespace(id=id, object="payment_intent", status=status, amount=amount, amount_received=received,
-                           currency="usd")  # fmt: skip
+                           currency="usd", metadata=metadata)  # fmt: skip
 
 
 def refund(id: str, amount: int, *, payment_intent: str | None = "pi_1", status: str = "succeeded"):
@@ -54,41 +59,69 @@ def stripe_has(monkeypatch):
 # --- The ledger's side: the postings billing/services/ makes --------------------------------------------------------
 
 
-def book_capture(customer, owner, payment_intent: str, cents: int, *, fee: int = 1) -> LedgerTransaction:
+def book_capture(customer, owner, payment_intent: str, cents: int, *, fee: int = 1, work_nc: int | None = None):
+    """A card hold of `cents` captured in full for work worth `work_nc` (default: all of it), `fee` ¢ of it to the
+    platform; the rest of the last cent captured goes onto the customer's balance (as billing/services/settling.py
+    books it)."""
+    held, fee_nc = nc_from_cents(cents), nc_from_cents(fee)
+    work = held if work_nc is None else work_nc
     ledger.post(
         kind=Kind.AUTHORIZE, key=f"authorize:{payment_intent}", stripe_object_id=payment_intent,
-        legs=[Leg(AccountKind.STRIPE_CLEARING, cents), Leg(AccountKind.CUSTOMER_HELD, -cents, user_id=customer.pk)],
+        legs=[Leg(AccountKind.STRIPE_CLEARING, held), Leg(AccountKind.CUSTOMER_HELD, -held, user_id=customer.pk)],
     )  # fmt: skip
     return ledger.post(
         kind=Kind.CAPTURE, key=f"capture:{payment_intent}", stripe_object_id=payment_intent,
         legs=[
-            Leg(AccountKind.CUSTOMER_HELD, cents, user_id=customer.pk),
-            Leg(AccountKind.CUSTOMER_SPEND, cents, user_id=customer.pk),
-            Leg(AccountKind.STRIPE_CLEARING, -cents),
-            Leg(AccountKind.PLATFORM_FEE, -fee),
-            Leg(AccountKind.OWNER_PENDING, -(cents - fee), user_id=owner.pk),
+            Leg(AccountKind.CUSTOMER_HELD, held, user_id=customer.pk),
+            Leg(AccountKind.CUSTOMER_SPEND, work, user_id=customer.pk),
+            Leg(AccountKind.PREPAID_CASH, held - work, user_id=customer.pk),
+            Leg(AccountKind.STRIPE_CLEARING, -held),
+            Leg(AccountKind.CUSTOMER_BALANCE, -(held - work), user_id=customer.pk),
+            Leg(AccountKind.PLATFORM_FEE, -fee_nc),
+            Leg(AccountKind.OWNER_PENDING, -(work - fee_nc), user_id=owner.pk),
         ],
     )  # fmt: skip
 
 
 def book_refund(customer, refund_id: str, cents: int) -> None:
+    nc = nc_from_cents(cents)
     ledger.post(
         kind=Kind.REFUND, key=f"refund:{refund_id}", stripe_object_id=refund_id,
-        legs=[Leg(AccountKind.REFUNDS, cents, user_id=customer.pk),
-              Leg(AccountKind.CUSTOMER_SPEND, -cents, user_id=customer.pk)],
+        legs=[Leg(AccountKind.REFUNDS, nc, user_id=customer.pk),
+              Leg(AccountKind.CUSTOMER_SPEND, -nc, user_id=customer.pk)],
     )  # fmt: skip
 
 
 def book_payout(owner, transfer_id: str, cents: int) -> None:
+    nc = nc_from_cents(cents)
     ledger.post(
         kind=Kind.EARNINGS_RELEASE, key=f"hold_over:{transfer_id}",
-        legs=[Leg(AccountKind.OWNER_PENDING, cents, user_id=owner.pk),
-              Leg(AccountKind.OWNER_AVAILABLE, -cents, user_id=owner.pk)],
+        legs=[Leg(AccountKind.OWNER_PENDING, nc, user_id=owner.pk),
+              Leg(AccountKind.OWNER_AVAILABLE, -nc, user_id=owner.pk)],
     )  # fmt: skip
     ledger.post(
         kind=Kind.PAYOUT, key=f"payout:{transfer_id}", stripe_object_id=transfer_id,
-        legs=[Leg(AccountKind.OWNER_AVAILABLE, cents, user_id=owner.pk),
-              Leg(AccountKind.OWNER_PAID_OUT, -cents, user_id=owner.pk)],
+        legs=[Leg(AccountKind.OWNER_AVAILABLE, nc, user_id=owner.pk),
+              Leg(AccountKind.OWNER_PAID_OUT, -nc, user_id=owner.pk)],
+    )  # fmt: skip
+
+
+def book_topup(customer, payment_intent: str, cents: int) -> LedgerTransaction:
+    nc = nc_from_cents(cents)
+    return ledger.post(
+        kind=Kind.TOPUP, key=f"topup:{payment_intent}", stripe_object_id=payment_intent,
+        legs=[Leg(AccountKind.PREPAID_CASH, nc, user_id=customer.pk),
+              Leg(AccountKind.CUSTOMER_BALANCE, -nc, user_id=customer.pk)],
+    )  # fmt: skip
+
+
+def book_balance_refund(customer, topup_intent: str, key: str, cents: int) -> LedgerTransaction:
+    """Unused balance back to the card: a refund of the top-up's payment, so it names the top-up's intent."""
+    nc = nc_from_cents(cents)
+    return ledger.post(
+        kind=Kind.BALANCE_REFUND, key=f"balance_refund:{key}", stripe_object_id=topup_intent,
+        legs=[Leg(AccountKind.CUSTOMER_BALANCE, nc, user_id=customer.pk),
+              Leg(AccountKind.PREPAID_CASH, -nc, user_id=customer.pk)],
     )  # fmt: skip
 
 
@@ -125,10 +158,12 @@ def test_the_books_reconcile_when_every_stripe_object_is_booked_with_its_amount(
     assert report.reconciles
     assert report.differences == []
     assert report.unbalanced_transaction_ids == []
-    assert [(t.what, t.stripe_cents, t.ledger_cents, t.delta_cents) for t in report.totals] == [
-        ("capture", 400, 400, 0),
-        ("refund", 100, 100, 0),
-        ("transfer", 300, 300, 0),
+    assert [(t.what, t.stripe_nc, t.ledger_nc, t.delta_nc) for t in report.totals] == [
+        ("capture", 400 * C, 400 * C, 0),
+        ("topup", 0, 0, 0),
+        ("refund", 100 * C, 100 * C, 0),
+        ("balance_refund", 0, 0, 0),
+        ("transfer", 300 * C, 300 * C, 0),
     ]
 
 
@@ -140,8 +175,8 @@ def test_a_capture_missing_in_the_ledger_is_flagged(books, stripe_has):
     report = reconciliation.reconciliation_report()
 
     assert not report.reconciles
-    assert report.differences == [Difference("capture", MISSING_IN_LEDGER, "pi_2", 250, None)]
-    assert report.totals[0].delta_cents == 250
+    assert report.differences == [Difference("capture", MISSING_IN_LEDGER, "pi_2", 250 * C, None)]
+    assert report.totals[0].delta_nc == 250 * C
 
 
 def test_an_amount_that_differs_is_flagged(books, stripe_has):
@@ -151,8 +186,8 @@ def test_an_amount_that_differs_is_flagged(books, stripe_has):
 
     (difference,) = reconciliation.reconciliation_report().differences
 
-    assert difference == Difference("capture", AMOUNT_MISMATCH, "pi_1", 401, 400)
-    assert difference.delta_cents == 1
+    assert difference == Difference("capture", AMOUNT_MISMATCH, "pi_1", 401 * C, 400 * C)
+    assert difference.delta_nc == 1 * C
 
 
 def test_a_transfer_missing_from_the_ledger_is_flagged(books, stripe_has):
@@ -162,7 +197,7 @@ def test_a_transfer_missing_from_the_ledger_is_flagged(books, stripe_has):
 
     report = reconciliation.reconciliation_report()
 
-    assert report.differences == [Difference("transfer", MISSING_IN_LEDGER, "tr_2", 700, None)]
+    assert report.differences == [Difference("transfer", MISSING_IN_LEDGER, "tr_2", 700 * C, None)]
 
 
 def test_a_booking_stripe_knows_nothing_of_is_flagged(books, stripe_has, alice):
@@ -171,7 +206,7 @@ def test_a_booking_stripe_knows_nothing_of_is_flagged(books, stripe_has, alice):
 
     report = reconciliation.reconciliation_report()
 
-    assert report.differences == [Difference("refund", MISSING_AT_STRIPE, "re_ghost", None, 5)]
+    assert report.differences == [Difference("refund", MISSING_AT_STRIPE, "re_ghost", None, 5 * C)]
 
 
 def test_a_capture_stripe_canceled_is_an_amount_difference(books, stripe_has):
@@ -180,7 +215,7 @@ def test_a_capture_stripe_canceled_is_an_amount_difference(books, stripe_has):
     stripe_has(**stripe)
 
     assert reconciliation.reconciliation_report().differences == [
-        Difference("capture", AMOUNT_MISMATCH, "pi_1", 0, 400)
+        Difference("capture", AMOUNT_MISMATCH, "pi_1", 0, 400 * C)
     ]
 
 
@@ -193,7 +228,7 @@ def test_a_reversed_booking_no_longer_counts_and_a_reversed_transfer_nets_out(bo
 
     report = reconciliation.reconciliation_report()
 
-    assert report.differences == [Difference("capture", MISSING_IN_LEDGER, "pi_1", 400, None)]
+    assert report.differences == [Difference("capture", MISSING_IN_LEDGER, "pi_1", 400 * C, None)]
 
 
 def test_when_stripe_cannot_be_read_the_ledger_side_is_reported_with_the_error(books, stripe_has, monkeypatch):
@@ -209,7 +244,7 @@ def test_when_stripe_cannot_be_read_the_ledger_side_is_reported_with_the_error(b
     assert not report.reconciles
     assert report.differences == []
     assert report.stripe_errors == ["Transferred to owners: Stripe could not be read (Could not connect to Stripe.)"]
-    assert [(t.what, t.stripe_cents, t.ledger_cents) for t in report.totals][2] == ("transfer", None, 300)
+    assert [(t.what, t.stripe_nc, t.ledger_nc) for t in report.totals][4] == ("transfer", None, 300 * C)
 
 
 def test_when_stripe_cannot_be_reached_it_is_tried_once_not_once_per_list(books, stripe_has, monkeypatch):
@@ -231,8 +266,8 @@ def test_when_stripe_cannot_be_reached_it_is_tried_once_not_once_per_list(books,
     report = reconciliation.reconciliation_report()
 
     assert len(calls) == 1
-    assert len(report.stripe_errors) == 3
-    assert [t.stripe_cents for t in report.totals] == [None, None, None]
+    assert len(report.stripe_errors) == 5  # captures, top-ups, refunds, balance refunds, transfers
+    assert [t.stripe_nc for t in report.totals] == [None] * 5
 
 
 def test_an_unbalanced_transaction_spoils_the_reconciliation(books, stripe_has, monkeypatch):
@@ -242,6 +277,82 @@ def test_an_unbalanced_transaction_spoils_the_reconciliation(books, stripe_has, 
     report = reconciliation.reconciliation_report()
 
     assert (report.reconciles, report.unbalanced_transaction_ids) == (False, [42])
+
+
+def test_top_ups_and_refunds_of_unused_balance_reconcile_by_the_top_ups_payment_intent(books, stripe_has, alice):
+    book_topup(alice, "pi_topup", 2_000)
+    book_balance_refund(alice, "pi_topup", "1", 700)
+    book_balance_refund(alice, "pi_topup", "2", 300)  # two refunds of the same top-up: one sum per intent
+    stripe = matching_stripe()
+    stripe["intents"].append(intent("pi_topup", received=2_000, amount=2_000, topup_id="7"))
+    stripe["refunds"] += [
+        refund("re_b1", 700, payment_intent="pi_topup"),
+        refund("re_b2", 300, payment_intent="pi_topup"),
+    ]
+    stripe_has(**stripe)
+
+    report = reconciliation.reconciliation_report()
+
+    assert report.reconciles, report.differences
+    totals = {t.what: (t.stripe_nc, t.ledger_nc) for t in report.totals}
+    assert totals["topup"] == (2_000 * C, 2_000 * C)
+    assert totals["balance_refund"] == (1_000 * C, 1_000 * C)
+    assert totals["refund"] == (100 * C, 100 * C)  # a top-up's refunds are not refunds of a job
+
+
+def test_a_balance_refund_that_stripe_refused_and_the_ledger_reversed_reconciles(books, stripe_has, alice):
+    book_topup(alice, "pi_topup", 1_000)
+    refused = book_balance_refund(alice, "pi_topup", "1", 400)
+    ledger.reverse(txn=refused, key="balance_refund_failed:1")
+    stripe = matching_stripe()
+    stripe["intents"].append(intent("pi_topup", received=1_000, topup_id="7"))
+    stripe["refunds"].append(refund("re_b1", 400, payment_intent="pi_topup", status="failed"))
+    stripe_has(**stripe)
+
+    assert reconciliation.reconciliation_report().reconciles
+
+
+def test_a_balance_refund_missing_at_stripe_and_a_top_up_missing_in_the_ledger_are_flagged(books, stripe_has, alice):
+    book_topup(alice, "pi_topup", 1_000)
+    book_balance_refund(alice, "pi_topup", "1", 400)
+    stripe = matching_stripe()
+    stripe["intents"] += [intent("pi_topup", received=1_000, topup_id="7"),
+                          intent("pi_topup_2", received=500, topup_id="8")]  # fmt: skip
+    stripe_has(**stripe)
+
+    assert reconciliation.reconciliation_report().differences == [
+        Difference("topup", MISSING_IN_LEDGER, "pi_topup_2", 500 * C, None),
+        Difference("balance_refund", MISSING_AT_STRIPE, "pi_topup", None, 400 * C),
+    ]
+
+
+def test_a_subcent_job_captured_in_whole_cents_reconciles(stripe_has, alice, olivia):
+    """Work worth 6.17283945 ¢ is captured as 7 ¢: the capture is what left the hold, the rest of the last cent went
+    onto the balance, and Stripe's 7 ¢ match."""
+    book_capture(alice, olivia, "pi_sub", 7, fee=1, work_nc=6_172_839_450)
+    stripe_has(intents=[intent("pi_sub", received=7)])
+
+    report = reconciliation.reconciliation_report()
+
+    assert report.reconciles, report.differences
+    assert report.totals[0].ledger_nc == 7 * C
+    assert ledger.balance(kind=AccountKind.CUSTOMER_BALANCE, user_id=alice.pk) == 7 * C - 6_172_839_450
+
+
+def test_a_booking_that_is_not_whole_cents_is_an_amount_difference(stripe_has, alice, olivia):
+    """Stripe moves whole cents: a capture booked to the n¢ (the hold debited by the work, not by the cents taken)
+    cannot match, and the difference is shown to the n¢."""
+    ledger.post(
+        kind=Kind.CAPTURE, key="capture:pi_bad", stripe_object_id="pi_bad",
+        legs=[Leg(AccountKind.CUSTOMER_HELD, 6_172_839_450, user_id=alice.pk),
+              Leg(AccountKind.STRIPE_CLEARING, -6_172_839_450)],
+    )  # fmt: skip
+    stripe_has(intents=[intent("pi_bad", received=7)])
+
+    (difference,) = reconciliation.reconciliation_report().differences
+
+    assert difference == Difference("capture", AMOUNT_MISMATCH, "pi_bad", 7 * C, 6_172_839_450)
+    assert difference.delta_nc == 827_160_550
 
 
 # --- The staff page --------------------------------------------------------------------------------------------------
@@ -261,7 +372,7 @@ def test_staff_see_the_books_and_that_they_reconcile(client, staff, books, strip
         "Pending (in the hold period)</th><td>$0.40", "Available (to be paid out)</th><td>$0.00",
         "Paid out</th><td>$3.00", "Open authorizations</small><div class=\"stat\">$0.00",
         "Books reconcile: no difference.", "Every ledger transaction's entries sum to zero.",
-        "<td>Captured for validated work</td><td>1</td>",
+        "<td>Charged for validated work</td><td>1</td>",
     ):  # fmt: skip
         assert text in page, text
 
@@ -334,7 +445,7 @@ def test_a_stripe_outage_shows_the_ledger_and_a_warning_not_an_error_page(client
     assert response.status_code == 200
     page = response.content.decode()
     assert "Stripe could not be reached." in page
-    assert page.count("Stripe could not be read (Payments are not configured: set STRIPE_SECRET_KEY.)") == 3
+    assert page.count("Stripe could not be read (Payments are not configured: set STRIPE_SECRET_KEY.)") == 5
     assert "Books reconcile" not in page
     assert "unavailable" in page
     assert "$4.00" in page  # the ledger's captures
@@ -411,4 +522,35 @@ def test_a_job_settled_refunded_and_paid_out_at_the_local_stripe_server_reconcil
     assert report.stripe_errors == []
     assert [d for d in report.differences if d.object_id in ours] == []
     # Other tests' Stripe objects (their bookings rolled back) show as missing in the ledger, never ours.
+    assert {d.problem for d in report.differences} <= {MISSING_IN_LEDGER}
+
+
+def test_a_subcent_job_a_top_up_and_a_balance_refund_at_the_local_stripe_server_reconcile(
+    alice, alice_card, olivia, olivia_car, onboarded, settings
+):
+    """Work worth 6.17283945 ¢ captured as 7 ¢ (the rest of the last cent onto alice's balance), a top-up and the
+    refund of the unused balance in whole cents, and a payout of olivia's whole cents (the rest carried): every
+    Stripe object of this test has its booking, to the n¢."""
+    bid = builders.bid_authorized(alice, budget_cents=1000)
+    builders.validate(builders.sell(bid, olivia_car, ch=1.23456789, price_mcents=5_000))
+    builders.close(bid)
+    auth = settling.bid_settle(bid_id=bid.pk)
+    topup = topups.topup_create(customer=alice, amount_cents=500)
+    (balance_refund,) = topups.balance_refund(customer=alice)
+    onboarded(olivia)
+    settings.MIN_PAYOUT_CENTS = 1
+    payouts.earnings_release_due(now=timezone.now() + timedelta(hours=73))
+    (payout,) = payouts.payouts_run(force=True)
+
+    report = reconciliation.reconciliation_report()
+
+    assert (auth.charged_nc, auth.captured_cents) == (6_172_839_450, 7)
+    assert (topup.status, balance_refund.status, balance_refund.amount_cents) == ("succeeded", "succeeded", 500)
+    # 15 % of 6_172_839_450 n¢ is 925_925_917.5, half up; olivia's 5_246_913_532 n¢ are paid as 5 ¢.
+    assert payout.amount_cents == 5
+    assert ledger.balance(kind=AccountKind.OWNER_AVAILABLE, user_id=olivia.pk) == 246_913_532
+    assert ledger.balance(kind=AccountKind.CUSTOMER_BALANCE, user_id=alice.pk) == 7 * C - 6_172_839_450
+    ours = {auth.stripe_payment_intent_id, topup.stripe_payment_intent_id, payout.stripe_transfer_id}
+    assert report.stripe_errors == []
+    assert [d for d in report.differences if d.object_id in ours or not d.object_id] == []
     assert {d.problem for d in report.differences} <= {MISSING_IN_LEDGER}

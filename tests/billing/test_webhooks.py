@@ -11,6 +11,7 @@ import pytest
 from billing import ledger, stripe_gateway
 from billing.models import AccountKind, LedgerTransaction, StripeEvent
 from billing.services import settling
+from core.money import NC_PER_CENT
 from tests.billing import builders
 
 pytestmark = pytest.mark.django_db
@@ -74,10 +75,10 @@ def test_a_refund_made_in_stripe_is_booked_once_whatever_the_deliveries(deliver,
     assert StripeEvent.objects.count() == 2
     assert StripeEvent.objects.filter(processed_at__isnull=False).count() == 2
     refunds = LedgerTransaction.objects.filter(kind=LedgerTransaction.Kind.REFUND)
-    assert [(t.stripe_object_id, t.entries.get(account__kind="refunds").amount_cents) for t in refunds] == [
-        (refund.id, 5)
+    assert [(t.stripe_object_id, t.entries.get(account__kind="refunds").amount_nc) for t in refunds] == [
+        (refund.id, 5 * NC_PER_CENT)
     ]
-    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 15
+    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 15 * NC_PER_CENT
     assert LedgerTransaction.objects.filter(kind=LedgerTransaction.Kind.CAPTURE).count() == 1
     assert ledger.unbalanced_transactions() == []
 
@@ -100,6 +101,30 @@ def test_a_capture_whose_booking_was_lost_is_booked_by_the_webhook(deliver, monk
     auth.refresh_from_db()
     assert (auth.status, auth.captured_cents) == ("settled", 10)
     assert LedgerTransaction.objects.filter(kind=LedgerTransaction.Kind.CAPTURE).count() == 1
+    assert ledger.balance(kind=AccountKind.CUSTOMER_SPEND, user_id=alice.pk) == 10 * NC_PER_CENT
+
+
+def test_a_top_up_whose_booking_was_lost_is_booked_by_the_webhook_once(deliver, monkeypatch, alice, alice_card):
+    from billing.models import TopUp
+    from billing.services import topups
+
+    real_book = topups.topup_book
+    monkeypatch.setattr(topups, "topup_book", lambda **kwargs: None)  # the process dies after Stripe charged the card
+    topups.topup_create(customer=alice, amount_cents=1000)
+    monkeypatch.setattr(topups, "topup_book", real_book)
+    topup = TopUp.objects.get(customer=alice)
+    assert topup.status == TopUp.Status.PENDING and topup.stripe_payment_intent_id
+    assert ledger.balance(kind=AccountKind.CUSTOMER_BALANCE, user_id=alice.pk) == 0
+
+    charged = event("evt_topup", "payment_intent.succeeded", {"id": topup.stripe_payment_intent_id})
+    for _ in range(3):
+        assert deliver(charged).status_code == 200
+
+    topup.refresh_from_db()
+    assert topup.status == TopUp.Status.SUCCEEDED
+    assert LedgerTransaction.objects.filter(kind=LedgerTransaction.Kind.TOPUP).count() == 1
+    assert ledger.balance(kind=AccountKind.CUSTOMER_BALANCE, user_id=alice.pk) == 1000 * NC_PER_CENT
+    assert ledger.unbalanced_transactions() == []
 
 
 @pytest.mark.parametrize(

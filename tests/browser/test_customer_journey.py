@@ -27,7 +27,7 @@ from .journeys import (
 DOCUMENTS = 60
 PROGRESS = "#bid-progress progress"
 # The bid form's fields in tab order, then its button: the keyboard reaches each, in the order they are shown.
-BID_FORM_ORDER = ["id_dataset", "id_precision", "id_max_price_cents_per_ch", "id_budget_dollars", "id_deadline",
+BID_FORM_ORDER = ["id_dataset", "id_precision", "id_max_price_usd_per_ch", "id_budget_usd", "id_deadline",
                   "id_all_or_none", "button"]  # fmt: skip
 
 

@@ -63,8 +63,8 @@ def bid(client, digits_with_variants):
         {
             "inference_model": digits_with_variants.pk,
             "dataset": digits_with_variants.datasets.get().pk,
-            "max_price_mcents_per_ch": 5000,
-            "budget_cents": 100,
+            "max_price_usd_per_ch": "0.05",
+            "budget_usd": "1.00",
             "deadline": (timezone.now() + timedelta(hours=2)).isoformat(),
         },
         content_type="application/json",

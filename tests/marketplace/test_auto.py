@@ -27,8 +27,8 @@ from tests.waiting import wait_for
 
 def place(client, model, **overrides) -> dict:
     body = {
-        "inference_model": model.pk, "dataset": model.datasets.first().pk, "max_price_mcents_per_ch": 5000,
-        "budget_cents": 100,
+        "inference_model": model.pk, "dataset": model.datasets.first().pk, "max_price_usd_per_ch": "0.05",
+        "budget_usd": "1.00",
         "deadline": (timezone.now() + timedelta(hours=1)).isoformat(), **overrides,
     }  # fmt: skip
     return client.post("/api/v1/bids/", body, content_type="application/json")
@@ -178,7 +178,7 @@ def test_a_bid_nothing_can_run_is_refused_before_it_is_placed_saying_why(client,
     message = response.json()["fields"]["precision"][0]
     assert message.startswith("Nothing can run this model within your tolerance: INT8: no car runs INT8;")
     assert "FP8: no car runs FP8" in message
-    fp8 = place(client, digits_with_variants, precision="fp8", max_price_mcents_per_ch=5000)
+    fp8 = place(client, digits_with_variants, precision="fp8", max_price_usd_per_ch="0.05")
     assert fp8.json()["fields"]["precision"] == ["FP8 cannot run: no car runs FP8. Choose auto, or another precision."]
     assert not Bid.objects.exists()
 
@@ -186,8 +186,8 @@ def test_a_bid_nothing_can_run_is_refused_before_it_is_placed_saying_why(client,
     assert "Nothing can run this model now" in page
     form = client.post(
         f"/customer/models/{digits_with_variants.pk}/bid/",
-        {"dataset": digits_with_variants.datasets.get().pk, "precision": "auto", "max_price_cents_per_ch": "5",
-         "budget_dollars": "1", "deadline": (timezone.now() + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")},
+        {"dataset": digits_with_variants.datasets.get().pk, "precision": "auto", "max_price_usd_per_ch": "0.05",
+         "budget_usd": "1", "deadline": (timezone.now() + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")},
     )  # fmt: skip
     assert form.status_code == 400
     assert "Nothing can run this model within your tolerance" in form.content.decode()

@@ -15,8 +15,8 @@ def bid_payload(model, **overrides):
         "inference_model": model.pk,
         "dataset": model.datasets.get().pk,
         "precision": "auto",
-        "max_price_mcents_per_ch": 5000,
-        "budget_cents": 500,
+        "max_price_usd_per_ch": "0.05",
+        "budget_usd": "5.00",
         "deadline": (timezone.now() + timedelta(hours=6)).isoformat(),
     }
     data.update(overrides)
@@ -41,9 +41,9 @@ def test_a_bid_buys_the_datasets_work_at_the_auto_precision(client, digits_with_
 @pytest.mark.parametrize(
     ("overrides", "field", "message"),
     [
-        ({"max_price_mcents_per_ch": 0}, "max_price_mcents_per_ch", "Ensure this value is greater than or equal to 1."),
-        ({"max_price_mcents_per_ch": 10**7}, "max_price_mcents_per_ch", "Between 1 and 100,000 m¢ per CH."),
-        ({"max_price_mcents_per_ch": 500}, "max_price_mcents_per_ch", "Below the INT8 reserve price of 1,000 m¢"),
+        ({"max_price_usd_per_ch": "0"}, "max_price_usd_per_ch", "Ensure this value is greater than or equal to 0.00001."),
+        ({"max_price_usd_per_ch": "100"}, "max_price_usd_per_ch", "Between $0.00001/CH and $1.00/CH (the price ceiling)."),
+        ({"max_price_usd_per_ch": "0.005"}, "max_price_usd_per_ch", "Below the INT8 reserve price of $0.01/CH"),
         ({"deadline": "2020-01-01T00:00:00Z"}, "deadline", "Give the cars at least 10 minutes"),
         ({"precision": "fp4"}, "precision", '"fp4" is not a valid choice.'),
         ({"dataset": 999999}, "dataset", "Not a dataset of this model that you can use."),
@@ -75,17 +75,17 @@ def test_the_bid_form_places_a_bid_and_shows_errors(client, digits_with_variants
     model = digits_with_variants
     url = f"/customer/models/{model.pk}/bid/"
     deadline = (timezone.now() + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
-    form = {"dataset": model.datasets.get().pk, "precision": "auto", "budget_dollars": "2", "deadline": deadline}
+    form = {"dataset": model.datasets.get().pk, "precision": "auto", "budget_usd": "2", "deadline": deadline}
 
     page = client.get(url).content.decode()
-    assert "Estimated cost" in page
-    assert "at $0.0100/CH" in page  # no round yet: the INT8 reserve
+    assert "Estimated cost of digits.npy (200 items) in INT8: <strong>" in page
+    assert "at $0.01/CH" in page  # no round yet: the INT8 reserve
 
-    bad = client.post(url, {**form, "max_price_cents_per_ch": "0.1"})
+    bad = client.post(url, {**form, "max_price_usd_per_ch": "0.001"})
     assert bad.status_code == 400
     assert "Below the INT8 reserve price" in bad.content.decode()
 
-    good = client.post(url, {**form, "max_price_cents_per_ch": "4.5"})
+    good = client.post(url, {**form, "max_price_usd_per_ch": "0.045"})
     assert good.status_code == 302
     bid = Bid.objects.get()
     assert (bid.max_price_mcents_per_ch, bid.budget_cents) == (4500, 200)
@@ -99,7 +99,7 @@ def test_cancel_while_waiting_only(client, digits_with_variants):
     assert client.post(f"/api/v1/bids/{bid_id}/cancel/").json()["status"] == "cancelled"
     again = client.post(f"/api/v1/bids/{bid_id}/cancel/")
     assert again.status_code == 409
-    assert "only a bid waiting for capacity can be cancelled" in again.json()["message"]
+    assert "only a bid waiting for capacity or for funds can be cancelled" in again.json()["message"]
 
 
 def test_another_customers_bid_is_404(client, digits_with_variants, bob):
@@ -114,25 +114,44 @@ def test_another_customers_bid_is_404(client, digits_with_variants, bob):
     assert Bid.objects.get().status == "waiting"
 
 
-def test_without_a_card_a_bid_is_refused_and_the_form_says_where_to_add_one(client, digits_with_variants, alice):
+def test_prepaid_without_a_card_or_funds_a_bid_waits_paused_and_its_page_says_how_much_to_top_up(
+    client, digits_with_variants, alice
+):
     from billing.models import BillingProfile
 
     BillingProfile.objects.filter(user=alice).update(payment_method_id="")
 
     response = client.post("/api/v1/bids/", bid_payload(digits_with_variants), content_type="application/json")
 
+    assert response.status_code == 201
+    assert (response.json()["status"], response.json()["funding"]) == ("paused", "balance")
+    page = client.get(f"/customer/bids/{response.json()['id']}/").content.decode()
+    assert "Waiting for funds." in page
+    assert "reserves its budget of $5.00 from your balance, which has $0.00 free" in page
+    assert "Top up at least $5.00" in page and "/customer/billing/" in page
+
+
+def test_a_bid_paid_by_card_without_a_card_is_refused_naming_where_to_add_one(client, digits_with_variants, alice):
+    from billing.models import BillingProfile
+
+    BillingProfile.objects.filter(user=alice).update(payment_method_id="")
+
+    response = client.post(
+        "/api/v1/bids/", bid_payload(digits_with_variants, funding="card"), content_type="application/json"
+    )
+
     assert response.status_code == 400
-    assert response.json()["fields"]["payment_method"] == ["Add a card on your billing page before placing a bid."]
+    assert response.json()["fields"]["payment_method"] == [
+        "Add a card on your billing page before placing a bid paid by card."
+    ]
     assert not Bid.objects.exists()
-    page = client.get(f"/customer/models/{digits_with_variants.pk}/bid/").content.decode()
-    assert "Add a card first." in page and "/customer/billing/" in page
 
 
-def test_the_bid_form_names_the_card_the_budget_is_held_on(client, digits_with_variants):
-    page = client.get(f"/customer/models/{digits_with_variants.pk}/bid/").content.decode()
+def test_the_bid_form_names_the_balance_and_the_card_the_budget_can_come_from(client, digits_with_variants):
+    page = " ".join(client.get(f"/customer/models/{digits_with_variants.pk}/bid/").content.decode().split())
 
-    assert "The budget is held on your Visa ending 4242;" in page
-    assert "Add a card first." not in page
+    assert "Your prepaid balance: <strong>$0.00</strong> free" in page
+    assert "card: Visa ending 4242" in page
 
 
 def test_a_declined_card_gets_402_with_stripes_reason_and_the_bid_never_trades(client, digits_with_variants, alice,

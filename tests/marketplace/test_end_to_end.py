@@ -87,8 +87,8 @@ def test_a_bid_is_won_run_by_real_agents_and_its_results_equal_local_inference(
 
     bid = client.post(
         "/api/v1/bids/",
-        {"inference_model": model_id, "dataset": dataset_id, "precision": "auto", "max_price_mcents_per_ch": 5000,
-         "budget_cents": 100, "deadline": (timezone.now() + timedelta(hours=1)).isoformat()},
+        {"inference_model": model_id, "dataset": dataset_id, "precision": "auto", "max_price_usd_per_ch": "0.05",
+         "budget_usd": "1.00", "deadline": (timezone.now() + timedelta(hours=1)).isoformat()},
         content_type="application/json",
     ).json()  # fmt: skip
     assert bid["precision"] == "int8"

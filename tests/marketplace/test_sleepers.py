@@ -104,7 +104,7 @@ def job_place(client, model) -> Bid:
     response = client.post(
         "/api/v1/bids/",
         {"inference_model": model.pk, "dataset": model.datasets.get().pk, "precision": "int8",
-         "max_price_mcents_per_ch": 100_000, "budget_cents": 500,
+         "max_price_usd_per_ch": "1", "budget_usd": "5.00",
          "deadline": (timezone.now() + timedelta(hours=6)).isoformat()},
         content_type="application/json",
     )  # fmt: skip

@@ -66,7 +66,7 @@ def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digit
     response = client.post(
         "/api/v1/bids/",
         {"inference_model": model.pk, "dataset": model.datasets.get().pk, "precision": "int8",
-         "max_price_mcents_per_ch": 5000, "budget_cents": 200_000,
+         "max_price_usd_per_ch": "0.05", "budget_usd": "2000.00",
          "deadline": (timezone.now() + timedelta(hours=6)).isoformat()},
         content_type="application/json",
     )  # fmt: skip

@@ -123,8 +123,8 @@ def send(method, url, expected, data=None):
     return Case(method, url, expected, data or {})
 
 
-BID_BODY = {"inference_model": "{model}", "dataset": "{dataset}", "precision": "int8", "max_price_mcents_per_ch": 5000,
-            "budget_cents": 100, "deadline": "{deadline}"}  # fmt: skip
+BID_BODY = {"inference_model": "{model}", "dataset": "{dataset}", "precision": "int8", "max_price_usd_per_ch": "0.05",
+            "budget_usd": "1.00", "deadline": "{deadline}"}  # fmt: skip
 
 # route (as the resolver writes it) -> the requests made to it.
 ROUTES: dict[str, list[Case]] = {
@@ -166,6 +166,9 @@ ROUTES: dict[str, list[Case]] = {
     "customer/models/<int:model_id>/bid/": [
         get("/customer/models/{model}/bid/", customer_page(bob=404)),
         post_form("/customer/models/{model}/bid/", customer_page(alice=400, bob=404), {"dataset": ""}),
+    ],
+    "customer/models/<int:model_id>/bid/estimate/": [
+        get("/customer/models/{model}/bid/estimate/", customer_page(bob=404))
     ],
     "customer/bids/<int:bid_id>/": [get("/customer/bids/{bid}/", customer_page(bob=404))],
     "customer/bids/<int:bid_id>/cancel/": [
@@ -440,8 +443,8 @@ def test_bob_cannot_use_alices_dataset_even_on_a_catalogue_model(client, alice, 
     assert "alice&#x27;s private data" not in client.get(f"/customer/models/{model.pk}/").content.decode()
     response = client.post(
         "/api/v1/bids/",
-        {"inference_model": model.pk, "dataset": alices.pk, "precision": "fp32", "max_price_mcents_per_ch": 5000,
-         "budget_cents": 100, "deadline": (timezone.now() + timedelta(hours=3)).isoformat()},
+        {"inference_model": model.pk, "dataset": alices.pk, "precision": "fp32", "max_price_usd_per_ch": "0.05",
+         "budget_usd": "1.00", "deadline": (timezone.now() + timedelta(hours=3)).isoformat()},
         content_type="application/json",
     )  # fmt: skip
     assert response.status_code == 400

@@ -1,0 +1,208 @@
+"""The bid form's estimate: what the dataset chosen costs in every precision's pool, which pools have no cars now, and a
+budget that covers the worst case, following the customer's choices (GET /customer/models/<id>/bid/estimate/)."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from core.money import price_per_million, usd
+from marketplace.models import Bid, Dataset, InferenceModel, PrecisionVariant
+
+pytestmark = pytest.mark.django_db
+
+EXPONENT = re.compile(r"\d[eE][-+]\d")  # 1.4e-08, 2E+5: how `.3g` and `.2e` write small and large numbers
+
+
+def page_of(client, model, **query) -> str:
+    response = client.get(f"/customer/models/{model.pk}/bid/", query)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def estimate_of(client, model, **query):
+    return client.get(f"/customer/models/{model.pk}/bid/estimate/", query)
+
+
+def heavier(model, ch_per_item: float) -> None:
+    """Make every item of `model` cost `ch_per_item` CH, so that the job is worth whole cents."""
+    PrecisionVariant.objects.filter(inference_model=model).update(ch_per_item=ch_per_item)
+
+
+def test_every_precision_that_can_run_has_a_row_with_the_datasets_cost_and_a_price_per_million(
+    client, digits_with_variants, cars
+):
+    page = page_of(client, digits_with_variants)
+
+    estimate = client.get(f"/customer/models/{digits_with_variants.pk}/bid/").context["estimate"]
+    runnable = [row for row in estimate.pools if row.runnable]
+    assert runnable, "the fixture's cars run the digits model"
+    for row in runnable:
+        assert f'<th scope="row">{row.precision.upper()}' in page
+        assert f"<strong>{usd(row.cost_nc)}</strong>" in page
+        assert usd(row.cost_nc).startswith("$")
+        assert price_per_million(row.price_mcents, row.ch_per_item) in page
+    assert "Estimated cost of digits.npy (200 items) in INT8: <strong>" in page
+    assert "Auto would pick <strong>INT8</strong> now" in page
+
+
+def test_a_pool_no_car_offers_now_says_so(client, digits_with_variants):
+    # The fixture's car is registered but sends no heartbeat: it runs every precision, and offers none now.
+    page = page_of(client, digits_with_variants)
+
+    assert "No car offers INT8 now" in page
+    assert "No car offers FP16 now" in page
+
+
+def test_a_precision_no_car_can_run_says_why(client, digits_with_variants):
+    from fleet.models import Vehicle
+
+    Vehicle.objects.update(status="paused")
+
+    page = page_of(client, digits_with_variants)
+
+    assert "FP16 cannot run: no car runs FP16." in page
+    assert "Nothing can run this model now" in page
+
+
+def test_the_fp16_estimate_costs_more_than_int8s_when_its_pool_is_dearer(client, digits_with_variants):
+    # No round has run: each pool is priced at its reserve, INT8's $0.01 per CH and FP16's $0.015.
+    heavier(digits_with_variants, 0.01)  # 200 items: 2 CH
+
+    int8 = estimate_of(client, digits_with_variants, precision="int8").content.decode()
+    fp16 = estimate_of(client, digits_with_variants, precision="fp16").content.decode()
+
+    assert "Estimated cost of digits.npy (200 items) in INT8: <strong>$0.02</strong> at $0.01/CH." in int8
+    assert "Estimated cost of digits.npy (200 items) in FP16: <strong>$0.03</strong> at $0.015/CH." in fp16
+    assert '<th scope="row">FP16 <small><mark>your pick</mark></small>' in fp16
+    for fragment in (int8, fp16):  # both show every pool
+        assert "<strong>$0.02</strong>" in fragment and "<strong>$0.03</strong>" in fragment
+
+
+def test_the_estimate_follows_the_last_clearing_price(client, digits_with_variants, cars):
+    from marketplace.models import PoolClearing, Round
+
+    heavier(digits_with_variants, 0.01)
+    round_ = Round.objects.create(slot=timezone.now().replace(second=0, microsecond=0), finished_at=timezone.now())
+    for pool, price in (("int8", 2500), ("fp16", 1500), ("fp8", 1500), ("fp32", 2000)):
+        PoolClearing.objects.create(round=round_, pool=pool, clearing_price_mcents=price, reserve_mcents=1000)
+
+    text = estimate_of(client, digits_with_variants, precision="int8").content.decode()
+
+    assert "$0.025/CH" in text and "the last clearing price" in text
+    assert "<strong>$0.05</strong>" in text  # 2 CH at $0.025
+
+
+def test_the_suggested_budget_covers_every_item_at_the_maximum_price(client, digits_with_variants):
+    model = digits_with_variants
+    heavier(model, 0.1)  # 200 items: 20 CH; at up to $0.03 per CH, the job can cost $0.60
+    dataset = model.datasets.get()
+
+    fragment = estimate_of(client, model, dataset=dataset.pk, precision="int8", max_price_usd_per_ch="0.03")
+
+    assert "Suggested budget: <strong>$0.60</strong> (covers every item at up to $0.03/CH)" in fragment.content.decode()
+    deadline = (timezone.now() + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
+    form = {"dataset": dataset.pk, "precision": "int8", "max_price_usd_per_ch": "0.03", "deadline": deadline}
+    short = client.post(f"/customer/models/{model.pk}/bid/", {**form, "budget_usd": "0.59"})
+    assert short.status_code == 400
+    assert "can cost $0.60" in short.content.decode()
+    placed = client.post(f"/customer/models/{model.pk}/bid/", {**form, "budget_usd": "0.60"})
+    assert placed.status_code == 302
+    assert Bid.objects.get().budget_cents == 60
+
+
+def test_the_form_starts_with_the_suggested_budget(client, digits_with_variants):
+    heavier(digits_with_variants, 0.01)  # 2 CH at the form's maximum of $0.05 per CH: $0.10
+
+    page = page_of(client, digits_with_variants)
+
+    assert 'name="budget_usd" value="0.10"' in page
+    assert "Suggested budget: <strong>$0.10</strong> (covers every item at up to $0.05/CH)" in page
+
+
+def test_a_budget_is_at_least_a_cent(client, digits_with_variants):
+    heavier(digits_with_variants, 1e-9)  # a job worth far less than a cent
+
+    text = estimate_of(client, digits_with_variants, max_price_usd_per_ch="0.05").content.decode()
+
+    assert "Suggested budget: <strong>$0.01</strong>" in text
+
+
+def test_without_a_maximum_price_the_budget_covers_twice_the_estimates_price(client, digits_with_variants):
+    heavier(digits_with_variants, 0.01)  # 2 CH; INT8 at its $0.01 reserve, so up to $0.02: $0.04
+
+    text = estimate_of(client, digits_with_variants, precision="int8").content.decode()
+
+    assert "Suggested budget: <strong>$0.04</strong> (covers every item at up to $0.02/CH)" in text
+
+
+def test_the_estimate_moves_with_the_dataset_chosen(client, digits_with_variants):
+    model = digits_with_variants
+    heavier(model, 0.01)
+    other = Dataset.objects.create(
+        owner=model.owner, inference_model=model, name="small", sha256="1" * 64, size_bytes=1, format="npy",
+        item_count=50, status=InferenceModel.Status.READY,
+    )  # fmt: skip
+
+    text = estimate_of(client, model, dataset=other.pk, precision="int8").content.decode()
+
+    assert "Estimated cost of small (50 items) in INT8: <strong>$0.005</strong> at $0.01/CH" in text  # 0.5 CH
+
+
+def test_the_form_asks_for_the_estimate_again_when_a_choice_changes(client, digits_with_variants):
+    page = page_of(client, digits_with_variants)
+
+    assert f'hx-get="/customer/models/{digits_with_variants.pk}/bid/estimate/"' in page
+    assert 'hx-trigger="change"' in page and 'id="bid-estimate"' in page
+
+
+def test_another_customers_model_or_dataset_is_a_404(client, digits_with_variants, bob):
+    model = digits_with_variants
+    InferenceModel.objects.filter(pk=model.pk).update(is_catalogue=True)  # every customer sees the model...
+    bobs = Dataset.objects.create(
+        owner=bob, inference_model=model, name="bob's", sha256="2" * 64, size_bytes=1, format="npy", item_count=9,
+        status=InferenceModel.Status.READY,
+    )  # fmt: skip
+
+    assert estimate_of(client, model, dataset=bobs.pk).status_code == 404  # ... but not one another's data
+
+    InferenceModel.objects.filter(pk=model.pk).update(is_catalogue=False)
+    client.force_login(bob)
+    assert estimate_of(client, model).status_code == 404
+    assert estimate_of(client, model, dataset=bobs.pk).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"dataset": "abc"}, "dataset: give the number of one of your datasets."),
+        ({"dataset": "²"}, "dataset: give the number of one of your datasets."),
+        ({"dataset": "9" * 40}, "dataset: give the number of one of your datasets."),
+        ({"precision": "fp64"}, "precision: Select a valid choice."),
+        ({"max_price_usd_per_ch": "lots"}, "max_price_usd_per_ch: Enter a number."),
+        ({"max_price_usd_per_ch": "-1"}, "max_price_usd_per_ch: Ensure this value is greater than or equal to"),
+        ({"max_price_usd_per_ch": "0.000001"}, "max_price_usd_per_ch: Ensure that there are no more than 5 decimal"),
+        ({"max_price_usd_per_ch": "1e999999"}, "max_price_usd_per_ch: "),
+    ],
+)
+def test_a_bad_parameter_is_a_400_naming_it(client, digits_with_variants, query, message):
+    response = estimate_of(client, digits_with_variants, **query)
+
+    assert response.status_code == 400
+    assert message in response.content.decode()
+
+
+def test_no_amount_on_the_page_is_written_with_an_exponent(client, digits_with_variants, cars):
+    from marketplace.rounds import auction_round_run
+
+    heavier(digits_with_variants, 1.4e-8)  # a small embedding's cost per item: 200 items are 2.8e-06 CH
+    auction_round_run()  # the market table shows its prices and supply
+
+    page = page_of(client, digits_with_variants)
+    fragment = estimate_of(client, digits_with_variants, precision="fp16").content.decode()
+
+    for text in (page, fragment):
+        assert not EXPONENT.search(text), EXPONENT.search(text)
+        assert "e-0" not in text and "e+" not in text
+    assert "0.0000028 CH" in page
