@@ -72,7 +72,7 @@ OWNERS = ("olivia", "oscar", "otto")  # the demo owners (ops/demo.py)
 CUSTOMER = "alice"
 # Each car may use this much energy a day: 2 hours at an HW4's 100 W, so every car offers about 4.9 INT8 CH.
 ENERGY_CAP_KWH = 0.2
-OWNER_MIN_PRICE_CENTS_PER_CH = 20  # the cars' ask, so the clearing price (and the money moved) is known: 20 ¢/CH
+OWNER_MIN_PRICE_MCENTS_PER_CH = 20_000  # the cars' ask, so the clearing price (and the money moved) is known: $0.20/CH
 BID_MAX_PRICE_MCENTS_PER_CH = 30_000
 WEBHOOK_SECRET = "whsec_chaos_local"  # noqa: S105 - signs webhooks between two local processes
 AGENT_HEARTBEAT_S = 1.0
@@ -293,7 +293,9 @@ def cars_register(count: int, tz: str, server: str, folder: Path) -> list[tuple[
         path.write_text(credential.to_file_text(server))
         cars.append((vehicle.pk, path))
     OptInPolicy.objects.update(
-        battery_floor_pct=10, max_energy_kwh_per_day=ENERGY_CAP_KWH, min_price_cents_per_ch=OWNER_MIN_PRICE_CENTS_PER_CH
+        battery_floor_pct=10,
+        max_energy_kwh_per_day=ENERGY_CAP_KWH,
+        min_price_mcents_per_ch=OWNER_MIN_PRICE_MCENTS_PER_CH,
     )
     return cars
 

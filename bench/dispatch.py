@@ -82,7 +82,7 @@ TARGET_MS_PER_UNIT = 20.0
 OWNERS = ("olivia", "oscar", "otto")  # the demo owners (ops/demo.py)
 CUSTOMER = "alice"
 ENERGY_CAP_KWH = 0.2  # 2 hours at an HW4's 100 W: every car offers about 4.9 INT8 CH
-OWNER_MIN_PRICE_CENTS_PER_CH = 20
+OWNER_MIN_PRICE_MCENTS_PER_CH = 20_000  # $0.20/CH
 BID_MAX_PRICE_MCENTS_PER_CH = 30_000
 HEARTBEAT_S = 10.0  # wall seconds between a car's heartbeats during the job
 IDLE_POLL_S = 2.0  # a car with nothing to do asks again after this long
@@ -392,7 +392,9 @@ def cars_register(count: int, tz: str, trusted: bool) -> list[tuple[int, object]
         )  # fmt: skip
         cars.append((vehicle.pk, credential))
     OptInPolicy.objects.update(
-        battery_floor_pct=10, max_energy_kwh_per_day=ENERGY_CAP_KWH, min_price_cents_per_ch=OWNER_MIN_PRICE_CENTS_PER_CH
+        battery_floor_pct=10,
+        max_energy_kwh_per_day=ENERGY_CAP_KWH,
+        min_price_mcents_per_ch=OWNER_MIN_PRICE_MCENTS_PER_CH,
     )
     if trusted:
         streak = settings.VERIFICATION_TRUSTED_AFTER

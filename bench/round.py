@@ -84,7 +84,7 @@ def seed(cars: int, bids: int, rng: np.random.Generator) -> dict:
     )
     OptInPolicy.objects.bulk_create(
         [
-            OptInPolicy(vehicle=v, battery_floor_pct=40, min_price_cents_per_ch=int(rng.integers(0, 4)))
+            OptInPolicy(vehicle=v, battery_floor_pct=40, min_price_mcents_per_ch=int(rng.integers(0, 4)) * 1000)
             for v in vehicles
         ],
         batch_size=2000,

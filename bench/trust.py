@@ -112,8 +112,8 @@ ITEMS_PER_S = {"HW4": 100.0, "HW3": 100.0 * 144 / 245}  # the cars' reported spe
 # in units of 57 on both (HW3's chip is slower and draws less), so that a unit cut for one class and given back is
 # rarely split for the other (module docstring, "A scale model").
 ENERGY_CAP_KWH = {"HW4": 0.23, "HW3": 0.28}
-HONEST_ASK_CENTS = (2, 3)
-LIAR_ASK_CENTS = 1  # the INT8 reserve
+HONEST_ASK_MCENTS = (2000, 3000)
+LIAR_ASK_MCENTS = 1000  # the INT8 reserve
 MAX_PRICE_MCENTS = (4000, 6000)
 BUDGET_CENTS = 100  # Stripe's 50 ¢ minimum hold covers any of these jobs many times
 CUSTOMERS = 3
@@ -310,9 +310,9 @@ def fleet_register(count: int, tz: str, variant, rng: random.Random, now: dateti
         car.wh_per_ch = emulated_energy(hardware[hw])["int8"]
         cars.append(car)
     for car in cars:
-        ask = LIAR_ASK_CENTS if car.role != "honest" else rng.choice(HONEST_ASK_CENTS)
+        ask = LIAR_ASK_MCENTS if car.role != "honest" else rng.choice(HONEST_ASK_MCENTS)
         OptInPolicy.objects.filter(vehicle=car.vehicle).update(
-            battery_floor_pct=10, max_energy_kwh_per_day=ENERGY_CAP_KWH[car.hardware], min_price_cents_per_ch=ask
+            battery_floor_pct=10, max_energy_kwh_per_day=ENERGY_CAP_KWH[car.hardware], min_price_mcents_per_ch=ask
         )
         if car.role != "honest":
             Vehicle.objects.filter(pk=car.pk).update(energy_price_cents_per_kwh=0)
@@ -1137,7 +1137,7 @@ def run(args: argparse.Namespace, lab: Lab) -> int:
             "cars_clock_rate": CLOCK_RATE,
             "cars_items_per_s": ITEMS_PER_S,
             "energy_cap_kwh": ENERGY_CAP_KWH,
-            "asks_cents_per_ch": {"lying cars": LIAR_ASK_CENTS, "honest cars": list(HONEST_ASK_CENTS)},
+            "asks_mcents_per_ch": {"lying cars": LIAR_ASK_MCENTS, "honest cars": list(HONEST_ASK_MCENTS)},
             "lie_cosine": LIE_COSINE,
             "fresh_cars": args.fresh_cars,
         },

@@ -83,6 +83,17 @@ def dollars_text(dollars: Decimal, *, significant: int = 3) -> str:
     return text
 
 
+def plain_significant(value: float, significant: int = 3) -> str:
+    """A number with `significant` significant digits as plain decimals, never an exponent: 1.4e-8 → "0.000000014"
+    (for the small quantities a page shows beside money: CH per item, CH of a job)."""
+    if value == 0:
+        return "0"
+    exact = Decimal(repr(float(value)))
+    exponent = exact.adjusted() - significant + 1
+    text = f"{exact.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_UP):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def usd(nc: int | None, currency: str = "usd") -> str:
     """An amount in n¢ as dollars: 1234 × 10⁹ → "$12.34"; 21 → "$0.00000000021"; −5 × 10⁹ → "−$0.05"."""
     if nc is None or nc == "":
@@ -106,6 +117,15 @@ def price_per_ch(mcents_per_ch: int | None) -> str:
     if mcents_per_ch is None or mcents_per_ch == "":
         return "—"
     return f"${dollars_text(Decimal(int(mcents_per_ch)) / 100_000, significant=4)}/CH"
+
+
+def price_per_kwh(cents_per_kwh: Decimal | int | None) -> str:
+    """An electricity price in ¢ per kWh (a car's, to 0.01 ¢) as dollars per kWh, every digit it has: 16 →
+    "$0.16/kWh"; 31.5 → "$0.315/kWh"; 123.45 → "$1.2345/kWh"."""
+    if cents_per_kwh is None or cents_per_kwh == "":
+        return "—"
+    whole, _, part = f"{Decimal(str(cents_per_kwh)) / 100:f}".partition(".")
+    return f"${int(whole):,}.{part.rstrip('0').ljust(2, '0')}/kWh"
 
 
 def per_million_nc(mcents_per_ch: int, ch_per_item: float) -> int:
@@ -154,11 +174,3 @@ def dollars_to_mcents(dollars: Decimal) -> int:
 def dollars_to_cents(dollars: Decimal) -> int:
     """An amount typed in dollars to whole cents, half up ($5 → 500)."""
     return int((Decimal(dollars) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-__all__ = [
-    "MAX_AUTHORIZATION_CENTS", "NC_PER_CENT", "NC_PER_DOLLAR", "NC_PER_MCENT", "cents_ceil", "cents_floor",
-    "dollars_text", "dollars_to_cents", "dollars_to_mcents", "nc_from_cents", "nc_from_mcents", "per_million_nc",
-    "price_per_ch", "price_per_million", "usd", "usd_cents", "usd_text_from_cents", "usd_text_from_mcents",
-    "usd_text_from_nc",
-]  # fmt: skip

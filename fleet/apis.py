@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -21,6 +22,7 @@ from rest_framework.views import APIView
 from accounts.models import Role
 from accounts.permissions import HasRole
 from core.exceptions import ErrorSerializer
+from core.money import dollars_to_mcents, usd_text_from_mcents
 from core.parsers import JSONParser
 from core.validation import validated
 
@@ -252,7 +254,35 @@ class HardwareApi(AgentApi):
 IsOwner = HasRole.of(Role.OWNER)
 
 
+class UsdPerChField(serializers.DecimalField):
+    """A price in dollars per CH as an exact decimal string ("0.015"), to $0.00001, held in m¢ per CH: money in the
+    API is US dollars as decimal strings. Digits bounded, so that no price overflows the database (a 500)."""
+
+    default_error_messages = {
+        "invalid": 'A price in dollars per CH is required, e.g. "0.015".',
+        "min_value": "At least $0.00 per CH.",
+        "max_digits": "At most $9,999,999.99999 per CH.",
+        "max_whole_digits": "At most $9,999,999.99999 per CH.",
+        "max_decimal_places": "To $0.00001 per CH at most (5 decimal places).",
+    }
+
+    def __init__(self, **kwargs):
+        # The bound is checked on the m¢ this field returns: 0 is 0 in either unit.
+        super().__init__(max_digits=12, decimal_places=5, min_value=Decimal(0), **kwargs)
+
+    def to_internal_value(self, data) -> int:
+        return dollars_to_mcents(super().to_internal_value(data))
+
+    def to_representation(self, value) -> str:
+        return usd_text_from_mcents(value)
+
+
 class PolicySerializer(serializers.ModelSerializer):
+    min_price_usd_per_ch = UsdPerChField(
+        source="min_price_mcents_per_ch",
+        required=False,
+        help_text="The lowest price per CH the car sells at, in dollars (it never sells below its electricity cost).",
+    )
     windows = serializers.JSONField(
         required=False,
         help_text="[[weekday 0-6 (Monday=0), start minute, end minute], ...] in the car's time zone; [] = any time.",
@@ -262,7 +292,7 @@ class PolicySerializer(serializers.ModelSerializer):
         model = OptInPolicy
         fields = (
             "enabled", "windows", "battery_floor_pct", "plugged_in_only", "max_energy_kwh_per_day",
-            "max_power_w", "min_price_cents_per_ch", "leave_at", "updated_at",
+            "max_power_w", "min_price_usd_per_ch", "leave_at", "updated_at",
         )  # fmt: skip
         read_only_fields = ("updated_at",)
 

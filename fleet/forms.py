@@ -1,7 +1,10 @@
 import zoneinfo
 from datetime import datetime, time
+from decimal import Decimal
 
 from django import forms
+
+from core.money import dollars_to_mcents, usd_text_from_mcents
 
 from .models import HardwareProfile, OptInPolicy
 
@@ -26,12 +29,20 @@ class VehicleForm(forms.Form):
     )
     region = forms.CharField(max_length=64, required=False, help_text="Optional, e.g. US-CA.")
     battery_capacity_kwh = forms.FloatField(label="Battery capacity (kWh)", min_value=5, max_value=300, initial=75)
-    energy_price_cents_per_kwh = forms.DecimalField(
-        label="Your electricity price (¢/kWh)",
+    # Asked in dollars, as all money on the site; kept in ¢/kWh (Vehicle.energy_price_cents_per_kwh): $0.0001 is
+    # the model's 0.01 ¢, so nothing typed is rounded.
+    energy_price_usd_per_kwh = forms.DecimalField(
+        label="Your electricity price ($ per kWh)",
         min_value=0,
-        max_value=500,
-        decimal_places=2,
+        max_value=5,
+        decimal_places=4,
         help_text="Your asking price always covers this, so you never compute at a loss.",
+        error_messages={
+            "min_value": "At least $0.00 per kWh.",
+            "max_value": "At most $5.00 per kWh.",
+            "max_decimal_places": "To $0.0001 per kWh at most (4 decimal places).",
+            "invalid": "Enter a price in dollars per kWh, e.g. 0.16.",
+        },
     )
     vin = forms.CharField(
         label="VIN (optional)",
@@ -40,10 +51,41 @@ class VehicleForm(forms.Form):
         help_text="Only a fingerprint and the last four characters are kept.",
     )
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cents = self.initial.pop("energy_price_cents_per_kwh", None)
+        if cents is not None:
+            whole, _, part = f"{Decimal(str(cents)) / 100:f}".partition(".")
+            self.initial.setdefault("energy_price_usd_per_kwh", f"{whole}.{part.rstrip('0').ljust(2, '0')}")
+
+    def clean(self):
+        cleaned = super().clean()
+        dollars = cleaned.pop("energy_price_usd_per_kwh", None)
+        if dollars is not None:
+            cleaned["energy_price_cents_per_kwh"] = (dollars * 100).quantize(Decimal("0.01"))  # exact: 4 decimals
+        return cleaned
+
 
 class PolicyForm(forms.ModelForm):
     """The opt-in policy, with the weekly windows as a from/to pair per day and 'I leave at' as a time today."""
 
+    # Asked in dollars, as every price on the site; kept in m¢ per CH. Digits bounded, so that no price overflows the
+    # database (a 500).
+    min_price_usd_per_ch = forms.DecimalField(
+        label="Minimum price ($ per CH)",
+        min_value=0,
+        max_digits=12,
+        decimal_places=5,
+        help_text="The lowest price per compute-hour you accept, e.g. 0.015. Your car never sells below your "
+        "electricity cost either.",
+        error_messages={
+            "min_value": "At least $0.00 per CH.",
+            "max_digits": "At most $9,999,999.99999 per CH.",
+            "max_whole_digits": "At most $9,999,999.99999 per CH.",
+            "max_decimal_places": "To $0.00001 per CH at most (5 decimal places).",
+            "invalid": "Enter a price in dollars per CH, e.g. 0.015.",
+        },
+    )
     leave_at_time = forms.TimeField(
         label="I will leave today at",
         required=False,
@@ -55,7 +97,7 @@ class PolicyForm(forms.ModelForm):
         model = OptInPolicy
         fields = (
             "enabled", "battery_floor_pct", "plugged_in_only", "max_energy_kwh_per_day", "max_power_w",
-            "min_price_cents_per_ch",
+            "min_price_usd_per_ch",
         )  # fmt: skip
         labels = {"enabled": "Let this car work while parked"}
         help_texts = {
@@ -63,12 +105,12 @@ class PolicyForm(forms.ModelForm):
             "plugged_in_only": "Only compute while charging.",
             "max_energy_kwh_per_day": "The most energy compute may use per day.",
             "max_power_w": "The most power compute may draw (at most 1000 W, and at most what the hardware draws).",
-            "min_price_cents_per_ch": "The lowest price per compute-hour you accept (your electricity cost is added).",
         }
 
     def __init__(self, *args, vehicle, **kwargs):
         super().__init__(*args, **kwargs)
         self.vehicle = vehicle
+        self.initial.setdefault("min_price_usd_per_ch", usd_text_from_mcents(self.instance.min_price_mcents_per_ch))
         self.day_fields = []
         by_day = {w[0]: w for w in (self.instance.windows or [])}
         for index, name in enumerate(WEEKDAYS):
@@ -107,7 +149,8 @@ class PolicyForm(forms.ModelForm):
         return cleaned
 
     def policy_changes(self) -> dict:
-        changes = {name: self.cleaned_data[name] for name in self.Meta.fields}
+        changes = {name: self.cleaned_data[name] for name in self.Meta.fields if name != "min_price_usd_per_ch"}
+        changes["min_price_mcents_per_ch"] = dollars_to_mcents(self.cleaned_data["min_price_usd_per_ch"])
         changes["windows"] = self.cleaned_data["windows"]
         if "leave_at_time" in self.changed_data:
             changes["leave_at"] = self.cleaned_data["leave_at"]

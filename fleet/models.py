@@ -177,7 +177,8 @@ class OptInPolicy(models.Model):
     max_power_w = models.PositiveIntegerField(
         "maximum power (W)", default=300, validators=[MinValueValidator(10), MaxValueValidator(1000)]
     )
-    min_price_cents_per_ch = models.PositiveIntegerField("minimum price (¢/CH)", default=0)
+    # Milli-cents per CH, as every market price (core/money.py): an owner may ask less than a cent, e.g. $0.015.
+    min_price_mcents_per_ch = models.PositiveBigIntegerField("minimum price (m¢/CH)", default=0)
     leave_at = models.DateTimeField(null=True, blank=True, help_text="Today's declared departure: a hard limit.")
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -208,7 +208,7 @@ POLICY_FIELDS = (
     "plugged_in_only",
     "max_energy_kwh_per_day",
     "max_power_w",
-    "min_price_cents_per_ch",
+    "min_price_mcents_per_ch",
     "leave_at",
 )
 

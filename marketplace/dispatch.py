@@ -90,6 +90,7 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
             item_bytes_out=ITEM_OUTPUT_BYTES,
             model_bytes=bid.variant.size_bytes or 0,
             model_cached=car["model_cached"],
+            max_items=settings.WORK_UNIT_MAX_ITEMS,
         ) or 1  # fmt: skip
         index = next_index.get(bid.pk, 0)
         left: list[WorkUnit] = []
@@ -541,6 +542,7 @@ def units_fit(*, vehicle: Vehicle, variant: PrecisionVariant, now: datetime) -> 
             up_mbps=float(state.get("bandwidth_up_mbps") or 0),
             item_bytes_in=unit.bid.dataset.size_bytes / max(unit.bid.dataset.item_count, 1),
             item_bytes_out=ITEM_OUTPUT_BYTES, model_bytes=variant.size_bytes or 0, model_cached=True,
+            max_items=settings.WORK_UNIT_MAX_ITEMS,
         )  # fmt: skip
         size = min(per_unit, budget)
         if unit.replica_of_id is not None:

@@ -120,7 +120,7 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
                 continue
             # Wh per CH × ¢ per kWh = m¢ per CH.
             energy_mcents_per_ch = wh_per_ch * float(vehicle.energy_price_cents_per_kwh)
-            ask = max(vehicle.policy.min_price_cents_per_ch * 1000, int(np.ceil(energy_mcents_per_ch / (1 - fee))))
+            ask = max(vehicle.policy.min_price_mcents_per_ch, int(np.ceil(energy_mcents_per_ch / (1 - fee))))
             cars.append(vehicle.pk)
             pools.append(auction.POOLS.index(precision))
             chs.append(availability.hours_offered * pool_rate)

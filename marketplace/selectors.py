@@ -365,6 +365,15 @@ def market_latest() -> dict[str, dict]:
     }
 
 
+def pool_prices_now(*, outlook: list[PoolOutlook], market: dict[str, dict] | None = None) -> dict[str, int]:
+    """Per precision, what a CH costs now (m¢/CH): the pool's last clearing price, or its reserve before any round
+    cleared it. One query (the last round), none when `market` is given."""
+    market = market_latest() if market is None else market
+    return {
+        p.precision: (market.get(p.precision) or {}).get("clearing_price_mcents") or p.reserve_mcents for p in outlook
+    }
+
+
 def market_history(*, rounds: int = 120) -> dict:
     """The smoothed price index per pool over the last rounds, for the chart (oldest first)."""
     from .models import PoolClearing, Round
@@ -428,7 +437,7 @@ class PoolEstimate:
     ch_per_item: float | None  # of the build a bid would run; None before there is one
     ch: float | None  # the whole dataset
     price_mcents: int  # the pool's last clearing price, else its reserve
-    price_is_reserve: bool  # no round has cleared the pool yet
+    price_is_reserve: bool  # the last round set no price in the pool (or no round has run)
     reserve_mcents: int
     cost_nc: int | None  # every item at price_mcents, to the n¢
     cars: int  # cars that can run it (PoolOutlook.cars)
@@ -531,18 +540,18 @@ def bid_estimate(
             )
         )  # fmt: skip
     by_precision = {row.precision: row for row in pools}
+    ceiling = pricing_current().price_ceiling_mcents if max_price_mcents is None else None
     if precision == "auto":
-        # Priced as the form is filled in: auto's pick depends on the maximum price (a pool whose reserve is above it
-        # is passed over).
-        pick_price = max_price_mcents if max_price_mcents is not None else pricing_current().price_ceiling_mcents
-        picked = auto_pick_for_bid(outlook, items=dataset.item_count, max_price_mcents=pick_price)
+        # Auto's pick depends on the maximum price: a pool whose reserve is above it is passed over.
+        within = max_price_mcents if max_price_mcents is not None else ceiling
+        picked = auto_pick_for_bid(outlook, items=dataset.item_count, max_price_mcents=within)
         chosen = by_precision[picked.precision] if picked else None
     else:
         chosen = by_precision.get(precision)
     if max_price_mcents is None:
-        pricing = pricing_current()
-        twice = 2 * chosen.price_mcents if chosen else 0
-        max_price_mcents = min(max(twice, chosen.reserve_mcents if chosen else 0), pricing.price_ceiling_mcents)
+        # No maximum given: room for the clearing price to double before the budget runs short.
+        twice = max(2 * chosen.price_mcents, chosen.reserve_mcents) if chosen else 0
+        max_price_mcents = min(twice, ceiling)
     suggested = None
     if chosen is not None and chosen.ch is not None:
         suggested = bid_worst_case_cents(ch=chosen.ch, max_price_mcents=max_price_mcents)

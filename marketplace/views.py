@@ -78,6 +78,7 @@ def _model_context(request, model):
     return {
         "model": model,
         "variants": [(pool.variant, selectors.variant_passes(pool.variant), pool) for pool in outlook if pool.variant],
+        "prices": selectors.pool_prices_now(outlook=outlook),
         "rebuild_failures": list(selectors.rebuild_failures(model=model, in_force=in_force).values()),
         "own_reports": own_reports,
         "auto": auto.variant if auto else None,

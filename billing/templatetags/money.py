@@ -27,6 +27,12 @@ def per_ch(mcents) -> str:
 
 
 @register.filter
+def per_kwh(cents) -> str:
+    """An electricity price in ¢ per kWh: 16 → "$0.16/kWh"."""
+    return money.price_per_kwh(cents)
+
+
+@register.filter
 def per_million(mcents, ch_per_item) -> str:
     """A price in m¢ per CH for 1M items of `ch_per_item` CH: "$0.00021 per 1M items"."""
     return money.price_per_million(mcents, ch_per_item)

@@ -372,6 +372,9 @@ VERIFICATION_AUDIT_SAMPLE_ITEMS = env.int("VERIFICATION_AUDIT_SAMPLE_ITEMS", def
 # nothing predicts yet, is leased for the minimum and renewed (for 15 minutes at most: marketplace/selftests.py).
 WORK_LEASE_SECONDS = env.int("WORK_LEASE_SECONDS", default=600)
 WORK_LEASE_MIN_SECONDS = env.int("WORK_LEASE_MIN_SECONDS", default=60)
+# The most items one work unit holds, however long the car stays: a unit bounded in items keeps progress, result
+# verification and the redo after a lost lease granular (marketplace/sizing.py: items_per_unit).
+WORK_UNIT_MAX_ITEMS = env.int("WORK_UNIT_MAX_ITEMS", default=10_000)
 # The compute classes an INT8 variant must give exact numbers on (fleet/agent/hardware.py), besides the platform's own
 # CPU: every class, so one variant serves any car. A platform whose cars and own CPU all have VNNI (or are ARM) may
 # list only those and get the faster full-range recipe (marketplace/inference/quantization.py, int8_recipes).

@@ -1,5 +1,7 @@
 from django import template
 
+from core.money import plain_significant
+
 register = template.Library()
 
 
@@ -49,7 +51,7 @@ def compute_class_name(value: str) -> str:
 @register.filter
 def ch_amount(value) -> str:
     """Compute-hours for people, whatever their size: '1,240', '2.45', '0.00135' (a CPU-bound car measures a
-    thousandth of its rated CH), '—' for none."""
+    thousandth of its rated CH), '0.000000014', '—' for none."""
     if value is None or value == "":
         return "—"
     value = float(value)
@@ -57,4 +59,4 @@ def ch_amount(value) -> str:
         return f"{value:,.0f}"
     if abs(value) >= 0.1 or value == 0:
         return f"{value:.2f}"
-    return f"{value:.3g}"
+    return plain_significant(value)  # never an exponent: a MiniLM document is 0.000000014 CH

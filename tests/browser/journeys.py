@@ -48,7 +48,9 @@ def parked_car(
     from tests.factories import vehicle_with_credential
 
     vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car", time_zone=tz)
-    OptInPolicy.objects.filter(vehicle=vehicle).update(battery_floor_pct=10, min_price_cents_per_ch=min_price_cents)
+    OptInPolicy.objects.filter(vehicle=vehicle).update(
+        battery_floor_pct=10, min_price_mcents_per_ch=min_price_cents * 1000
+    )
     Vehicle.objects.filter(pk=vehicle.pk).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
     agents(credential.to_file_text(), tz=tz, name=name, seed=seed, heartbeat=heartbeat)
     assert wait_for(lambda: availability(vehicle).available, timeout=60), availability(vehicle).reasons
@@ -61,14 +63,6 @@ def availability(vehicle):
     from fleet.selectors import vehicles_live
 
     return vehicles_live([Vehicle.objects.select_related("hardware", "policy").get(pk=vehicle.pk)])[0].availability
-
-
-def ch_for_units(vehicle, *, units: float = 2.4) -> float:
-    """The CH a job should be worth for this car to take it in one sale, cut into ceil(`units`) work units: the car
-    offers the CH it can deliver before it leaves, and a unit holds at most a quarter of that time's compute
-    (marketplace/sizing.py). Its agent runs one unit per heartbeat, so the job's progress comes in steps."""
-    offered = availability(vehicle).ch_offered["int8"]
-    return offered * units / 4
 
 
 def screenshot(page, name: str) -> Path:

@@ -1,22 +1,26 @@
-"""A customer, in a browser: signs up, adds a test card, uploads a dataset for the catalogue's embedding model, bids
-with "auto" precision, watches the progress bar move while a real agent computes, downloads the results and reads
-the receipt. The real worker builds the variants, runs the rounds and settles the payment at the local Stripe server."""
+"""A customer, in a browser: signs up, adds a test card, tops up her prepaid balance, uploads a dataset for the
+catalogue's embedding model, bids with "auto" precision (paid from the balance), watches the progress bar move while a
+real agent computes, downloads the results and reads the receipt, which charges the job exactly what it is worth: a
+fraction of a cent, to the n¢. The real worker builds the variants, runs the rounds and settles the payment; the
+top-up is charged at the local Stripe server."""
 
 import json
+import re
 import time
 
 import pytest
 from django.core.management import call_command
 
+from billing.models import PaymentAuthorization
+from core.money import usd
 from marketplace.inference.catalogue import demo_documents
-from marketplace.models import Bid, Dataset, InferenceModel, PrecisionVariant
+from marketplace.models import Bid, Dataset, InferenceModel
 from tests.factories import OwnerFactory, ensure_hardware_profiles
 from tests.waiting import wait_for
 
 from .journeys import (
     agent_log,
     assert_accessible_basics,
-    ch_for_units,
     focused,
     night_time_zone,
     parked_car,
@@ -27,8 +31,8 @@ from .journeys import (
 DOCUMENTS = 60
 PROGRESS = "#bid-progress progress"
 # The bid form's fields in tab order, then its button: the keyboard reaches each, in the order they are shown.
-BID_FORM_ORDER = ["id_dataset", "id_precision", "id_max_price_usd_per_ch", "id_budget_usd", "id_deadline",
-                  "id_all_or_none", "button"]  # fmt: skip
+BID_FORM_ORDER = ["id_dataset", "id_precision", "id_max_price_usd_per_ch", "id_budget_usd", "id_funding",
+                  "id_deadline", "id_all_or_none", "button"]  # fmt: skip
 
 
 def progress_values(page, *, until_done: int, timeout: float, on_partial) -> list[int]:
@@ -54,14 +58,15 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
 ):
     settings.AUCTION_INTERVAL_SECONDS = 2
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.0
+    # Units bounded in items: the job is cut into three units, one per heartbeat of the car, so the bar moves in
+    # steps. The job's price stays honest: the catalogue's own CH per document, a fraction of a cent in all.
+    settings.WORK_UNIT_MAX_ITEMS = DOCUMENTS // 3
     ensure_hardware_profiles()
     call_command("catalogue_sync", no_variants=True, documents=20, stdout=open("/dev/null", "w"))  # noqa: SIM115
     minilm = InferenceModel.objects.get(is_catalogue=True, kind="text")
     # The supply: an owner's car parked for the night. Its agent takes at most one unit per heartbeat, every 2.5 s:
     # three units then end over 5 s or more, longer than the page's 3 s polling, so the bar must show a step between.
-    car = parked_car(
-        OwnerFactory(username="olivia"), tz=night_time_zone(), agents=agents, min_price_cents=4, heartbeat=2.5
-    )
+    parked_car(OwnerFactory(username="olivia"), tz=night_time_zone(), agents=agents, min_price_cents=4, heartbeat=2.5)
 
     sign_up(page, username="carol", role="customer")
     page.get_by_role("link", name="Billing").click()
@@ -70,6 +75,13 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
     page.get_by_label("Test card").select_option("pm_card_visa")
     page.get_by_role("button", name="Save card").click()
     page.get_by_text("Card saved: Visa ending in 4242.").wait_for()
+    # Her prepaid balance: $10 charged to the card at once; her bids reserve their budget from it.
+    assert page.locator("#balance-free").inner_text() == "$0.00"
+    page.get_by_label("Amount ($)").fill("10")
+    page.get_by_role("button", name="Add to my balance").click()
+    page.get_by_text("$10.00 added to your balance.").wait_for()
+    assert page.locator("#balance-free").inner_text() == "$10.00"
+    assert_accessible_basics(page)
 
     # The catalogue's MiniLM, and a dataset of her own documents for it.
     page.get_by_role("link", name="My jobs").click()
@@ -87,11 +99,6 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
     # The worker builds the four precision variants, the page polling them, until auto settles on the cheapest.
     page.locator("#variants:not([hx-get])").wait_for(timeout=180_000)  # every variant built: it stopped polling
     assert page.get_by_text("Auto precision picks INT8").is_visible()
-
-    # A few documents are sub-cent work: make each one as heavy as a long report, so the job is worth cents and is
-    # cut into a few work units for this car (each unit runs at its own heartbeat: the bar moves in steps).
-    per_item = ch_for_units(car) / DOCUMENTS
-    PrecisionVariant.objects.filter(inference_model=minilm).update(ch_per_item=per_item)
 
     # Her dataset of the catalogue model has variants of its own: she bids on it from its report.
     page.get_by_role("button", name="Bid for compute on Support articles").click()
@@ -118,6 +125,7 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
     page.get_by_text(f"Bid placed: {DOCUMENTS} items.").wait_for()
     bid = Bid.objects.get(customer__username="carol")
     assert bid.variant.precision == "int8"
+    assert PaymentAuthorization.objects.get(bid=bid).method == "balance"  # her balance covers the budget
     assert_accessible_basics(page)
 
     # Rounds sell the car's time, the agent leases the units one heartbeat apart and returns each one's outputs;
@@ -138,17 +146,19 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
     assert [row["index"] for row in rows] == list(range(DOCUMENTS))
     assert rows[0]["text"] == demo_documents(1)[0] and {len(row["vector"]) for row in rows} == {384}
 
-    # The worker captures the validated work at the clearing price; the receipt says so once it has.
-    from billing.models import PaymentAuthorization
-
+    # The worker draws the validated work from her balance at the clearing price, to the n¢: sixty documents are
+    # worth a tiny fraction of a cent, and the receipt charges exactly that (never rounded to $0.00 or a whole cent).
     assert wait_for(lambda: PaymentAuthorization.objects.get(bid=bid).status == "settled", timeout=60)
-    captured = PaymentAuthorization.objects.get(bid=bid).captured_cents
-    assert captured > 0
+    charged_nc = PaymentAuthorization.objects.get(bid=bid).charged_nc
+    assert 0 < charged_nc < 10**9, charged_nc  # n¢: more than nothing, less than a cent
     page.get_by_role("link", name="Receipt").click()
     page.wait_for_url(f"**/customer/billing/receipts/{bid.pk}/")
     assert_accessible_basics(page)
-    charged = page.get_by_role("row", name="Charged (rounded to the cent)")
-    assert f"${captured // 100}.{captured % 100:02d}" in charged.inner_text()
+    charged = page.get_by_role("row", name="Charged for the validated work").inner_text()
+    assert usd(charged_nc) in charged, charged
+    assert re.search(r"\$0\.0000\d*[1-9]", charged) and "e-" not in charged, charged
+    returned = page.get_by_role("row", name="Returned to your balance").inner_text()
+    assert usd(100 * 10**9 - charged_nc) in returned, returned  # the $1.00 budget less the charge
 
     page.get_by_role("link", name="Market").click()
     page.wait_for_url("**/market/")

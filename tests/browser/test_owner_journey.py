@@ -12,9 +12,11 @@ from django.utils import timezone
 
 from billing import ledger
 from billing.models import PaymentAuthorization
+from billing.services.topups import topup_create
+from core.money import usd
 from fleet.models import OptInPolicy, Vehicle
 from marketplace import services
-from marketplace.models import Bid, InferenceModel, PrecisionVariant
+from marketplace.models import Bid, InferenceModel
 from tests.factories import CustomerFactory, ensure_hardware_profiles
 from tests.waiting import wait_for
 
@@ -22,17 +24,17 @@ from .journeys import (
     agent_log,
     assert_accessible_basics,
     availability,
-    ch_for_units,
     night_time_zone,
     screenshot,
     sign_up,
 )
 
-# What the earnings chart shows, in cents: the sum of every bar (Chart.js keeps dollars), read from the live chart.
-CHART_TOTAL_CENTS = """() => {
+# What the earnings chart shows, in n¢: the sum of every bar, read from the live chart. Its data come in n¢ per day
+# and Chart.js keeps dollars (static/js/owner_earnings.js): 1 $ = 1e11 n¢, exact enough in a double to round back.
+CHART_TOTAL_NC = """() => {
   const chart = window.Chart && Chart.getChart('earnings-chart');
   if (!chart) return 0;
-  return Math.round(100 * chart.data.datasets.flatMap((d) => d.data).reduce((a, b) => a + (b || 0), 0));
+  return Math.round(1e11 * chart.data.datasets.flatMap((d) => d.data).reduce((a, b) => a + (b || 0), 0));
 }"""
 
 
@@ -44,8 +46,8 @@ def results_validated(page) -> int:
     return int(match.group(1))
 
 
-def earnings_chart_cents(page) -> int:
-    """Open the earnings page afresh and read what its chart shows (0 while the page has no chart)."""
+def earnings_chart_nc(page) -> int:
+    """Open the earnings page afresh and read what its chart shows, in n¢ (0 while the page has no chart)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     page.goto("/owner/earnings/")
@@ -55,7 +57,7 @@ def earnings_chart_cents(page) -> int:
         page.wait_for_function("() => window.Chart && Chart.getChart('earnings-chart')", timeout=15_000)
     except PlaywrightTimeoutError:
         raise AssertionError("the earnings page has a chart canvas, but no chart was drawn on it") from None
-    return page.evaluate(CHART_TOTAL_CENTS)
+    return page.evaluate(CHART_TOTAL_NC)
 
 
 @pytest.mark.worker
@@ -71,6 +73,7 @@ def test_owner_registers_a_car_sets_its_policy_earns_and_onboards_for_payouts(
     services.variants_queue(inference_model=digits, dataset=digits.datasets.get())
     bob = CustomerFactory(username="bob")
     card_for(bob)
+    topup_create(customer=bob, amount_cents=1000)  # his prepaid balance pays the job
     tz = night_time_zone()
 
     sign_up(page, username="olivia", role="owner")
@@ -101,7 +104,7 @@ def test_owner_registers_a_car_sets_its_policy_earns_and_onboards_for_payouts(
     assert OptInPolicy.objects.get(vehicle=car).battery_floor_pct == 60
     assert_accessible_basics(page)
     page.get_by_label("Battery floor (%)").fill("20")
-    page.get_by_label("Minimum price (¢/CH)").fill("4")
+    page.get_by_label("Minimum price ($ per CH)").fill("0.04")
     page.get_by_role("button", name="Save policy").click()
     page.get_by_text("Saved the opt-in policy of Blue Model 3.").wait_for()
     assert OptInPolicy.objects.get(vehicle=car).battery_floor_pct == 20
@@ -114,17 +117,19 @@ def test_owner_registers_a_car_sets_its_policy_earns_and_onboards_for_payouts(
     agents(credential_file, tz=tz, name="blue")
     row.get_by_text("available", exact=True).wait_for(timeout=60_000)
     assert "parked" in row.inner_text(), row.inner_text()
-    assert earnings_chart_cents(page) == 0  # nothing earned yet: no chart
+    assert earnings_chart_nc(page) == 0  # nothing earned yet: no chart
     page.get_by_role("heading", name="Earnings", exact=True).wait_for()
     assert page.locator("#earnings-empty").is_visible()
 
-    # bob bids for the digits; a few cents of work, in about three units on this car (journeys.ch_for_units).
+    # bob bids for the digits, paid from his balance: honest work, worth a fraction of a cent. Units bounded in items
+    # cut it into three units, so the car returns several results; the job's price is the catalogue's own.
     assert wait_for(lambda: digits.variants.filter(status="ready").count() == 4, timeout=120)
     assert availability(car).available, availability(car).reasons
-    PrecisionVariant.objects.filter(inference_model=digits).update(ch_per_item=ch_for_units(car) / 500)
+    dataset = digits.datasets.get()
+    settings.WORK_UNIT_MAX_ITEMS = -(-dataset.item_count // 3)
     bid = services.bid_place(
-        customer=bob, inference_model=digits, dataset=digits.datasets.get(), precision="auto",
-        max_price_mcents_per_ch=5000, budget_cents=100, deadline=timezone.now() + timedelta(hours=1),
+        customer=bob, inference_model=digits, dataset=dataset, precision="auto", max_price_mcents_per_ch=5000,
+        budget_cents=100, deadline=timezone.now() + timedelta(hours=1), funding="balance",
     )  # fmt: skip
 
     # The car takes the work: its page counts the validated results it returns.
@@ -135,13 +140,15 @@ def test_owner_registers_a_car_sets_its_policy_earns_and_onboards_for_payouts(
     page.reload()
     assert results_validated(page) >= 2, page.locator("#reputation").inner_text()  # a unit each, several units
 
-    # The job is charged (the worker settles it at the local Stripe server) and the owner's share appears on the chart.
+    # The job is charged (the worker draws it from bob's balance, to the n¢) and the owner's share appears on the
+    # page and the chart: a fraction of a cent, exactly, never rounded away.
     assert wait_for(lambda: PaymentAuthorization.objects.get(bid=bid).status == "settled", timeout=60)
     earned = ledger.balance(kind="owner_pending", user_id=car.owner_id)
     assert earned >= 1
-    assert earnings_chart_cents(page) == earned
+    assert earnings_chart_nc(page) == earned
     assert_accessible_basics(page)
-    assert f"${earned // 100}.{earned % 100:02d}" in page.get_by_label("Earnings by period").inner_text()
+    by_period = page.get_by_label("Earnings by period").inner_text()
+    assert usd(earned) in by_period and "e-" not in by_period, by_period
     screenshot(page, "owner-earnings")
     page.get_by_role("link", name="My cars").first.click()
     page.wait_for_url("**/owner/")

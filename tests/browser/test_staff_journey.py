@@ -1,5 +1,6 @@
-"""Staff, in a browser: looks at the fleet, raises the INT8 reserve price in the Django admin, and sees the next round
-on the market page clear at the new reserve. The rounds are the real `auction_round` task, run by the real worker."""
+"""Staff, in a browser: looks at the fleet and at the books (a job worth a fraction of a cent shows in the gross volume
+and the fee, to the n¢), raises the INT8 reserve price in the Django admin, and sees the next round on the market page
+clear at the new reserve. The rounds are the real `auction_round` task, run by the real worker."""
 
 from datetime import timedelta
 
@@ -7,6 +8,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from billing.models import PaymentAuthorization
+from billing.selectors import finance_summary
+from core.money import usd
 from marketplace import services
 from marketplace.models import Allocation, Bid, InferenceModel
 from tests.factories import (
@@ -59,6 +63,7 @@ def test_staff_raises_a_reserve_price_and_the_next_round_clears_at_it(
     # Before: a bid clears at the old reserve and the car runs it.
     before = bid()
     assert wait_for(lambda: Bid.objects.get(pk=before.pk).status == "completed", timeout=60)
+    assert wait_for(lambda: PaymentAuthorization.objects.get(bid=before).status == "settled", timeout=60)
     old_price = Allocation.objects.get(bid=before).price_mcents_per_ch
     assert old_price < NEW_RESERVE_MCENTS
 
@@ -70,6 +75,16 @@ def test_staff_raises_a_reserve_price_and_the_next_round_clears_at_it(
     assert page.locator("#fleet-stats article").filter(has_text="Available now").locator(".stat").inner_text() == "1"
     assert page.get_by_text("battery … is below your … floor").is_visible()  # reasons counted across cars
     screenshot(page, "fleet")
+
+    # The books: the job, charged at its honest price (a fraction of a cent), is in the gross volume and the fee.
+    page.get_by_role("link", name="Finance", exact=True).click()
+    page.wait_for_url("**/staff/finance/")
+    assert_accessible_basics(page)
+    books = finance_summary()
+    assert books.gross_nc > 0 and books.fee_nc > 0, books
+    for label, amount in (("Gross volume", books.gross_nc), ("Platform fee revenue", books.fee_nc)):
+        stat = page.locator(".grid-cards article").filter(has_text=label).locator(".stat").inner_text()
+        assert stat == usd(amount) and "e-" not in stat, (label, stat)
 
     # The change, in the admin: a new version of the pricing policy, in force from the next round.
     auction_ticker.clear()  # no round while staff edit (so the next one is the first after the change)

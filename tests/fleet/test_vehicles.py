@@ -1,5 +1,7 @@
 """Owners register cars, get the credential once, edit the opt-in policy and pause their cars."""
 
+from decimal import Decimal
+
 import pytest
 
 from fleet.agent.signing import Credential
@@ -16,7 +18,7 @@ def register_form(**overrides):
         "time_zone": "Europe/Berlin",
         "region": "DE",
         "battery_capacity_kwh": 75,
-        "energy_price_cents_per_kwh": "31.50",
+        "energy_price_usd_per_kwh": "0.315",
         "vin": "",
     }
     data.update(overrides)
@@ -37,6 +39,7 @@ def test_registering_shows_a_working_credential_once(client, olivia):
     assert "5YJ3E1EA7KF000316" not in str(Vehicle.objects.filter(pk=vehicle.pk).values().get())
     assert VehicleCredential.objects.get(vehicle=vehicle).key_id == credential.key_id
     assert OptInPolicy.objects.get(vehicle=vehicle).battery_floor_pct == 60
+    assert vehicle.energy_price_cents_per_kwh == Decimal("31.50")  # asked in dollars, kept in cents
     # The detail page never shows it again.
     assert token not in client.get(f"/owner/vehicles/{vehicle.pk}/").content.decode()
 
@@ -94,7 +97,7 @@ def policy_form(**overrides):
         "battery_floor_pct": 50,
         "max_energy_kwh_per_day": "4.5",
         "max_power_w": 150,
-        "min_price_cents_per_ch": 3,
+        "min_price_usd_per_ch": "0.03",
         "day0_from": "18:00",
         "day0_to": "07:00",
     }
@@ -113,6 +116,7 @@ def test_the_owner_sets_the_policy(client, olivia):
     assert policy.battery_floor_pct == 50
     assert policy.plugged_in_only
     assert policy.windows == [[0, 18 * 60, 7 * 60]]
+    assert policy.min_price_mcents_per_ch == 3000
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from tests.fleet.agent_requests import heartbeat, signed_post
 
 @pytest.fixture
 def cars(client, olivia, oscar, settings):
-    """Two parked HW4 cars on WiFi, with their credentials: olivia asks at least 2 ¢/CH, oscar at least 3 ¢/CH.
+    """Two parked HW4 cars on WiFi, with their credentials: olivia asks at least $0.02/CH, oscar at least $0.03/CH.
 
     Both have a long record of validated results and spot checks are off, so each result stands alone: these tests
     are about dispatch (tests/marketplace/test_verdicts.py is about checking results). Their record includes the
@@ -21,10 +21,10 @@ def cars(client, olivia, oscar, settings):
     tests/marketplace/test_measured_speed.py is about self-tests)."""
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.0
     keys = []
-    for owner, min_price in ((olivia, 2), (oscar, 3)):
+    for owner, min_price in ((olivia, 2000), (oscar, 3000)):
         vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
         Vehicle.objects.filter(pk=vehicle.pk).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
-        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_mcents_per_ch=min_price)
         assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
         for variant in PrecisionVariant.objects.filter(status=PrecisionVariant.Status.READY):
             measured_here(vehicle, variant)
@@ -57,7 +57,7 @@ def measured_here(vehicle, variant, *, items: int = 32) -> None:
 
 @pytest.fixture
 def bid(client, digits_with_variants):
-    """alice's bid for the digits dataset at up to 5 ¢/CH."""
+    """alice's bid for the digits dataset at up to $0.05/CH."""
     response = client.post(
         "/api/v1/bids/",
         {

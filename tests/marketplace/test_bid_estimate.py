@@ -30,14 +30,25 @@ def heavier(model, ch_per_item: float) -> None:
     PrecisionVariant.objects.filter(inference_model=model).update(ch_per_item=ch_per_item)
 
 
-def test_every_precision_that_can_run_has_a_row_with_the_datasets_cost_and_a_price_per_million(
-    client, digits_with_variants, cars
-):
-    page = page_of(client, digits_with_variants)
+def last_round(prices: dict[str, int], supply_ch: float = 30.85) -> None:
+    """A finished round that cleared each pool at `prices` (m¢ per CH) with `supply_ch` CH offered in each."""
+    from marketplace.models import PoolClearing, Round
 
-    estimate = client.get(f"/customer/models/{digits_with_variants.pk}/bid/").context["estimate"]
-    runnable = [row for row in estimate.pools if row.runnable]
-    assert runnable, "the fixture's cars run the digits model"
+    round_ = Round.objects.create(slot=timezone.now().replace(second=0, microsecond=0), finished_at=timezone.now())
+    for pool, price in prices.items():
+        PoolClearing.objects.create(
+            round=round_, pool=pool, clearing_price_mcents=price, reserve_mcents=1000, supply_ch=supply_ch
+        )
+
+
+def test_every_precision_that_can_run_has_a_row_with_the_datasets_cost_and_a_price_per_million(
+    client, digits_with_variants
+):
+    response = client.get(f"/customer/models/{digits_with_variants.pk}/bid/")
+    page = response.content.decode()
+
+    runnable = [row for row in response.context["estimate"].pools if row.runnable]
+    assert [row.precision for row in runnable] == ["int8", "fp16", "fp32"]  # an HW4 car runs no FP8
     for row in runnable:
         assert f'<th scope="row">{row.precision.upper()}' in page
         assert f"<strong>{usd(row.cost_nc)}</strong>" in page
@@ -80,18 +91,14 @@ def test_the_fp16_estimate_costs_more_than_int8s_when_its_pool_is_dearer(client,
         assert "<strong>$0.02</strong>" in fragment and "<strong>$0.03</strong>" in fragment
 
 
-def test_the_estimate_follows_the_last_clearing_price(client, digits_with_variants, cars):
-    from marketplace.models import PoolClearing, Round
-
+def test_the_estimate_follows_the_last_clearing_price(client, digits_with_variants):
     heavier(digits_with_variants, 0.01)
-    round_ = Round.objects.create(slot=timezone.now().replace(second=0, microsecond=0), finished_at=timezone.now())
-    for pool, price in (("int8", 2500), ("fp16", 1500), ("fp8", 1500), ("fp32", 2000)):
-        PoolClearing.objects.create(round=round_, pool=pool, clearing_price_mcents=price, reserve_mcents=1000)
+    last_round({"int8": 2500, "fp16": 1500, "fp8": 1500, "fp32": 2000})
 
     text = estimate_of(client, digits_with_variants, precision="int8").content.decode()
 
-    assert "$0.025/CH" in text and "the last clearing price" in text
-    assert "<strong>$0.05</strong>" in text  # 2 CH at $0.025
+    assert "<td>$0.025/CH<br>" in text and "the last clearing price</small>" in text
+    assert "in INT8: <strong>$0.05</strong> at $0.025/CH" in text  # 2 CH at $0.025
 
 
 def test_the_suggested_budget_covers_every_item_at_the_maximum_price(client, digits_with_variants):
@@ -193,11 +200,9 @@ def test_a_bad_parameter_is_a_400_naming_it(client, digits_with_variants, query,
     assert message in response.content.decode()
 
 
-def test_no_amount_on_the_page_is_written_with_an_exponent(client, digits_with_variants, cars):
-    from marketplace.rounds import auction_round_run
-
+def test_no_amount_on_the_page_is_written_with_an_exponent(client, digits_with_variants):
     heavier(digits_with_variants, 1.4e-8)  # a small embedding's cost per item: 200 items are 2.8e-06 CH
-    auction_round_run()  # the market table shows its prices and supply
+    last_round({"int8": 1001, "fp16": 1500, "fp8": 1500, "fp32": 2000})  # the market table shows its prices
 
     page = page_of(client, digits_with_variants)
     fragment = estimate_of(client, digits_with_variants, precision="fp16").content.decode()

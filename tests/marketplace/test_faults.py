@@ -55,10 +55,10 @@ def test_work_of_a_killed_car_and_of_a_departing_car_is_reissued(
     monkeypatch.setattr(availability, "HEARTBEAT_LOST_AFTER_S", LOST_AFTER_S)
     model = digits_with_variants
     cars, agents = [], []
-    for n, min_price in enumerate((2, 3, 4)):  # A is the cheapest, then B, then C
+    for n, min_price in enumerate((2000, 3000, 4000)):  # A is the cheapest, then B, then C
         vehicle, credential = vehicle_with_credential(OwnerFactory(username=f"owner{n}"), time_zone=str(TZ))
         Vehicle.objects.filter(pk=vehicle.pk).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
-        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_mcents_per_ch=min_price)
         measured_here(vehicle, model.variants.get(precision="int8"))  # it ran this work before: no self-test
         http = AgentClient(live_server.url, credential)
         executor = Executor(http, ArtifactCache(tmp_path / f"car{n}", max_bytes=50_000_000))

@@ -1,6 +1,7 @@
 """Auction rounds over the real fleet state: supply from available cars, demand from open bids, one price per pool."""
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -112,7 +113,7 @@ def test_between_equal_asks_the_car_that_holds_the_model_wins(client, bid, olivi
     keys = []
     for owner, cached in ((olivia, []), (oscar, [bid.variant.sha256])):
         vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
-        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=2)  # the same ask
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_mcents_per_ch=2000)  # the same ask
         signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=90, models_cached=cached))
         keys.append(vehicle)
 
@@ -126,7 +127,7 @@ def test_between_equal_asks_the_car_with_the_better_record_wins_even_without_the
     for owner, cached, record in ((olivia, [], (40, 0)), (oscar, [bid.variant.sha256], (40, 3))):
         vehicle, credential = vehicle_with_credential(owner, name=f"{owner.username}'s car")
         Vehicle.objects.filter(pk=vehicle.pk).update(results_valid=record[0], results_invalid=record[1])
-        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=2)  # the same ask
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_mcents_per_ch=2000)  # the same ask
         signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=90, models_cached=cached))
         keys.append(vehicle)
 
@@ -134,3 +135,28 @@ def test_between_equal_asks_the_car_with_the_better_record_wins_even_without_the
 
     # Three faults in 43 results weigh more than a download: olivia's clean record sells first.
     assert Allocation.objects.get().vehicle == keys[0]
+
+
+def test_a_car_never_sells_below_its_owners_price_which_may_be_a_fraction_of_a_cent(client, bid, olivia, settings):
+    settings.AUCTION_INTERVAL_SECONDS = 5  # the next round comes while the car's heartbeat is fresh
+    # No electricity cost: the owner's price alone sets the ask.
+    vehicle, credential = vehicle_with_credential(olivia, energy_price_cents_per_kwh=Decimal(0))
+    client.force_login(olivia)
+    url = f"/api/v1/vehicles/{vehicle.pk}/policy/"
+    assert client.patch(url, {"min_price_usd_per_ch": "0.015"}, content_type="application/json").status_code == 200
+    assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
+    Bid.objects.filter(pk=bid.pk).update(max_price_mcents_per_ch=1499)  # $0.00001 below the car's price
+    now = timezone.now()
+
+    round_ = auction_round_run(now=now)
+
+    assert not Allocation.objects.exists()
+    assert PoolClearing.objects.get(round=round_, pool="int8").clearing_price_mcents is None
+    bid.refresh_from_db()
+    assert bid.status == "waiting"
+
+    Bid.objects.filter(pk=bid.pk).update(max_price_mcents_per_ch=5000)
+    round_ = auction_round_run(now=now + timedelta(seconds=6))
+
+    allocation = Allocation.objects.get(round=round_)
+    assert (allocation.vehicle, allocation.price_mcents_per_ch) == (vehicle, 1500)  # exactly its ask, not a cent

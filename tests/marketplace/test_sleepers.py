@@ -81,10 +81,10 @@ def cars_parked(live_server, tmp_path, variant, *, every: int):
     sleeper that asks the least, so that the auction sells it first (the worst case for the customers)."""
     agents, vehicles, sleeper = [], [], None
     # Seeds of homebodies parked with a well-charged battery on a Sunday night: every car offers its time.
-    for name, ask, seed in (("sam", 20, 32), ("hana", 30, 23), ("hugo", 40, 48), ("hedy", 50, 33)):
+    for name, ask, seed in (("sam", 20_000, 32), ("hana", 30_000, 23), ("hugo", 40_000, 48), ("hedy", 50_000, 33)):
         vehicle, credential = vehicle_with_credential(OwnerFactory(username=name), name=f"{name}'s car",
                                                       time_zone=str(TZ))  # fmt: skip
-        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=ask, max_energy_kwh_per_day=50)
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_mcents_per_ch=ask, max_energy_kwh_per_day=50)
         if name != "sam":
             Vehicle.objects.filter(pk=vehicle.pk).update(valid_streak=50, results_valid=50)
         measured_here(vehicle, variant)  # each car ran this variant before: no self-test

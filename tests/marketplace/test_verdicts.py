@@ -32,9 +32,9 @@ def new_cars(client, settings):
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.0
     settings.AUCTION_INTERVAL_SECONDS = 10  # a round every 10 s: the heartbeats stay fresh over a few rounds
     cars = {}
-    for name, min_price in (("hana", 2), ("hugo", 2), ("liam", 2)):
+    for name, min_price in (("hana", 2000), ("hugo", 2000), ("liam", 2000)):
         vehicle, credential = vehicle_with_credential(OwnerFactory(username=name), name=f"{name}'s car")
-        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=min_price)
+        OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_mcents_per_ch=min_price)
         assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
         cars[name] = (vehicle, credential)
     return cars
@@ -312,7 +312,7 @@ def test_a_car_that_fails_a_known_answer_never_gets_that_unit_again_and_another_
     (liam, liam_key), (hana, hana_key) = new_cars["liam"], new_cars["hana"]
     Vehicle.objects.filter(pk__in=[liam.pk, hana.pk]).update(valid_streak=settings.VERIFICATION_TRUSTED_AFTER)
     # Liam asks the least: the auction sells him the bid first, every round he is free.
-    OptInPolicy.objects.filter(vehicle=liam).update(min_price_cents_per_ch=1)
+    OptInPolicy.objects.filter(vehicle=liam).update(min_price_mcents_per_ch=1000)
     Vehicle.objects.filter(pk=liam.pk).update(energy_price_cents_per_kwh=0)
     for car in (liam, hana):
         measured_here(car, bid.variant)
@@ -329,7 +329,7 @@ def test_a_car_that_fails_a_known_answer_never_gets_that_unit_again_and_another_
     assert WorkUnit.objects.get(pk=unit.pk).price_cap_mcents == first_price
     # Both are offered, Hana dearer. The auction, which cannot tell, sells Liam the bid again (he asks the least),
     # but not the unit he lied about: the round gives it to Hana, a car it did not sell, rather than let it wait.
-    OptInPolicy.objects.filter(vehicle=hana).update(min_price_cents_per_ch=4)
+    OptInPolicy.objects.filter(vehicle=hana).update(min_price_mcents_per_ch=4000)
     only_cars(new_cars, "liam", "hana")
     assert Allocation.objects.filter(round=next_round(1), bid=bid, vehicle=liam).exists()
     assert WorkUnit.objects.get(pk=unit.pk).assigned_vehicle_id == hana.pk
@@ -398,7 +398,7 @@ def two_of_hanas(client, new_cars):
     """Hana's second HW4 car, registered after Hugo's so that a round offers it first, and asking as little."""
     hana, _ = new_cars["hana"]
     vehicle, credential = vehicle_with_credential(hana.owner, name="hana's other car")
-    OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_cents_per_ch=1)
+    OptInPolicy.objects.filter(vehicle=vehicle).update(min_price_mcents_per_ch=1000)
     assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
     return vehicle, credential
 

@@ -57,9 +57,9 @@ def test_a_fleet_with_ten_percent_cheaters_accepts_no_wrong_result(client, digit
         vehicle, credential = vehicle_with_credential(OwnerFactory(username=f"owner{n}"), name=f"car {n}",
                                                       hardware_name=hardware)  # fmt: skip
         cars.append((vehicle, credential, n % (CARS // CHEATERS) == 1))  # cars 1 and 11 cheat
-    OptInPolicy.objects.update(min_price_cents_per_ch=3, battery_floor_pct=10, max_energy_kwh_per_day=24)
+    OptInPolicy.objects.update(min_price_mcents_per_ch=3000, battery_floor_pct=10, max_energy_kwh_per_day=24)
     # Cheaters ask the least, so the auction sells them first: the worst case for the customer.
-    OptInPolicy.objects.filter(vehicle__in=[v for v, _, cheats in cars if cheats]).update(min_price_cents_per_ch=1)
+    OptInPolicy.objects.filter(vehicle__in=[v for v, _, cheats in cars if cheats]).update(min_price_mcents_per_ch=1000)
     Vehicle.objects.filter(pk__in=[v.pk for v, _, cheats in cars if cheats]).update(energy_price_cents_per_kwh=0)
     model.owner.exposure_cap_cents = 200_000  # a customer staff trust with more than the default's $500
     model.owner.save(update_fields=["exposure_cap_cents"])
