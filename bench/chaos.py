@@ -501,19 +501,18 @@ def payments_check() -> dict:
         "transfers_extra": transfers_extra,
         "booked_twice": booked_twice,
         "reconciliation_differences": [
-            f"{d.what} {d.problem} {d.object_id} stripe={d.stripe_cents} ledger={d.ledger_cents}"
-            for d in report.differences
+            f"{d.what} {d.problem} {d.object_id} stripe={d.stripe_nc} ledger={d.ledger_nc}" for d in report.differences
         ]
         + report.stripe_errors,
         "payment_intents_per_bid": {str(k): v for k, v in intents_per_bid.items()},
         "unbalanced_transactions": unbalanced,
-        "money_cents": {
+        "money_nc": {
             "captured": captured,
             "verification_cost": verification,
             "owner_earnings": earnings,
             "platform_fee": fee,
             "paid_out": totals.get(AccountKind.OWNER_PAID_OUT, 0),
-            "transferred_at_stripe": transferred,
+            "transferred_at_stripe": transferred * 10**9,  # Stripe's cents, in the ledger's n¢
             "holds_open": totals.get(AccountKind.CUSTOMER_HELD, 0),
         },
     }

@@ -323,7 +323,7 @@ def _ledger(owners, customers, vehicles, bids, now):
         created = now - timedelta(seconds=rng.uniform(0, span))
         bid = bids[rng.randrange(len(bids))]
         customer = bid.customer_id
-        amount = rng.randint(600, 5000)
+        amount = rng.randint(600, 5000) * 10**9  # n¢: $6 to $50
         t = txn("authorize", bid.pk, created)
         entry(t, AccountKind.STRIPE_CLEARING, None, amount, created)
         entry(t, AccountKind.CUSTOMER_HELD, customer, -amount, created)
@@ -356,7 +356,7 @@ def _ledger(owners, customers, vehicles, bids, now):
             for row in txn_rows:
                 copy.write_row(row)
         with raw.copy(
-            "COPY billing_ledgerentry (transaction_id, account_id, amount_cents, currency, vehicle_id, ch, energy_wh, "
+            "COPY billing_ledgerentry (transaction_id, account_id, amount_nc, currency, vehicle_id, ch, energy_wh, "
             "created_at) FROM STDIN"
         ) as copy:
             for row in entry_rows:

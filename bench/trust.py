@@ -734,10 +734,11 @@ def money_check(bid_ids: list[int], roles: dict[int, str], audited: set[int]) ->
     from billing import ledger, settlement
     from billing.models import AccountKind, PaymentAuthorization
     from billing.services.settling import work_lines
+    from core.money import nc_from_cents
     from marketplace.models import Bid, WorkUnit
 
     gmv = fee = verification = Decimal(0)
-    cents, per_bid = Counter(), {}
+    settled, per_bid = Counter(), {}
     for bid in Bid.objects.filter(pk__in=bid_ids).order_by("pk"):
         customer_lines, replica_lines, _usage = work_lines(bid)
         bid_gmv = sum((line.value_mcents for line in customer_lines), Decimal(0))
@@ -749,10 +750,10 @@ def money_check(bid_ids: list[int], roles: dict[int, str], audited: set[int]) ->
         }
         gmv, fee, verification = gmv + bid_gmv, fee + bid_fee, verification + bid_verification
         auth = PaymentAuthorization.objects.filter(bid=bid).first()
-        split = settlement.settle(customer_lines, authorized_cents=auth.amount_cents if auth else 0)
-        cents["charged"] += split.charge_cents
-        cents["fee"] += split.fee_cents
-        cents["verification"] += sum(settlement.replicas_pay(replica_lines).values()) if split.charge_cents else 0
+        split = settlement.settle(customer_lines, budget_nc=nc_from_cents(auth.amount_cents) if auth else 0)
+        settled["charged"] += split.charge_nc
+        settled["fee"] += split.fee_nc
+        settled["verification"] += sum(settlement.replicas_pay(replica_lines).values()) if split.charge_nc else 0
 
     # What the replicas checked: the slice's first result's car (by its role), or an audit of a caught car; and what
     # they would have cost at the customer's price of the slice they checked (verification pays a replica's car the
@@ -811,8 +812,8 @@ def money_check(bid_ids: list[int], roles: dict[int, str], audited: set[int]) ->
         "verification_cost_at_the_checked_slices_price_mcents": float(at_slice_price),
         "replication_overhead_ch": round(replica_ch / canonical_ch, 3) if canonical_ch else None,
         "by_bid": per_bid,
-        "settled_cents": dict(cents),
-        "ledger_cents": {
+        "settled_nc": dict(settled),
+        "ledger_nc": {
             "customer_spend": totals.get(AccountKind.CUSTOMER_SPEND, 0),
             "platform_fee": totals.get(AccountKind.PLATFORM_FEE, 0),
             "verification_cost": totals.get(AccountKind.VERIFICATION_COST, 0),

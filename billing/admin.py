@@ -114,10 +114,10 @@ class PaymentAuthorizationAdmin(ReadOnlyAdmin):
     def refunded(self, auth: PaymentAuthorization) -> str:
         return usd_cents(auth.refunded_cents, auth.currency)
 
-    @admin.action(description="Refund what was captured and not yet refunded")
+    @admin.action(description="Refund what was charged and not yet refunded (to the card, or onto the balance)")
     def refund_in_full(self, request, queryset):
         for auth in queryset.filter(status=PaymentAuthorization.Status.SETTLED):
-            amount = auth.captured_cents - auth.refunded_cents
+            amount = refunds.refundable_cents(auth)
             if amount <= 0:
                 continue
             try:
@@ -206,7 +206,7 @@ class BalanceRefundAdmin(ReadOnlyAdmin):
     list_display = ("id", "customer", "topup", "amount", "stripe_refund_id", "created_at")
     list_filter = (("created_at", admin.DateFieldListFilter),)
     search_fields = ("customer__username", "stripe_refund_id")
-    list_select_related = ("customer", "topup")
+    list_select_related = ("customer", "topup__customer")
 
     @admin.display(description="amount", ordering="amount_cents")
     def amount(self, refund: BalanceRefund) -> str:

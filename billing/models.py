@@ -154,6 +154,7 @@ class LedgerTransaction(models.Model):
         TOPUP = "topup", "Balance topped up"
         RESERVE = "reserve", "Budget reserved from the balance"
         BALANCE_REFUND = "balance_refund", "Balance refunded to the card"
+        REFUND_TO_BALANCE = "refund_to_balance", "Refunded onto the prepaid balance"
 
     kind = models.CharField(max_length=20, choices=Kind.choices, db_index=True)
     idempotency_key = models.CharField(max_length=120, unique=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -421,7 +420,14 @@ def bid_place(
     """
     from django.utils import timezone
 
-    from .selectors import auto_pick, outlook_message, pools_outlook, variant_passes, variants_in_force
+    from .selectors import (
+        auto_pick_for_bid,
+        bid_worst_case_cents,
+        outlook_message,
+        pools_outlook,
+        variant_passes,
+        variants_in_force,
+    )
 
     if customer.role != Role.CUSTOMER:
         raise ApplicationError("Only customers place bids.", code="permission_denied", status=403)
@@ -433,10 +439,7 @@ def bid_place(
     if precision == "auto":
         # Of the precisions the fleet can run, the cheapest within the maximum price (a reserve above it is refused
         # below, naming the price), preferring one whose cars on offer now can do the job.
-        ch_needed = next((dataset.item_count * p.variant.ch_per_item for p in outlook if p.runnable
-                          and p.variant.ch_per_item), None)  # fmt: skip
-        affordable = [pool for pool in outlook if pool.reserve_mcents <= max_price_mcents_per_ch]
-        chosen = auto_pick(affordable, ch_needed=ch_needed) or auto_pick(outlook, ch_needed=ch_needed)
+        chosen = auto_pick_for_bid(outlook, items=dataset.item_count, max_price_mcents=max_price_mcents_per_ch)
         if chosen is None:
             if not any(pool.variant and pool.variant.status == PrecisionVariant.Status.READY for pool in outlook):
                 raise _field_error("precision", "No variant is ready yet: wait for the builds.")
@@ -486,7 +489,7 @@ def bid_place(
         raise _field_error("budget_usd", "At least $0.01.")
     # The budget is set aside (reserved from the balance, or held on the card), and the job never costs more than
     # it: all of its CH at the maximum price, rounded up to the cent.
-    worst_case_cents = math.ceil(ch_total * max_price_mcents_per_ch / 1000)
+    worst_case_cents = bid_worst_case_cents(ch=ch_total, max_price_mcents=max_price_mcents_per_ch)
     if budget_cents < worst_case_cents:
         raise _field_error(
             "budget_usd",

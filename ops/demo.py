@@ -8,9 +8,9 @@ DEMO_USERS = [
     ("admin", Role.STAFF, "staff: pricing, hardware profiles, the books"),
     ("alice", Role.CUSTOMER, "customer: document-embedding jobs"),
     ("bob", Role.CUSTOMER, "customer: image classification jobs"),
-    ("olivia", Role.OWNER, "owner: one car in the simulated fleet"),
-    ("oscar", Role.OWNER, "owner: two cars, HW4 and HW3"),
-    ("otto", Role.OWNER, "owner: one car in the simulated fleet"),
+    ("olivia", Role.OWNER, "owner: a quarter of the simulated fleet"),
+    ("oscar", Role.OWNER, "owner: half of the simulated fleet, HW4 and HW3"),
+    ("otto", Role.OWNER, "owner: a quarter of the simulated fleet"),
 ]
 
 
@@ -25,5 +25,11 @@ def banner(base_url: str) -> str:
         "",
     ]
     lines += [f"    {username:<{width}}  {label}" for username, _, label in DEMO_USERS]
+    lines += [
+        "",
+        "  The customers pay from a prepaid balance ($10 to start) and bid again whenever a job ends; each job is",
+        "  charged exactly what its work is worth, to the billionth of a cent: see a receipt, /owner/earnings/ and",
+        "  /staff/finance/.",
+    ]
     lines += ["", "  Press Ctrl-C to stop everything.", "=" * 78, ""]
     return "\n".join(lines)

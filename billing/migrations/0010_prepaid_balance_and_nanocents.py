@@ -188,6 +188,7 @@ class Migration(migrations.Migration):
                     ("topup", "Balance topped up"),
                     ("reserve", "Budget reserved from the balance"),
                     ("balance_refund", "Balance refunded to the card"),
+                    ("refund_to_balance", "Refunded onto the prepaid balance"),
                 ],
                 db_index=True,
                 max_length=20,

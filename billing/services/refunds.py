@@ -4,33 +4,64 @@ through a webhook): each is booked once, and released holds that Stripe records 
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import Sum
 
 from accounts.models import User
 from core.exceptions import ApplicationError
-from core.money import nc_from_cents, usd_cents
+from core.money import cents_floor, nc_from_cents, usd_cents
 
 from .. import ledger, stripe_gateway
 from ..ledger import Leg
-from ..models import AccountKind, LedgerTransaction, PaymentAuthorization, Refund
+from ..models import AccountKind, LedgerEntry, LedgerTransaction, PaymentAuthorization, Refund
 from .keys import stripe_key
 
 Kind = LedgerTransaction.Kind
 _field_error = ApplicationError.for_field
 
 
+def refundable_cents(auth: PaymentAuthorization) -> int:
+    """What staff may still refund of a settled job, in whole cents: what the customer has paid for its work, net of
+    every refund and correction so far (the job's customer_spend in the ledger). Of a card's capture, the rest of the
+    last cent is on the customer's balance already, so it is not counted."""
+    spent = (
+        LedgerEntry.objects.filter(
+            transaction__bid_id=auth.bid_id, account__kind=AccountKind.CUSTOMER_SPEND, account__user_id=auth.customer_id
+        ).aggregate(total=Sum("amount_nc"))["total"]
+        or 0
+    )
+    return max(cents_floor(spent), 0)
+
+
 def refund_create(*, authorization: PaymentAuthorization, amount_cents: int, reason: str, by: User | None) -> Refund:
-    """Give a customer back captured money (staff). The platform bears it: owners keep what their cars earned."""
+    """Give a customer back what a job was charged (staff): to the card it was captured from, or onto the prepaid
+    balance it was drawn from. The platform bears it: owners keep what their cars earned."""
     with transaction.atomic():
         auth = PaymentAuthorization.objects.select_for_update().get(pk=authorization.pk)
-        refundable = auth.captured_cents - auth.refunded_cents
+        refundable = refundable_cents(auth)
         if not 0 < amount_cents <= refundable:
             raise _field_error(
-                "amount_cents", f"Between $0.01 and {usd_cents(refundable)} (captured and not yet refunded)."
+                "amount_cents", f"Between $0.01 and {usd_cents(refundable)} (charged and not yet refunded)."
             )
         refund = Refund.objects.create(
             authorization=auth, amount_cents=amount_cents, reason=reason, created_by=by,
             idempotency_key=stripe_key("refund", auth.pk),
         )  # fmt: skip
+        if auth.method == PaymentAuthorization.Method.BALANCE:
+            amount = nc_from_cents(amount_cents)
+            ledger.post(
+                kind=Kind.REFUND_TO_BALANCE, key=f"refund_to_balance:{refund.pk}", currency=auth.currency,
+                bid_id=auth.bid_id,
+                description=f"Bid {auth.bid_id}: refund onto the prepaid balance",
+                legs=[
+                    Leg(AccountKind.REFUNDS, amount, user_id=auth.customer_id),
+                    Leg(AccountKind.CUSTOMER_SPEND, -amount, user_id=auth.customer_id),
+                    Leg(AccountKind.PREPAID_CASH, amount, user_id=auth.customer_id),
+                    Leg(AccountKind.CUSTOMER_BALANCE, -amount, user_id=auth.customer_id),
+                ],
+            )  # fmt: skip
+            auth.refunded_cents += amount_cents
+            auth.save(update_fields=["refunded_cents", "updated_at"])
+            return refund
     try:
         stripe_refund = stripe_gateway.refund_create(
             payment_intent_id=auth.stripe_payment_intent_id, amount_cents=amount_cents, key=refund.idempotency_key,

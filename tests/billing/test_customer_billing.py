@@ -300,7 +300,7 @@ def test_a_job_checked_by_a_second_car_shows_its_items_and_rounds_once(client, a
     assert "500 of 500 items done in 1 work unit ·" in page
     assert '<progress value="500" max="500"' in page
     assert list(response.context["allocations"]) == [bought]  # not the round verification bought
-    assert "<td>$0.05/CH</td>" in page and "$0.04/CH" not in page
+    assert '<td>$0.05/CH <small class="muted">($50.00 per 1M items)</small></td>' in page and "$0.04/CH" not in page
     assert (api["items"], api["ch_allocated"], api["ch_total"]) == (500, 0.5, 0.5)
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -242,7 +243,7 @@ def test_the_page_shows_totals_chart_stats_and_balances(client, olivia, alice):
 
 def test_a_subcent_earning_shows_to_the_nano_cent_never_as_zero_or_an_exponent(client, olivia, alice):
     blue = car(olivia, "Blue car")
-    # One document embedded: 1.4e-8 CH at 1500 m¢/CH ($0.015/CH) is 21 n¢, after the fee.
+    # The car's share of one document embedded: 21 n¢ for 1.4e-8 CH, i.e. 1500 m¢ ($0.015) per CH earned.
     capture(alice, (blue, 21, 1.4e-8, 0.0), key="one-document", fee=4)
     client.force_login(olivia)
 
@@ -255,7 +256,10 @@ def test_a_subcent_earning_shows_to_the_nano_cent_never_as_zero_or_an_exponent(c
     # The four periods, the net profit, the pending balance, and today's row (the car, the total) under the chart.
     assert page.count("$0.00000000021") >= 8
     assert "$0.015/CH" in page
-    assert not re.search(r"\d[eE][-+]?\d", page)  # no exponent anywhere, in the chart's data neither
+    # No exponent in any amount, nor in the chart's data (the page's random tokens aside).
+    chart_data = page.split('id="daily-earnings"', 1)[1].split("</script>", 1)[0]
+    assert not re.search(r"\$[\d.,]*[eE]", page) and not re.search(r"\d[eE][-+]?\d", chart_data)
+    assert json.loads(chart_data.split(">", 1)[1])["datasets"][0]["data"][-1] == 21  # today's 21 n¢, an integer
     assert 'All time</small><div class="stat">$0.00000000021<' in page  # never rounded to nothing
     assert [(row[6], row[7], row[8]) for row in rows] == [("21", "0.00000000021", "earned")]
 

@@ -357,3 +357,57 @@ def test_subcent_a_card_capture_takes_whole_cents_and_keeps_the_rest_of_the_last
     # $0.00999979, read to 3 significant digits
     assert 'Rest of the last cent, kept on your balance</th><td class="number">$0.01</td>' in receipt
     books_hold(alice)
+
+
+def test_prepaid_staff_refund_a_job_paid_from_the_balance_onto_the_balance(alice, alice_card, olivia, olivia_car,
+                                                                          staff):  # fmt: skip
+    from billing.services import refunds
+
+    topups.topup_create(customer=alice, amount_cents=1000)
+    bid = builders.bid_reserved(alice, budget_cents=500)
+    builders.validate(builders.sell(bid, olivia_car, ch=0.5, price_mcents=5_000))  # 2.5 ¢
+    builders.close(bid)
+    auth = settling.bid_settle(bid_id=bid.pk)
+    intents_before = len(list(stripe_gateway.payment_intents()))
+
+    with pytest.raises(ApplicationError, match=r"Between \$0.01 and \$0.02"):  # 2.5 ¢ charged: 2 whole cents
+        refunds.refund_create(authorization=auth, amount_cents=3, reason="too much", by=staff)
+    refunds.refund_create(authorization=auth, amount_cents=2, reason="goodwill", by=staff)
+
+    assert balance(alice) == 1000 * CENT - 2_500_000_000 + 2 * CENT
+    assert balance(olivia, AccountKind.OWNER_PENDING) == 2_125_000_000  # owners keep what their cars earned
+    assert len(list(stripe_gateway.payment_intents())) == intents_before  # nothing at Stripe: it was never there
+    assert PaymentAuthorization.objects.get(pk=auth.pk).refunded_cents == 2
+    books_hold(alice)
+
+
+def test_prepaid_staff_refund_of_a_card_job_is_at_most_its_charge_not_the_rest_of_the_cent_kept_on_the_balance(
+    alice, alice_card, olivia_car, staff
+):
+    from billing.services import refunds
+
+    bid = builders.bid_authorized(alice, budget_cents=500)
+    builders.validate(builders.sell(bid, olivia_car, ch=0.5, price_mcents=5_000))  # 2.5 ¢: 3 ¢ captured
+    builders.close(bid)
+    auth = settling.bid_settle(bid_id=bid.pk)
+    assert (auth.captured_cents, balance(alice)) == (3, 500_000_000)
+
+    assert refunds.refundable_cents(auth) == 2
+    with pytest.raises(ApplicationError, match=r"Between \$0.01 and \$0.02"):
+        refunds.refund_create(authorization=auth, amount_cents=3, reason="all of it", by=staff)
+
+
+def test_prepaid_what_staff_may_refund_is_what_the_job_was_paid_net_of_refunds(alice, alice_card, olivia_car, staff):
+    from billing.services import refunds
+
+    bid = builders.bid_authorized(alice, budget_cents=500)
+    builders.validate(builders.sell(bid, olivia_car, ch=1.0, price_mcents=5_000))  # 5 ¢
+    builders.close(bid)
+    auth = settling.bid_settle(bid_id=bid.pk)
+
+    refunds.refund_create(authorization=auth, amount_cents=2, reason="one slice was late", by=staff)
+
+    auth.refresh_from_db()
+    assert refunds.refundable_cents(auth) == 3
+    with pytest.raises(ApplicationError, match=r"Between \$0.01 and \$0.03"):
+        refunds.refund_create(authorization=auth, amount_cents=4, reason="more", by=staff)

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import call_command
 
 from billing.models import PaymentAuthorization
-from core.money import usd
+from core.money import nc_from_cents, usd
 from marketplace.inference.catalogue import demo_documents
 from marketplace.models import Bid, Dataset, InferenceModel
 from tests.factories import OwnerFactory, ensure_hardware_profiles
@@ -149,7 +149,8 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
     # The worker draws the validated work from her balance at the clearing price, to the n¢: sixty documents are
     # worth a tiny fraction of a cent, and the receipt charges exactly that (never rounded to $0.00 or a whole cent).
     assert wait_for(lambda: PaymentAuthorization.objects.get(bid=bid).status == "settled", timeout=60)
-    charged_nc = PaymentAuthorization.objects.get(bid=bid).charged_nc
+    authorization = PaymentAuthorization.objects.get(bid=bid)
+    charged_nc = authorization.charged_nc
     assert 0 < charged_nc < 10**9, charged_nc  # n¢: more than nothing, less than a cent
     page.get_by_role("link", name="Receipt").click()
     page.wait_for_url(f"**/customer/billing/receipts/{bid.pk}/")
@@ -158,7 +159,7 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
     assert usd(charged_nc) in charged, charged
     assert re.search(r"\$0\.0000\d*[1-9]", charged) and "e-" not in charged, charged
     returned = page.get_by_role("row", name="Returned to your balance").inner_text()
-    assert usd(100 * 10**9 - charged_nc) in returned, returned  # the $1.00 budget less the charge
+    assert usd(nc_from_cents(authorization.amount_cents) - charged_nc) in returned, returned  # the budget's rest
 
     page.get_by_role("link", name="Market").click()
     page.wait_for_url("**/market/")

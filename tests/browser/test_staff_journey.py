@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from billing.models import PaymentAuthorization
 from billing.selectors import finance_summary
-from core.money import usd
+from core.money import price_per_ch, usd
 from marketplace import services
 from marketplace.models import Allocation, Bid, InferenceModel
 from tests.factories import (
@@ -111,10 +111,10 @@ def test_staff_raises_a_reserve_price_and_the_next_round_clears_at_it(
     def next_round_on_the_page() -> bool:
         page.reload()
         price, details = int8_card(page)
-        return details.endswith("reserve $0.0300/CH") and price != "—"
+        return details.endswith(f"reserve {price_per_ch(NEW_RESERVE_MCENTS)}") and price != "—"
 
     assert wait_for(next_round_on_the_page, timeout=45, interval=0.5), int8_card(page)
-    assert int8_card(page)[0] == "$0.0300/CH"
+    assert int8_card(page)[0] == price_per_ch(NEW_RESERVE_MCENTS)  # "$0.03/CH"
     assert Allocation.objects.get(bid=after).price_mcents_per_ch == NEW_RESERVE_MCENTS
     page.wait_for_function("() => window.Chart && Chart.getChart('price-chart')")
     screenshot(page, "market")

@@ -51,6 +51,8 @@ def test_registering_shows_a_working_credential_once(client, olivia):
         ({"time_zone": "Mars/Olympus"}, "Select a valid choice."),
         ({"battery_capacity_kwh": 1}, "Ensure this value is greater than or equal to 5."),
         ({"vin": "12"}, "A VIN has 11 to 17 letters and digits."),
+        ({"energy_price_usd_per_kwh": "16"}, "At most $5.00 per kWh."),  # cents typed as dollars
+        ({"energy_price_usd_per_kwh": "0.12345"}, "To $0.0001 per kWh at most (4 decimal places)."),
     ],
 )
 def test_bad_registrations_name_the_problem_and_register_nothing(client, olivia, overrides, message):
@@ -59,6 +61,14 @@ def test_bad_registrations_name_the_problem_and_register_nothing(client, olivia,
     assert response.status_code == 400
     assert message in response.content.decode()
     assert not Vehicle.objects.exists()
+
+
+def test_the_registration_form_offers_the_fleets_electricity_price_in_dollars(client, olivia, settings):
+    settings.DEFAULT_ENERGY_PRICE_CENTS_PER_KWH = 31.5
+    client.force_login(olivia)
+    page = client.get("/owner/vehicles/new/").content.decode()
+    assert "Your electricity price ($ per kWh)" in page
+    assert 'value="0.315"' in page
 
 
 def test_the_same_name_twice_is_refused(client, olivia):

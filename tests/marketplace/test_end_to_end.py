@@ -133,15 +133,20 @@ def money_follows_the_work(client, bid, owners, onboarded, settings):
     from billing import ledger, reconciliation, stripe_gateway
     from billing.models import PaymentAuthorization, StripeEvent
     from billing.services.payouts import earnings_release_due, payouts_run
-    from billing.settlement import cents_half_up
+    from core.money import NC_PER_CENT, cents_ceil, nc_from_mcents, usd
 
     # The worker settles the job once it completes (the task is queued when the bid closes).
     assert wait_for(lambda: PaymentAuthorization.objects.get(bid=bid).status == "settled", timeout=30)
     auth = PaymentAuthorization.objects.get(bid=bid)
     billed = bid.units.filter(canonical=True).select_related("allocation")
     work = sum(Decimal(repr(u.ch)) * u.allocation.price_mcents_per_ch for u in billed)
-    assert auth.captured_cents == cents_half_up(work) > 0
+    # Charged exactly, to the n¢; the card paid the fewest whole cents covering it, the rest onto the balance.
+    assert auth.charged_nc == nc_from_mcents(work) > 0
+    assert auth.captured_cents == cents_ceil(auth.charged_nc)
     assert auth.released_cents == auth.amount_cents - auth.captured_cents
+    assert ledger.balance(kind="customer_balance", user_id=bid.customer_id) == (
+        auth.captured_cents * NC_PER_CENT - auth.charged_nc
+    )
     # Every slice ran on two cars, but the customer sees and pays for each item once: the job page's progress and the
     # receipt count the canonical results only, and the receipt adds up to the charge.
     from billing.selectors import receipt_get
@@ -151,7 +156,7 @@ def money_follows_the_work(client, bid, owners, onboarded, settings):
     receipt = receipt_get(bid=bid)
     assert abs(receipt.ch - bid.ch_total) < 1e-9
     assert abs(receipt.work_mcents - auth.work_mcents) < 1  # m¢
-    assert receipt.uncapped_cents == auth.captured_cents
+    assert receipt.work_nc == receipt.charged_nc == auth.charged_nc
     intent = stripe_gateway.payment_retrieve(auth.stripe_payment_intent_id)
     assert (intent.status, intent.amount_received) == ("succeeded", auth.captured_cents)
     # Stripe's webhooks (payment_intent.succeeded and the like) reached the live server and were processed.
@@ -165,19 +170,23 @@ def money_follows_the_work(client, bid, owners, onboarded, settings):
         page = client.get("/owner/earnings/").content.decode()
         pending = ledger.balance(kind="owner_pending", user_id=owner.pk)
         if pending:
-            assert f"${pending // 100}.{pending % 100:02d}" in page
+            assert usd(pending) in page
 
     for owner in owners:
         onboarded(owner)
     settings.MIN_PAYOUT_CENTS = 1
     earnings_release_due(now=timezone.now() + timedelta(hours=73))
     payouts = payouts_run(force=True)
-    assert sorted((p.owner_id, p.amount_cents, p.status) for p in payouts) == sorted(
+    # Whole cents sent; the sub-cent rest of each owner's earnings stays available, carried to the next payout.
+    assert sorted((p.owner_id, p.amount_cents * NC_PER_CENT, p.status) for p in payouts) == sorted(
         (o.pk, ledger.balance(kind="owner_paid_out", user_id=o.pk), "paid") for o in earners
     )
+    carried = {o.pk: ledger.balance(kind="owner_available", user_id=o.pk) for o in owners}
+    assert all(0 <= rest < NC_PER_CENT for rest in carried.values()), carried
     fee, replicas = ledger.balance(kind="platform_fee"), ledger.balance(kind="verification_cost")
     assert replicas > 0  # the platform paid the cars that checked the results
-    assert auth.captured_cents + replicas == fee + sum(p.amount_cents for p in payouts)
+    paid = sum(p.amount_cents * NC_PER_CENT for p in payouts)
+    assert auth.charged_nc + replicas == fee + paid + sum(carried.values())
 
     report = reconciliation.reconciliation_report()
     ours = {auth.stripe_payment_intent_id, *(p.stripe_transfer_id for p in payouts)}

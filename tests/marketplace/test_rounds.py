@@ -41,8 +41,8 @@ def test_a_round_sells_the_cheapest_car_at_one_published_price(client, bid, two_
         "fp16",
         "fp32",
     }
-    assert "$0.0200/CH" in client.get("/market/").content.decode()
-    assert client.get("/api/v1/market/").json()["latest"]["int8"]["clearing_price_mcents"] == 2000
+    assert "$0.02/CH" in client.get("/market/").content.decode()
+    assert client.get("/api/v1/market/").json()["latest"]["int8"]["clearing_price_usd_per_ch"] == "0.02"
 
 
 def test_a_second_round_in_the_same_slot_does_nothing(bid, two_cars):
@@ -144,7 +144,7 @@ def test_a_car_never_sells_below_its_owners_price_which_may_be_a_fraction_of_a_c
     client.force_login(olivia)
     url = f"/api/v1/vehicles/{vehicle.pk}/policy/"
     assert client.patch(url, {"min_price_usd_per_ch": "0.015"}, content_type="application/json").status_code == 200
-    assert signed_post(client, credential, "/api/v1/agent/heartbeat/", heartbeat(battery_pct=90)).status_code == 200
+    assert signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=90)).status_code == 200
     Bid.objects.filter(pk=bid.pk).update(max_price_mcents_per_ch=1499)  # $0.00001 below the car's price
     now = timezone.now()
 

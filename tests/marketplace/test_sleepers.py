@@ -26,7 +26,8 @@ from billing import ledger, stripe_gateway
 from billing.models import LedgerTransaction, PaymentAuthorization
 from billing.services import corrections, settling
 from billing.services.payouts import earnings_release_due
-from billing.settlement import cents_half_up, customer_price_mcents
+from billing.settlement import customer_price_mcents
+from core.money import NC_PER_CENT, nc_from_mcents
 from fleet.agent.client import AgentClient
 from fleet.agent.executor import ArtifactCache, Executor
 from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy
@@ -237,13 +238,16 @@ def test_a_sleeper_caught_after_its_lies_were_delivered_and_charged_keeps_none_o
         validated = WorkUnit.objects.filter(bid=bid, done_by=sam, verification="valid").exists()
         assert (sam_key in auth.settlement["cars"]) == validated, bid.pk
         # Each charge is the job's validated work at the customer's own clearing price, at Stripe too.
-        assert auth.settlement["charge_cents"] == honest_charge(bid) > 0
+        assert auth.settlement["charge_nc"] == auth.charged_nc == honest_charge(bid) > 0
         intent = stripe_gateway.payment_retrieve(auth.stripe_payment_intent_id)
         refunded = sum(r.amount for r in stripe_gateway.refunds(payment_intent_id=auth.stripe_payment_intent_id)
                        if r.payment_intent)  # fmt: skip
-        assert intent.amount_received - refunded == auth.captured_cents - auth.refunded_cents == honest_charge(bid)
+        kept = intent.amount_received - refunded
+        assert kept == auth.captured_cents - auth.refunded_cents
+        # The card paid whole cents: at least the charge, and what it paid beyond is on the customer's balance.
+        assert 0 <= kept * NC_PER_CENT - honest_charge(bid) < 2 * NC_PER_CENT
     owed = sum(PaymentAuthorization.objects.get(bid=b).settlement["cars"].get(f"{sam.pk}:{sam.owner_id}", {})
-               .get("cents", 0) for b in bids)  # fmt: skip
+               .get("nc", 0) for b in bids)  # fmt: skip
     earned = ledger.balance(kind="owner_pending", user_id=sam.owner_id) + ledger.balance(
         kind="owner_available", user_id=sam.owner_id
     )
@@ -263,12 +267,12 @@ def agrees_with_the_model(outputs: np.ndarray, bid: Bid) -> bool:
 
 
 def honest_charge(bid: Bid) -> int:
-    """The job's validated work at the customer's own prices: each slice's canonical result × the price of the
-    customer's allocation of it (never a replica's dearer one)."""
+    """The job's validated work at the customer's own prices, in n¢: each slice's canonical result × the price of
+    the customer's allocation of it (never a replica's dearer one)."""
     work = Decimal(0)
     for unit in WorkUnit.objects.filter(bid=bid, canonical=True, verification="valid").select_related(
         "allocation", "replica_of__allocation"
     ):
         primary = unit.replica_of.allocation.price_mcents_per_ch if unit.replica_of_id else None
         work += Decimal(repr(unit.ch)) * customer_price_mcents(unit.allocation.price_mcents_per_ch, primary)
-    return cents_half_up(work)
+    return nc_from_mcents(work)

@@ -13,6 +13,7 @@ from django.utils import timezone
 from billing import ledger
 from billing.services import settling
 from billing.services.settling import work_lines
+from core.money import NC_PER_CENT
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import OptInPolicy, Vehicle
 from marketplace import selectors, storage
@@ -191,11 +192,13 @@ def test_the_liar_is_paid_nothing_and_the_platform_pays_the_checking_cars(alice,
     auth = settling.bid_settle(bid_id=bid.pk)
 
     assert auth.captured_cents == 500  # the customer pays for the items once
-    assert ledger.balance(kind="owner_pending", user_id=hana.owner_id) == 425
-    assert ledger.balance(kind="owner_pending", user_id=hugo.owner_id) == 425  # the checker, paid by the platform
+    cent = NC_PER_CENT  # the ledger's unit is the n¢
+    assert ledger.balance(kind="owner_pending", user_id=hana.owner_id) == 425 * cent
+    # The checker, paid by the platform:
+    assert ledger.balance(kind="owner_pending", user_id=hugo.owner_id) == 425 * cent
     assert ledger.balance(kind="owner_pending", user_id=liam.owner_id) == 0  # the liar, nothing
-    assert ledger.balance(kind="verification_cost") == 425
-    assert ledger.balance(kind="platform_fee") == 75
+    assert ledger.balance(kind="verification_cost") == 425 * cent
+    assert ledger.balance(kind="platform_fee") == 75 * cent
 
 
 def test_a_trusted_car_is_only_spot_checked(client, bid, new_cars, settings):

@@ -235,12 +235,14 @@ def _everything(staff) -> None:
     from billing import ledger
     from billing.models import (
         AccountKind,
+        BalanceRefund,
         BillingProfile,
         ConnectAccount,
         PaymentAuthorization,
         Payout,
         Refund,
         StripeEvent,
+        TopUp,
     )
     from fleet.services import throughput_record
     from marketplace.models import ResultAudit, ResultFault, SelfTest, VariantAccuracy
@@ -279,6 +281,8 @@ def _everything(staff) -> None:
     ledger.post(kind="payout", key=f"payout-{n}", payout_id=payout.pk, legs=[
         ledger.Leg(AccountKind.OWNER_AVAILABLE, 85, owner.pk), ledger.Leg(AccountKind.OWNER_PAID_OUT, -85, owner.pk),
     ])  # fmt: skip
+    topup = TopUp.objects.create(customer=customer, amount_cents=1000, idempotency_key=f"topup-{n}", status="succeeded")
+    BalanceRefund.objects.create(topup=topup, customer=customer, amount_cents=5, idempotency_key=f"balance-refund-{n}")
     BillingProfile.objects.create(user=customer, stripe_customer_id=f"cus_{n}")
     ConnectAccount.objects.create(user=owner, stripe_account_id=f"acct_{n}", create_key=f"connect-{n}")
     StripeEvent.objects.create(event_id=f"evt_{n}", type="charge.refunded", payload={})
@@ -297,6 +301,7 @@ ADMIN_QUERIES = {
     "accounts.idempotentrequest": 7,
     "accounts.user": 5,
     "auth.group": 5,
+    "billing.balancerefund": 4,
     "billing.billingprofile": 4,
     "billing.connectaccount": 4,
     "billing.ledgerentry": 6,
@@ -306,6 +311,7 @@ ADMIN_QUERIES = {
     "billing.payoutpolicy": 6,
     "billing.refund": 4,
     "billing.stripeevent": 6,
+    "billing.topup": 4,
     "fleet.fleetpolicy": 6,
     "fleet.hardwareprofile": 6,
     "fleet.parkingsession": 5,

@@ -207,6 +207,13 @@ ROUTES: dict[str, list[Case]] = {
         post_form("/customer/billing/", customer_page(alice=400, bob=400), {"payment_method": ""}),
     ],
     "customer/billing/receipts/<int:bid_id>/": [get("/customer/billing/receipts/{bid}/", customer_page(bob=404))],
+    "customer/billing/topup/": [
+        post_form("/customer/billing/topup/", customer_page(alice=400, bob=400), {"amount": ""}),
+    ],
+    # Nothing on the balance to refund: the page says so (a message) and sends the customer back to billing.
+    "customer/billing/refund-balance/": [
+        post_form("/customer/billing/refund-balance/", customer_page(alice=REDIRECT, bob=REDIRECT)),
+    ],
     "owner/earnings/": [get("/owner/earnings/", owner_page())],
     "owner/earnings.csv": [get("/owner/earnings.csv", owner_page())],
     "owner/payouts/": [get("/owner/payouts/", owner_page())],

@@ -25,7 +25,8 @@ from fleet.models import HardwareProfile, Vehicle
 from fleet.selectors import vehicles_live
 from fleet.services import credential_issue, vehicle_register
 
-# Who owns the simulated cars: the demo owners first (their story in ops/demo.py), then a fleet account.
+# Who owns the simulated cars: the demo owners in turn (their story in ops/demo.py), so that whichever car wins a job,
+# a demo owner's earnings page shows it; a fleet account only where there are no demo owners.
 DEMO_OWNERS = ["olivia", "oscar", "oscar", "otto"]
 FLEET_OWNER = "simfleet"
 # Each simulated car's model cache: a temporary folder per car, all removed when the command ends.
@@ -176,8 +177,8 @@ class Command(BaseCommand):
             fleet_owner.set_unusable_password()
             fleet_owner.save(update_fields=["password"])
         demo = {u.username: u for u in User.objects.filter(username__in=DEMO_OWNERS, role=Role.OWNER)}
-        owners = [demo[name] for name in DEMO_OWNERS if name in demo]
-        return [owners[i] if i < len(owners) else fleet_owner for i in range(count)]
+        owners = [demo[name] for name in DEMO_OWNERS if name in demo] or [fleet_owner]
+        return [owners[i % len(owners)] for i in range(count)]
 
     def _register(self, cars, tz):
         """The simulated vehicles (made on first use, reused after) and a fresh credential for each."""
