@@ -94,11 +94,17 @@ def card_attach(*, customer_id: str, payment_method: str, key: str) -> Card:
 # --- Payment intents ------------------------------------------------------------------------------------------------
 
 
-def payment_authorize(
-    *, amount_cents: int, currency: str, customer_id: str, payment_method_id: str, key: str, metadata: dict[str, str]
+def _payment_create(
+    *,
+    amount_cents: int,
+    currency: str,
+    customer_id: str,
+    payment_method_id: str,
+    key: str,
+    metadata: dict[str, str],
+    capture: str,
 ) -> stripe.PaymentIntent:
-    """Authorize (hold) `amount_cents` on the card, to be captured later. Raises CardDeclined when refused."""
-    intent = _call(
+    return _call(
         client().v1.payment_intents.create,
         params={
             "amount": amount_cents,
@@ -106,13 +112,23 @@ def payment_authorize(
             "customer": customer_id,
             "payment_method": payment_method_id,
             "payment_method_types": ["card"],
-            "capture_method": "manual",
+            "capture_method": capture,
             "confirm": True,
             "off_session": True,
             "metadata": metadata,
         },
         options=_options(key),
     )
+
+
+def payment_authorize(
+    *, amount_cents: int, currency: str, customer_id: str, payment_method_id: str, key: str, metadata: dict[str, str]
+) -> stripe.PaymentIntent:
+    """Authorize (hold) `amount_cents` on the card, to be captured later. Raises CardDeclined when refused."""
+    intent = _payment_create(
+        amount_cents=amount_cents, currency=currency, customer_id=customer_id, payment_method_id=payment_method_id,
+        key=key, metadata=metadata, capture="manual",
+    )  # fmt: skip
     if intent.status != "requires_capture":
         raise CardDeclined(
             f"The card could not be authorized (the payment is '{intent.status}'): try another card.",
@@ -126,20 +142,10 @@ def payment_charge(
 ) -> stripe.PaymentIntent:
     """Charge `amount_cents` to the card at once (a top-up of the prepaid balance). Raises CardDeclined when refused;
     a payment still `processing` is returned, and its webhook tells how it ends."""
-    intent = _call(
-        client().v1.payment_intents.create,
-        params={
-            "amount": amount_cents,
-            "currency": currency,
-            "customer": customer_id,
-            "payment_method": payment_method_id,
-            "payment_method_types": ["card"],
-            "confirm": True,
-            "off_session": True,
-            "metadata": metadata,
-        },
-        options=_options(key),
-    )
+    intent = _payment_create(
+        amount_cents=amount_cents, currency=currency, customer_id=customer_id, payment_method_id=payment_method_id,
+        key=key, metadata=metadata, capture="automatic",
+    )  # fmt: skip
     if intent.status not in ("succeeded", "processing"):
         raise CardDeclined(
             f"The card could not be charged (the payment is '{intent.status}'): try another card.",

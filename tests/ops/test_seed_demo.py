@@ -2,6 +2,9 @@ import pytest
 from django.core.management import call_command
 
 from accounts.models import Role, User
+from billing import ledger
+from billing.models import TopUp
+from core.money import NC_PER_CENT
 from ops.demo import DEMO_PASSWORD
 from tests.factories import vehicle_with_credential
 
@@ -36,4 +39,9 @@ def test_demo_bids_are_placed_once(stripe_server):
         ("alice", "int8", "waiting"),
         ("bob", "int8", "waiting"),
     ]
-    assert {b.authorization.status for b in bids} == {"authorized"}  # their budgets are held on test cards
+    # Their budgets are reserved from a $10.00 prepaid balance, topped up once on a test card (run twice: once).
+    assert {(b.funding, b.authorization.method, b.authorization.status) for b in bids} == {
+        ("balance", "balance", "authorized")
+    }
+    assert TopUp.objects.filter(status="succeeded").count() == 2
+    assert {ledger.balance(kind="customer_balance", user_id=b.customer_id) for b in bids} == {900 * NC_PER_CENT}

@@ -20,6 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT = "/api/v1/agent/heartbeat/"
 
 
+@pytest.fixture(autouse=True)
+def _at_the_start_of_a_window(monkeypatch):
+    """The HTML views' limits count in fixed windows that restart on the minute (core/throttling.py): a test whose
+    requests straddled a minute saw its count start again, and failed once in CI. Here every test runs at the first
+    second of an hour, where each window has just begun, so all of its requests fall in one."""
+    start = time.time() // 3600 * 3600 + 1
+    monkeypatch.setattr(throttling, "time", SimpleNamespace(time=lambda: start))
+
+
 def assert_throttled(response):
     assert response.status_code == 429
     assert 1 <= int(response["Retry-After"]) <= 60
