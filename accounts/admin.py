@@ -1,5 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from knox.admin import AuthTokenAdmin as KnoxAuthTokenAdmin
+from knox.models import AuthToken
 
 from core.admin import LargeTableAdmin, ReadOnlyAdmin
 
@@ -38,3 +40,30 @@ class AuditEventAdmin(ReadOnlyAdmin, LargeTableAdmin):
     )
     search_fields = ("actor_username", "action", "target_id", "target_repr")
     list_select_related = ("actor",)
+
+
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class AuthTokenAdmin(KnoxAuthTokenAdmin):
+    """knox's list of API tokens, with the names their owners gave them and their last use. Staff revoke one by
+    deleting it; they make none (people make their own on their tokens page: a token staff made would be someone
+    else's credential in staff's hands)."""
+
+    list_display = ("name", "user", "created", "last_used", "expiry", "digest")
+    list_select_related = ("user", "api_token")
+    search_fields = [*KnoxAuthTokenAdmin.search_fields, "api_token__name"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="name", ordering="api_token__name")
+    def name(self, obj: AuthToken) -> str | None:
+        api_token = getattr(obj, "api_token", None)  # none for a token made outside accounts.services
+        return api_token.name if api_token else None
+
+    @admin.display(description="last used", ordering="api_token__last_used_at")
+    def last_used(self, obj: AuthToken):
+        api_token = getattr(obj, "api_token", None)
+        return api_token.last_used_at if api_token else None

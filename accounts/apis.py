@@ -9,7 +9,9 @@ from rest_framework.views import APIView
 from core.exceptions import ApplicationError, ErrorSerializer
 from core.throttling import LoginRateThrottle
 
-from .models import User
+from .models import ApiToken, User
+from .selectors import api_token_get_for_user, api_tokens_for_user
+from .services import API_TOKEN_DEFAULT_NAME, api_token_create, api_token_revoke
 
 
 class UserOutputSerializer(serializers.ModelSerializer):
@@ -64,10 +66,16 @@ class TokenCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField()
         password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+        name = serializers.CharField(
+            max_length=ApiToken._meta.get_field("name").max_length, required=False, allow_blank=True,
+            help_text=f"What the token is for, shown on the tokens page (default: {API_TOKEN_DEFAULT_NAME!r}).",
+        )  # fmt: skip
 
     @extend_schema_serializer(component_name="TokenCreateOutput")
     class OutputSerializer(serializers.Serializer):
-        token = serializers.CharField()
+        id = serializers.IntegerField(help_text="Revoke it with DELETE /api/v1/auth/tokens/{id}/.")
+        name = serializers.CharField()
+        token = serializers.CharField(help_text="Shown only in this answer: only its digest is stored.")
         expiry = serializers.DateTimeField()
 
     @extend_schema(
@@ -76,14 +84,13 @@ class TokenCreateApi(APIView):
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        user = authenticate(request, **serializer.validated_data)
+        data = serializer.validated_data
+        user = authenticate(request, username=data["username"], password=data["password"])
         if user is None:
             raise ApplicationError("Unable to log in with that username and password.", code="invalid_credentials")
-        instance, token = AuthToken.objects.create(user)
-        return Response(
-            self.OutputSerializer({"token": token, "expiry": instance.expiry}).data,
-            status=status.HTTP_201_CREATED,
-        )
+        api_token, token = api_token_create(user=user, name=data.get("name", API_TOKEN_DEFAULT_NAME))
+        output = {"id": api_token.pk, "name": api_token.name, "token": token, "expiry": api_token.auth_token.expiry}
+        return Response(self.OutputSerializer(output).data, status=status.HTTP_201_CREATED)
 
 
 class TokenDestroyApi(APIView):
@@ -93,4 +100,34 @@ class TokenDestroyApi(APIView):
     def post(self, request):
         if isinstance(request.auth, AuthToken):
             request.auth.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ApiTokenOutputSerializer(serializers.Serializer):
+    """A token as its owner sees it later: never the token itself, which only its creation answered with."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    created = serializers.DateTimeField(source="auth_token.created")
+    last_used = serializers.DateTimeField(
+        source="last_used_at", allow_null=True, help_text="Recorded at most once a minute; null: never used."
+    )
+    expiry = serializers.DateTimeField(source="auth_token.expiry", allow_null=True)
+
+
+class TokenListApi(APIView):
+    """The API tokens of the authenticated user that still work, newest first."""
+
+    @extend_schema(responses={200: ApiTokenOutputSerializer(many=True), 401: ErrorSerializer})
+    def get(self, request):
+        return Response(ApiTokenOutputSerializer(api_tokens_for_user(user=request.user), many=True).data)
+
+
+class TokenDetailApi(APIView):
+    """One of the authenticated user's API tokens."""
+
+    @extend_schema(request=None, responses={204: None, 401: ErrorSerializer, 404: ErrorSerializer})
+    def delete(self, request, token_id: int):
+        """Revoke the token: requests with it get 401 from now on."""
+        api_token_revoke(api_token=api_token_get_for_user(user=request.user, token_id=token_id))
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
-from .models import Role, User
+from .models import ApiToken, Role, User
 from .services import SELF_SERVICE_ROLES
 
 
@@ -32,3 +32,10 @@ class SignUpForm(UserCreationForm):
         if role not in SELF_SERVICE_ROLES:
             raise forms.ValidationError("Choose customer or owner.")
         return role
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(
+        max_length=ApiToken._meta.get_field("name").max_length,
+        help_text="What it is for, so you know which to revoke later, e.g. “nightly batch script”.",
+    )

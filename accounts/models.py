@@ -87,3 +87,18 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         who = self.actor_username or "platform"
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {who}: {self.action} {self.target_type} {self.target_id}"
+
+
+class ApiToken(models.Model):
+    """What a person knows of one of their API tokens besides knox's digest: the name they gave it and when it was
+    last used. Made with its knox token by `accounts.services.api_token_create`, and gone with it (revoked, logged out
+    or expired): knox deletes its AuthToken, and this row cascades."""
+
+    auth_token = models.OneToOneField(settings.KNOX_TOKEN_MODEL, on_delete=models.CASCADE, related_name="api_token")
+    name = models.CharField(max_length=64)
+    last_used_at = models.DateTimeField(
+        null=True, blank=True, help_text="Recorded at most once a minute (accounts.authentication)."
+    )
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,8 +1,9 @@
 from django.db import transaction
+from knox.models import AuthToken
 
 from core.exceptions import ApplicationError
 
-from .models import Role, User
+from .models import ApiToken, Role, User
 
 SELF_SERVICE_ROLES = (Role.CUSTOMER, Role.OWNER)
 
@@ -33,3 +34,22 @@ def dashboard_url_name(user: User) -> str:
     if user.role == Role.OWNER:
         return "fleet:dashboard"
     return "marketplace:dashboard"
+
+
+# --- API tokens ----------------------------------------------------------------------------------------------------
+
+API_TOKEN_DEFAULT_NAME = "API token"  # noqa: S105 - a label, not a secret
+
+
+@transaction.atomic
+def api_token_create(*, user: User, name: str = API_TOKEN_DEFAULT_NAME) -> tuple[ApiToken, str]:
+    """A new API token of `user`, with knox's expiry (REST_KNOX TOKEN_TTL). Returns the row and the token itself, which
+    exists only here: knox stores its digest, so it can be shown once and never again."""
+    auth_token, token = AuthToken.objects.create(user=user)
+    api_token = ApiToken.objects.create(auth_token=auth_token, name=name.strip() or API_TOKEN_DEFAULT_NAME)
+    return api_token, token
+
+
+def api_token_revoke(*, api_token: ApiToken) -> None:
+    """Revoke a token: its knox row goes (the next request with it gets 401), and its name with it."""
+    AuthToken.objects.filter(pk=api_token.auth_token_id).delete()

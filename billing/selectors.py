@@ -10,6 +10,7 @@ from django.db.models import Count, F, OuterRef, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from core.money import nc_from_cents, nc_from_mcents
+from marketplace.models import WorkUnit
 from marketplace.selectors import customer_results
 
 from . import ledger, settlement
@@ -204,6 +205,40 @@ def receipt_get(*, bid) -> Receipt:
     authorization = PaymentAuthorization.objects.filter(bid=bid).first()
     refunds = list(authorization.refunds.order_by("created_at", "pk")) if authorization else []
     return Receipt(bid=bid, authorization=authorization, lines=lines, refunds=refunds)
+
+
+def bid_charges_nc(*, bids) -> dict[int, int]:
+    """What each bid has cost its customer so far, n¢ by bid id, in four queries whatever the number of bids (a page
+    of jobs, the API's list): a settled job's charge net of its refunds and corrections (its customer_spend in the
+    ledger); an open or unsettled one's validated work at the prices the customer pays (as its receipt computes
+    it), never above its budget. marketplace.signals.bid_charges asks it (billing.apps connects it)."""
+    ids = [bid.pk for bid in bids]
+    auths = dict(
+        PaymentAuthorization.objects.filter(bid_id__in=ids).values_list("bid_id", "status").order_by()
+    )  # fmt: skip
+    budgets = {bid.pk: nc_from_cents(bid.budget_cents) for bid in bids}
+    settled = [bid_id for bid_id, status in auths.items() if status == PaymentAuthorization.Status.SETTLED]
+    charges = dict.fromkeys(ids, 0)
+    charges.update(
+        LedgerEntry.objects.filter(transaction__bid_id__in=settled, account__kind=AccountKind.CUSTOMER_SPEND)
+        .values_list("transaction__bid_id")
+        .annotate(total=Sum("amount_nc"))
+        .order_by()
+    )
+    open_ids = [bid_id for bid_id in ids if bid_id in auths and bid_id not in settled]
+    rows = (
+        WorkUnit.objects.filter(bid_id__in=open_ids, allocation__isnull=False)
+        .filter(canonical=True, verification=WorkUnit.Verification.VALID, status=WorkUnit.Status.DONE)
+        .values_list("bid_id", "allocation__price_mcents_per_ch", "replica_of__allocation__price_mcents_per_ch",
+                     "price_cap_mcents", "replica_of__price_cap_mcents", "ch")
+        .order_by()
+    )  # fmt: skip
+    work: dict[int, Decimal] = defaultdict(Decimal)
+    for bid_id, price, own_price, cap, own_cap, ch in rows:
+        work[bid_id] += Decimal(repr(ch)) * settlement.customer_price_mcents(price, own_price, cap, own_cap)
+    for bid_id, mcents in work.items():
+        charges[bid_id] = min(nc_from_mcents(mcents), budgets[bid_id])
+    return charges
 
 
 # --- Staff: the books at a glance ------------------------------------------------------------------------------------

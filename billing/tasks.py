@@ -6,7 +6,7 @@ a task. The marketplace never imports billing; it announces, and billing acts he
 
 from celery import shared_task
 
-from . import reconciliation, webhooks
+from . import reconciliation, selectors, webhooks
 from .models import PaymentAuthorization
 from .services import authorizations, corrections, settling, topups
 from .services import payouts as payouts_service
@@ -35,6 +35,11 @@ def bid_placed_received(sender, *, bid_id: int, **kwargs) -> str:
     bid is then WAITING, or DECLINED. Returns Stripe's reason for a decline ("" otherwise), for the customer."""
     authorization_id = PaymentAuthorization.objects.values_list("pk", flat=True).get(bid_id=bid_id)
     return authorizations.authorization_confirm(authorization_id=authorization_id).failure_message
+
+
+def bid_charges_received(sender, *, bids, **kwargs) -> dict[int, int]:
+    """marketplace.signals.bid_charges_wanted (a page or the API asks): what each bid has cost so far, n¢."""
+    return selectors.bid_charges_nc(bids=bids)
 
 
 def bid_closed_received(sender, *, bid_id: int, **kwargs) -> None:

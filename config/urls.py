@@ -8,6 +8,7 @@ api_v1 = [
     path("", include("fleet.api_urls")),
     path("", include("accounts.api_urls")),
     path("", include("marketplace.api_urls")),
+    path("", include("notifications.api_urls")),
 ]
 
 urlpatterns = [
@@ -19,6 +20,7 @@ urlpatterns = [
     path("market/", marketplace_views.market, name="market"),
     path("", include("fleet.urls")),
     path("", include("billing.urls")),
+    path("", include("notifications.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

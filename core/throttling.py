@@ -156,3 +156,14 @@ class LoginRateThrottle(SettingsRateThrottle):
 
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": client_ip(request)}
+
+
+class PublicApiRateThrottle(SettingsRateThrottle):
+    """Reads of the public market API (GET /api/v1/market/ and its history), which need no account: per client
+    address, so that a scraper cannot load the database with history pages."""
+
+    scope = "public-api"
+    rate_setting = "THROTTLE_PUBLIC_API"
+
+    def get_cache_key(self, request, view) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": client_ip(request)}

@@ -415,11 +415,16 @@ def clear_reference(supply: Supply, demand: Demand, reserve) -> Result:
     )
 
 
-def smoothed_index(previous: float | None, price: int | None, *, alpha: float = 0.2) -> float | None:
+def smoothed_index(
+    previous: float | None, price: int | None, *, alpha: float = 0.2, floor: int | None = None
+) -> float | None:
     """The pool's price index for the history chart, in m¢/CH: an exponential moving average of clearing prices.
 
     A round where nothing traded (price None) leaves the index unchanged; the first traded price starts it.
-    alpha in (0, 1] is the weight of the new price.
+    alpha in (0, 1] is the weight of the new price. `floor` is the pool's reserve in this round: nothing trades
+    below it, so an index below it (prices from before staff raised the reserve) restarts from it. Without this the
+    index lagged a raised reserve for a dozen rounds (INT8 cleared at 3,000 after the reserve went from 1,000 to 3,000,
+    and the index crept 1,000 → 1,400 → 1,720 → …), a price nobody could trade at.
     """
     if not 0 < alpha <= 1:
         raise ValueError("alpha must be in (0, 1].")
@@ -428,4 +433,6 @@ def smoothed_index(previous: float | None, price: int | None, *, alpha: float = 
     if previous is None:
         return float(price)
     previous = float(previous)  # a stored index may come back as a Decimal
+    if floor is not None:
+        previous = max(previous, float(floor))
     return previous + alpha * (price - previous)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 
 from core.exceptions import ApplicationError
@@ -31,7 +31,7 @@ from fleet.services import throughput_record
 from . import selftests, sizing, storage, verdicts
 from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
 from .payloads import LEASE_BATCH_SIZE, lease_lost, leased_items, no_such_unit, outputs_checked, variant_payload
-from .signals import bid_audited_announce, bid_closed_announce
+from .signals import bid_audited_announce, bid_closed_announce, bid_progressed_announce
 
 MAX_UNIT_ATTEMPTS = 3
 # What one item's output weighs on the way back, bytes (an embedding of 384 floats is 1.5 kB): sizing's upload term.
@@ -407,6 +407,8 @@ def unit_result(*, vehicle: Vehicle, data: dict[str, Any], now: datetime | None 
         _unit_withdraw(spare, reason="not needed: the results already agree")
     if judgement.unresolved:
         _bid_fail(unit.bid_id, now=now)
+    if judgement.validated:
+        bid_progress_announce(bid=unit.bid, newly_validated=judgement.validated)
     if not bid_finish_if_done(bid=unit.bid):
         bid_reassemble_if_audited(bid=unit.bid, now=now)
     return unit
@@ -451,6 +453,25 @@ def _unit_withdraw(unit: WorkUnit, *, reason: str) -> None:
     """A queued unit that nobody needs to run any more fails, saying why (it has no result: it is never billed)."""
     unit.status, unit.error, unit.assigned_vehicle = WorkUnit.Status.FAILED, reason, None
     unit.save(update_fields=["status", "error", "assigned_vehicle"])
+
+
+def bid_work_withdraw(*, bid: Bid, reason: str, now: datetime) -> int:
+    """A bid the customer cancelled while it ran: every unit of it not done yet (queued, or running on a car) fails
+    with `reason` and is never billed; a car running one loses its lease (its next renewal or result gets 409: stop).
+    The cars' sold time for the bid ends now, so the next round can sell it again. Results already returned stay
+    as they are (validated ones are the customer's and paid for). Returns how many units were withdrawn; call it in
+    the transaction that closes the bid."""
+    units = list(
+        WorkUnit.objects.select_for_update(of=("self",)).filter(
+            bid=bid, status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED)
+        )
+    )
+    for unit in units:
+        unit.status, unit.error = WorkUnit.Status.FAILED, reason
+        unit.lease_id, unit.leased_at, unit.lease_expires_at, unit.assigned_vehicle = "", None, None, None
+        unit.save(update_fields=["status", "error", "lease_id", "leased_at", "lease_expires_at", "assigned_vehicle"])
+    Allocation.objects.filter(bid=bid, ends_at__gt=now).update(ends_at=now)
+    return len(units)
 
 
 def _bid_fail(bid_id: int, *, now: datetime) -> None:
@@ -694,6 +715,25 @@ def bid_reassemble_if_audited(*, bid: Bid, now: datetime) -> bool:
     if closed:
         bid_audited_announce(bid.pk, [audit.pk for audit in closed])
     return bool(closed)
+
+
+PROGRESS_MILESTONES = (25, 50, 75)
+
+
+def bid_progress_announce(*, bid: Bid, newly_validated: int) -> list[int]:
+    """A slice of an open bid was just validated (`newly_validated` items): announce each progress milestone (percent
+    of its items validated) that this slice crossed, once the result commits (signals.bid_progressed). Returns them.
+    Counted only when a slice is validated, in one indexed query, not on every result."""
+    if bid.status not in Bid.OPEN_STATUSES or not bid.items:
+        return []
+    done = bid.units.filter(
+        canonical=True, verification=WorkUnit.Verification.VALID, status=WorkUnit.Status.DONE
+    ).aggregate(items=Sum(F("item_end") - F("item_start"), default=0))["items"]
+    before = done - newly_validated
+    crossed = [m for m in PROGRESS_MILESTONES if before * 100 < m * bid.items <= done * 100]
+    for percent in crossed:
+        bid_progressed_announce(bid.pk, percent)
+    return crossed
 
 
 def bid_finish_if_done(*, bid: Bid) -> bool:

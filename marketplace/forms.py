@@ -34,6 +34,14 @@ class ToleranceForm(forms.Form):
     tolerance = forms.FloatField()
 
 
+class BidPriceForm(forms.Form):
+    """A new maximum price for a running or waiting bid (services.bid_price_raise checks it rises within the budget)."""
+
+    max_price_usd_per_ch = forms.DecimalField(
+        label="New maximum price ($ per CH)", min_value=Decimal("0.00001"), max_digits=12, decimal_places=5
+    )
+
+
 class BidForm(forms.Form):
     PRECISIONS = [("auto", "Auto: the cheapest variant within my tolerance"), *Precision.choices]
 

@@ -250,6 +250,13 @@ class PoolClearing(models.Model):
     unfilled_demand_ch = models.FloatField(default=0.0)
     supply_ch = models.FloatField(default=0.0)
     index_mcents = models.FloatField(null=True, blank=True, help_text="Smoothed price index for the chart.")
+    # The pool's last trade, carried forward round to round as the index is (rounds._store), so that the market shows
+    # it from the last round's rows in O(1): found by a search back through the history instead, a pool that never
+    # traded would read every round (seconds at a year of rounds).
+    last_trade_mcents = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The clearing price of the newest round up to this one where the pool traded."
+    )
+    last_trade_at = models.DateTimeField(null=True, blank=True, help_text="That round's slot. Null: never traded.")
 
     class Meta:
         ordering = ["round", "pool"]

@@ -21,7 +21,7 @@ from . import auction, verdicts, verification
 from .dispatch import units_cut, work_wanted
 from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
 from .selectors import pricing_current
-from .signals import bid_closed_announce
+from .signals import bid_closed_announce, bid_won_announce
 
 log = logging.getLogger(__name__)
 
@@ -297,20 +297,27 @@ def auction_round_run(*, now: datetime | None = None) -> Round | None:
 
 
 def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
-    # Every round publishes every pool, so the last round holds the last index of each.
+    # Every round publishes every pool, so the last round holds the last index and the last trade of each.
     last = Round.objects.filter(slot__lt=round_.slot).order_by("-slot").first()
-    previous = dict(last.pools.values_list("pool", "index_mcents")) if last else {}
+    fields = ("pool", "index_mcents", "last_trade_mcents", "last_trade_at")
+    previous = {row[0]: row[1:] for row in last.pools.values_list(*fields)} if last else {}
     for pool_result in result.pools:
         pool = pool_result.pool
+        pool_reserve = int(reserve[auction.POOLS.index(pool)])
+        index, last_trade_mcents, last_trade_at = previous.get(pool, (None, None, None))
+        if pool_result.clearing_price is not None:
+            last_trade_mcents, last_trade_at = pool_result.clearing_price, round_.slot
         PoolClearing.objects.create(
             round=round_,
             pool=pool,
             clearing_price_mcents=pool_result.clearing_price,
-            reserve_mcents=int(reserve[auction.POOLS.index(pool)]),
+            reserve_mcents=pool_reserve,
             volume_ch=pool_result.volume_ch,
             unfilled_demand_ch=pool_result.unfilled_demand_ch,
             supply_ch=pool_result.supply_ch,
-            index_mcents=auction.smoothed_index(previous.get(pool), pool_result.clearing_price),
+            index_mcents=auction.smoothed_index(index, pool_result.clearing_price, floor=pool_reserve),
+            last_trade_mcents=last_trade_mcents,
+            last_trade_at=last_trade_at,
         )
     prices = {p.pool: p.clearing_price for p in result.pools}
     allocations = []
@@ -343,13 +350,18 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
         .filter(pk__in=totals)
         .order_by("pk")
     }
+    won = []  # bids sold their first compute: the customer hears of it (signals.bid_won)
     for bid_id, total in totals.items():
         bid = bids[bid_id]
         allocated = bid.ch_allocated + total
         # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
         bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
+        if bid.status != Bid.Status.RUNNING:
+            won.append(bid_id)
         bid.status = Bid.Status.RUNNING
     Bid.objects.bulk_update(bids.values(), ["ch_allocated", "status"], batch_size=1000)
+    for bid_id in won:
+        bid_won_announce(bid_id)
     cars = []
     for allocation in allocations:
         info = rates[allocation.vehicle_id]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import OuterRef, Q, QuerySet
 from django.http import Http404
 
 from accounts.models import User
@@ -298,13 +300,56 @@ def bids_for_customer(*, user: User) -> QuerySet:
     return Bid.objects.filter(customer=user).select_related("inference_model", "dataset", "variant")
 
 
-def bid_get_for_customer(*, user: User, bid_id: int):
+def bid_get_for_customer(*, user: User, bid_id: int, progress: bool = False):
+    """The customer's bid `bid_id` (another customer's is a 404); with `progress`, as `bids_with_progress` gives it."""
     from .models import Bid
 
+    bids = bids_for_customer(user=user)
     try:
-        return bids_for_customer(user=user).get(pk=bid_id)
+        return (bids_with_progress(bids) if progress else bids).get(pk=bid_id)
     except Bid.DoesNotExist:
         raise Http404("No such bid.") from None
+
+
+def bids_with_progress(bids: QuerySet) -> QuerySet:
+    """Bids with `items_done` (items whose result is the customer's: validated, each slice once) and
+    `allocations_won` (the rounds that sold the customer compute for them, oldest first), in two queries for any
+    number of bids."""
+    from django.db.models import F, Prefetch, Subquery, Sum
+    from django.db.models.functions import Coalesce
+
+    from .models import Allocation
+
+    done = (
+        WorkUnit.objects.filter(_CUSTOMER_RESULT, bid=OuterRef("pk"))
+        .order_by()
+        .values("bid")
+        .annotate(items=Sum(F("item_end") - F("item_start")))
+        .values("items")
+    )
+    won = Allocation.objects.filter(for_verification=False).select_related("round").order_by("round__slot", "pk")
+    return bids.annotate(items_done=Coalesce(Subquery(done), 0)).prefetch_related(
+        Prefetch("allocations", queryset=won, to_attr="allocations_won")
+    )
+
+
+JOB_FILTERS = {
+    "open": ("waiting", "running", "paused", "authorizing", "validating"),
+    "completed": ("completed",),
+    "ended": ("failed", "cancelled", "expired", "declined"),
+}
+
+
+def jobs_for_customer(*, user: User, show: str = "") -> QuerySet:
+    """The customer's jobs for "My jobs", newest first, with their progress; `show` keeps one group of statuses
+    (JOB_FILTERS) or one status; anything else shows all."""
+    from .models import Bid
+
+    bids = bids_for_customer(user=user).order_by("-created_at", "-pk")  # a stable order for the pages
+    statuses = JOB_FILTERS.get(show) or ((show,) if show in Bid.Status.values else None)
+    if statuses:
+        bids = bids.filter(status__in=statuses)
+    return bids_with_progress(bids)
 
 
 _CUSTOMER_RESULT = Q(canonical=True, verification=WorkUnit.Verification.VALID, status=WorkUnit.Status.DONE)
@@ -345,7 +390,10 @@ def bid_allocations_won(*, bid) -> QuerySet:
 
 
 def market_latest() -> dict[str, dict]:
-    """Per pool: the last round's clearing price, volume and unfilled demand (m¢/CH, CH)."""
+    """Per pool: the last round's clearing price, volume and unfilled demand (m¢/CH, CH), and the pool's last trade
+    (`last_trade_mcents` at `last_trade_at`, the slot of the newest round where it traded; None when it never did), so
+    a pool that did not trade in the last round still shows its last price. Rounds carry the last trade forward
+    (rounds._store), so this is two queries however long the history."""
     from .models import PoolClearing, Round
 
     last = Round.objects.filter(finished_at__isnull=False).order_by("-slot").first()
@@ -360,6 +408,8 @@ def market_latest() -> dict[str, dict]:
             "supply_ch": c.supply_ch,
             "index_mcents": c.index_mcents,
             "round": last.slot,
+            "last_trade_mcents": c.last_trade_mcents,
+            "last_trade_at": c.last_trade_at,
         }
         for c in PoolClearing.objects.filter(round=last)
     }
@@ -388,9 +438,39 @@ def market_history(*, rounds: int = 120) -> dict:
     }
     # The order the chart's legend and the API's `history.series` have always had (neither the pools' order nor
     # cheapest first); kept, as readers of the chart and clients of the API know it.
+    prices: dict[str, list] = {}
     for pool in (INT8, FP16, FP32, FP8):
         series[pool] = [(by_key[(slot, pool)].index_mcents if (slot, pool) in by_key else None) for slot in slots]
-    return {"labels": [slot.isoformat() for slot in slots], "series": series}
+        prices[pool] = [
+            (by_key[(slot, pool)].clearing_price_mcents if (slot, pool) in by_key else None) for slot in slots
+        ]
+    return {"labels": [slot.isoformat() for slot in slots], "series": series, "prices": prices}
+
+
+MARKET_HISTORY_POOLS = (INT8, FP16, FP32, FP8)
+
+
+def market_history_rows(
+    *, start: datetime | None = None, end: datetime | None = None, pools: Iterable[str] | None = None
+) -> QuerySet:
+    """What each round published per pool, newest first (then by pool), with the round's slot as `slot`: the public
+    price history (GET /api/v1/market/history/). `start` is inclusive and `end` exclusive (slot >= start and slot <
+    end), so consecutive ranges never share a round. Only finished rounds; no bid, customer or car is in any row.
+
+    One query per page: rounds are walked newest first on Round.slot's unique index and each round's clearings are
+    found on the (round, pool) unique index, so a page costs its rows however long the history is."""
+    from django.db.models import F
+
+    from .models import PoolClearing
+
+    rows = PoolClearing.objects.filter(round__finished_at__isnull=False).annotate(slot=F("round__slot"))
+    if start is not None:
+        rows = rows.filter(round__slot__gte=start)
+    if end is not None:
+        rows = rows.filter(round__slot__lt=end)
+    if pools:
+        rows = rows.filter(pool__in=list(pools))
+    return rows.order_by("-slot", "pool")
 
 
 # --- The bid form's estimate ------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .datasets import (
     holdout_indices,
 )
 from .models import Bid, Dataset, InferenceModel, PrecisionVariant
-from .selectors import pricing_current
+from .selectors import bid_worst_case_cents, pricing_current
 from .signals import bid_closed_announce, bid_placed_announce, bid_placing, model_check_wanted, variant_build_wanted
 
 # Every precision, in the order their variants are created (so numbered) and their builds queued: FP32 first, as it
@@ -422,7 +422,6 @@ def bid_place(
 
     from .selectors import (
         auto_pick_for_bid,
-        bid_worst_case_cents,
         outlook_message,
         pools_outlook,
         variant_passes,
@@ -528,20 +527,69 @@ def bid_place(
     return bid
 
 
+CANCELLABLE = (Bid.Status.WAITING, Bid.Status.PAUSED, Bid.Status.RUNNING)
+CANCELLED_WORK_REASON = "the customer cancelled the job"
+
+
 def bid_cancel(*, bid: Bid) -> Bid:
-    """Cancel a bid that has not been filled yet; what it has not used is released."""
+    """Cancel a bid that is waiting for capacity or funds, or running. Nothing more is bought for it; units not done
+    yet are withdrawn, a car running one stops (dispatch.bid_work_withdraw), and the cars' sold time goes back to
+    the market. The customer pays for the work validated so far, and the rest of the budget is released (billing
+    settles the bid once it closes)."""
     from django.utils import timezone
+
+    from .dispatch import bid_work_withdraw
 
     with transaction.atomic():
         bid = Bid.objects.select_for_update().get(pk=bid.pk)
-        if bid.status not in (Bid.Status.WAITING, Bid.Status.PAUSED):
+        if bid.status not in CANCELLABLE:
             raise ApplicationError(
-                f"This bid is {bid.get_status_display().lower()}: only a bid waiting for capacity or for funds can be "
+                f"This bid is {bid.get_status_display().lower()}: only a bid that is waiting or running can be "
                 "cancelled.",
                 code="not_cancellable",
                 status=409,
             )
-        bid.status, bid.closed_at = Bid.Status.CANCELLED, timezone.now()
+        now = timezone.now()
+        if bid.status == Bid.Status.RUNNING:
+            bid_work_withdraw(bid=bid, reason=CANCELLED_WORK_REASON, now=now)
+        bid.status, bid.closed_at = Bid.Status.CANCELLED, now
         bid.save(update_fields=["status", "closed_at"])
         bid_closed_announce(bid.pk)
+    return bid
+
+
+PRICE_RAISABLE = (Bid.Status.WAITING, Bid.Status.PAUSED, Bid.Status.RUNNING)
+
+
+def bid_price_raise(*, bid: Bid, max_price_mcents_per_ch: int) -> Bid:
+    """Raise an open bid's maximum price, so that it wins capacity it was outbid for. Work bought so far keeps the
+    price it cleared at; the next rounds use the new maximum. The budget set aside stays as it is, and must still
+    cover every item at the new price (the rule a new bid follows); lowering the price is not offered, since the
+    cars already sold to the bid were sold at the old one."""
+    with transaction.atomic():
+        bid = Bid.objects.select_for_update().get(pk=bid.pk)
+        if bid.status not in PRICE_RAISABLE:
+            raise ApplicationError(
+                f"This bid is {bid.get_status_display().lower()}: only a waiting or running bid's price can be raised.",
+                code="not_open",
+                status=409,
+            )
+        current = bid.max_price_mcents_per_ch
+        if max_price_mcents_per_ch <= current:
+            raise _field_error(
+                "max_price_usd_per_ch", f"Above the current maximum of {price_per_ch(current)}: a price can only rise."
+            )
+        ceiling = pricing_current().price_ceiling_mcents
+        if max_price_mcents_per_ch > ceiling:
+            raise _field_error("max_price_usd_per_ch", f"At most {price_per_ch(ceiling)} (the price ceiling).")
+        worst_case_cents = bid_worst_case_cents(ch=bid.ch_total, max_price_mcents=max_price_mcents_per_ch)
+        if worst_case_cents > bid.budget_cents:
+            raise _field_error(
+                "max_price_usd_per_ch",
+                f"All {bid.items:,} items at {price_per_ch(max_price_mcents_per_ch)} can cost "
+                f"{usd_cents(worst_case_cents)}, more than the budget of {usd_cents(bid.budget_cents)} set aside: "
+                "cancel this bid and place a new one with a larger budget, or raise the price less.",
+            )
+        bid.max_price_mcents_per_ch = max_price_mcents_per_ch
+        bid.save(update_fields=["max_price_mcents_per_ch"])
     return bid

@@ -15,5 +15,6 @@ urlpatterns = [
     path("models/<int:model_id>/bid/estimate/", views.bid_estimate, name="bid-estimate"),
     path("bids/<int:bid_id>/", views.bid_detail, name="bid"),
     path("bids/<int:bid_id>/cancel/", views.bid_cancel, name="bid-cancel"),
+    path("bids/<int:bid_id>/price/", views.bid_price, name="bid-price"),
     path("bids/<int:bid_id>/result/", views.bid_result, name="bid-result"),
 ]

@@ -50,6 +50,8 @@ class Judgement:
     spares: list[WorkUnit] = field(default_factory=list)
     # The slice had its most replicas and still no quorum: nobody can tell who is right, and the bid fails.
     unresolved: bool = False
+    # Items of the slice that this verdict validated (it had no canonical valid result before): the bid's progress.
+    validated: int = 0
 
 
 def result_recorded(*, unit: WorkUnit, outputs: np.ndarray, streak: int, now: datetime) -> Judgement:
@@ -76,7 +78,7 @@ def result_recorded(*, unit: WorkUnit, outputs: np.ndarray, streak: int, now: da
         unit.canonical = verdict.canonical == 0
         unit.save(update_fields=["quorum", "verification", "canonical"])
         reputation_record(vehicle_id=unit.done_by_id, valid=valid, now=now, unit=unit)
-        return Judgement()
+        return Judgement(validated=unit.items if valid and unit.canonical else 0)
     # A primary's quorum is written with its verdict's start, in one UPDATE.
     unit.verification, unit.canonical = Verification.PENDING, False
     unit.save(update_fields=["verification", "canonical", *(["quorum"] if is_primary else [])])
@@ -117,6 +119,7 @@ def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None)
     verdict = verification.decide(outputs, tolerance, quorum=primary.quorum)
     if verdict.needs_more:
         return Judgement(unresolved=not replica_ensure(primary=primary, group=group, now=now))
+    settled_before = any(u.canonical and u.verification == Verification.VALID for u in group)
     for index, unit in enumerate(group):
         decided = (
             Verification.VALID if index in verdict.valid
@@ -129,7 +132,11 @@ def slice_decide(*, primary: WorkUnit, now: datetime, known: dict | None = None)
         if unit.verification in (Verification.PENDING, "") and decided in (Verification.VALID, Verification.INVALID):
             reputation_record(vehicle_id=unit.done_by_id, valid=decided == Verification.VALID, now=now, unit=unit)
     # The slice is settled: its copies still waiting for a car are not needed any more.
-    return Judgement(spares=[u for u in units if u.status == WorkUnit.Status.QUEUED and u.replica_of_id == primary.pk])
+    validated = primary.items if verdict.canonical in verdict.valid and not settled_before else 0
+    return Judgement(
+        spares=[u for u in units if u.status == WorkUnit.Status.QUEUED and u.replica_of_id == primary.pk],
+        validated=validated,
+    )
 
 
 def _tolerance(unit: WorkUnit) -> verification.Tolerance:

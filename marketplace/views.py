@@ -2,6 +2,7 @@ from decimal import Decimal
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -9,11 +10,13 @@ from accounts.models import Role
 from accounts.permissions import role_required
 from core.exceptions import ApplicationError
 from core.forms import add_application_error
-from core.money import dollars_to_mcents
+from core.money import dollars_to_mcents, price_per_ch
 
 from . import selectors, services
 from .downloads import bid_result_response
-from .forms import BidForm, DatasetUploadForm, InferenceModelUploadForm, ToleranceForm
+from .forms import BidForm, BidPriceForm, DatasetUploadForm, InferenceModelUploadForm, ToleranceForm
+from .models import Bid
+from .signals import bid_charges
 
 
 def _form_status(error: ApplicationError) -> int:
@@ -21,13 +24,30 @@ def _form_status(error: ApplicationError) -> int:
     return 413 if error.status == 413 else 400
 
 
+JOBS_PER_PAGE = 20
+
+
 @role_required(Role.CUSTOMER)
 def dashboard(request):
+    """My jobs: newest first, 20 a page, filtered by status, with what each has cost so far."""
+    show = request.GET.get("show", "")
+    page = Paginator(selectors.jobs_for_customer(user=request.user, show=show), JOBS_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
     return render(
         request,
         "marketplace/dashboard.html",
         {
-            "bids": selectors.bids_for_customer(user=request.user)[:20],
+            "page": page,
+            "bids": page.object_list,
+            "charges": bid_charges(page.object_list),
+            "show": show if show in selectors.JOB_FILTERS or show in Bid.Status.values else "",
+            "filters": [
+                ("", "All"),
+                ("open", "Open"),
+                ("completed", "Completed"),
+                ("ended", "Cancelled, expired or failed"),
+            ],
             "models": selectors.inference_models_visible(user=request.user)[:10],
         },
     )
@@ -246,7 +266,8 @@ def bid_detail(request, bid_id: int):
     bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
     allocations = selectors.bid_allocations_won(bid=bid).select_related("round", "vehicle__hardware")[:50]
     context = {"bid": bid, "allocations": allocations, "audits": selectors.bid_audits(bid=bid)[:20],
-               **selectors.bid_progress(bid=bid)}  # fmt: skip
+               "charged_nc": bid_charges([bid])[bid.pk], "raisable": bid.status in services.PRICE_RAISABLE,
+               "cancellable": bid.status in services.CANCELLABLE, **selectors.bid_progress(bid=bid)}  # fmt: skip
     if request.htmx:
         return render(request, "marketplace/_bid_progress.html", context)
     return render(request, "marketplace/bid_detail.html", context)
@@ -257,10 +278,33 @@ def bid_detail(request, bid_id: int):
 def bid_cancel(request, bid_id: int):
     bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
     try:
-        services.bid_cancel(bid=bid)
-        messages.success(request, "Bid cancelled: nothing more will be bought for it.")
+        bid = services.bid_cancel(bid=bid)
+        messages.success(
+            request, "Bid cancelled: nothing more will be bought for it. You pay only for the work validated so far; "
+            "the rest of the budget is released.",
+        )  # fmt: skip
     except ApplicationError as error:
         messages.error(request, error.message)
+    return redirect("marketplace:bid", bid_id=bid.pk)
+
+
+@role_required(Role.CUSTOMER)
+@require_POST
+def bid_price(request, bid_id: int):
+    """Raise the bid's maximum price (the form on its page)."""
+    bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
+    form = BidPriceForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ApplicationError(f"Maximum price: {form.errors['max_price_usd_per_ch'][0]}")
+        bid = services.bid_price_raise(
+            bid=bid, max_price_mcents_per_ch=_mcents(form.cleaned_data["max_price_usd_per_ch"])
+        )
+        messages.success(
+            request, f"Maximum price raised to {price_per_ch(bid.max_price_mcents_per_ch)}: the next rounds use it."
+        )
+    except ApplicationError as error:
+        messages.error(request, next(iter(error.fields.values()))[0] if error.fields else error.message)
     return redirect("marketplace:bid", bid_id=bid.pk)
 
 

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "fleet",
     "marketplace",
     "billing",
+    "notifications",
     "ops",
 ]
 
@@ -138,7 +139,11 @@ MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
 # bad signature) per address.
 THROTTLE_LOGIN = env.str("THROTTLE_LOGIN", default="10/min")
 THROTTLE_SIGNUP = env.str("THROTTLE_SIGNUP", default="10/hour")
+# Password reset requests (each may send an email), per client address.
+THROTTLE_PASSWORD_RESET = env.str("THROTTLE_PASSWORD_RESET", default="10/hour")
 THROTTLE_AGENT = env.str("THROTTLE_AGENT", default="120/min")
+# The public market API (prices and their history), per client address.
+THROTTLE_PUBLIC_API = env.str("THROTTLE_PUBLIC_API", default="120/min")
 # Failed agent requests, counted per client address and, apart, per key id claimed: past either, failures get 429,
 # and an address's requests naming a key Redis does not know are refused before the database is asked. A correctly
 # signed request is admitted whatever failed beside it (fleet/authentication.py).
@@ -148,8 +153,9 @@ THROTTLE_AGENT_FAILURES = env.str("THROTTLE_AGENT_FAILURES", default="30/min")
 NUM_PROXIES = env.int("NUM_PROXIES", default=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        # Token first, so that an unauthenticated request gets 401 with a WWW-Authenticate header, not 403.
-        "knox.auth.TokenAuthentication",
+        # Token first, so that an unauthenticated request gets 401 with a WWW-Authenticate header, not 403. knox's,
+        # noting each token's last use for its owner's tokens page.
+        "accounts.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -172,6 +178,9 @@ REST_KNOX = {
     "TOKEN_TTL": timedelta(days=env.int("API_TOKEN_TTL_DAYS", default=30)),
     "AUTO_REFRESH": False,
 }
+# knox's own token model (knox reads this name too). accounts.ApiToken points at it, and Django's migrations ask for the
+# setting of a swappable model: without it `makemigrations` fails. Changing it would orphan every token.
+KNOX_TOKEN_MODEL = "knox.AuthToken"  # noqa: S105 - a model's name, not a secret
 SPECTACULAR_SETTINGS = {
     "TITLE": "Idlefleet API",
     "DESCRIPTION": (
@@ -213,7 +222,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # One queue per kind of work, so each can get its own workers as the fleet grows (README, "Deployment"): a worker
 # started without -Q consumes all of them (the demo, the tests); production runs e.g. `worker -Q rounds -c 1`.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
-CELERY_TASK_QUEUES = tuple(Queue(name) for name in ("celery", "rounds", "dispatch", "validation", "billing"))
+CELERY_TASK_QUEUES = tuple(
+    Queue(name) for name in ("celery", "rounds", "dispatch", "validation", "billing", "notifications")
+)
 CELERY_TASK_ROUTES = {
     "marketplace.tasks.auction_round": {"queue": "rounds"},
     "marketplace.tasks.leases_sweep": {"queue": "dispatch"},
@@ -223,6 +234,8 @@ CELERY_TASK_ROUTES = {
     "marketplace.tasks.inference_model_validate": {"queue": "validation"},
     "marketplace.tasks.variant_build": {"queue": "validation"},
     "billing.tasks.*": {"queue": "billing"},
+    # Webhooks wait on customers' servers (up to WEBHOOK_TIMEOUT_SECONDS each): never in front of other work.
+    "notifications.tasks.*": {"queue": "notifications"},
 }
 
 PLATFORM_HEARTBEAT_SECONDS = env.int("PLATFORM_HEARTBEAT_SECONDS", default=30)
@@ -342,8 +355,29 @@ CELERY_BEAT_SCHEDULE["auction-round"] = {
 }
 # How long a car may hold a work unit before the sweeper gives it to another car (seconds).
 # Mail to users (a suspended car's owner, say): printed on the console unless a real backend is configured.
+# Email (password resets, jobs completed or expired) goes through Django's mail framework. Development prints it;
+# production sets EMAIL_BACKEND to SMTP, or to an email service's django-anymail backend, e.g.
+# EMAIL_BACKEND=anymail.backends.postmark.EmailBackend with ANYMAIL={"POSTMARK_SERVER_TOKEN": "..."} (a JSON object;
+# README, "Webhooks").
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+ANYMAIL = env.json("ANYMAIL", default={})
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Idlefleet <noreply@idlefleet.example>")
+# The site's address as customers reach it, for links in emails and webhook events (no request to build them from).
+SITE_URL = env.str("SITE_URL", default="http://localhost:8000")
+
+# Webhooks (notifications/): a delivery is POSTed once, then retried after each of these delays (seconds) until a
+# 2xx answer, and failed after the last; each POST waits this long for an answer. Private, loopback and internal
+# addresses are refused unless allowed (local.py allows them: the demo's and the tests' receivers are local).
+WEBHOOK_RETRY_DELAYS = env.list("WEBHOOK_RETRY_DELAYS", cast=int, default=[10, 60, 300, 1800, 7200, 21600])
+WEBHOOK_TIMEOUT_SECONDS = env.int("WEBHOOK_TIMEOUT_SECONDS", default=10)
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+# Pending deliveries whose next try is due and that no message brings (a retry too far off for a countdown, a lost
+# message) are queued again this often.
+CELERY_BEAT_SCHEDULE["webhook-deliveries-sweep"] = {
+    "task": "notifications.tasks.webhook_deliveries_sweep",
+    "schedule": env.int("WEBHOOK_SWEEP_SECONDS", default=30),
+    "options": {"expires": 30},
+}
 
 # Result verification (marketplace/verdicts.py): a car with this many validated results in a row, and no fault in
 # the window, is replicated only for random spot checks at this rate; this many faults in the window suspend a car.

@@ -9,6 +9,8 @@ os.environ.setdefault("DEBUG", "true")
 os.environ.setdefault("SECRET_KEY", "django-insecure-idlefleet-local-development-only")
 # Simulated cars live a day in minutes (and tests replay fixed dates): their clocks may be years from the server's.
 os.environ.setdefault("AGENT_CLOCK_MAX_SKEW_SECONDS", str(10 * 366 * 24 * 3600))
+# Webhook receivers in development and tests run on this machine (production refuses private addresses).
+os.environ.setdefault("WEBHOOK_ALLOW_PRIVATE_URLS", "true")
 
 # Read .env now (base.py reads it again, harmlessly): a Stripe key kept there must count as "set" below.
 environ.Env.read_env(Path(__file__).resolve().parent.parent.parent / ".env", overwrite=False)

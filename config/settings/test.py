@@ -30,4 +30,5 @@ else:
 
 # The suite logs in, signs up and sends agent requests far faster than people and cars do; the limits themselves are
 # proven by tests/security/test_throttling.py, which sets small rates.
-THROTTLE_LOGIN = THROTTLE_SIGNUP = THROTTLE_AGENT = THROTTLE_AGENT_FAILURES = "100000/min"
+THROTTLE_LOGIN = THROTTLE_SIGNUP = THROTTLE_AGENT = THROTTLE_AGENT_FAILURES = THROTTLE_PUBLIC_API = "100000/min"
+THROTTLE_PASSWORD_RESET = THROTTLE_LOGIN

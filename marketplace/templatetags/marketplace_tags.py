@@ -23,3 +23,16 @@ def make_list_of_pools(value: str) -> list[str]:
 @register.filter
 def get_item(mapping, key):
     return mapping.get(key) if mapping else None
+
+
+@register.filter
+def ago(moment) -> str:
+    """How long ago `moment` was, in its largest unit: "just now" under a minute, "4 minutes ago", "2 hours ago"."""
+    from django.utils import timezone
+    from django.utils.timesince import timesince
+
+    if moment is None:
+        return ""
+    if (timezone.now() - moment).total_seconds() < 60:
+        return "just now"
+    return f"{timesince(moment, depth=1)} ago"

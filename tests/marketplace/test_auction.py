@@ -375,3 +375,15 @@ def test_smoothed_index_starts_at_the_first_price_and_stays_put_when_nothing_tra
     assert smoothed_index(1000.0, 2000, alpha=0.5) == 1500.0
     with pytest.raises(ValueError, match="alpha"):
         smoothed_index(1000.0, 2000, alpha=0)
+
+
+def test_smoothed_index_follows_the_trades_when_staff_raise_the_reserve():
+    # INT8 cleared at the 1,000 reserve; staff raised it to 3,000 and every trade since clears at 3,000. The old rule
+    # smoothed from the sub-reserve index (1,400, then 1,720: a price nobody could trade at).
+    index = smoothed_index(None, 1000, floor=1000)
+    for _ in range(2):
+        index = smoothed_index(index, 3000, floor=3000)
+        assert index == 3000.0
+    # Above the reserve it smooths as before, and a lower reserve changes nothing.
+    assert smoothed_index(3000.0, 4000, floor=1000) == 3200.0
+    assert smoothed_index(1000.0, None, floor=3000) == 1000.0  # no trade: the index only moves with trades

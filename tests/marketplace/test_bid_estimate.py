@@ -211,3 +211,85 @@ def test_no_amount_on_the_page_is_written_with_an_exponent(client, digits_with_v
         assert not EXPONENT.search(text), EXPONENT.search(text)
         assert "e-0" not in text and "e+" not in text
     assert "0.0000028 CH" in page
+
+
+# --- The same estimate as JSON: GET /api/v1/models/<id>/estimate/ (the `idlefleet estimate` command reads it) ------
+
+
+def api_estimate(client, model, **query):
+    return client.get(f"/api/v1/models/{model.pk}/estimate/", query)
+
+
+def test_the_api_estimate_prices_every_pool_and_suggests_a_budget_as_the_form_does(client, digits_with_variants):
+    model = digits_with_variants
+    heavier(model, 0.1)  # 200 items: 20 CH
+    last_round({"int8": 2500, "fp16": 1500, "fp8": 1500, "fp32": 2000})
+    dataset = model.datasets.get()
+
+    response = api_estimate(client, model, dataset=dataset.pk, max_price_usd_per_ch="0.03")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["dataset"], body["items"], body["precision_requested"]) == (dataset.pk, 200, "auto")
+    assert body["precision"] == "int8"  # auto's pick: the cheapest precision within the tolerance
+    assert body["cost_usd"] == "0.50"  # 20 CH at the last clearing price of $0.025
+    assert (body["max_price_usd_per_ch"], body["suggested_budget_usd"]) == ("0.03", "0.60")  # 20 CH at up to $0.03
+    assert body["below_reserve"] is False and body["nothing_runs"] == ""
+    rows = {row["precision"]: row for row in body["pools"]}
+    int8 = rows["int8"]
+    assert (int8["runnable"], int8["ch"], int8["price_usd_per_ch"], int8["price_is_reserve"]) == (True, 20.0, "0.025",
+                                                                                                  False)  # fmt: skip
+    assert int8["price_per_million_usd"] == "2500.00"  # 1M items of 0.1 CH at $0.025
+    # The registered car sends no heartbeat: nothing is on offer, and the row says a bid would wait.
+    assert (int8["ch_on_offer"], int8["covers"]) == (0.0, False)
+    assert int8["warning"] == "No car offers INT8 now: a bid here waits until one parks."
+    assert rows["fp8"]["runnable"] is False and rows["fp8"]["warning"].startswith("FP8 cannot run:")
+
+
+def test_the_api_estimate_of_a_precision_asked_for_prices_that_pool(client, digits_with_variants):
+    heavier(digits_with_variants, 0.01)  # 2 CH at FP16's $0.015 reserve (no round yet); up to twice that: $0.06
+    dataset = digits_with_variants.datasets.get()
+
+    body = api_estimate(client, digits_with_variants, dataset=dataset.pk, precision="fp16").json()
+
+    assert (body["precision_requested"], body["precision"], body["cost_usd"]) == ("fp16", "fp16", "0.03")
+    assert (body["max_price_usd_per_ch"], body["suggested_budget_usd"]) == ("0.03", "0.06")
+
+
+def test_the_api_estimate_of_another_customers_model_or_dataset_is_a_404(client, digits_with_variants, bob):
+    model = digits_with_variants
+    InferenceModel.objects.filter(pk=model.pk).update(is_catalogue=True)  # every customer sees the model...
+    bobs = Dataset.objects.create(
+        owner=bob, inference_model=model, name="bob's", sha256="2" * 64, size_bytes=1, format="npy", item_count=9,
+        status=InferenceModel.Status.READY,
+    )  # fmt: skip
+
+    response = api_estimate(client, model, dataset=bobs.pk)  # ... but not one another's data
+
+    assert response.status_code == 404
+    assert response.json()["fields"] == {"dataset": ["Not a dataset of this model that you can use."]}
+    InferenceModel.objects.filter(pk=model.pk).update(is_catalogue=False)
+    client.force_login(bob)
+    assert api_estimate(client, model, dataset=bobs.pk).json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"dataset": None}, "dataset"),  # left out
+        ({"dataset": "abc"}, "dataset"),
+        ({"dataset": "9" * 40}, "dataset"),
+        ({"precision": "fp64"}, "precision"),
+        ({"max_price_usd_per_ch": "lots"}, "max_price_usd_per_ch"),
+        ({"max_price_usd_per_ch": "-1"}, "max_price_usd_per_ch"),
+        ({"max_price_usd_per_ch": "0.000001"}, "max_price_usd_per_ch"),
+    ],
+)
+def test_a_bad_api_estimate_parameter_is_a_400_naming_it(client, digits_with_variants, query, field):
+    query = {"dataset": digits_with_variants.datasets.get().pk, **query}
+
+    response = api_estimate(client, digits_with_variants, **{k: v for k, v in query.items() if v is not None})
+
+    assert response.status_code == 400
+    body = response.json()
+    assert list(body["fields"]) == [field] and body["message"].startswith(f"{field}: ")

@@ -91,7 +91,7 @@ def test_the_bid_form_places_a_bid_and_shows_errors(client, digits_with_variants
     assert (bid.max_price_mcents_per_ch, bid.budget_cents) == (4500, 200)
 
 
-def test_cancel_while_waiting_only(client, digits_with_variants):
+def test_a_closed_bid_cannot_be_cancelled_again(client, digits_with_variants):
     bid_id = client.post("/api/v1/bids/", bid_payload(digits_with_variants), content_type="application/json").json()[
         "id"
     ]
@@ -99,7 +99,7 @@ def test_cancel_while_waiting_only(client, digits_with_variants):
     assert client.post(f"/api/v1/bids/{bid_id}/cancel/").json()["status"] == "cancelled"
     again = client.post(f"/api/v1/bids/{bid_id}/cancel/")
     assert again.status_code == 409
-    assert "only a bid waiting for capacity or for funds can be cancelled" in again.json()["message"]
+    assert again.json()["message"] == "This bid is cancelled: only a bid that is waiting or running can be cancelled."
 
 
 def test_another_customers_bid_is_404(client, digits_with_variants, bob):

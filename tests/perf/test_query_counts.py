@@ -146,8 +146,8 @@ def test_a_car_without_a_live_heartbeat_costs_one_query_more_not_one_per_car(cli
             assert client.get(reverse("fleet:dashboard")).status_code == 200
 
 
-# session, user, the bid (model, dataset, variant), its rounds won (round, car), its progress, its audits
-JOB_PAGE_QUERIES = 6
+# session, user, the bid (model, dataset, variant), its rounds won (round, car), its progress, its audits, its cost
+JOB_PAGE_QUERIES = 7
 
 
 def test_the_customers_job_page_queries_the_same_for_2_or_20_rounds_won(
@@ -167,6 +167,36 @@ def test_the_customers_job_page_queries_the_same_for_2_or_20_rounds_won(
         # The fragment htmx polls: no session user's menu, no audits.
         with django_assert_num_queries(JOB_PAGE_QUERIES - 2):
             assert client.get(url, headers={"HX-Request": "true"}).status_code == 200
+
+
+# My jobs: session, user, the count and the page of bids (model, dataset, variant; items done), their rounds won, their
+# costs (authorizations, validated work), the models
+MY_JOBS_QUERIES = 8
+# The API's list: token or session, user, the bids, their rounds won, their costs
+BID_LIST_API_QUERIES = 6
+
+
+def test_my_jobs_and_the_bid_list_api_query_the_same_for_2_or_20_jobs(client, alice, olivia, django_assert_num_queries):
+    from billing.models import PaymentAuthorization
+
+    client.force_login(alice)
+    car = _car(olivia)
+    for size in (SMALL, LARGE):
+        while alice.bids.count() < size:
+            bid = _bid(alice)
+            _won(bid, car)
+            PaymentAuthorization.objects.create(
+                bid=bid, customer=alice, amount_cents=bid.budget_cents, status="authorized",
+                create_key=f"authorize:bid:{bid.pk}",
+            )  # fmt: skip
+        with django_assert_num_queries(MY_JOBS_QUERIES):
+            page = client.get(reverse("marketplace:dashboard"))
+        assert page.content.decode().count('aria-label="items done for bid') == size
+        assert page.content.decode().count("$0.0002") == size  # 0.01 CH at $0.02 each, validated
+        with django_assert_num_queries(BID_LIST_API_QUERIES):
+            listed = client.get("/api/v1/bids/").json()
+        rows = [(b["items_done"], b["charged_usd"], len(b["allocations"])) for b in listed]
+        assert rows == [(10, "0.0002", 1)] * size
 
 
 def test_the_market_page_queries_the_same_for_2_or_20_rounds_and_cars(client, alice, olivia, django_assert_num_queries):
@@ -246,6 +276,7 @@ def _everything(staff) -> None:
     )
     from fleet.services import throughput_record
     from marketplace.models import ResultAudit, ResultFault, SelfTest, VariantAccuracy
+    from notifications.models import BidEvent, WebhookDelivery, WebhookEndpoint
     from ops.models import PlatformHeartbeat
 
     n = next(_serial)
@@ -291,6 +322,10 @@ def _everything(staff) -> None:
     IdempotentRequest.objects.create(user=customer, key=f"key-{n}", method="POST", path="/api/v1/bids/",
                                      fingerprint="0" * 64, status_code=201, response={"id": n})  # fmt: skip
     audit_record(actor=staff, action="vehicle.suspend", target=vehicle)
+    endpoint = WebhookEndpoint.objects.create(customer=customer, url=f"https://example.com/{n}", secret="whsec_x")
+    event = BidEvent.objects.create(event_id=f"evt_bid_{n}", bid=bid, type="bid.completed", payload={})
+    WebhookDelivery.objects.create(endpoint=endpoint, event_id=event.event_id, event_type=event.type, bid=bid,
+                                   payload={})  # fmt: skip
 
 
 # Queries of each admin list: the session and user, the list's count and page, and its filters' choices (on a big
@@ -331,6 +366,9 @@ ADMIN_QUERIES = {
     "marketplace.selftest": 6,
     "marketplace.variantaccuracy": 5,
     "marketplace.workunit": 5,
+    "notifications.bidevent": 5,
+    "notifications.webhookdelivery": 5,
+    "notifications.webhookendpoint": 5,
     "ops.platformheartbeat": 5,
 }
 

@@ -3,8 +3,8 @@
 The table is checked against the URL resolver, so a new route without a row here fails
 `test_every_route_is_classified`. Each row says, per actor, what the route answers: the page (200, or the status a
 mutation with a minimal body gets), a redirect to log in, 401/403 for the wrong role, and 404 for another tenant's
-object (bob on alice's model, bid and receipt; oscar on olivia's car; one car on the files of another car's work).
-Every refused request must change nothing.
+object (bob on alice's model, bid, receipt and API token; oscar on olivia's car; one car on the files of another car's
+work). Every refused request must change nothing.
 
 Not here: the admin's internals (the index and one changelist stand for it) and the API schema and docs
 (tests/api/test_schema.py).
@@ -26,10 +26,12 @@ from django.utils import timezone
 from knox.models import AuthToken
 
 from accounts.models import User
+from accounts.services import api_token_create
 from billing.models import BillingProfile, ConnectAccount
 from fleet.models import OptInPolicy, Vehicle, VehicleCredential
 from marketplace import storage
 from marketplace.models import Bid, Dataset, InferenceModel, PrecisionVariant, WorkUnit
+from notifications.models import WebhookDelivery, WebhookEndpoint
 from tests.factories import vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_headers
 
@@ -103,7 +105,7 @@ def agent_api(car=200, other_car=200):
 @dataclass(frozen=True)
 class Case:
     method: str
-    url: str  # formatted with the world's ids: {model}, {bid}, {vehicle}, {credential}, {sha256}
+    url: str  # formatted with the world's ids: {model}, {bid}, {vehicle}, {credential}, {sha256}, {token}
     expected: dict[str, object]
     data: dict = field(default_factory=dict)
     form: bool = False  # a form (multipart) body, as browsers and the upload APIs send, instead of JSON
@@ -143,7 +145,35 @@ ROUTES: dict[str, list[Case]] = {
     "account/": [get("/account/", signed_in())],
     "account/password/": [get("/account/password/", signed_in()), post_form("/account/password/", signed_in())],
     "account/password/done/": [get("/account/password/done/", signed_in())],
+    "account/tokens/": [
+        get("/account/tokens/", signed_in()),
+        post_form("/account/tokens/", signed_in(400), {"name": ""}),
+    ],
+    "account/tokens/<int:token_id>/revoke/": [
+        post_form(
+            "/account/tokens/{token}/revoke/", expect(404, anonymous=LOGIN, car=LOGIN, other_car=LOGIN, alice=REDIRECT)
+        )
+    ],
+    # Password reset: for anyone; an empty form is shown again with its error, and a link that is not one says so.
+    "password_reset/": [get("/password_reset/", public()), post_form("/password_reset/", public())],
+    "password_reset/done/": [get("/password_reset/done/", public())],
+    "reset/<uidb64>/<token>/": [get("/reset/MQ/not-a-token/", public())],
+    "reset/done/": [get("/reset/done/", public())],
     "dashboard/": [get("/dashboard/", signed_in(REDIRECT))],
+    # notifications: the customer's webhook endpoints
+    "account/webhooks/": [
+        get("/account/webhooks/", customer_page()),
+        post_form("/account/webhooks/", customer_page(alice=400, bob=400), {"url": ""}),
+    ],
+    "account/webhooks/<int:endpoint_id>/enable/": [
+        post_form("/account/webhooks/{webhook}/enable/", customer_page(alice=REDIRECT, bob=404))
+    ],
+    "account/webhooks/<int:endpoint_id>/test/": [
+        post_form("/account/webhooks/{webhook}/test/", customer_page(alice=REDIRECT, bob=404))
+    ],
+    "account/webhooks/<int:endpoint_id>/delete/": [
+        post_form("/account/webhooks/{webhook}/delete/", customer_page(alice=REDIRECT, bob=404))
+    ],
     # marketplace pages (customers)
     "customer/": [get("/customer/", customer_page())],
     "customer/models/": [get("/customer/models/", customer_page())],
@@ -173,6 +203,11 @@ ROUTES: dict[str, list[Case]] = {
     "customer/bids/<int:bid_id>/": [get("/customer/bids/{bid}/", customer_page(bob=404))],
     "customer/bids/<int:bid_id>/cancel/": [
         post_form("/customer/bids/{bid}/cancel/", customer_page(alice=REDIRECT, bob=404))
+    ],
+    "customer/bids/<int:bid_id>/price/": [
+        post_form(
+            "/customer/bids/{bid}/price/", customer_page(alice=REDIRECT, bob=404), {"max_price_usd_per_ch": "0.06"}
+        )
     ],
     "customer/bids/<int:bid_id>/result/": [get("/customer/bids/{bid}/result/", customer_page(bob=404))],
     "market/": [get("/market/", public())],
@@ -227,6 +262,10 @@ ROUTES: dict[str, list[Case]] = {
     "api/v1/me/": [get("/api/v1/me/", person_api()), send("PATCH", "/api/v1/me/", person_api(), {"first_name": "X"})],
     "api/v1/auth/token/": [send("POST", "/api/v1/auth/token/", public(400))],
     "api/v1/auth/logout/": [send("POST", "/api/v1/auth/logout/", person_api(204))],
+    "api/v1/auth/tokens/": [get("/api/v1/auth/tokens/", person_api())],
+    "api/v1/auth/tokens/<int:token_id>/": [
+        send("DELETE", "/api/v1/auth/tokens/{token}/", expect(404, anonymous=401, car=401, other_car=401, alice=204))
+    ],
     # API: the agent (signed requests of a car)
     "api/v1/agent/heartbeat/": [send("POST", "/api/v1/agent/heartbeat/", agent_api(), heartbeat(observed_at="{now}"))],
     "api/v1/agent/departure/": [
@@ -270,15 +309,32 @@ ROUTES: dict[str, list[Case]] = {
         get("/api/v1/models/{model}/datasets/", customer_api(bob=404)),
         post_form("/api/v1/models/{model}/datasets/", customer_api(alice=400, bob=404)),
     ],
+    "api/v1/models/<int:model_id>/estimate/": [
+        get("/api/v1/models/{model}/estimate/?dataset={dataset}", customer_api(bob=404)),
+    ],
     # A bid on alice's model and dataset: bob's is refused as if they did not exist, alice's for want of a card.
     "api/v1/bids/": [
         get("/api/v1/bids/", customer_api()),
         send("POST", "/api/v1/bids/", customer_api(alice=400, bob=400), BID_BODY),
     ],
-    "api/v1/bids/<int:bid_id>/": [get("/api/v1/bids/{bid}/", customer_api(bob=404))],
+    "api/v1/bids/<int:bid_id>/": [
+        get("/api/v1/bids/{bid}/", customer_api(bob=404)),
+        send("PATCH", "/api/v1/bids/{bid}/", customer_api(bob=404), {"max_price_usd_per_ch": "0.06"}),
+    ],
     "api/v1/bids/<int:bid_id>/cancel/": [send("POST", "/api/v1/bids/{bid}/cancel/", customer_api(bob=404))],
     "api/v1/bids/<int:bid_id>/result/": [get("/api/v1/bids/{bid}/result/", customer_api(bob=404))],
     "api/v1/market/": [get("/api/v1/market/", public())],
+    # API: the customer's webhook endpoints and their deliveries
+    "api/v1/webhooks/": [
+        get("/api/v1/webhooks/", customer_api()),
+        send("POST", "/api/v1/webhooks/", customer_api(alice=400, bob=400), {"url": ""}),
+    ],
+    "api/v1/webhooks/deliveries/": [get("/api/v1/webhooks/deliveries/", customer_api())],
+    "api/v1/webhooks/<int:endpoint_id>/": [
+        get("/api/v1/webhooks/{webhook}/", customer_api(bob=404)),
+        send("DELETE", "/api/v1/webhooks/{webhook}/", customer_api(alice=204, bob=404)),
+    ],
+    "api/v1/market/history/": [get("/api/v1/market/history/", public())],
 }
 
 
@@ -325,6 +381,7 @@ def world(settings, tmp_path, stripe_server, alice, bob, olivia, oscar, staff) -
     settings.MEDIA_ROOT = tmp_path
     olivias_car, car_key = vehicle_with_credential(olivia, name="Olivia's car")
     _, other_car_key = vehicle_with_credential(oscar, name="Oscar's car")
+    alices_token, _ = api_token_create(user=alice, name="alice's script")
     variant_sha = storage.artifact_save(b"alice's quantized model")
     model = InferenceModel.objects.create(
         owner=alice, name="alice's model", onnx_sha256="a" * 64, onnx_size=1, status=InferenceModel.Status.READY,
@@ -354,6 +411,8 @@ def world(settings, tmp_path, stripe_server, alice, bob, olivia, oscar, staff) -
         ids={
             "model": model.pk, "dataset": dataset.pk, "bid": bid.pk, "vehicle": olivias_car.pk,
             "credential": VehicleCredential.objects.get(vehicle=olivias_car).pk, "sha256": variant_sha, "unit": unit.pk,
+            "token": alices_token.pk,
+            "webhook": WebhookEndpoint.objects.create(customer=alice, url="https://example.com/h", secret="whsec_x").pk,
             "now": timezone.now().isoformat(), "deadline": (timezone.now() + timedelta(hours=3)).isoformat(),
         },
     )  # fmt: skip
@@ -400,6 +459,8 @@ def snapshot() -> dict:
         "policies": list(OptInPolicy.objects.order_by("pk").values_list("pk", "battery_floor_pct", "enabled")),
         "credentials": list(VehicleCredential.objects.order_by("pk").values_list("pk", "revoked_at")),
         "billing": (ConnectAccount.objects.count(), BillingProfile.objects.count()),
+        "webhooks": list(WebhookEndpoint.objects.order_by("pk").values_list("pk", "enabled")),
+        "webhook_deliveries": WebhookDelivery.objects.count(),
     }
 
 

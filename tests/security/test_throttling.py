@@ -197,6 +197,18 @@ def test_a_refused_agent_request_counts_once_against_its_address(client, setting
     assert signed_post(client, credential, path, heartbeat() if path == HEARTBEAT else {}).status_code in (200, 204)
 
 
+def test_the_public_market_api_is_limited_per_address(client, settings):
+    settings.THROTTLE_PUBLIC_API = "2/min"
+    for path in ("/api/v1/market/", "/api/v1/market/history/"):
+        assert client.get(path).status_code == 200
+
+    response = client.get("/api/v1/market/history/?pool=int8")
+
+    assert_throttled(response)
+    assert response.json()["code"] == "throttled"
+    assert client.get("/api/v1/market/", REMOTE_ADDR="192.0.2.9").status_code == 200  # another address: its own count
+
+
 def test_successful_agent_requests_do_not_count_as_failures(client, settings, olivia):
     settings.THROTTLE_AGENT_FAILURES = "2/min"
     _, credential = vehicle_with_credential(olivia)
@@ -204,7 +216,17 @@ def test_successful_agent_requests_do_not_count_as_failures(client, settings, ol
         assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200
 
 
-@pytest.mark.parametrize("name", ["THROTTLE_LOGIN", "THROTTLE_SIGNUP", "THROTTLE_AGENT", "THROTTLE_AGENT_FAILURES"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "THROTTLE_LOGIN",
+        "THROTTLE_SIGNUP",
+        "THROTTLE_PASSWORD_RESET",
+        "THROTTLE_PUBLIC_API",
+        "THROTTLE_AGENT",
+        "THROTTLE_AGENT_FAILURES",
+    ],
+)
 def test_each_limit_is_documented_with_its_default(name):
     base = (ROOT / "config/settings/base.py").read_text()
     default = re.search(rf'{name} = env.str\("{name}", default="([^"]+)"\)', base).group(1)
