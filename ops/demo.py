@@ -30,6 +30,10 @@ def banner(base_url: str) -> str:
         "  The customers pay from a prepaid balance ($10 to start) and bid again whenever a job ends; each job is",
         "  charged exactly what its work is worth, to the billionth of a cent: see a receipt, /owner/earnings/ and",
         "  /staff/finance/.",
+        "",
+        "  From a shell (README, \"From the command line\"):  pip install ./client",
+        f"    idlefleet login --url {base_url} --username alice   then   idlefleet bids",
+        "  Emails (password resets, jobs done) are printed in this log.",
     ]
     lines += ["", "  Press Ctrl-C to stop everything.", "=" * 78, ""]
     return "\n".join(lines)

@@ -141,3 +141,20 @@ def test_the_delivery_log_is_paginated_newest_first(client, alice):
     assert "Page 1 of 2" in page.content.decode()
     api = client.get("/api/v1/webhooks/deliveries/?limit=10").json()
     assert api["count"] == 30 and [d["event_id"] for d in api["results"]][:2] == ["evt_29", "evt_28"]
+
+
+def test_the_account_page_shows_the_latest_deliveries_and_links_to_the_log(client, alice, bob):
+    endpoint = services.endpoint_create(customer=alice, url="https://example.com/hook")
+    client.force_login(alice)
+    assert "No deliveries yet." in client.get("/account/").content.decode()
+    for n in range(7):
+        services.ping_send(endpoint=endpoint)
+    WebhookDelivery.objects.filter(endpoint=endpoint).update(status="succeeded", attempts=1, last_status_code=200)
+
+    page = " ".join(client.get("/account/").content.decode().split())
+
+    assert page.count("<code>ping</code>") == 5  # the newest five; the rest on the webhooks page
+    assert "Delivered" in page and "HTTP 200" in page
+    assert 'href="/account/webhooks/#deliveries"' in page
+    client.force_login(bob)
+    assert "<code>ping</code>" not in client.get("/account/").content.decode()  # alice's log is hers
