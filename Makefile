@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint format check install clean chromium
+.PHONY: demo test screenshots lint format check install clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	@test -x $(CHROMIUM) || $(MAKE) --no-print-directory chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The README's screenshots, taken again by the browser journeys (`make test` writes its own to var/screenshots/).
+screenshots: $(STAMP)
+	@test -x $(CHROMIUM) || $(MAKE) --no-print-directory chromium
+	IDLEFLEET_SCREENSHOTS=docs/screenshots IDLEFLEET_BROWSER_TESTS=required $(BIN)/pytest tests/browser $(PYTEST_ARGS)
 
 # tests/browser drive Debian's chromium through Playwright (which never downloads a browser of its own). Without it
 # those tests skip, saying why (CI sets IDLEFLEET_BROWSER_TESTS=required, so there they fail instead).

@@ -249,6 +249,26 @@ class HardwareApi(AgentApi):
         )
 
 
+class AgentMeApi(AgentApi):
+    """Which car the credential belongs to, as its agent reads it at start: its name and the time zone it was
+    registered with (the car's local day: its energy counter, a simulated car's routine), unless `--tz` overrides it."""
+
+    @extend_schema_serializer(component_name="AgentMe")
+    class OutputSerializer(serializers.Serializer):
+        vehicle_id = serializers.IntegerField()
+        display_name = serializers.CharField()
+        time_zone = serializers.CharField(
+            help_text='The IANA time zone the car was registered with, e.g. "Europe/Berlin".'
+        )
+
+    @extend_schema(responses={200: OutputSerializer, 401: ErrorSerializer})
+    def get(self, request):
+        vehicle = selectors.vehicle_for_agent(vehicle_id=request.user.vehicle.pk)
+        return Response(
+            {"vehicle_id": vehicle.pk, "display_name": vehicle.display_name, "time_zone": vehicle.time_zone}
+        )
+
+
 # --- The owner's API ----------------------------------------------------------------------------------------------
 
 IsOwner = HasRole.of(Role.OWNER)

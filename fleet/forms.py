@@ -1,18 +1,40 @@
 import zoneinfo
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from decimal import Decimal
 
 from django import forms
+from django.utils.html import format_html, format_html_join
 
 from core.money import dollars_to_mcents, usd_text_from_mcents
 
 from .models import HardwareProfile, OptInPolicy
+from .services import time_zone_problem
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 def time_zone_choices() -> list[tuple[str, str]]:
-    return [(name, name) for name in sorted(zoneinfo.available_timezones()) if "/" in name or name == "UTC"]
+    """The zones offered, each with its offset from UTC now: ("Europe/Berlin", "UTC+01:00")."""
+    now = datetime.now(UTC)
+    choices = []
+    for name in sorted(zoneinfo.available_timezones()):
+        if "/" in name or name == "UTC":
+            offset = now.astimezone(zoneinfo.ZoneInfo(name)).strftime("%z")  # "+0100"
+            choices.append((name, f"UTC{offset[:3]}:{offset[3:]}"))
+    return choices
+
+
+class TimeZoneInput(forms.TextInput):
+    """A text field searching the zones as one types (a <datalist>), which static/js/local_time.js sets to the
+    browser's own zone on a new form."""
+
+    def __init__(self, attrs=None):
+        super().__init__({"list": "time-zones", "autocomplete": "off", "spellcheck": "false", **(attrs or {})})
+
+    def render(self, name, value, attrs=None, renderer=None):
+        options = format_html_join("", '<option value="{}" label="{}"></option>', time_zone_choices())
+        return format_html('{}<datalist id="time-zones">{}</datalist>', super().render(name, value, attrs, renderer),
+                           options)  # fmt: skip
 
 
 class VehicleForm(forms.Form):
@@ -24,9 +46,10 @@ class VehicleForm(forms.Form):
         empty_label=None,
         help_text="The car's inference computer (shown in the car's software information).",
     )
-    time_zone = forms.ChoiceField(
-        choices=time_zone_choices, initial="UTC", help_text="Where the car is usually parked."
-    )
+    time_zone = forms.CharField(
+        max_length=64, initial="UTC", widget=TimeZoneInput,
+        help_text="Where the car is usually parked: type a city to search, e.g. Berlin.",
+    )  # fmt: skip
     region = forms.CharField(max_length=64, required=False, help_text="Optional, e.g. US-CA.")
     battery_capacity_kwh = forms.FloatField(label="Battery capacity (kWh)", min_value=5, max_value=300, initial=75)
     # Asked in dollars, as all money on the site; kept in ¢/kWh (Vehicle.energy_price_cents_per_kwh): $0.0001 is
@@ -53,10 +76,18 @@ class VehicleForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if not self.is_bound:  # a new form starts at the browser's zone (UTC without JavaScript)
+            self.fields["time_zone"].widget.attrs["data-default-browser-time-zone"] = ""
         cents = self.initial.pop("energy_price_cents_per_kwh", None)
         if cents is not None:
             whole, _, part = f"{Decimal(str(cents)) / 100:f}".partition(".")
             self.initial.setdefault("energy_price_usd_per_kwh", f"{whole}.{part.rstrip('0').ljust(2, '0')}")
+
+    def clean_time_zone(self) -> str:
+        name = self.cleaned_data["time_zone"].strip()
+        if problem := time_zone_problem(name):
+            raise forms.ValidationError(problem)
+        return name
 
     def clean(self):
         cleaned = super().clean()

@@ -47,6 +47,12 @@ def vehicle_get_for_owner(*, owner: User, vehicle_id: int) -> Vehicle:
         raise Http404("No such vehicle.") from None
 
 
+def vehicle_for_agent(*, vehicle_id: int) -> Vehicle:
+    """The car an agent's credential belongs to, with what its agent reads at start (name, time zone), read fresh:
+    the agent's principal holds only the fields that never change (fleet/authentication.py)."""
+    return Vehicle.objects.only("id", "display_name", "time_zone").get(pk=vehicle_id)
+
+
 @dataclass(frozen=True)
 class Measured:
     """What a car was measured doing on one workload (fleet.models.VehicleThroughput), real time."""

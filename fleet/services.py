@@ -55,6 +55,14 @@ def vin_fingerprint(vin: str) -> tuple[str, str]:
     return digest, normalized[-4:]
 
 
+def time_zone_problem(name: str) -> str | None:
+    """Why `name` is not a time zone the car can be registered in (the IANA names Python knows, e.g. "Europe/Berlin"),
+    or None when it is one."""
+    if name in zoneinfo.available_timezones():
+        return None
+    return f"“{name}” is not a time zone: choose one from the list, e.g. Europe/Berlin or America/New_York."
+
+
 @transaction.atomic
 def vehicle_register(
     *,
@@ -71,6 +79,8 @@ def vehicle_register(
     """Register an owner's car with a default opt-in policy and its first credential (returned once, never stored)."""
     if owner.role != Role.OWNER:
         raise ApplicationError("Only car owners can register vehicles.", code="permission_denied", status=403)
+    if problem := time_zone_problem(time_zone):
+        raise ApplicationError.for_field("time_zone", problem)
     if energy_price_cents_per_kwh is None:
         energy_price_cents_per_kwh = energy_price_default()
     vehicle = Vehicle(

@@ -17,6 +17,8 @@ urlpatterns = [
         views.credential_revoke,
         name="credential-revoke",
     ),
+    path("agent/download/", views.agent_download, name="agent-download"),
+    path("agent/download/<str:filename>", views.agent_download, name="agent-download-file"),
     path("staff/fleet/", views.staff_fleet, name="staff-fleet"),
     path("staff/fleet/live/", views.staff_fleet_live, name="staff-fleet-live"),
 ]

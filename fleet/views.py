@@ -1,7 +1,8 @@
 from django.conf import settings
 from django.contrib import messages
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import Role
 from accounts.permissions import role_required, staff_required
@@ -9,21 +10,45 @@ from core.exceptions import ApplicationError
 from core.forms import add_application_error
 
 from . import selectors, services
+from .agent_wheel import agent_wheel
 from .forms import PolicyForm, VehicleForm
 from .models import HardwareProfile
 
 
+def agent_install_context(request) -> dict:
+    """What the install instructions name: the server's address and the agent wheel's download URL."""
+    server = request.build_absolute_uri("/").rstrip("/")
+    wheel = agent_wheel()
+    return {"server": server, "agent_wheel_url": server + f"/agent/download/{wheel.filename}"}
+
+
+@require_GET
+def agent_download(request, filename: str | None = None):
+    """The agent's wheel (fleet/agent_wheel.py), public: it holds no secret, and `pipx install URL` sends no cookie.
+    /agent/download/ redirects to the wheel's own file name, which pip needs to read the version and tags from."""
+    wheel = agent_wheel()
+    if filename is None:
+        return redirect(f"/agent/download/{wheel.filename}")
+    if filename != wheel.filename:
+        raise Http404("No such agent version: download /agent/download/ for the current one.")
+    response = HttpResponse(wheel.content, content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="{wheel.filename}"'
+    response["X-Content-SHA256"] = wheel.sha256
+    return response
+
+
 def _credential_page(request, vehicle, credential, *, reissued=False):
     """Shown once, right after the key is made: only its public half is stored, so it can never be shown again."""
-    server = request.build_absolute_uri("/").rstrip("/")
+    install = agent_install_context(request)
     response = render(
         request,
         "fleet/credential.html",
         {
             "vehicle": vehicle,
             "token": credential.to_token(),
-            "file_text": credential.to_file_text(server),
+            "file_text": credential.to_file_text(install["server"]),
             "reissued": reissued,
+            **install,
         },
     )
     response["Cache-Control"] = "no-store"
@@ -73,6 +98,7 @@ def vehicle_detail(request, vehicle_id: int):
             "sessions": selectors.parking_sessions_for_vehicle(vehicle=item.vehicle),
             "credentials": item.vehicle.credentials.all()[:10],
             "trusted_after": settings.VERIFICATION_TRUSTED_AFTER,
+            **agent_install_context(request),
             "work": selectors.vehicle_work_summary(vehicle=item.vehicle),
         },
     )

@@ -378,14 +378,15 @@ class BidListApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
+        # The error names the field at fault: the model first (without it, no dataset can be judged), then the dataset.
         try:
             model = selectors.inference_model_get(user=request.user, model_id=data.pop("inference_model"))
+        except Http404:
+            raise ApplicationError.for_field("inference_model", "No such model that you can use.") from None
+        try:
             dataset = selectors.datasets_visible(user=request.user, model=model).get(pk=data.pop("dataset"))
-        except (Http404, Dataset.DoesNotExist):
-            raise ApplicationError(
-                "inference_model: no such model, or the dataset is not one of its datasets.",
-                fields={"dataset": ["Not a dataset of this model that you can use."]},
-            ) from None
+        except Dataset.DoesNotExist:
+            raise ApplicationError.for_field("dataset", "Not a dataset of this model that you can use.") from None
         data["max_price_mcents_per_ch"] = dollars_to_mcents(data.pop("max_price_usd_per_ch"))
         data["budget_cents"] = dollars_to_cents(data.pop("budget_usd"))
         bid = services.bid_place(customer=request.user, inference_model=model, dataset=dataset, **data)
@@ -864,10 +865,15 @@ class AgentFailureApi(AgentApi):
 
 
 class BidResultApi(APIView):
-    """A completed bid's results, in item order: `.npy` for tensor models, JSON lines (index, text, vector) for text."""
+    """A bid's results, in item order: `.npy` for tensor models, JSON lines (index, text, vector) for text. A
+    cancelled, expired or failed bid gives the items validated before it ended (the others NaN, or a null vector;
+    `X-Items-Validated` counts them), or a 409 `no_results` when it validated none."""
 
     permission_classes = [IsCustomer]
 
-    @extend_schema(parameters=[BID_ID], responses={(200, "application/octet-stream"): bytes, 404: ErrorSerializer})
+    @extend_schema(
+        parameters=[BID_ID],
+        responses={(200, "application/octet-stream"): bytes, 404: ErrorSerializer, 409: ErrorSerializer},
+    )
     def get(self, request, bid_id: int):
         return bid_result_response(selectors.bid_get_for_customer(user=request.user, bid_id=bid_id))

@@ -1,7 +1,10 @@
+import zoneinfo
+from datetime import datetime
 from decimal import Decimal
 
 from django import forms
 from django.conf import settings
+from django.utils import timezone
 
 from core.money import MAX_AUTHORIZATION_CENTS, dollars_to_cents, dollars_to_mcents, usd_cents
 from fleet.models import Precision
@@ -66,14 +69,34 @@ class BidForm(forms.Form):
         help_text="A budget on your balance is reserved from it; on your card it is held for at most "
         f"{settings.CARD_HOLD_MAX_DAYS} days.",
     )  # fmt: skip
+    # Typed in the customer's own time, which static/js/local_time.js names (the zone and the help text's span);
+    # without JavaScript the zone stays empty and the time is UTC, as the help text then says.
     deadline = forms.DateTimeField(
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}), help_text="In UTC. Unfinished work then expires."
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="In your local time (<span data-time-zone-name>UTC</span>). Unfinished work then expires.",
+    )
+    time_zone = forms.CharField(
+        required=False, max_length=64, widget=forms.HiddenInput(attrs={"data-browser-time-zone": ""})
     )
     all_or_none = forms.BooleanField(required=False, label="All or none")
 
     def __init__(self, *args, datasets, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset"].queryset = datasets
+        if not self.is_bound and isinstance(self.initial.get("deadline"), datetime):
+            # The suggested deadline is an instant: the browser shows it in its own time.
+            self.fields["deadline"].widget.attrs["data-utc"] = self.initial["deadline"].isoformat()
+
+    def clean(self):
+        cleaned = super().clean()
+        zone = cleaned.get("time_zone") or "UTC"
+        if zone not in zoneinfo.available_timezones():
+            self.add_error("deadline", f"Your browser's time zone “{zone}” is unknown here: enter the deadline in UTC.")
+        elif cleaned.get("deadline") is not None:
+            # The form read the wall-clock time as the server's zone; it is the customer's.
+            typed = timezone.make_naive(cleaned["deadline"])
+            cleaned["deadline"] = typed.replace(tzinfo=zoneinfo.ZoneInfo(zone))
+        return cleaned
 
     def bid_values(self) -> dict:
         data = self.cleaned_data

@@ -210,7 +210,7 @@ def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
     the tolerance, cars that run it, the reserve within the maximum). Its work not yet on a car moves with it; units
     already on cars, or done, keep their variant. The CH per item are a model's at every precision, so the bid's work
     and its hold on the card do not change. Returns the number of bids moved."""
-    from .selectors import fleet_capability, pools_outlook, variant_scope
+    from .selectors import fleet_capability, pools_outlook
 
     bids = list(
         Bid.objects.filter(status__in=Bid.OPEN_STATUSES, precision_requested="auto", deadline__gt=now)
@@ -228,8 +228,8 @@ def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
             continue  # all of it is on cars already
         if cheapest.get(bid.pool, math.inf) <= bid.max_price_mcents_per_ch:
             continue  # its pool can trade it this round
-        own = variant_scope(model=bid.inference_model, dataset=bid.dataset)
-        scope = (bid.inference_model_id, own.pk if own else None)
+        # One outlook per model and dataset: a bid is judged on the builds made on its own dataset (variants_in_force).
+        scope = (bid.inference_model_id, bid.dataset_id)
         if scope not in outlooks:
             fleet = fleet_capability() if fleet is None else fleet
             outlooks[scope] = pools_outlook(model=bid.inference_model, dataset=bid.dataset, fleet=fleet)

@@ -80,12 +80,34 @@ def variant_scope(*, model: InferenceModel, dataset: Dataset | None) -> Dataset 
 def variants_in_force(*, model: InferenceModel, dataset: Dataset | None = None) -> dict[str, PrecisionVariant]:
     """Per precision, the build a new bid on `dataset` (the model's shared builds when None) would run
     (builds_in_force). A customer's dataset without builds of its own (uploaded before they existed) runs the
-    shared ones."""
+    shared ones.
+
+    A bid is judged on its own dataset: the shared builds are rebuilt on each dataset their owner uploads, and the
+    one in force was calibrated and measured on the newest, so a bid on an older dataset runs the newest ready build
+    made on its own items (kept, though retired, for it), or one still on its way; only a dataset no build was ever
+    made on (superseded before it was built) runs the builds in force."""
     scope = variant_scope(model=model, dataset=dataset)
     rows = _variant_rows(model, scope)
     if scope is not None and not rows:
         rows = _variant_rows(model, None)
-    return builds_in_force(rows)
+    chosen = builds_in_force(rows)
+    if dataset is not None and scope is None:
+        chosen.update(_builds_made_on(model, dataset))
+    return chosen
+
+
+def _builds_made_on(model: InferenceModel, dataset: Dataset) -> dict[str, PrecisionVariant]:
+    """Per precision, of the shared builds made on `dataset`: the newest ready one (retired or not: a newer dataset
+    retires it, a bid on this one still runs it), else the newest not retired (on its way, or failed)."""
+    rows = PrecisionVariant.objects.filter(inference_model=model, dataset=None, evaluated_on=dataset)
+    rows = list(rows.select_related("inference_model").prefetch_related("accuracies").order_by("-pk"))
+    chosen: dict[str, PrecisionVariant] = {}
+    for variant in rows:
+        if variant.status == PrecisionVariant.Status.READY:
+            chosen.setdefault(variant.precision, variant)
+    for variant in builds_in_force([v for v in rows if v.retired_at is None]).values():
+        chosen.setdefault(variant.precision, variant)
+    return chosen
 
 
 def builds_in_force(rows) -> dict[str, PrecisionVariant]:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("models/<int:model_id>/tolerance/", views.model_tolerance, name="model-tolerance"),
     path("models/<int:model_id>/bid/", views.bid_new, name="bid-new"),
     path("models/<int:model_id>/bid/estimate/", views.bid_estimate, name="bid-estimate"),
+    path("bids/", views.dashboard, name="bids"),  # the job list, as on My jobs
     path("bids/<int:bid_id>/", views.bid_detail, name="bid"),
     path("bids/<int:bid_id>/cancel/", views.bid_cancel, name="bid-cancel"),
     path("bids/<int:bid_id>/price/", views.bid_price, name="bid-price"),

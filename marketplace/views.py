@@ -325,5 +325,10 @@ def market(request):
 
 @role_required(Role.CUSTOMER)
 def bid_result(request, bid_id: int):
-    """Download a completed bid's results, in item order."""
-    return bid_result_response(selectors.bid_get_for_customer(user=request.user, bid_id=bid_id))
+    """Download a bid's results, in item order: a completed bid's file, or what a bid that ended early validated."""
+    bid = selectors.bid_get_for_customer(user=request.user, bid_id=bid_id)
+    try:
+        return bid_result_response(bid)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return redirect("marketplace:bid", bid_id=bid.pk)

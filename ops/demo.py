@@ -31,7 +31,7 @@ def banner(base_url: str) -> str:
         "  charged exactly what its work is worth, to the billionth of a cent: see a receipt, /owner/earnings/ and",
         "  /staff/finance/.",
         "",
-        "  From a shell (README, \"From the command line\"):  pip install ./client",
+        '  From a shell (README, "From the command line"):  pip install ./client',
         f"    idlefleet login --url {base_url} --username alice   then   idlefleet bids",
         "  Emails (password resets, jobs done) are printed in this log.",
     ]

@@ -260,10 +260,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"client_errors_without_traceback": {"()": "core.logs.ClientErrorsWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # A 403 or 404 is one line ("Forbidden: /customer/"), not the traceback of the PermissionDenied behind it.
+        "django.request": {"filters": ["client_errors_without_traceback"]},
         # The SDK logs two lines per call at INFO, with URLs; failures are logged by our code.
         "stripe": {"level": "WARNING"},
         # The demo quiets runserver's line per request: a simulated fleet makes several a second.

@@ -1,9 +1,12 @@
-"""Run the vehicle agent: `python -m fleet.agent --credential car.json [--server URL] [--simulate commuter]`.
+"""Run the vehicle agent: `idlefleet-agent --credential car.json --vehicle-state state.json`.
 
-Reading a real car's sensors is out of scope for now, so the agent always drives a simulated car (see
-simulation.py); a vehicle-bus reader implementing runner.Car plugs in here later. Work units run with ONNX Runtime
-(executor.py); model files are kept in --cache-dir between runs. SIGINT/SIGTERM finish the current request (and the
-work unit running, if any) and exit 0.
+Installed as its own distribution (pyproject.toml in this folder: `pip install ./fleet/agent`), or run from a checkout
+as `python -m fleet.agent`. The car's readings come from a vehicle interface (vehicle.py): `--vehicle-state FILE`, a
+JSON file a vehicle integration keeps up to date, or, for demos and tests only, `--simulate PERSONA`, a simulated car
+(simulation.py); one of the two is required. The car's time zone is the one it was registered with, read from the
+platform at start (GET /api/v1/agent/me/), unless --tz overrides it. Work units run with ONNX Runtime (executor.py);
+model files are kept in --cache-dir between runs. SIGINT/SIGTERM finish the current request (and the work unit
+running, if any) and exit 0.
 """
 
 from __future__ import annotations
@@ -14,17 +17,23 @@ import os
 import signal
 import sys
 import threading
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import protocol
-from .client import AgentClient
+from .client import AgentClient, AgentHTTPError, AgentUnavailable
 from .clock import RealClock, SimClock
-from .executor import ArtifactCache, Executor, MiB
-from .runner import Agent
+from .executor import ArtifactCache, Executor, MiB, runtime_version
+from .runner import ME_PATH, Agent
 from .signing import Credential
 from .simulation import PERSONAS, SimulatedCar
+from .vehicle import DEFAULT_MAX_AGE_S, StateFileCar
+
+NO_VEHICLE = (
+    "say which car this agent runs in: --vehicle-state FILE (a JSON file your vehicle integration keeps up to date; "
+    "README, 'Installing the agent in a car') or, for a demo, --simulate PERSONA (a simulated car: {personas})"
+)
 
 
 def default_cache_dir() -> Path:
@@ -34,13 +43,34 @@ def default_cache_dir() -> Path:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fleet.agent", description="The Idlefleet vehicle agent.")
+    parser = argparse.ArgumentParser(
+        prog="idlefleet-agent",
+        description="The Idlefleet vehicle agent: sells the car's idle compute while it is parked on WiFi.",
+    )
     parser.add_argument("--server", help="platform base URL, e.g. https://idlefleet.example (overrides the file's)")
     parser.add_argument("--credential", required=True, help="credential file shown once at the car's registration")
-    parser.add_argument("--simulate", choices=PERSONAS, default="commuter", help="simulated car's persona")
+    vehicle = parser.add_mutually_exclusive_group()
+    vehicle.add_argument(
+        "--vehicle-state",
+        type=Path,
+        metavar="FILE",
+        help="the real car: a JSON file of its state that a vehicle integration keeps up to date, re-read at every "
+        "heartbeat (fields: README, 'Installing the agent in a car')",
+    )
+    vehicle.add_argument(
+        "--simulate", choices=PERSONAS, metavar="PERSONA", help=f"a simulated car instead: {', '.join(PERSONAS)}"
+    )
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=DEFAULT_MAX_AGE_S,
+        help=f"seconds after which the state file is stale: the car does no work (default {DEFAULT_MAX_AGE_S:g})",
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="simulated car seconds per real second (default 1)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulated car's behaviour")
-    parser.add_argument("--tz", default="UTC", help="the car's time zone, e.g. Europe/Berlin")
+    parser.add_argument(
+        "--tz", default=None, help="the car's time zone, e.g. Europe/Berlin (default: the one it was registered with)"
+    )
     parser.add_argument(
         "--heartbeat",
         type=float,
@@ -57,7 +87,38 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--slowdown", type=float, default=1.0, help="simulate a car this many times slower than this machine (>= 1)"
     )
     parser.add_argument("--verbose", action="store_true", help="log every heartbeat")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.vehicle_state is None and args.simulate is None:
+        parser.error(NO_VEHICLE.format(personas=", ".join(PERSONAS)))
+    if args.vehicle_state is not None and args.speed != 1:
+        parser.error("--speed is for a simulated car (--simulate): a real car lives in real time")
+    return args
+
+
+def server_time_zone(client: AgentClient, stop: threading.Event, log: logging.Logger, retry_s: float) -> tzinfo | None:
+    """The time zone the car was registered with (GET /api/v1/agent/me/), asked again every `retry_s` seconds while
+    the platform cannot be reached. None when the platform refuses the credential or `stop` is set first."""
+    while not stop.is_set():
+        try:
+            me = client.get_json(ME_PATH) or {}
+        except AgentUnavailable as error:
+            log.warning("cannot reach the platform to read the car's time zone, trying again: %s", error)
+            stop.wait(retry_s)
+            continue
+        except AgentHTTPError as error:
+            log.error(
+                "the platform refused this car's credential (%s); register the car again or check the file", error
+            )
+            return None
+        name = me.get("time_zone") or "UTC"
+        try:
+            zone = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            log.warning("the car's time zone %r is unknown on this machine: using UTC (pass --tz to choose)", name)
+            zone = ZoneInfo("UTC")
+        log.info("car %r: time zone %s (from the platform)", me.get("display_name", "?"), zone.key)
+        return zone
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("idlefleet.agent")
     try:
         credential, file_server = Credential.from_file(args.credential)
-        tz = ZoneInfo(args.tz)
+        tz = ZoneInfo(args.tz) if args.tz else None
     except (OSError, ValueError, KeyError, ZoneInfoNotFoundError) as error:
         log.error("cannot start: %s", error)
         return 2
@@ -87,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             protocol.MAX_POWER_W,
         )
         return 2
+    if args.max_age <= 0:
+        log.error("cannot start: --max-age must be more than 0 seconds")
+        return 2
 
-    start = datetime.now(tz)
-    clock = RealClock(tz) if args.speed == 1 else SimClock(start, args.speed)
-    car = SimulatedCar(args.simulate, args.seed, start, tz)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -101,32 +162,47 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     client = AgentClient(server, credential)
+    try:
+        return _run(args, client, credential, server, tz, stop, log)
+    finally:
+        client.close()
+
+
+def _run(args, client, credential, server, tz, stop, log) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     try:
         cache = ArtifactCache(cache_dir, args.cache_mb * MiB)
         executor = Executor(client, cache, threads=args.threads, power_w=args.power_w, slowdown=args.slowdown)
     except (OSError, ImportError) as error:
-        client.close()
         log.error("cannot start: the work-unit runner is not usable (cache %s): %s", cache_dir, error)
         return 2
+    if tz is None:
+        tz = server_time_zone(client, stop, log, retry_s=args.heartbeat)
+        if tz is None:
+            return 0 if stop.is_set() else 1
+    zone = getattr(tz, "key", str(tz))
+    start = datetime.now(tz)
+    if args.simulate:
+        clock = RealClock(tz) if args.speed == 1 else SimClock(start, args.speed)
+        car = SimulatedCar(args.simulate, args.seed, start, tz)
+        vehicle = f"SIMULATED car (--simulate {args.simulate}, seed {args.seed}, speed {args.speed}x)"
+    else:
+        clock = RealClock(tz)
+        car = StateFileCar(args.vehicle_state, max_age_s=args.max_age, runtime_version=runtime_version(), log=log)
+        vehicle = car.describe()
     log.info(
-        "agent for key %s -> %s: simulated %s (seed %s, %s, speed %sx); model cache %s (%d models), %d threads, %g W",
+        "agent for key %s -> %s; vehicle interface: %s; time zone %s; model cache %s (%d models), %d threads, %g W",
         credential.key_id,
         server,
-        args.simulate,
-        args.seed,
-        args.tz,
-        args.speed,
+        vehicle,
+        zone,
         cache_dir,
         len(cache.holds()),
         args.threads,
         args.power_w,
     )
     agent = Agent(client, car, clock, heartbeat_seconds=args.heartbeat, stop=stop, executor=executor, log=log)
-    try:
-        agent.run()
-    finally:
-        client.close()
+    agent.run()
     # A refused credential is not a clean shutdown: a supervisor should not restart the agent in a loop, but see it.
     return 1 if agent.stopped_reason else 0
 

@@ -106,6 +106,15 @@ class AgentClient:
 
         return self._with_retries("POST", path, body, send, read)
 
+    def get_json(self, path: str) -> dict | None:
+        """GET `path` (e.g. "/api/v1/agent/me/"), signed like post() with an empty body; the parsed JSON object or
+        None. Raises AgentHTTPError on a 4xx other than 429, AgentUnavailable when every attempt failed."""
+
+        def send(headers: dict[str, str]) -> requests.Response:
+            return self.session.get(self.server + path, headers=headers, timeout=self.timeout)
+
+        return self._with_retries("GET", path, b"", send, _json_or_none)
+
     def get_bytes(self, path: str, *, max_bytes: int) -> bytes:
         """GET `path` (with its query, e.g. "/api/v1/agent/artifacts/<sha256>/") and return the body, at most
         `max_bytes` bytes.

@@ -2,6 +2,9 @@
 
 All paths are under /api/v1/agent/ and every request is signed (see signing.py). Bodies are JSON.
 
+GET me/           which car the credential belongs to, asked once when the agent starts
+    -> 200 {"vehicle_id": int, "display_name": str, "time_zone": str (IANA, the one the car was registered with)}
+
 POST hardware/    what the car's compute can do, once when the agent starts (fields: hardware.py)
     -> 200 {"compute_class": str, "description": str}: the class the platform derived from the report
 

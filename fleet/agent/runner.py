@@ -31,38 +31,16 @@ from .executor import (
     failure_payload,
     result_payload,
 )
+from .vehicle import Car, ComputingCar  # noqa: F401 - the vehicle interface, defined in vehicle.py
 
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
 DEPARTURE_PATH = "/api/v1/agent/departure/"
 LEASE_PATH = "/api/v1/agent/lease/"
 RENEW_PATH = "/api/v1/agent/lease/renew/"
 HARDWARE_PATH = "/api/v1/agent/hardware/"
+ME_PATH = "/api/v1/agent/me/"
 RESULT_PATH = "/api/v1/agent/result/"
 FAILURE_PATH = "/api/v1/agent/failure/"
-
-
-class Car(Protocol):
-    """What the agent needs from a car: a SimulatedCar today, a vehicle-bus reader in a real car later.
-
-    Optionally a car also has set_compute(power_w) (see ComputingCar): the agent calls it with the executor's power
-    while a work unit runs and with 0 after, so the car's heartbeats report computing and compute_power_w.
-    """
-
-    def advance_to(self, now: datetime) -> None:
-        """Bring the car's readings up to `now` (a real car reads its sensors; a simulated one simulates)."""
-
-    def state(self, now: datetime) -> dict:
-        """The heartbeat fields of protocol.py, except observed_at and clock_rate."""
-
-    def seconds_until_departure(self, now: datetime) -> float | None:
-        """Car seconds until the car starts driving, if known (None while driving or when nothing is planned)."""
-
-
-class ComputingCar(Car, Protocol):
-    """A car that accounts for the power compute draws (the agent duck-types it: getattr(car, "set_compute"))."""
-
-    def set_compute(self, power_w: float) -> bool:
-        """Draw `power_w` W for compute from now on (0 stops); return whether the car is computing."""
 
 
 class Clock(Protocol):
@@ -204,7 +182,7 @@ class Agent:
         self.client.post(DEPARTURE_PATH, {"observed_at": now.isoformat()})
         self._announced_departure = departure
         self.departures_sent += 1
-        self.log.info("departure notice sent: driving off in %.0f car seconds", seconds)
+        self.log.info("departure notice sent: driving off in %.0f car seconds", max(0.0, seconds))
         return True
 
     def _report_hardware(self) -> None:

@@ -2,9 +2,10 @@
 
 Its address space is limited before anything is loaded (argv[1], bytes), so a model that allocates more than it may
 fails here, not in the worker. The model's bytes come on stdin; one JSON line on stdout says how far it got:
-{"stage": "load" | "run", "error": "..."} when ONNX Runtime refused, {"stage": "ran"} or {"stage": "skipped"} (an
-input a plain tensor cannot feed) when it did not. No output at all means the process died. Imports only what a
-car's runtime does (NumPy, ONNX Runtime), so it starts in a fraction of a second.
+{"stage": "load" | "run", "error": "..."} when ONNX Runtime refused, {"stage": "ran", "shapes": {output: [dims]}}
+(each output's shape for the item) or {"stage": "skipped"} (an input a plain tensor cannot feed) when it did not.
+No output at all means the process died. Imports only what a car's runtime does (NumPy, ONNX Runtime), so it starts
+in a fraction of a second.
 """
 
 import json
@@ -48,10 +49,13 @@ def main() -> None:
         shape = [dim if isinstance(dim, int) and dim > 0 else 1 for dim in value.shape]
         feeds[value.name] = np.zeros(shape, dtype=DTYPES[value.type])
     try:
-        session.run(None, feeds)
+        results = session.run(None, feeds)
     except Exception as error:
         return _say(stage="run", error=str(error) or type(error).__name__)
-    _say(stage="ran")
+    # The shape each output had for the one item: what a symbolic dimension ("Concat461_dim_1") really is.
+    names = [value.name for value in session.get_outputs()]
+    shapes = {name: list(getattr(result, "shape", ())) for name, result in zip(names, results, strict=True)}
+    _say(stage="ran", shapes=shapes)
 
 
 def _say(**report) -> None:

@@ -44,7 +44,7 @@ class ModelRejected(ValueError):
 class ModelInfo:
     """What an accepted model declares. Inputs and outputs: [{name, dtype, shape}], dtype a NumPy name ("float32",
     "int64"), shape a list of int (fixed) or str (symbolic: "batch_size", "?" when unnamed), None when the rank is
-    unknown."""
+    unknown. Outputs also have `run_shape` where the trial ran one item: the shape they had then (e.g. [1, 384])."""
 
     opset: int
     inputs: list[dict] = field(hash=False)
@@ -85,12 +85,16 @@ def validate_onnx(
         raise ModelRejected("the model declares no outputs: export it with at least one graph output")
     _check(model)
     _check_peak(model, max_bytes=max_peak_bytes)
-    _trial_run(data, model, memory_bytes=trial_memory_bytes, seconds=trial_seconds)
+    ran = _trial_run(data, model, memory_bytes=trial_memory_bytes, seconds=trial_seconds)
     input_info = [_value_info(value) for value in inputs]
+    outputs = [_value_info(value) for value in model.graph.output]
+    for output in outputs:
+        if output["name"] in ran:
+            output["run_shape"] = ran[output["name"]]
     return ModelInfo(
         opset=_default_opset(model),
         inputs=input_info,
-        outputs=[_value_info(value) for value in model.graph.output],
+        outputs=outputs,
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         kind=guess_kind(input_info),
@@ -267,9 +271,10 @@ def _tensor_bytes(tensor: TensorProto) -> int:
         return 0
 
 
-def _trial_run(data: bytes, model: ModelProto, *, memory_bytes: int, seconds: float) -> None:
+def _trial_run(data: bytes, model: ModelProto, *, memory_bytes: int, seconds: float) -> dict[str, list[int]]:
     """Load the model in ONNX Runtime and run one item of zeros, in a child process limited to `memory_bytes` of
-    address space (RLIMIT_AS) and `seconds`: the worker never loads a model that could exhaust its memory."""
+    address space (RLIMIT_AS) and `seconds`: the worker never loads a model that could exhaust its memory. Returns
+    each output's shape for that item ({} when the trial could not run it)."""
     try:
         done = subprocess.run(  # noqa: S603 - our own script, with this interpreter
             [sys.executable, str(TRIAL_SCRIPT), str(memory_bytes)],
@@ -299,6 +304,8 @@ def _trial_run(data: bytes, model: ModelProto, *, memory_bytes: int, seconds: fl
         )
     # Any other failure on an item of zeros (an index out of range, say) is no proof the model is bad: its own
     # items are run when its variants are built, and a failure there is reported on the variant.
+    shapes = report.get("shapes") if report["stage"] == "ran" else None
+    return shapes if isinstance(shapes, dict) else {}
 
 
 def _trial_report(stdout: bytes) -> dict | None:

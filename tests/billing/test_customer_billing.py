@@ -110,7 +110,7 @@ def test_a_card_stripe_refuses_shows_stripes_message_on_the_field(client, alice,
 
     assert response.status_code == 400
     assert response.context["form"].errors == {"payment_method": ["Your card was declined."]}
-    assert 'id="id_payment_method_errors"' in response.content.decode()
+    assert 'id="id_payment_method_error"' in response.content.decode()
     assert not BillingProfile.objects.get(user=alice).has_card
 
 

@@ -75,11 +75,11 @@ def test_a_bid_with_a_bad_price_names_the_field_and_exits_2(idlefleet, alice_tok
     assert lines[1].startswith("  max_price_usd_per_ch: Ensure that there are no more than 5 decimal places.")
 
 
-def test_a_bid_for_a_dataset_that_is_not_yours_exits_2_naming_the_dataset(idlefleet, alice_token):
+def test_a_bid_for_a_model_that_is_not_yours_exits_2_naming_the_model(idlefleet, alice_token):
     result = idlefleet("bid", "999999", "999999", "--max-price", "0.05", "--budget", "1.00", env=alice_token)
 
     assert result.code == 2
-    assert "  dataset: Not a dataset of this model that you can use." in result.err
+    assert "  inference_model: No such model that you can use." in result.err
 
 
 def test_an_object_that_is_not_there_exits_4(idlefleet, alice_token):

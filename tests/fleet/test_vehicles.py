@@ -48,7 +48,7 @@ def test_registering_shows_a_working_credential_once(client, olivia):
     ("overrides", "message"),
     [
         ({"display_name": ""}, "This field is required."),
-        ({"time_zone": "Mars/Olympus"}, "Select a valid choice."),
+        ({"time_zone": "Mars/Olympus"}, "“Mars/Olympus” is not a time zone: choose one from the list"),
         ({"battery_capacity_kwh": 1}, "Ensure this value is greater than or equal to 5."),
         ({"vin": "12"}, "A VIN has 11 to 17 letters and digits."),
         ({"energy_price_usd_per_kwh": "16"}, "At most $5.00 per kWh."),  # cents typed as dollars
@@ -61,6 +61,37 @@ def test_bad_registrations_name_the_problem_and_register_nothing(client, olivia,
     assert response.status_code == 400
     assert message in response.content.decode()
     assert not Vehicle.objects.exists()
+
+
+def test_an_unknown_time_zone_is_refused_beside_its_field_on_the_page_and_named_by_the_api(client, olivia):
+    client.force_login(olivia)
+
+    page = client.post("/owner/vehicles/new/", register_form(time_zone="Mars/Olympus"))
+
+    assert page.status_code == 400
+    assert page.context["form"].errors == {
+        "time_zone": ["“Mars/Olympus” is not a time zone: choose one from the list, e.g. Europe/Berlin or "
+                      "America/New_York."]
+    }  # fmt: skip
+    html = page.content.decode()
+    assert html.count("is not a time zone") == 1
+    assert html.index('id="id_time_zone"') < html.index('id="id_time_zone_error"') < html.index('for="id_region"')
+    api = client.post(
+        "/api/v1/vehicles/", {"display_name": "Red car", "hardware": "HW3", "time_zone": "Mars/Olympus"},
+        content_type="application/json",
+    )  # fmt: skip
+    assert api.status_code == 400
+    assert api.json()["message"].startswith("time_zone: “Mars/Olympus” is not a time zone")
+    assert list(api.json()["fields"]) == ["time_zone"]
+    assert not Vehicle.objects.exists()
+
+
+def test_the_time_zone_is_searched_in_a_list_of_every_zone_with_its_offset(client, olivia):
+    client.force_login(olivia)
+    page = client.get("/owner/vehicles/new/").content.decode()
+    assert 'list="time-zones"' in page and '<datalist id="time-zones">' in page
+    assert '<option value="Europe/Berlin" label="UTC+0' in page  # +01:00 in winter, +02:00 in summer
+    assert '<option value="Asia/Kolkata" label="UTC+05:30">' in page
 
 
 def test_the_registration_form_offers_the_fleets_electricity_price_in_dollars(client, olivia, settings):

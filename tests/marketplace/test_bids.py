@@ -60,6 +60,23 @@ def test_a_bad_bid_names_the_field_and_is_not_entered(client, digits_with_varian
     assert not Bid.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("dataset", "Not a dataset of this model that you can use."),
+        ("inference_model", "No such model that you can use."),
+    ],
+)
+def test_an_unknown_model_or_dataset_is_named_in_the_message(client, digits_with_variants, field, message):
+    payload = bid_payload(digits_with_variants, **{field: 999999})
+
+    response = client.post("/api/v1/bids/", payload, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json() == {"code": "invalid", "message": f"{field}: {message}", "fields": {field: [message]}}
+    assert not Bid.objects.exists()
+
+
 def test_a_precision_that_misses_the_tolerance_is_refused(client, digits_with_variants):
     model = digits_with_variants
     model.metric, model.tolerance = "max_abs", 1e-7
@@ -167,3 +184,14 @@ def test_a_declined_card_gets_402_with_stripes_reason_and_the_bid_never_trades(c
     bid = Bid.objects.get()
     assert bid.status == Bid.Status.DECLINED and bid not in Bid.objects.filter(status__in=Bid.OPEN_STATUSES)
     assert "Your card was declined" in client.get(f"/customer/bids/{bid.pk}/").content.decode()
+
+
+def test_the_job_list_is_at_customer_bids_too(client, digits_with_variants):
+    bid_id = client.post("/api/v1/bids/", bid_payload(digits_with_variants), content_type="application/json").json()[
+        "id"
+    ]
+
+    response = client.get("/customer/bids/")
+
+    assert response.status_code == 200
+    assert f'href="/customer/bids/{bid_id}/"' in response.content.decode()

@@ -147,7 +147,7 @@ def test_the_account_page_shows_the_latest_deliveries_and_links_to_the_log(clien
     endpoint = services.endpoint_create(customer=alice, url="https://example.com/hook")
     client.force_login(alice)
     assert "No deliveries yet." in client.get("/account/").content.decode()
-    for n in range(7):
+    for _ in range(7):
         services.ping_send(endpoint=endpoint)
     WebhookDelivery.objects.filter(endpoint=endpoint).update(status="succeeded", attempts=1, last_status_code=200)
 

@@ -28,6 +28,7 @@ from knox.models import AuthToken
 from accounts.models import User
 from accounts.services import api_token_create
 from billing.models import BillingProfile, ConnectAccount
+from fleet.agent_wheel import agent_wheel
 from fleet.models import OptInPolicy, Vehicle, VehicleCredential
 from marketplace import storage
 from marketplace.models import Bid, Dataset, InferenceModel, PrecisionVariant, WorkUnit
@@ -133,6 +134,7 @@ ROUTES: dict[str, list[Case]] = {
     # ops
     "": [get("/", public())],
     "healthz/": [get("/healthz/", public())],
+    "favicon.ico": [get("/favicon.ico", public())],
     "staff/": [get("/staff/", staff_page())],
     "staff/health/": [get("/staff/health/", staff_page())],
     # accounts
@@ -176,6 +178,7 @@ ROUTES: dict[str, list[Case]] = {
     ],
     # marketplace pages (customers)
     "customer/": [get("/customer/", customer_page())],
+    "customer/bids/": [get("/customer/bids/", customer_page())],
     "customer/models/": [get("/customer/models/", customer_page())],
     "customer/models/new/": [
         get("/customer/models/new/", customer_page()),
@@ -211,6 +214,9 @@ ROUTES: dict[str, list[Case]] = {
     ],
     "customer/bids/<int:bid_id>/result/": [get("/customer/bids/{bid}/result/", customer_page(bob=404))],
     "market/": [get("/market/", public())],
+    # the agent's wheel, public: `pipx install URL` sends no cookie, and it holds no secret
+    "agent/download/": [get("/agent/download/", public(REDIRECT))],
+    "agent/download/<str:filename>": [get(f"/agent/download/{agent_wheel().filename}", public())],
     # fleet pages (owners, staff)
     "owner/": [get("/owner/", owner_page())],
     "owner/live/": [get("/owner/live/", owner_page())],
@@ -278,6 +284,7 @@ ROUTES: dict[str, list[Case]] = {
             "POST", "/api/v1/agent/lease/renew/", agent_api(other_car=409), {"unit_id": "{unit}", "lease_id": "lease-0"}
         )
     ],
+    "api/v1/agent/me/": [get("/api/v1/agent/me/", agent_api())],
     "api/v1/agent/hardware/": [
         send("POST", "/api/v1/agent/hardware/", agent_api(), {"arch": "x86_64", "isa": ["avx2"], "cpus": 4})
     ],

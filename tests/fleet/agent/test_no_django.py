@@ -10,7 +10,7 @@ REPOSITORY = Path(__file__).resolve().parents[3]
 
 CHECK = (
     "import fleet.agent, fleet.agent.runner, fleet.agent.client, fleet.agent.simulation, fleet.agent.clock, "
-    "fleet.agent.signing, fleet.agent.protocol, fleet.agent.executor, fleet.agent.inference, sys; "
+    "fleet.agent.signing, fleet.agent.protocol, fleet.agent.executor, fleet.agent.inference, fleet.agent.vehicle, sys; "
     "assert not [m for m in sys.modules if m == 'django' or m.startswith('django.')]"
 )
 
