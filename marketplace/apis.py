@@ -285,6 +285,8 @@ class BidOutputSerializer(serializers.ModelSerializer):
     under "charges" (see `bids_output`)."""
 
     precision = serializers.CharField(source="pool", read_only=True)
+    model_name = serializers.CharField(source="inference_model.name", read_only=True)
+    dataset_name = serializers.CharField(source="dataset.name", read_only=True)
     max_price_usd_per_ch = serializers.SerializerMethodField()
     budget_usd = serializers.SerializerMethodField()
     items_total = serializers.IntegerField(source="items", read_only=True, help_text="Items in the dataset.")
@@ -303,7 +305,8 @@ class BidOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Bid
         fields = (
-            "id", "inference_model", "dataset", "precision_requested", "precision", "max_price_usd_per_ch",
+            "id", "inference_model", "model_name", "dataset", "dataset_name", "precision_requested", "precision",
+            "max_price_usd_per_ch",
             "budget_usd", "funding", "currency", "deadline", "all_or_none", "items", "items_total", "items_done",
             "charged_usd", "ch_total", "ch_allocated", "status", "created_at", "closed_at", "result_version",
             "allocations",

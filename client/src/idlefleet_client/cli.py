@@ -101,6 +101,11 @@ def _ch(value: float | None) -> str:
     return "—" if value is None else f"{Decimal(f'{value:.3g}'):f}"
 
 
+def _named(bid: dict, name: str, key: str) -> str:
+    """A bid's model or dataset by its name and id ("digits (7)"); the id alone from a server that gives no name."""
+    return f"{bid[name]} ({bid[key]})" if bid.get(name) else str(bid[key])
+
+
 def _dollars(value: Any) -> str:
     return "—" if value in (None, "") else f"${value}"
 
@@ -370,7 +375,8 @@ def bids_list(as_json: JsonOption = False) -> None:
     table = Table("ID", "Model", "Dataset", "Precision", "Status", "Items done", "Charged", "Max per CH", "Budget")
     for b in rows:
         table.add_row(
-            str(b["id"]), str(b["inference_model"]), str(b["dataset"]), b["precision"], b["status"],
+            str(b["id"]), _named(b, "model_name", "inference_model"), _named(b, "dataset_name", "dataset"),
+            b["precision"], b["status"],
             f"{_items_done(b):,}/{_items_total(b):,}", _dollars(b.get("charged_usd")),
             _dollars(b["max_price_usd_per_ch"]), _dollars(b["budget_usd"]),
         )  # fmt: skip
@@ -389,8 +395,9 @@ def status(bid_id: int, as_json: JsonOption = False) -> None:
 
 def _show_bid(b: dict) -> None:
     table = Table(show_header=False, box=None)
+    model, dataset = _named(b, "model_name", "inference_model"), _named(b, "dataset_name", "dataset")
     for label, value in (
-        ("Bid", b["id"]), ("Status", b["status"]), ("Model / dataset", f"{b['inference_model']} / {b['dataset']}"),
+        ("Bid", b["id"]), ("Status", b["status"]), ("Model / dataset", f"{model} / {dataset}"),
         ("Precision", f"{b['precision']} (asked: {b['precision_requested']})"),
         ("Items done", f"{_items_done(b):,} of {_items_total(b):,}"),
         ("Charged so far", _dollars(b.get("charged_usd"))), ("Max price per CH", _dollars(b["max_price_usd_per_ch"])),
