@@ -268,8 +268,8 @@ def bid_detail(request, bid_id: int):
     context = {"bid": bid, "allocations": allocations, "audits": selectors.bid_audits(bid=bid)[:20],
                "charged_nc": bid_charges([bid])[bid.pk], "raisable": bid.status in services.PRICE_RAISABLE,
                "cancellable": bid.status in services.CANCELLABLE, **selectors.bid_progress(bid=bid)}  # fmt: skip
-    if request.htmx:
-        return render(request, "marketplace/_bid_progress.html", context)
+    if request.htmx:  # the progress poll: with the rounds won and the actions, which its progress changes
+        return render(request, "marketplace/_bid_progress.html", {**context, "oob": True})
     return render(request, "marketplace/bid_detail.html", context)
 
 

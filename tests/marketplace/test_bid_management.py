@@ -250,3 +250,20 @@ def test_the_bid_page_cancels_a_running_bid_and_raises_a_price(client, bid, cars
     assert not WorkUnit.objects.filter(bid=bid, status__in=("queued", "leased")).exists()
     page = cancelled.content.decode()
     assert "Cancel bid" not in page and "Raise price" not in page
+
+
+def test_the_job_pages_poll_brings_the_rounds_won_and_the_cancel_terms_with_the_progress(client, bid, cars):
+    poll = {"HX-Request": "true"}
+    before = " ".join(client.get(f"/customer/bids/{bid.pk}/", headers=poll).content.decode().split())
+    assert "No round won yet." in before and "cancelling costs nothing" in before
+
+    auction_round_run()  # the page stays open while a round sells the bid a car
+
+    after = " ".join(client.get(f"/customer/bids/{bid.pk}/", headers=poll).content.decode().split())
+    assert '<article id="rounds-won" hx-swap-oob="true">' in after
+    assert "No round won yet." not in after and "$0.02/CH" in after  # olivia's car, at the clearing price
+    assert '<p id="cancel-help" hx-swap-oob="true">' in after and "You pay for the 0 items validated so far" in after
+
+    Bid.objects.filter(pk=bid.pk).update(status="completed")
+    closed = client.get(f"/customer/bids/{bid.pk}/", headers=poll).content.decode()
+    assert '<div id="manage" hx-swap-oob="true"></div>' in closed  # no Raise or Cancel for a finished job
