@@ -31,23 +31,11 @@ from marketplace.rounds import auction_round_run
 from marketplace.verification import Tolerance, results_agree
 from tests.client.conftest import ANSI, REPOSITORY
 from tests.factories import PASSWORD, CustomerFactory, OwnerFactory, vehicle_with_credential
+from tests.marketplace.agents import StillClock
 from tests.waiting import wait_for
 
 TZ = zoneinfo.ZoneInfo("America/Los_Angeles")
 SUNDAY_NIGHT = datetime(2026, 11, 22, 23, 0, tzinfo=TZ)  # every car is home, parked on WiFi
-
-
-class StillClock:
-    rate = 1.0
-
-    def __init__(self, now):
-        self.current = now
-
-    def now(self):
-        return self.current
-
-    def sleep(self, car_seconds, stop: threading.Event) -> bool:
-        return stop.is_set()
 
 
 def readme_commands() -> list[str]:

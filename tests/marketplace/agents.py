@@ -49,6 +49,22 @@ class NightClock:
         return stop.is_set()
 
 
+class StillClock:
+    """The car's clock stopped at `now` (a simulated car's fixed hour, e.g. Sunday night at home); sleep returns at
+    once, so the test steps the agent's loop itself."""
+
+    rate = 1.0
+
+    def __init__(self, now: datetime) -> None:
+        self.current = now
+
+    def now(self) -> datetime:
+        return self.current
+
+    def sleep(self, car_seconds: float, stop: threading.Event) -> bool:
+        return stop.is_set()
+
+
 def catalogue_minilm(documents: int = 100) -> InferenceModel:
     """The catalogue as `make demo` registers it (MiniLM from its PyPI package, with its variants), and its MiniLM."""
     call_command("catalogue_sync", documents=documents)
