@@ -15,7 +15,6 @@ from datetime import datetime
 
 import numpy as np
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from knox.models import AuthToken
 
@@ -26,13 +25,12 @@ from fleet.agent.runner import Agent
 from fleet.agent.simulation import SimulatedCar
 from marketplace import storage
 from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
-from marketplace.models import Bid, InferenceModel, WorkUnit
+from marketplace.models import Bid, WorkUnit
 from marketplace.rounds import auction_round_run
 from marketplace.verification import Tolerance, results_agree
 from tests.client.conftest import ANSI, REPOSITORY
 from tests.factories import PASSWORD, CustomerFactory, OwnerFactory, vehicle_with_credential
-from tests.marketplace.agents import StillClock
-from tests.waiting import wait_for
+from tests.marketplace.agents import StillClock, digits_model_with_builds
 
 TZ = zoneinfo.ZoneInfo("America/Los_Angeles")
 SUNDAY_NIGHT = datetime(2026, 11, 22, 23, 0, tzinfo=TZ)  # every car is home, parked on WiFi
@@ -88,21 +86,8 @@ def test_the_readme_job_runs_from_login_to_results_that_equal_local_inference(
     card_for(alice)
     # alice's model, as she uploads it on the web site (the command line uploads datasets, not models).
     client.force_login(alice)
-    model_id = client.post(
-        "/api/v1/models/",
-        {"name": "digits", "onnx_file": SimpleUploadedFile("d.onnx", digits_onnx), "output_name": DIGITS_OUTPUT,
-         "metric": "top1", "tolerance": 0.95},
-    ).json()["id"]  # fmt: skip
-    assert wait_for(lambda: InferenceModel.objects.get(pk=model_id).status == "ready", timeout=60)
     # Its first dataset calibrates the precision variants the platform builds of it.
-    first = io.BytesIO()
-    np.save(first, digits_items(100), allow_pickle=False)
-    response = client.post(
-        f"/api/v1/models/{model_id}/datasets/", {"file": SimpleUploadedFile("a.npy", first.getvalue())}
-    )
-    assert response.status_code == 201, response.content
-    model = InferenceModel.objects.get(pk=model_id)
-    assert wait_for(lambda: model.variants.filter(status="ready").count() == 4, timeout=120)
+    digits_model_with_builds(client, digits_onnx)
     items = digits_items(300)
     buffer = io.BytesIO()
     np.save(buffer, items, allow_pickle=False)

@@ -18,19 +18,17 @@ import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.utils import timezone
 
 from fleet.agent.client import AgentClient, AgentHTTPError
 from fleet.agent.runner import ME_PATH
 from fleet.models import Vehicle
-from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
-from marketplace.models import Bid, InferenceModel, SelfTest, WorkUnit
+from marketplace.models import Bid, SelfTest, WorkUnit
 from marketplace.rounds import auction_round_run
 from tests.factories import CustomerFactory, OwnerFactory, hardware, vehicle_with_credential
+from tests.marketplace.agents import digits_model_with_builds
 from tests.waiting import wait_for
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -178,19 +176,8 @@ def test_an_installed_agent_sells_a_real_cars_idle_compute(
     alice = CustomerFactory(username="alice")
     card_for(alice)
     client.force_login(alice)
-    model_id = client.post(
-        "/api/v1/models/",
-        {"name": "digits", "onnx_file": SimpleUploadedFile("d.onnx", digits_onnx), "output_name": DIGITS_OUTPUT,
-         "metric": "top1", "tolerance": 0.95},
-    ).json()["id"]  # fmt: skip
-    assert wait_for(lambda: InferenceModel.objects.get(pk=model_id).status == "ready", timeout=60)
-    buffer = io.BytesIO()
-    np.save(buffer, digits_items(100), allow_pickle=False)
-    dataset_id = client.post(
-        f"/api/v1/models/{model_id}/datasets/", {"file": SimpleUploadedFile("d.npy", buffer.getvalue())}
-    ).json()["id"]
-    model = InferenceModel.objects.get(pk=model_id)
-    assert wait_for(lambda: model.variants.filter(status="ready").count() == 4, timeout=120)
+    model, dataset_id = digits_model_with_builds(client, digits_onnx)
+    model_id = model.pk
 
     owner = OwnerFactory(username="olivia")
     (tmp_path / "car.json").write_text(credential_from_owner_page(client, live_server, owner))

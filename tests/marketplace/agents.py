@@ -65,6 +65,35 @@ class StillClock:
         return stop.is_set()
 
 
+def digits_model_with_builds(client, digits_onnx: bytes, *, items: int = 100) -> tuple[InferenceModel, int]:
+    """The logged-in customer's digits classifier, uploaded as on the web site, with a first dataset of `items`
+    digits that calibrates its builds; returns the model once its four precision variants are ready, and the
+    dataset's id."""
+    import io
+
+    import numpy as np
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from marketplace.inference.catalogue import DIGITS_OUTPUT, digits_items
+    from tests.waiting import wait_for
+
+    model_id = client.post(
+        "/api/v1/models/",
+        {"name": "digits", "onnx_file": SimpleUploadedFile("d.onnx", digits_onnx), "output_name": DIGITS_OUTPUT,
+         "metric": "top1", "tolerance": 0.95},
+    ).json()["id"]  # fmt: skip
+    assert wait_for(lambda: InferenceModel.objects.get(pk=model_id).status == "ready", timeout=60)
+    buffer = io.BytesIO()
+    np.save(buffer, digits_items(items), allow_pickle=False)
+    response = client.post(
+        f"/api/v1/models/{model_id}/datasets/", {"file": SimpleUploadedFile("d.npy", buffer.getvalue())}
+    )
+    assert response.status_code == 201, response.content
+    model = InferenceModel.objects.get(pk=model_id)
+    assert wait_for(lambda: model.variants.filter(status="ready").count() == 4, timeout=120)
+    return model, response.json()["id"]
+
+
 def catalogue_minilm(documents: int = 100) -> InferenceModel:
     """The catalogue as `make demo` registers it (MiniLM from its PyPI package, with its variants), and its MiniLM."""
     call_command("catalogue_sync", documents=documents)
