@@ -715,6 +715,9 @@ def environment(args: argparse.Namespace, lab: Lab, ports: dict[str, int]) -> di
         "MEDIA_ROOT": str(lab.folder / "media"),
         "STATIC_ROOT": str(lab.folder / "static"),
         "AUCTION_INTERVAL_SECONDS": "5",
+        # An idle car is asked to heartbeat every 15 s, the shortest idle interval, not every 60 s: the run is minutes
+        # long, and its cars are sold while idle (they learn of their work at their next heartbeat).
+        "IDLE_HEARTBEAT_SECONDS": "15",
         # A lost lease comes back within 15 s (the sweeper runs every 5 s), not 10 minutes; a killed car's silence
         # gives its work back sooner still (22.5 s of no heartbeat is the rule, but its agent steps every second).
         "WORK_LEASE_SECONDS": "15",

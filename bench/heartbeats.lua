@@ -1,11 +1,12 @@
--- wrk script of bench/heartbeats.py: each wrk thread sends its own file of pre-signed heartbeats, each exactly once
--- (a nonce is accepted once), then stops. Without a file it sends wrk's plain request (the baseline endpoint).
--- At the end it prints one line, "RESULT {json}": requests, duration, latency percentiles, statuses, socket errors.
+-- wrk script of bench/heartbeats.py: each wrk thread sends its own file of pre-signed agent requests (heartbeats, or
+-- lease polls), each exactly once (a nonce is accepted once), then stops. Without a file it sends wrk's plain request
+-- (the baseline endpoint). At the end it prints one line, "RESULT {json}": requests, duration, latency percentiles,
+-- statuses, socket errors.
 --
---   wrk -t1 -c8 -d120s -s bench/heartbeats.lua http://127.0.0.1:8000/api/v1/agent/heartbeat/ -- PREFIX
+--   wrk -t1 -c8 -d120s -s bench/heartbeats.lua http://127.0.0.1:8000/api/v1/agent/heartbeat/ -- PREFIX [PATH]
 --
 -- reads PREFIX.0, PREFIX.1, ... (one per thread), one request a line: key id, timestamp, nonce, signature and body,
--- separated by tabs. A thread that has its last answer writes PREFIX.done.N: wrk's main thread sleeps for the whole
+-- separated by tabs, each POSTed to PATH (the path it was signed for: the heartbeat's by default). A thread that has its last answer writes PREFIX.done.N: wrk's main thread sleeps for the whole
 -- -d whatever its threads do, so bench/heartbeats.py interrupts it (SIGINT) once every thread is done, and the
 -- duration reported is the threads' own, from the first heartbeat sent to the last answer received.
 
@@ -20,7 +21,6 @@ local function now()
   return tonumber(timespec.tv_sec) + tonumber(timespec.tv_nsec) / 1e9
 end
 
-local PATH = "/api/v1/agent/heartbeat/"
 local counter = 0
 local threads = {}
 
@@ -49,10 +49,11 @@ function init(args)
     prefix = nil
     return
   end
+  local path = args[2] or "/api/v1/agent/heartbeat/"
   queue = {}
   for line in io.lines(prefix .. "." .. id) do
     local key, ts, nonce, sig, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
-    queue[#queue + 1] = wrk.format("POST", PATH, {
+    queue[#queue + 1] = wrk.format("POST", path, {
       ["Content-Type"] = "application/json",
       ["X-Idlefleet-Key"] = key,
       ["X-Idlefleet-Timestamp"] = ts,

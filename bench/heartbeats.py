@@ -1,7 +1,10 @@
-"""Heartbeat ingest: the real agent API behind gunicorn, driven by wrk from another process with signed heartbeats.
+"""Heartbeat ingest: the real agent API behind gunicorn, driven by wrk from another process with signed heartbeats;
+and what the adaptive heartbeat rate saves the web tier per car-minute.
 
     .venv/bin/python bench/heartbeats.py [--cars 10000] [--workers 1,2,3,4] [--requests 15000] [--connections 4]
-                                         [--worker-class gthread] [--threads 4] [--profile]
+                                         [--worker-class gthread] [--threads 4] [--mix-rounds 3] [--profile]
+
+A quick run, a few minutes on a busy machine: --cars 2000 --requests 3000 --workers 2.
 
 What it does, on this machine's PostgreSQL and Redis (nothing else is touched):
 
@@ -14,7 +17,8 @@ What it does, on this machine's PostgreSQL and Redis (nothing else is touched):
 3. for each worker count, starts gunicorn (`config/gunicorn.conf.py`, `config.settings.production`, plain HTTP on
    127.0.0.1) and runs wrk (`bench/heartbeats.lua`) twice: the baseline, `GET /healthz/` (Django's whole stack, a
    database query and Redis reads: about the cheapest request the site serves) for `--baseline-seconds`, then
-   `--requests` signed heartbeats, each sent once (a second time would be a replay);
+   `--requests` signed heartbeats, each sent once (a second time would be a replay); on the first worker count's
+   server, between the two, the per-car-minute measurements below;
 4. reports throughput, latency (p50, p99), errors (any status but 2xx, and socket errors, and heartbeats never
    answered), the CPU the gunicorn workers spent per request (from /proc: robust to other load on the machine;
    cores / that figure is the machine's capacity for the app alone), the CPU of their PostgreSQL backends, of the
@@ -27,6 +31,25 @@ Redis is spread over its lifetime, as in a fleet that has been running (credenti
 the credential reads (one per car per 5 minutes, when its copy expires) and the last-use notes (one per car per 5
 minutes, fleet.authentication.LAST_USED_RESOLUTION; the heartbeat snapshot task writes them to the database in bulk,
 so no heartbeat does).
+
+Per car-minute (the report's `per_car_minute`): the platform asks each car, in its heartbeat's answer
+(`next_heartbeat_s`), to heartbeat often while it computes, holds work or is about to get some, and rarely while it
+holds none and expects none (fleet.offers.heartbeat_interval_car_s); the agent asks for work only with a heartbeat.
+Before, every car sent a heartbeat and a lease poll every 15 s (fleet.agent.protocol.HEARTBEAT_SECONDS), but a car
+running a unit, which polls for none. For a fleet a third of which runs a unit (every third car), on the first worker
+count's server:
+- a few heartbeats of idle cars (computing false) and of working cars (computing, drawing power) and lease polls of
+  idle cars are sent one at a time with urllib, through the same signing code: their answers are reported, the
+  heartbeats' `next_heartbeat_s` give the rates after the change (a car answered N seconds sends 60/N heartbeats a
+  minute: the mean over the answers), and every lease poll must be answered 204 (the cars hold no work);
+- wrk then sends `--requests` of each of the three kinds (POST, signed, `bench/heartbeats.lua` given the path), in
+  `--mix-rounds` turns taking the kinds in turn, after a few of each unmeasured, and the workers' CPU per request of
+  each kind is measured as above;
+- web CPU per car-minute = the requests of each kind a car sends a minute, averaged over the fleet × that kind's CPU
+  per request, summed: before (idle cars 4 heartbeats and 4 lease polls, working cars 4 heartbeats) and after (working
+  cars 60/answer heartbeats, idle cars 60/answer heartbeats and as many lease polls), with their ratio, the requests per
+  car-minute, the same sums over all the processes (PostgreSQL, Redis and wrk included) and the web cores that 10,000
+  cars keep busy. The ratio is the figure that matters: other load on the machine moves the absolute numbers.
 
 `--profile` runs cProfile over signed heartbeats through Django's WSGI handler in this process instead (no server).
 
@@ -51,15 +74,19 @@ import secrets  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 
 PG_SERVER = os.environ.get("BENCH_PG_SERVER", "postgres://postgres@127.0.0.1:5432")
 DB_NAME = "idlefleet_bench_heartbeats"
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
+LEASE_PATH = "/api/v1/agent/lease/"
+LEASE_BODY = b"{}"  # a lease poll's body, as the agent's client serializes {}
 BASELINE_PATH = "/healthz/"
 LUA = ROOT / "bench" / "heartbeats.lua"
 
@@ -165,8 +192,9 @@ def fleet_seed(cars: int) -> list[tuple[int, object]]:
     return [(v.pk, c) for v, c in zip(vehicles, signers, strict=True)]
 
 
-def heartbeat_body(rng: random.Random) -> bytes:
-    """A parked car's heartbeat, serialized as the agent's client does (compact, sorted keys)."""
+def heartbeat_body(rng: random.Random, *, computing: bool = False) -> bytes:
+    """A parked car's heartbeat, serialized as the agent's client does (compact, sorted keys): idle, or running a unit
+    (`computing`, drawing power for it)."""
     payload = {
         "observed_at": datetime.now(UTC).isoformat(),
         "clock_rate": 1.0,
@@ -181,20 +209,28 @@ def heartbeat_body(rng: random.Random) -> bytes:
         "latency_ms": round(rng.uniform(5, 80), 1),
         "runtime_version": "1.20.1",
         "models_cached": [hex(rng.getrandbits(256))[2:].rjust(64, "0") for _ in range(rng.randint(0, 2))],
-        "computing": False,
-        "compute_power_w": 0.0,
+        "computing": computing,
+        "compute_power_w": round(rng.uniform(150, 300), 1) if computing else 0.0,
         "energy_used_today_wh": round(rng.uniform(0, 2000), 1),
     }
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
 class Signer:
-    """Signs heartbeats round-robin over the fleet, resuming where the previous batch stopped."""
+    """Signs agent requests round-robin over the fleet, resuming where the previous batch stopped: heartbeats (of idle
+    cars, or of cars running a unit: `computing`), or lease polls (`path` LEASE_PATH)."""
 
-    def __init__(self, fleet: list, seed: int = 7) -> None:
+    def __init__(self, fleet: list, seed: int = 7, *, path: str = HEARTBEAT_PATH, computing: bool = False) -> None:
         self.fleet = fleet
         self.next = 0
         self.rng = random.Random(seed)  # noqa: S311 (car readings, not secrets)
+        self.path = path
+        self.computing = computing
+
+    def body(self) -> bytes:
+        if self.path == LEASE_PATH:
+            return LEASE_BODY
+        return heartbeat_body(self.rng, computing=self.computing)
 
     def batch(self, count: int) -> list[tuple[dict[str, str], bytes]]:
         signed = []
@@ -202,8 +238,8 @@ class Signer:
         for _ in range(count):
             _, credential = self.fleet[self.next % len(self.fleet)]
             self.next += 1
-            body = heartbeat_body(self.rng)
-            signed.append((credential.sign(method="POST", path=HEARTBEAT_PATH, body=body, timestamp=now), body))
+            body = self.body()
+            signed.append((credential.sign(method="POST", path=self.path, body=body, timestamp=now), body))
         return signed
 
     def write(self, count: int, prefix: Path, threads: int) -> None:
@@ -293,9 +329,11 @@ class Server:
         self.log.close()
 
 
-def wrk(url: str, *, threads: int, connections: int, seconds: float = 0, prefix: Path | None = None) -> dict:
-    """One wrk run: `seconds` of the baseline, or every heartbeat in the files `prefix`.* sent once. Its RESULT line,
-    with the CPU wrk used."""
+def wrk(
+    url: str, *, threads: int, connections: int, seconds: float = 0, prefix: Path | None = None, path=HEARTBEAT_PATH
+) -> dict:
+    """One wrk run: `seconds` of the baseline, or every request in the files `prefix`.* (signed for `path`) sent once.
+    Its RESULT line, with the CPU wrk used."""
     markers = []
     if prefix:
         lines = sum(1 for i in range(threads) for _ in open(f"{prefix}.{i}"))  # noqa: SIM115
@@ -304,7 +342,7 @@ def wrk(url: str, *, threads: int, connections: int, seconds: float = 0, prefix:
         for marker in markers:
             marker.unlink(missing_ok=True)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s", "-s", str(LUA)]
-    command += [url + (HEARTBEAT_PATH if prefix else BASELINE_PATH), "--", str(prefix) if prefix else "-"]
+    command += [url + (path if prefix else BASELINE_PATH), "--", *([str(prefix), path] if prefix else ["-"])]
     started = os.times()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # noqa: S603
     while markers and process.poll() is None:
@@ -363,6 +401,169 @@ def measured(server: Server, **wrk_kwargs) -> dict:
         / issued
     )
     return result
+
+
+# --- Per car-minute: a fleet a third of which works, before and after the adaptive rate ---------------------------
+
+WORKING_EVERY = 3  # every third car runs a unit: a fleet a third of which works
+KINDS = ("idle_heartbeat", "working_heartbeat", "lease_poll")
+
+
+def mix_signers(fleet: list) -> dict[str, Signer]:
+    """The requests of a fleet a third of which runs a unit: the working cars' heartbeats (computing; a car that runs a
+    unit asks for no work), the other cars' heartbeats and lease polls (they hold no work, so the answer is 204)."""
+    working = fleet[::WORKING_EVERY]
+    idle = [car for n, car in enumerate(fleet) if n % WORKING_EVERY]
+    return {
+        "idle_heartbeat": Signer(idle, seed=8),
+        "working_heartbeat": Signer(working, seed=9, computing=True),
+        "lease_poll": Signer(idle, seed=10, path=LEASE_PATH),
+    }
+
+
+def answers_sample(url: str, signers: dict[str, Signer], count: int = 5) -> dict[str, list]:
+    """What the server answers `count` requests of each kind, sent one at a time through the same signing code: the
+    heartbeats' next_heartbeat_s (the rates after the change come from these, not from the settings), and the lease
+    polls' statuses. Stops the bench if a heartbeat is refused or a lease poll is answered anything but 204."""
+    sampled: dict[str, list] = {kind: [] for kind in signers}
+    for kind, signer in signers.items():
+        for headers, body in signer.batch(count):
+            request = urllib.request.Request(  # noqa: S310 (our own server on 127.0.0.1)
+                url + signer.path, data=body, method="POST", headers={**headers, "Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                    status, answer = response.status, response.read()
+            except urllib.error.HTTPError as error:
+                status, answer = error.code, error.read()
+            expected = 204 if signer.path == LEASE_PATH else 200
+            if status != expected:
+                raise SystemExit(f"{kind}: {status} (expected {expected}) {answer[:300]!r}")
+            sampled[kind].append(status if signer.path == LEASE_PATH else json.loads(answer)["next_heartbeat_s"])
+    return sampled
+
+
+def mix_measure(server: Server, signers: dict[str, Signer], *, requests: int, rounds: int, workdir: Path, **wrk_args):
+    """CPU per request of each kind: `requests` of each, in `rounds` turns that take the kinds in turn (the other load
+    on this machine varies: each kind gets its share of it). Each worker serves a few of each kind first, unmeasured
+    (the first requests of a code path import and compile what it needs)."""
+    for kind, signer in signers.items():
+        signer.write(100 * server.workers, workdir / f"prime-{kind}", wrk_args["threads"])
+        wrk(server.url, prefix=workdir / f"prime-{kind}", path=signer.path, **wrk_args)
+    turns: dict[str, list[dict]] = {kind: [] for kind in signers}
+    for turn in range(rounds):
+        size = requests // rounds + (turn < requests % rounds)
+        for kind, signer in signers.items():
+            signer.write(size, workdir / kind, wrk_args["threads"])
+            turns[kind].append(measured(server, prefix=workdir / kind, path=signer.path, **wrk_args))
+    return {kind: _turns_merged(runs) for kind, runs in turns.items()}
+
+
+def _turns_merged(runs: list[dict]) -> dict:
+    names = ("requests", "issued", "errors", "duration_s", "server_cpu_s", "postgres_cpu_s", "redis_cpu_s")
+    merged = {name: sum(run[name] for run in runs) for name in (*names, "loadgen_cpu_s")}
+    merged["statuses"] = {}
+    for run in runs:
+        for status, count in run["statuses"].items():
+            merged["statuses"][status] = merged["statuses"].get(status, 0) + count
+    issued = max(merged["issued"], 1)
+    others_s = merged["postgres_cpu_s"] + merged["redis_cpu_s"] + merged["loadgen_cpu_s"]
+    return {
+        **merged,
+        "rps": merged["requests"] / merged["duration_s"],
+        "p99_ms_worst_turn": max(run["p99_ms"] for run in runs),
+        "cpu_ms_per_request": 1000 * merged["server_cpu_s"] / issued,
+        "total_cpu_ms_per_request": 1000 * (merged["server_cpu_s"] + others_s) / issued,
+    }
+
+
+def request_rates(answers: dict[str, list], *, working_share: float, often_s: float) -> dict[str, dict[str, float]]:
+    """Requests of each kind per car-minute, over the whole fleet. Before the adaptive rate every car heartbeat every
+    `often_s` and the idle ones polled for work as often (a car running a unit polls for none). After it each car
+    heartbeats as the server answered (a car answered N seconds sends 60/N a minute: the mean over the answers
+    sampled), and an idle car polls for work only with a heartbeat."""
+
+    def per_minute(answers_s: list[float]) -> float:
+        return sum(60 / answer for answer in answers_s) / len(answers_s)
+
+    idle, often = 1 - working_share, 60 / often_s
+    after_idle = per_minute(answers["idle_heartbeat"])
+    return {
+        "before": {
+            "idle_heartbeat": idle * often,
+            "working_heartbeat": working_share * often,
+            "lease_poll": idle * often,
+        },
+        "after": {
+            "idle_heartbeat": idle * after_idle,
+            "working_heartbeat": working_share * per_minute(answers["working_heartbeat"]),
+            "lease_poll": idle * after_idle,
+        },
+    }
+
+
+def per_car_minute(mix: dict) -> dict:
+    """The report's per_car_minute: rate × CPU per request, summed over the kinds, before and after."""
+    from fleet.agent.protocol import HEARTBEAT_SECONDS
+
+    share = 1 / WORKING_EVERY
+    rates = request_rates(mix["answers"], working_share=share, often_s=HEARTBEAT_SECONDS)
+    kinds = mix["kinds"]
+
+    def cost(measure: str) -> dict[str, float]:
+        return {
+            when: sum(rate * kinds[kind][measure] for kind, rate in by_kind.items()) for when, by_kind in rates.items()
+        }
+
+    web, everything = cost("cpu_ms_per_request"), cost("total_cpu_ms_per_request")
+    requests = {when: sum(by_kind.values()) for when, by_kind in rates.items()}
+    return {
+        "what": (
+            "web CPU (the gunicorn workers) per car-minute of a fleet a third of which runs a unit, before the "
+            "adaptive heartbeat rate (every car heartbeats every 15 s and the idle ones poll for work as often) and "
+            "after it (each car heartbeats as the server answered, an idle car polls for work only with a heartbeat): "
+            "requests of each kind per car-minute × the CPU per request measured for that kind, summed"
+        ),
+        "workers": mix["workers"],
+        "requests_per_kind": mix["requests"],
+        "rounds": mix["rounds"],
+        "working_share": round(share, 4),
+        "answers_s": {
+            "idle": statistics.median(mix["answers"]["idle_heartbeat"]),
+            "working": statistics.median(mix["answers"]["working_heartbeat"]),
+        },
+        "answers_sampled_s": {
+            "idle": mix["answers"]["idle_heartbeat"],
+            "working": mix["answers"]["working_heartbeat"],
+        },
+        "lease_poll_statuses_sampled": mix["answers"]["lease_poll"],
+        "cpu_ms_per_request": {kind: round(kinds[kind]["cpu_ms_per_request"], 4) for kind in KINDS},
+        "total_cpu_ms_per_request": {kind: round(kinds[kind]["total_cpu_ms_per_request"], 4) for kind in KINDS},
+        "requests_per_car_minute_by_kind": {
+            when: {kind: round(rate, 4) for kind, rate in by_kind.items()} for when, by_kind in rates.items()
+        },
+        "requests_per_car_minute": {when: round(value, 4) for when, value in requests.items()},
+        "cpu_ms_per_car_minute": {when: round(value, 4) for when, value in web.items()},
+        "ratio": round(web["before"] / web["after"], 3),
+        "requests_ratio": round(requests["before"] / requests["after"], 3),
+        "total_cpu_ms_per_car_minute": {when: round(value, 4) for when, value in everything.items()},
+        "total_ratio": round(everything["before"] / everything["after"], 3),
+        "web_cores_per_10000_cars": {when: round(value * 10_000 / 60_000, 3) for when, value in web.items()},
+        "runs": {
+            kind: {
+                "requests": run["requests"],
+                "errors": run["errors"],
+                "statuses": run["statuses"],
+                "rps": round(run["rps"], 1),
+                "p99_ms_worst_turn": round(run["p99_ms_worst_turn"], 2),
+            }
+            for kind, run in kinds.items()
+        },
+        "note": (
+            "the three kinds are measured on the same server, in turns; the CPU per request is the workers' own (from "
+            "/proc), which other load on the machine moves less than throughput, and the ratio less still"
+        ),
+    }
 
 
 # --- The profile (no server) ---------------------------------------------------------------------------------------
@@ -439,6 +640,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4, help="wrk connections per gunicorn worker")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (each runs an event loop)")
     parser.add_argument("--baseline-seconds", type=float, default=4)
+    parser.add_argument(
+        "--mix-rounds", type=int, default=3, help="turns over the three kinds of the per-car-minute figures"
+    )
     parser.add_argument("--redis-db", type=int, default=int(os.environ.get("BENCH_REDIS_DB", 11)))
     parser.add_argument("--redis-server", default=os.environ.get("BENCH_REDIS_SERVER", "redis://127.0.0.1:6379"))
     parser.add_argument("--profile", action="store_true", help="cProfile heartbeats in-process instead")
@@ -474,6 +678,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-heartbeats-"))
     log = workdir / "gunicorn.log"
     runs = {}
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    mix = None
     try:
         # Warm-up: every car's first heartbeat (opens its parking session).
         server = Server(workers=2, worker_class=args.worker_class, threads=args.threads, log=log)
@@ -485,7 +691,7 @@ def main() -> None:
         print(f"warm-up: {first['requests']} first heartbeats, {first['errors']} errors, writes {writes_first}")
         credentials_age()
 
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for workers in worker_counts:
             server = Server(workers=workers, worker_class=args.worker_class, threads=args.threads, log=log)
             connections_n = args.connections * workers
             wrk_args = {"threads": args.wrk_threads, "connections": max(connections_n, args.wrk_threads)}
@@ -493,6 +699,9 @@ def main() -> None:
             signer.write(200 * workers, workdir / "prime", args.wrk_threads)
             wrk(server.url, prefix=workdir / "prime", **wrk_args)
             baseline = measured(server, seconds=args.baseline_seconds, **wrk_args)
+            if workers == worker_counts[0]:
+                mix = _mix_run(server, fleet, args=args, workdir=workdir, wrk_args=wrk_args)
+                time.sleep(2)  # PostgreSQL's backends flush their statistics: the heartbeats' writes are counted apart
             signer.write(args.requests, workdir / "heartbeats", args.wrk_threads)
             writes_before = database_writes()
             heartbeats = measured(server, prefix=workdir / "heartbeats", **wrk_args)
@@ -505,9 +714,50 @@ def main() -> None:
         client().flushdb()
 
     report = _report(args, fleet, first, writes_first, runs, began)
+    report["per_car_minute"] = per_car_minute(mix)
+    _print_per_car_minute(report["per_car_minute"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {args.json}")
+
+
+def _mix_run(server: Server, fleet: list, *, args, workdir: Path, wrk_args: dict) -> dict:
+    """The per-car-minute measurements on this server: the answers first, then the three kinds under wrk."""
+    signers = mix_signers(fleet)
+    answers = answers_sample(server.url, signers)
+    print(
+        f"answers: idle heartbeats next_heartbeat_s {answers['idle_heartbeat']}, working heartbeats "
+        f"{answers['working_heartbeat']}, lease polls of idle cars {answers['lease_poll']}",
+        flush=True,
+    )
+    kinds = mix_measure(server, signers, requests=args.requests, rounds=args.mix_rounds, workdir=workdir, **wrk_args)
+    for kind, run in kinds.items():
+        print(
+            f"{server.workers} worker(s): {kind:17} {run['rps']:7.0f}/s errors {run['errors']} "
+            f"statuses {run['statuses']} cpu {run['cpu_ms_per_request']:.3f} ms/req "
+            f"(all {run['total_cpu_ms_per_request']:.3f})",
+            flush=True,
+        )
+    return {
+        "workers": server.workers,
+        "requests": args.requests,
+        "rounds": args.mix_rounds,
+        "answers": answers,
+        "kinds": kinds,
+    }
+
+
+def _print_per_car_minute(figures: dict) -> None:
+    requests, cpu = figures["requests_per_car_minute"], figures["cpu_ms_per_car_minute"]
+    print(
+        f"per car-minute, {figures['working_share']:.0%} of the fleet working (answers: idle "
+        f"{figures['answers_s']['idle']:g} s, working {figures['answers_s']['working']:g} s): "
+        f"before {requests['before']:.2f} requests, {cpu['before']:.2f} ms web CPU; "
+        f"after {requests['after']:.2f} requests, {cpu['after']:.2f} ms web CPU; "
+        f"ratio {figures['ratio']:.2f} (requests {figures['requests_ratio']:.2f}, "
+        f"all processes {figures['total_ratio']:.2f})",
+        flush=True,
+    )
 
 
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:

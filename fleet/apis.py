@@ -153,7 +153,10 @@ class HeartbeatApi(AgentApi):
     @extend_schema_serializer(component_name="HeartbeatOutput")
     class OutputSerializer(serializers.Serializer):
         received_at = serializers.DateTimeField()
-        next_heartbeat_s = serializers.IntegerField()
+        next_heartbeat_s = serializers.FloatField(
+            help_text="Real seconds until the next heartbeat the platform asks for: often while the car holds work or "
+            "is about to get some, rarely while it holds none and expects none."
+        )
 
     @extend_schema(
         request=HeartbeatInput, responses={200: OutputSerializer, 400: ErrorSerializer, 401: ErrorSerializer}
@@ -173,7 +176,7 @@ class HeartbeatApi(AgentApi):
             vehicle=principal.vehicle, data=data.as_state(), received_at=received_at, admission=principal.admission
         )
         admission_enforce(request, principal, admitted)  # refused: nothing was stored
-        return Response({"received_at": received_at, "next_heartbeat_s": protocol.HEARTBEAT_SECONDS})
+        return Response({"received_at": received_at, "next_heartbeat_s": admitted.next_heartbeat_s})
 
 
 class DepartureApi(AgentApi):

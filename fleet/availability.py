@@ -73,6 +73,9 @@ class CarState:
     energy_used_today_kwh: float
     computing: bool = False
     clock_rate: float = 1.0  # car seconds per real second (1 for a real car)
+    # Real seconds of silence after which the car is taken for gone: 1.5 times the interval the platform last asked
+    # it to heartbeat at (fleet.offers.heartbeat_interval_s), never less than HEARTBEAT_LOST_AFTER_S.
+    lost_after_s: float = HEARTBEAT_LOST_AFTER_S
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class Availability:
     energy_kwh: float = 0.0  # energy that work would use
     ch_per_hour: dict[str, float] = field(default_factory=dict)  # precision -> CH per car hour used for ch_offered
     measured: frozenset[str] = frozenset()  # the precisions whose rate was measured on the car (else rated)
+    # Each limit of hours_offered in car seconds from the state's reading (math.inf where it does not apply), by the
+    # names of `limited_by`: the supply book (fleet.offers) lets those that run down with time do so between readings.
+    limits_s: dict[str, float] = field(default_factory=dict)
 
 
 # Below this much work a car is not worth dispatching to: a work unit would not finish.
@@ -138,7 +144,7 @@ def availability_get(
         reasons.append(f"vehicle is {vehicle_status}")
     if not policy.enabled:
         reasons.append("opt-in is off")
-    if state.heartbeat_age_s > HEARTBEAT_LOST_AFTER_S:
+    if state.heartbeat_age_s > max(state.lost_after_s, HEARTBEAT_LOST_AFTER_S):
         reasons.append(f"heartbeat lost {_duration_words(state.heartbeat_age_s)} ago")
     if not state.parked:
         reasons.append("driving")
@@ -204,6 +210,7 @@ def availability_get(
         energy_kwh=power_w * hours / 1000,
         ch_per_hour=rates,
         measured=frozenset(p for p in rates if p in hardware.measured_ch_per_hour),
+        limits_s=limits,
     )
 
 

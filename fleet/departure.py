@@ -11,6 +11,7 @@ Times are aware datetimes; durations are in seconds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -73,19 +74,45 @@ def remaining_parked_seconds(
     It is the largest t with survival(t) >= confidence (strictly: the supremum; at that moment the next similar stay
     ended), capped by the owner's declared departure (ignored when in the past) and by max_horizon_s.
     """
-    remaining = sorted(_remaining_durations(history=history, arrived_at=arrived_at, now=now, tz=tz))
+    basis = stays_basis(history=history, arrived_at=arrived_at, tz=tz)
+    seconds = remaining_from_basis(basis, elapsed_s=_seconds_between(arrived_at, now), confidence=confidence)
+    if seconds is None:  # parked longer than every precedent: predicted as if it had just arrived
+        basis = stays_basis(history=history, arrived_at=now, tz=tz)
+        seconds = remaining_from_basis(basis, elapsed_s=0.0, confidence=confidence)
+    if declared_departure is not None and declared_departure > now:
+        seconds = min(seconds, _seconds_between(now, declared_departure))
+    return max(min(seconds, max_horizon_s), 0.0)
+
+
+def stays_basis(*, history: Sequence[ParkingRecord], arrived_at: datetime, tz: ZoneInfo) -> list[tuple[float, float]]:
+    """(duration in seconds, weight) of each past or pseudo stay that says how long a stay that began at `arrived_at`
+    lasts, shortest first: what the prediction needs of the car's history, computed once per stay (the supply book
+    keeps it, so a heartbeat predicts without reading the history)."""
+    local_arrival = arrived_at.astimezone(tz)
+    similar = [record for record in history if _is_similar(record.arrived_at.astimezone(tz), local_arrival)]
+    if len(similar) < MIN_SIMILAR_SESSIONS:
+        similar = list(history)
+    stays = [(record.duration_s, 1.0) for record in similar]
+    prior = _prior_durations(local_arrival)
+    stays += [(duration_s, PRIOR_WEIGHT / len(prior)) for duration_s in prior]
+    return sorted(stays)
+
+
+def remaining_from_basis(basis: Sequence[tuple[float, float]], *, elapsed_s: float, confidence: float = 0.8):
+    """The seconds still to stay with probability at least `confidence`, after `elapsed_s` of a stay whose
+    `stays_basis` is `basis` (sorted); None when the car has been parked longer than every stay in it."""
+    elapsed_s = max(elapsed_s, 0.0)
+    remaining = [(duration_s - elapsed_s, weight) for duration_s, weight in basis if duration_s > elapsed_s]
+    if not remaining:
+        return None
     total = sum(weight for _, weight in remaining)
     staying = total
-    seconds = max_horizon_s
     # survival(t) steps down at each remaining duration: walk them until it falls below the confidence.
     for left_s, weight in remaining:
         staying -= weight
         if staying / total < confidence - 1e-12:
-            seconds = left_s
-            break
-    if declared_departure is not None and declared_departure > now:
-        seconds = min(seconds, _seconds_between(now, declared_departure))
-    return max(min(seconds, max_horizon_s), 0.0)
+            return left_s
+    return math.inf  # only with a confidence of 0 or less: every stay is that likely
 
 
 def _remaining_durations(
@@ -97,13 +124,7 @@ def _remaining_durations(
     nothing about such a stay, and the prior for "now" is the least surprising guess).
     """
     elapsed_s = max(_seconds_between(arrived_at, now), 0.0)
-    local_arrival = arrived_at.astimezone(tz)
-    similar = [record for record in history if _is_similar(record.arrived_at.astimezone(tz), local_arrival)]
-    if len(similar) < MIN_SIMILAR_SESSIONS:
-        similar = list(history)
-    stays = [(record.duration_s, 1.0) for record in similar]
-    prior = _prior_durations(local_arrival)
-    stays += [(duration_s, PRIOR_WEIGHT / len(prior)) for duration_s in prior]
+    stays = stays_basis(history=history, arrived_at=arrived_at, tz=tz)
     remaining = [(duration_s - elapsed_s, weight) for duration_s, weight in stays if duration_s > elapsed_s]
     if not remaining:
         return _remaining_durations(history=history, arrived_at=now, now=now, tz=tz)

@@ -24,6 +24,28 @@ def validate_time_zone(value: str) -> None:
         raise ValidationError(f"'{value}' is not a time zone name such as Europe/Berlin or America/New_York.")
 
 
+# A market region's code: letters, digits and hyphens, e.g. US-CA or DE (stored upper case: region_normalize). Each
+# region is a market of its own (marketplace.rounds): its cars sell in its round, at its prices.
+REGION_MAX_LENGTH = 16
+
+
+def region_normalize(value: str) -> str:
+    return (value or "").strip().upper()
+
+
+def validate_region(value: str) -> None:
+    if value and (
+        len(value) > REGION_MAX_LENGTH
+        or not value[0].isalnum()
+        or not all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in value)
+        or value != value.upper()
+    ):
+        raise ValidationError(
+            f"'{value}' is not a region code: up to {REGION_MAX_LENGTH} capital letters, digits and hyphens, e.g. "
+            "US-CA or DE."
+        )
+
+
 class HardwareProfile(models.Model):
     """An in-car inference computer (HW3, HW4, ...). Every figure is editable by staff: HW5's are assumptions."""
 
@@ -90,7 +112,10 @@ class Vehicle(models.Model):
     display_name = models.CharField(max_length=80)
     hardware = models.ForeignKey(HardwareProfile, on_delete=models.PROTECT, related_name="vehicles")
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
-    region = models.CharField(max_length=64, blank=True, help_text="e.g. US-CA or DE.")
+    region = models.CharField(
+        max_length=64, blank=True, validators=[validate_region], db_index=True,
+        help_text="The market region it sells in, e.g. US-CA or DE. Blank: the market of cars with no region.",
+    )  # fmt: skip
     battery_capacity_kwh = models.FloatField(
         "battery capacity (kWh)", default=75.0, validators=[MinValueValidator(5), MaxValueValidator(300)]
     )
@@ -162,7 +187,7 @@ class OptInPolicy(models.Model):
     """When and how a vehicle may work. Validated by `fleet.services.policy_validate`."""
 
     vehicle = models.OneToOneField(Vehicle, on_delete=models.CASCADE, related_name="policy")
-    enabled = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True, db_index=True)
     # [[weekday 0=Mon, start minute, end minute], ...] in the car's time zone; empty = any time;
     # end < start runs past midnight; end == start is the whole day.
     windows = models.JSONField(default=default_windows, blank=True)

@@ -75,7 +75,8 @@ class LiveVehicle:
 
     @property
     def online(self) -> bool:
-        return self.heartbeat_age_s is not None and self.heartbeat_age_s <= HEARTBEAT_LOST_AFTER_S
+        lost_after = max(float((self.state or {}).get("lost_after_s") or 0), HEARTBEAT_LOST_AFTER_S)
+        return self.heartbeat_age_s is not None and self.heartbeat_age_s <= lost_after
 
     @property
     def clock_rate(self) -> float:
@@ -181,6 +182,7 @@ def _live(vehicle, state, history, parked_since, now, measured) -> LiveVehicle:
         energy_used_today_kwh=float(state.get("energy_used_today_wh", 0)) / 1000,
         computing=bool(state.get("computing")),
         clock_rate=float(state.get("clock_rate", 1.0)) or 1.0,
+        lost_after_s=float(state.get("lost_after_s") or HEARTBEAT_LOST_AFTER_S),
     )
     policy = _policy(vehicle)
     left = remaining_parked_seconds(

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import time
 import zoneinfo
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,7 @@ from accounts.audit import audit_record
 from accounts.models import Role, User
 from core.exceptions import ApplicationError
 
-from . import state_store
+from . import book, state_store
 from .agent import hardware, protocol
 from .agent.signing import Credential
 from .authentication import credential_forget, credential_known
@@ -33,6 +34,7 @@ from .models import (
     VehicleState,
     VehicleThroughput,
     VehicleWorkDay,
+    region_normalize,
 )
 from .selectors import energy_price_default
 from .signals import vehicle_stopped_working
@@ -88,7 +90,7 @@ def vehicle_register(
         display_name=display_name.strip(),
         hardware=hardware,
         time_zone=time_zone,
-        region=region,
+        region=region_normalize(region),
         battery_capacity_kwh=battery_capacity_kwh,
         energy_price_cents_per_kwh=Decimal(str(energy_price_cents_per_kwh)),
         is_simulated=is_simulated,
@@ -143,6 +145,7 @@ def vehicle_pause(*, vehicle: Vehicle) -> int:
     with transaction.atomic():
         Vehicle.objects.filter(pk=vehicle.pk).update(status=Vehicle.Status.PAUSED)
         vehicle.status = Vehicle.Status.PAUSED
+        book.vehicle_refresh(vehicle.pk)
         return vehicle_work_stop(vehicle=vehicle, reason="paused by its owner")
 
 
@@ -161,6 +164,7 @@ def vehicle_resume(*, vehicle: Vehicle) -> None:
         )
     Vehicle.objects.filter(pk=vehicle.pk).update(status=Vehicle.Status.ACTIVE)
     vehicle.status = Vehicle.Status.ACTIVE
+    book.vehicle_refresh(vehicle.pk)
 
 
 def vehicle_suspend(*, vehicle: Vehicle, reason: str, actor=None) -> Vehicle:
@@ -274,7 +278,7 @@ def heartbeat_record(
     )
     if admitted.outcome != state_store.ADMITTED:
         return admitted
-    stored, previous = admitted.stored, admitted.previous
+    stored, previous, profile = admitted.stored, admitted.previous, admitted.profile
     if not stored:
         announced = _departure_announced_at(previous)
         leaving = announced is not None and data["parked"]
@@ -283,12 +287,20 @@ def heartbeat_record(
             state.update(parked=False, departure_announced_at=announced.isoformat())
         previous = state_store.state_swap(vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp())
     was_parked = None if previous is None else previous.get("parked")
-    if was_parked is None or was_parked != state["parked"]:
-        _parking_transition(vehicle=vehicle, parked=state["parked"], at=data["observed_at"], announced=False)
+    parking_changed = was_parked is None or was_parked != state["parked"]
+    if parking_changed and _parking_transition(
+        vehicle=vehicle, parked=state["parked"], at=data["observed_at"], announced=False
+    ):
+        profile = book.profile_rebuild(vehicle.pk)  # a stay began or ended: its departure prediction with it
     if previous is not None and _can_work(previous) and not _can_work(state):
         # The moment a car drives off or loses WiFi, its work goes to other cars (the sweeper would, seconds later).
         vehicle_work_stop(vehicle=vehicle, reason="driving" if not state["parked"] else f"on {state['network']}")
-    return admitted
+    # The car's offer in the supply book, as of this heartbeat, and how soon it should send the next.
+    next_heartbeat_s = book.heartbeat_offer(
+        vehicle_id=vehicle.pk, state=state, received_ts=received_at.timestamp(), profile=profile,
+        holds_work=admitted.holds_work,
+    )  # fmt: skip
+    return replace(admitted, next_heartbeat_s=next_heartbeat_s)
 
 
 def _can_work(state: dict[str, Any]) -> bool:
@@ -300,19 +312,24 @@ def _departure_announced_at(state: dict[str, Any] | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _parking_transition(*, vehicle: Vehicle, parked: bool, at: datetime, announced: bool) -> None:
+def _parking_transition(*, vehicle: Vehicle, parked: bool, at: datetime, announced: bool) -> bool:
+    """Open or close the car's stay. Returns whether this call changed it."""
     open_session = ParkingSession.objects.filter(vehicle=vehicle, departed_at__isnull=True).first()
     if parked and open_session is None:
         try:
             with transaction.atomic():
                 ParkingSession.objects.create(vehicle=vehicle, arrived_at=at)
         except IntegrityError:
-            pass  # another heartbeat of the same car opened it a moment ago
-    elif not parked and open_session is not None:
+            return False  # another heartbeat of the same car opened it a moment ago
+        return True
+    if not parked and open_session is not None:
         departed = max(at, open_session.arrived_at)
-        ParkingSession.objects.filter(pk=open_session.pk, departed_at__isnull=True).update(
-            departed_at=departed, departure_announced=announced
+        return bool(
+            ParkingSession.objects.filter(pk=open_session.pk, departed_at__isnull=True).update(
+                departed_at=departed, departure_announced=announced
+            )
         )
+    return False
 
 
 def vehicle_depart(*, vehicle: Vehicle, observed_at: datetime, received_at: datetime) -> int:
@@ -328,6 +345,7 @@ def vehicle_depart(*, vehicle: Vehicle, observed_at: datetime, received_at: date
             observed_at=observed_at.isoformat(), received_at=received_at.isoformat(),
         )  # fmt: skip
         state_store.state_swap(vehicle_id=vehicle.pk, state=previous, received_ts=received_at.timestamp())
+    book.vehicle_refresh(vehicle.pk)  # its offer leaves the book at once
     return vehicle_work_stop(vehicle=vehicle, reason="the car left")
 
 
@@ -344,6 +362,8 @@ def vehicle_compute_report(*, vehicle: Vehicle, report: dict[str, Any], at: date
         Vehicle.objects.filter(pk=vehicle.pk).update(
             compute=report, compute_class=compute_class, compute_reported_at=at
         )
+        if previous and previous != compute_class:
+            book.vehicle_refresh(vehicle.pk)  # its measured speeds are gone
     vehicle.compute, vehicle.compute_class, vehicle.compute_reported_at = report, compute_class, at
     return vehicle
 

@@ -18,10 +18,26 @@ from core.redis import client
 from core.throttling import Counter
 
 SEEN_KEY = "idlefleet:vehicles:seen"  # sorted set: vehicle id -> Unix time of its last heartbeat
+LOST_AFTER_KEY = "idlefleet:vehicles:lost-after"  # hash: vehicle id -> seconds of silence after which it is gone
 
 
 def _key(vehicle_id: int) -> str:
     return f"idlefleet:vehicle:{vehicle_id}:state"
+
+
+def state_key(vehicle_id: int) -> str:
+    """The key of the car's live state (tests reset it)."""
+    return _key(vehicle_id)
+
+
+def profile_key(vehicle_id: int) -> str:
+    """The car's profile in the supply book (fleet.book): what its offer needs besides its heartbeat."""
+    return f"idlefleet:vehicle:{vehicle_id}:profile"
+
+
+def work_key(vehicle_id: int) -> str:
+    """Present while the car holds work or was just sold some (fleet.book.work_mark): it heartbeats often."""
+    return f"idlefleet:vehicle:{vehicle_id}:work"
 
 
 def state_swap(*, vehicle_id: int, state: dict[str, Any], received_ts: float) -> dict[str, Any] | None:
@@ -63,6 +79,9 @@ class Admitted:
     outcome: str
     stored: bool = False  # with a heartbeat's state: whether it was stored (not when the car announced its departure)
     previous: dict[str, Any] | None = None  # ... and the state it replaced
+    profile: str | None = None  # ... the car's profile in the supply book (fleet.book), JSON, None if Redis has none
+    holds_work: bool = False  # ... and whether the car holds work (fleet.book.work_mark)
+    next_heartbeat_s: float | None = None  # the interval the car is asked to heartbeat at (fleet.services)
 
 
 ADMITTED, REVOKED, REPLAYED, THROTTLED, RECHECK = "admitted", "revoked", "replayed", "throttled", "recheck"
@@ -100,12 +119,14 @@ if used > tonumber(ARGV[4]) then return {{"{THROTTLED}"}} end
 if redis.call("SET", KEYS[6], "1", "NX", "EX", ARGV[6]) then redis.call("ZADD", KEYS[7], ARGV[7], ARGV[8]) end
 if #KEYS == 7 then return {{"{ADMITTED}"}} end
 local previous = redis.call("GET", KEYS[8])
+local profile = redis.call("GET", KEYS[10])
+local working = redis.call("EXISTS", KEYS[11])
 if previous and string.find(previous, '"departure_announced_at"', 1, true) then
-  return {{"{ADMITTED}", 0, previous}}
+  return {{"{ADMITTED}", 0, previous, profile, working}}
 end
 redis.call("SET", KEYS[8], ARGV[9])
 redis.call("ZADD", KEYS[9], ARGV[10], ARGV[11])
-return {{"{ADMITTED}", 1, previous or false}}
+return {{"{ADMITTED}", 1, previous or false, profile, working}}
 """
 _RECHECKS_AT_MOST = 3  # a process catches up in one; more means Redis restarted again meanwhile
 
@@ -134,7 +155,7 @@ def agent_admit(
         args = [a.epoch, a.recheck_every_s, a.nonce_ttl_s, a.rate.limit, a.rate.ttl_s, a.stamp_ttl_s, time.time()]
         args.append(a.key_id)
         if state is not None:
-            keys += [_key(vehicle_id), SEEN_KEY]
+            keys += [_key(vehicle_id), SEEN_KEY, profile_key(vehicle_id), work_key(vehicle_id)]
             args += [json.dumps(state), received_ts, str(vehicle_id)]
         outcome, *rest = _admit()(keys=keys, args=args)
         if outcome != RECHECK:
@@ -147,7 +168,13 @@ def agent_admit(
         raise RedisError(f"Redis's epoch kept changing: {_RECHECKS_AT_MOST} rechecks in one request")
     if outcome != ADMITTED or state is None:
         return Admitted(outcome)
-    return Admitted(outcome, stored=bool(rest[0]), previous=json.loads(rest[1]) if rest[1] else None)
+    return Admitted(
+        outcome,
+        stored=bool(rest[0]),
+        previous=json.loads(rest[1]) if rest[1] else None,
+        profile=rest[2] or None,
+        holds_work=bool(rest[3]),
+    )
 
 
 def credentials_used(until: float) -> dict[str, float]:
@@ -169,8 +196,18 @@ def states_get(vehicle_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     ids = list(vehicle_ids)
     if not ids:
         return {}
-    raws = client().mget([_key(i) for i in ids])
-    return {i: json.loads(raw) for i, raw in zip(ids, raws, strict=True) if raw}
+    pipe = client().pipeline(transaction=False)
+    pipe.mget([_key(i) for i in ids])
+    pipe.hmget(LOST_AFTER_KEY, [str(i) for i in ids])
+    raws, lost_after = pipe.execute()
+    states = {}
+    for i, raw, lost in zip(ids, raws, lost_after, strict=True):
+        if raw:
+            states[i] = json.loads(raw)
+            if lost is not None:
+                # The silence after which the car is gone, as the answer to this heartbeat set it (fleet.book).
+                states[i]["lost_after_s"] = float(lost)
+    return states
 
 
 def last_seen(vehicle_ids: Iterable[int]) -> dict[int, float]:

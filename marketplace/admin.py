@@ -16,7 +16,7 @@ from .models import (
     VariantAccuracy,
     WorkUnit,
 )
-from .selectors import pricing_current
+from .selectors import pricing_current, regions_known
 
 
 class PrecisionVariantInline(admin.TabularInline):
@@ -87,11 +87,34 @@ class ResultAuditAdmin(ReadOnlyAdmin):
     list_select_related = ("vehicle", "bid__inference_model")
 
 
+class RegionFilter(admin.SimpleListFilter):
+    """The market regions of the moment (selectors.regions_known) and the blank one: fixed choices, not a DISTINCT
+    over a big table (LargeTableAdmin)."""
+
+    title = "region"
+    parameter_name = "region"
+    BLANK = "-"  # never a region code, which starts with a letter or digit
+    blank_label = "No region"
+
+    def lookups(self, request, model_admin):
+        return [(self.BLANK, self.blank_label), *((code, code) for code in regions_known())]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(region="" if value == self.BLANK else value)
+
+
+class BidRegionFilter(RegionFilter):
+    blank_label = "Any region (not pinned)"
+
+
 @admin.register(Bid)
 class BidAdmin(ReadOnlyAdmin, LargeTableAdmin):
-    list_display = ("pk", "customer", "inference_model", "pool", "status", "items", "max_price_mcents_per_ch",
-                    "ch_allocated", "ch_total", "deadline", "created_at")  # fmt: skip
-    list_filter = ("status", "pool", ("created_at", admin.DateFieldListFilter))
+    list_display = ("pk", "customer", "inference_model", "pool", "region", "status", "items",
+                    "max_price_mcents_per_ch", "ch_allocated", "ch_total", "deadline", "created_at")  # fmt: skip
+    list_filter = ("status", "pool", BidRegionFilter, ("created_at", admin.DateFieldListFilter))
     search_fields = ("=id", "customer__username")
     list_select_related = ("customer", "inference_model")
     ordering = ("-pk",)  # the order bids were placed in, read from the primary key's index
@@ -99,8 +122,8 @@ class BidAdmin(ReadOnlyAdmin, LargeTableAdmin):
 
 @admin.register(Round)
 class RoundAdmin(ReadOnlyAdmin, LargeTableAdmin):
-    list_display = ("slot", "cars_offered", "bids_considered", "seconds", "platform_fee_pct", "finished_at")
-    list_filter = (("slot", admin.DateFieldListFilter),)
+    list_display = ("slot", "region", "cars_offered", "bids_considered", "seconds", "platform_fee_pct", "finished_at")
+    list_filter = (RegionFilter, ("slot", admin.DateFieldListFilter))
 
 
 @admin.register(WorkUnit)

@@ -307,9 +307,9 @@ class BidOutputSerializer(serializers.ModelSerializer):
         fields = (
             "id", "inference_model", "model_name", "dataset", "dataset_name", "precision_requested", "precision",
             "max_price_usd_per_ch",
-            "budget_usd", "funding", "currency", "deadline", "all_or_none", "items", "items_total", "items_done",
-            "charged_usd", "ch_total", "ch_allocated", "status", "created_at", "closed_at", "result_version",
-            "allocations",
+            "budget_usd", "funding", "currency", "deadline", "all_or_none", "region", "items", "items_total",
+            "items_done", "charged_usd", "ch_total", "ch_allocated", "status", "created_at", "closed_at",
+            "result_version", "allocations",
         )  # fmt: skip
         read_only_fields = fields
 
@@ -362,6 +362,11 @@ class BidListApi(APIView):
         )  # fmt: skip
         deadline = serializers.DateTimeField()
         all_or_none = serializers.BooleanField(default=False)
+        region = serializers.CharField(
+            required=False, allow_blank=True, default="",
+            help_text="Pin the job to one market region's cars, e.g. DE, so its data stays there: a region cars sell "
+            "in (GET /api/v1/market/ lists the markets). Omitted or empty: any region, the cheapest.",
+        )  # fmt: skip
 
     @extend_schema(responses={200: BidOutputSerializer(many=True)})
     def get(self, request):
@@ -465,23 +470,48 @@ class MarketPoolSerializer(serializers.Serializer):
     last_trade_at = serializers.DateTimeField(allow_null=True, help_text="The slot of the round of the last trade.")
 
 
+REGION_HELP = (
+    "The market region, e.g. DE (each region's cars sell in its own rounds, at its own prices); empty: the market of "
+    "cars without a region. Omitted: the blank region's market if it is running, else the first region's."
+)
+
+
+class MarketRegionQuery(serializers.Serializer):
+    region = serializers.CharField(required=False, allow_blank=True, help_text=REGION_HELP)
+
+
 class MarketApi(APIView):
-    """Public: per pool, the last round's clearing price, volume and unfilled demand, the pool's last trade, and the
-    price history of the last rounds (the smoothed index in `series`, the clearing prices in `prices`, null where
-    nothing traded). The full history, with volumes and a time range: GET /api/v1/market/history/."""
+    """Public: one market region's prices (`region`; `regions` lists the markets running): per pool, the last round's
+    clearing price, volume and unfilled demand, the pool's last trade, and the price history of the last rounds (the
+    smoothed index in `series`, the clearing prices in `prices`, null where nothing traded). The full history, with
+    volumes and a time range: GET /api/v1/market/history/."""
 
     permission_classes = [AllowAny]
     throttle_classes = [PublicApiRateThrottle]
 
     @extend_schema(
+        parameters=[MarketRegionQuery],
         responses={
             200: inline_serializer(
                 "Market",
-                {"latest": serializers.DictField(child=MarketPoolSerializer()), "history": serializers.DictField()},
-            )
-        }
+                {
+                    "region": serializers.CharField(help_text="The market region shown; empty: cars without one."),
+                    "regions": serializers.ListField(
+                        child=serializers.CharField(allow_blank=True),
+                        help_text="The market regions with a round in the last 24 hours, sorted (empty first).",
+                    ),
+                    "latest": serializers.DictField(child=MarketPoolSerializer()),
+                    "history": serializers.DictField(),
+                },
+            ),
+            400: ErrorSerializer,
+        },
     )
     def get(self, request):
+        query = MarketRegionQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        regions = selectors.market_regions()
+        region = selectors.market_region_get(query.validated_data.get("region"), regions=regions)
         latest = {
             pool: {
                 "clearing_price_usd_per_ch": usd_text_from_mcents(p["clearing_price_mcents"]),
@@ -491,14 +521,14 @@ class MarketApi(APIView):
                 "last_trade_usd_per_ch": usd_text_from_mcents(p["last_trade_mcents"]),
                 "last_trade_at": p["last_trade_at"],
             }
-            for pool, p in selectors.market_latest().items()
+            for pool, p in selectors.market_latest(region=region).items()
         }
-        history = selectors.market_history()
+        history = selectors.market_history(region=region)
         for key in ("series", "prices"):
             history[key] = {
                 pool: [usd_text_from_mcents(value) for value in values] for pool, values in history[key].items()
             }
-        return Response({"latest": latest, "history": history})
+        return Response({"region": region, "regions": regions, "latest": latest, "history": history})
 
 
 MAX_HISTORY_PAGE = 1000
@@ -543,6 +573,18 @@ class MarketHistoryPagination(CursorPagination):
         self.has_previous = bool(page) and (more if backwards else cursor is not None)
         return page
 
+    def get_paginated_response_schema(self, schema):
+        paginated = super().get_paginated_response_schema(schema)
+        paginated["properties"] = {
+            "region": {"type": "string", "description": "The market region of the rows; empty: cars without one."},
+            "regions": {
+                "type": "array", "items": {"type": "string"},
+                "description": "The market regions with a round in the last 24 hours, sorted (empty first).",
+            },
+            **paginated["properties"],
+        }  # fmt: skip
+        return paginated
+
     def get_page_size(self, request) -> int:
         try:
             return min(int(request.query_params.get(self.page_size_query_param, self.page_size)), self.max_page_size)
@@ -576,6 +618,7 @@ class MarketHistoryPagination(CursorPagination):
 
 class MarketHistoryRowSerializer(serializers.Serializer):
     round = serializers.DateTimeField(source="slot", help_text="The round's slot (when it cleared), ISO 8601.")
+    region = serializers.CharField(help_text="The round's market region; empty: the cars without one.")
     pool = serializers.CharField(help_text=f"The precision pool: one of {', '.join(Precision.values)}.")
     clearing_price_usd_per_ch = serializers.SerializerMethodField(help_text="Dollars per CH; null: nothing traded.")
     reserve_usd_per_ch = serializers.SerializerMethodField(help_text="The pool's reserve in that round.")
@@ -598,9 +641,10 @@ class MarketHistoryRowSerializer(serializers.Serializer):
 
 
 class MarketHistoryApi(ListAPIView):
-    """Public: the price history, like a spot market's: one row per round and pool, newest first, with the clearing
-    price, the reserve, the smoothed index, the volume, the unfilled demand and the supply. Filter by a time range
-    (`start` inclusive, `end` exclusive) and by pool; walk the pages with the `next` links."""
+    """Public: one market region's price history, like a spot market's: one row per round and pool, newest first,
+    with the clearing price, the reserve, the smoothed index, the volume, the unfilled demand and the supply. Choose
+    the market with `region` (the answer names it, and lists the markets in `regions`); filter by a time range
+    (`start` inclusive, `end` exclusive) and by pool; walk the pages with the `next` links, which keep the region."""
 
     permission_classes = [AllowAny]
     throttle_classes = [PublicApiRateThrottle]
@@ -621,6 +665,7 @@ class MarketHistoryApi(ListAPIView):
         limit = serializers.IntegerField(
             min_value=1, max_value=MAX_HISTORY_PAGE, required=False, help_text="Rows a page: 100 when omitted."
         )
+        region = serializers.CharField(required=False, allow_blank=True, help_text=REGION_HELP)
 
         def validate_pool(self, value: list[str]) -> list[str]:
             unknown = [name for name in value if name not in Precision.values]
@@ -637,7 +682,7 @@ class MarketHistoryApi(ListAPIView):
 
     def _query(self) -> dict:
         params = self.request.query_params
-        data = {key: params[key] for key in ("start", "end", "limit") if key in params}
+        data = {key: params[key] for key in ("start", "end", "limit", "region") if key in params}
         if "pool" in params:
             names = [name.strip() for value in params.getlist("pool") for name in value.split(",")]
             data["pool"] = [name for name in names if name] or ["(empty)"]
@@ -647,12 +692,23 @@ class MarketHistoryApi(ListAPIView):
 
     def get_queryset(self):
         query = self._query()
+        # Two queries a page, however long the history: the markets running (which the answer lists), and the rows.
+        self.regions = selectors.market_regions()
+        self.region = selectors.market_region_get(query.get("region"), regions=self.regions)
         return selectors.market_history_rows(
-            start=query.get("start"), end=query.get("end"), pools=query.get("pool")
+            start=query.get("start"), end=query.get("end"), pools=query.get("pool"), region=self.region
         ).values(
-            "slot", "pool", "clearing_price_mcents", "reserve_mcents", "index_mcents", "volume_ch",
+            "slot", "region", "pool", "clearing_price_mcents", "reserve_mcents", "index_mcents", "volume_ch",
             "unfilled_demand_ch", "supply_ch",
         )  # fmt: skip
+
+    def get_paginated_response(self, data):
+        # The links name the region even when the first page asked for the default one: the pages of one walk are
+        # one market's, whatever markets start or stop while it goes on.
+        self.paginator.base_url = replace_query_param(self.paginator.base_url, "region", self.region)
+        response = super().get_paginated_response(data)
+        response.data = {"region": self.region, "regions": self.regions, **response.data}
+        return response
 
     @extend_schema(
         parameters=[InputSerializer], responses={200: MarketHistoryRowSerializer(many=True), 400: ErrorSerializer}

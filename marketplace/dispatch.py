@@ -21,7 +21,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 
 from core.exceptions import ApplicationError
-from fleet import availability, state_store
+from fleet import availability, book, state_store
 from fleet.agent import protocol
 from fleet.agent.inference import decode_npy, encode_npy
 from fleet.models import Vehicle, VehicleThroughput
@@ -31,7 +31,7 @@ from fleet.services import throughput_record
 from . import selftests, sizing, storage, verdicts
 from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
 from .payloads import LEASE_BATCH_SIZE, lease_lost, leased_items, no_such_unit, outputs_checked, variant_payload
-from .signals import bid_audited_announce, bid_closed_announce, bid_progressed_announce
+from .signals import bid_audited_announce, bid_closed_announce, bid_progressed_announce, units_cut_wanted
 
 MAX_UNIT_ATTEMPTS = 3
 # What one item's output weighs on the way back, bytes (an embedding of 384 floats is 1.5 kB): sizing's upload term.
@@ -155,6 +155,65 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
     return len(reassigned) + len(cut)
 
 
+# Bids per cutting task: a big round's cutting is spread over the dispatch queue's workers.
+CUT_BIDS_PER_TASK = 500
+
+
+def allocations_cut_wanted(bid_ids: list[int]) -> None:
+    """A scheduled round sold these bids compute without cutting it into units: ask the dispatch queue to, in tasks
+    of CUT_BIDS_PER_TASK bids, once the round commits (signals.units_cut_wanted; marketplace.tasks queues them)."""
+    for start in range(0, len(bid_ids), CUT_BIDS_PER_TASK):
+        units_cut_wanted.send(sender="marketplace", bid_ids=bid_ids[start : start + CUT_BIDS_PER_TASK])
+
+
+def allocations_cut(*, bid_ids: list[int]) -> int:
+    """Cut the work of these bids' allocations that no one has cut yet (units_cut, with the car as the round saw it,
+    Allocation.car), oldest first, in one transaction with the bids locked: safe to run twice, or beside a round.
+    Returns the number of units handed out."""
+    with transaction.atomic():
+        bids = {
+            bid.pk: bid
+            for bid in Bid.objects.select_for_update(of=("self",))
+            .select_related("variant", "dataset")
+            .filter(pk__in=bid_ids)
+            .order_by("pk")
+        }
+        allocations = list(
+            Allocation.objects.select_for_update(of=("self",))
+            .filter(bid_id__in=list(bids), units_cut=False, for_verification=False)
+            .order_by("pk")
+        )
+        if not allocations:
+            return 0
+        cars = [sizing_of(a.car, bids[a.bid_id].variant.sha256) for a in allocations]
+        handed = units_cut(allocations=allocations, bids=bids, cars=cars)
+        Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(units_cut=True)
+    return handed
+
+
+def sizing_of(car: dict[str, Any], sha256: str) -> dict[str, Any]:
+    """How units_cut sees an allocation's car (Allocation.car, rounds.car_sizing) for a bid that runs model file
+    `sha256`: its measured speed on that file (its rating before it ran it) and whether it holds the file."""
+    return {
+        "ch_per_hour": car["measured"].get(sha256) or car["rated"],
+        "parked_seconds_left": car["parked_seconds_left"],
+        "down_mbps": car["down_mbps"],
+        "up_mbps": car["up_mbps"],
+        "model_cached": sha256 in car["held"],
+        "hardware_id": car["hardware_id"],
+    }
+
+
+def allocations_uncut(*, older_than: datetime) -> list[int]:
+    """The bids with allocations a round made before `older_than` that are still uncut (a lost task): the sweeper
+    cuts them."""
+    return list(
+        Allocation.objects.filter(units_cut=False, round__started_at__lt=older_than)
+        .values_list("bid_id", flat=True)
+        .distinct()
+    )
+
+
 # What differs between the units a round cuts; every other column holds its default. The cars excluded from a
 # reissued unit stay excluded from the units its rest is cut into, and its price cap holds for them too.
 # excluded_vehicles is last (the COPY below adapts it apart).
@@ -250,6 +309,7 @@ def unit_lease(*, vehicle: Vehicle, now: datetime | None = None) -> WorkUnit | S
             if unit.variant.sha256 in measured:
                 break
             if not selftests.self_test_failed(vehicle=vehicle, variant=unit.variant):
+                book.lost_after_reset(vehicle.pk)  # it heartbeats often while it works
                 return selftests.self_test_issue(vehicle=vehicle, unit=unit, now=now)
             units_of_variant_release(
                 vehicle=vehicle, variant=unit.variant,
@@ -263,6 +323,7 @@ def unit_lease(*, vehicle: Vehicle, now: datetime | None = None) -> WorkUnit | S
         unit.predicted_seconds = predicted
         unit.lease_expires_at = now + timedelta(seconds=_lease_seconds(unit, state))
         unit.save(update_fields=["status", "lease_id", "leased_at", "lease_expires_at", "probes", "predicted_seconds"])
+    book.lost_after_reset(vehicle.pk)  # it heartbeats often while it works
     return unit
 
 
@@ -641,7 +702,9 @@ def vehicles_silent_release(*, now: datetime | None = None) -> int:
     for vehicle in Vehicle.objects.filter(pk__in=holders).only("pk", "status"):
         last = seen.get(vehicle.pk)
         silent_s = now.timestamp() - last if last is not None else math.inf
-        if silent_s > availability.HEARTBEAT_LOST_AFTER_S:
+        # A car sold while it heartbeat rarely (fleet.offers.heartbeat_interval_car_s) is given its own interval.
+        lost_after = float((states.get(vehicle.pk) or {}).get("lost_after_s") or 0)
+        if silent_s > max(lost_after, availability.HEARTBEAT_LOST_AFTER_S):
             reason = f"no heartbeat for {silent_s:.0f} s" if last is not None else "no heartbeat"
         else:
             reason = vehicle_work_refusal(vehicle=vehicle, state=states.get(vehicle.pk))

@@ -9,6 +9,7 @@ from django.utils import timezone
 from core.money import MAX_AUTHORIZATION_CENTS, dollars_to_cents, dollars_to_mcents, usd_cents
 from fleet.models import Precision
 
+from . import selectors
 from .models import Bid, InferenceModel
 
 
@@ -50,6 +51,13 @@ class BidForm(forms.Form):
 
     dataset = forms.ModelChoiceField(queryset=None, empty_label=None)
     precision = forms.ChoiceField(choices=PRECISIONS, initial="auto")
+    # The choices are the markets of the moment (selectors.regions_known), set per form; services.bid_place checks
+    # the region again.
+    region = forms.ChoiceField(
+        label="Region", required=False, initial="", choices=[("", "Any region (cheapest)")],
+        help_text="For data residency: pinned to a region, the job runs only on cars in that region's market, and its "
+        "items go only to them. Any region: wherever compute is cheapest.",
+    )  # fmt: skip
     # Money in dollars, as everywhere on the site and in the API (the same field names). Digits bounded, so that no
     # amount overflows the database (a 500): the budget up to Stripe's largest payment; the price far above any
     # ceiling staff set (the bid's service names the ceiling).
@@ -80,9 +88,11 @@ class BidForm(forms.Form):
     )
     all_or_none = forms.BooleanField(required=False, label="All or none")
 
-    def __init__(self, *args, datasets, **kwargs):
+    def __init__(self, *args, datasets, regions: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["dataset"].queryset = datasets
+        regions = selectors.regions_known() if regions is None else regions
+        self.fields["region"].choices = [("", "Any region (cheapest)"), *((code, code) for code in regions)]
         if not self.is_bound and isinstance(self.initial.get("deadline"), datetime):
             # The suggested deadline is an instant: the browser shows it in its own time.
             self.fields["deadline"].widget.attrs["data-utc"] = self.initial["deadline"].isoformat()
@@ -108,4 +118,5 @@ class BidForm(forms.Form):
             "funding": data.get("funding") or None,
             "deadline": data["deadline"],
             "all_or_none": data["all_or_none"],
+            "region": data.get("region") or "",
         }

@@ -4,7 +4,7 @@ from django.db import models
 from django.db.models import Q, Value
 from django.db.models.functions import Coalesce
 
-from fleet.models import Precision
+from fleet.models import Precision, validate_region
 
 
 class InferenceModel(models.Model):
@@ -194,6 +194,10 @@ class Bid(models.Model):
     currency = models.CharField(max_length=3, default="usd")
     deadline = models.DateTimeField()
     all_or_none = models.BooleanField(default=False)
+    region = models.CharField(
+        max_length=16, blank=True, default="", validators=[validate_region],
+        help_text="The only market region whose cars may run it (data residency), e.g. DE. Blank: any region.",
+    )  # fmt: skip
     items = models.PositiveIntegerField()
     ch_total = models.FloatField(help_text="items × the variant's CH per item, fixed when the bid is placed.")
     ch_allocated = models.FloatField(default=0.0)
@@ -219,10 +223,13 @@ class Bid(models.Model):
 
 
 class Round(models.Model):
-    """One auction round. `slot` is the round's start rounded down to the interval: a second beat, or a retried
-    task, for the same slot finds the row and does nothing."""
+    """One auction round of one market region. `slot` is the round's start rounded down to the interval: a second
+    beat, or a retried task, for the same slot and region finds the row and does nothing."""
 
-    slot = models.DateTimeField(unique=True)
+    slot = models.DateTimeField()
+    region = models.CharField(
+        max_length=16, blank=True, default="", help_text="The market region: its cars, and the bids it may serve."
+    )
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     cars_offered = models.PositiveIntegerField(default=0)
@@ -233,10 +240,12 @@ class Round(models.Model):
     )
 
     class Meta:
-        ordering = ["-slot"]
+        ordering = ["-slot", "region"]
+        constraints = [models.UniqueConstraint(fields=["slot", "region"], name="one_round_per_slot_per_region")]
+        indexes = [models.Index(fields=["region", "-slot"])]
 
     def __str__(self) -> str:
-        return f"Round {self.slot:%Y-%m-%d %H:%M}"
+        return f"Round {self.slot:%Y-%m-%d %H:%M}{f' {self.region}' if self.region else ''}"
 
 
 class PoolClearing(models.Model):
@@ -280,6 +289,10 @@ class Allocation(models.Model):
         default=False, help_text="Bought by the platform to check results (rounds.verification_allocate), not won by "
         "the customer: left out of the customer's rounds won.",
     )  # fmt: skip
+    # What sizing the car's work units needs (dispatch.units_cut), as the round saw the car: a big round's units are
+    # cut after it, by the dispatch queue, so the round's own time grows with what it sold, not with the units.
+    car = models.JSONField(default=dict, blank=True)
+    units_cut = models.BooleanField(default=True, help_text="False until dispatch has cut this allocation's units.")
 
     class Meta:
         ordering = ["round", "bid"]

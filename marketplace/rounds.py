@@ -1,27 +1,30 @@
-"""The periodic auction round: snapshot supply and demand, clear with the pure auction, store it in one transaction."""
+"""The periodic auction round of each market region: read supply from the region's book and demand from the bids,
+clear with the pure auction, store it in one transaction."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+import zlib
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from fleet.availability import rated_ch_per_hour
-from fleet.models import Vehicle
-from fleet.selectors import hardware_of, vehicles_live
+from fleet import book, offers, state_store
+from fleet.availability import Hardware, rated_ch_per_hour
+from fleet.models import HardwareProfile, OptInPolicy, Vehicle
+from fleet.selectors import measurements_of
 
-from . import auction, verdicts, verification
-from .dispatch import units_cut, work_wanted
+from . import auction, verdicts
+from .dispatch import allocations_cut_wanted, sizing_of, units_cut, work_wanted
 from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
 from .selectors import pricing_current
-from .signals import bid_closed_announce, bid_won_announce
+from .signals import bid_closed_announce, bid_won_announce, bids_won_announce
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +37,78 @@ def round_slot(now: datetime) -> datetime:
     return datetime.fromtimestamp(int(now.timestamp()) // interval * interval, tz=now.tzinfo)
 
 
-def _lock_rounds() -> None:
-    """Serialise rounds across processes. SQLite's IMMEDIATE transactions already admit one writer at a time."""
+def _lock_rounds(region: str) -> None:
+    """Serialise the rounds of one region across processes; other regions' rounds run beside it. SQLite's IMMEDIATE
+    transactions already admit one writer at a time."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROUND_LOCK_KEY])
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ROUND_LOCK_KEY, _region_lock_id(region)])
 
 
-def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
-    """One row per (available car, precision it can run): the CH it can deliver before it leaves, and its ask.
+def _region_lock_id(region: str) -> int:
+    # A 32-bit key of the region for PostgreSQL's two-key advisory lock: the same in every process.
+    return zlib.crc32(region.encode()) - 2**31
 
-    Speeds and energy are the car's measured ones (fleet.models.VehicleThroughput) for the variants the pool's open
-    bids run, the hardware profile's rating only for a variant the car has not run yet: its CH per hour in a pool is
-    the slowest of those, its energy per CH the highest. A car whose self-test missed the tolerance of every variant
-    a pool's bids run is not offered there. The ask never runs an owner at a loss: max(the owner's minimum, energy
-    cost per CH ÷ (1 − platform fee)). Returns the supply and, per car, what dispatch needs: CH per car hour per pool
-    (how long a sale keeps it busy) and per variant it measured (sizing), the predicted seconds it stays, its clock
-    rate, its measured bandwidth and the model files it holds.
-    """
-    # A car is busy while its sold time runs or while it still holds work: it is never sold twice.
-    busy = set(Allocation.objects.filter(ends_at__gt=now).values_list("vehicle_id", flat=True))
+
+class CarInfo(dict):
+    """What dispatch and verification need of each car the round sells, read on demand from its offer in the book,
+    its heartbeat and its measured speeds: only for the cars sold or considered, never for the whole fleet.
+
+    Per car: hardware_id, parked_seconds_left (car seconds it can compute), clock_rate, down_mbps and up_mbps (its
+    measured bandwidth), model_shas_held (the model files it holds), ch_per_hour (CH per car hour per pool it
+    offers), rated (its hardware's rating per pool at its power), measured (CH per car hour per model file it ran)."""
+
+    def __init__(self, records: np.ndarray, *, now: float) -> None:
+        super().__init__()
+        self.records, self.now = records, now
+
+    def load(self, cars) -> None:
+        wanted = sorted({int(c) for c in cars} - self.keys())
+        if not wanted:
+            return
+        index = np.flatnonzero(np.isin(self.records["car"], wanted))
+        part = self.records[index]
+        states = state_store.states_get(wanted)
+        measured = measurements_of(wanted)
+        hardware = {hw.pk: hw for hw in HardwareProfile.objects.filter(pk__in=set(part["hardware"].tolist()))}
+        seconds = np.minimum((part["until"] - self.now) * part["clock"], part["fixed_s"])
+        for row, car_seconds in zip(part, seconds.tolist(), strict=True):
+            car, clock = int(row["car"]), float(row["clock"]) or 1.0
+            state = states.get(car) or {}
+            hw = hardware.get(int(row["hardware"]))
+            rated = {}
+            if hw is not None:
+                profile = Hardware(int8_tops=hw.int8_tops, factors=hw.factors, typical_power_w=hw.typical_power_w,
+                                   max_power_w=hw.max_power_w)  # fmt: skip
+                rated = {p: rated_ch_per_hour(profile, p, power_w=float(row["power_w"])) for p in auction.POOLS}
+            self[car] = {
+                "hardware_id": int(row["hardware"]),
+                "parked_seconds_left": max(car_seconds, 0.0),
+                "clock_rate": clock,
+                "down_mbps": float(state.get("bandwidth_down_mbps", 0.0)),
+                "up_mbps": float(state.get("bandwidth_up_mbps", 0.0)),
+                "model_shas_held": set(state.get("models_cached", [])),
+                "ch_per_hour": {p: float(r) for p, r in zip(auction.POOLS, row["rate"].tolist(), strict=True) if r > 0},
+                "rated": rated,
+                "measured": {sha: figures.ch_per_hour / clock for sha, figures in measured.get(car, {}).items()},
+            }
+
+    def hardware_of(self, cars: np.ndarray) -> np.ndarray:
+        """The hardware profile id of each of `cars` (all in the book), from the book's arrays at once."""
+        if not len(cars):
+            return np.zeros(0, dtype=np.int64)
+        order = np.argsort(self.records["car"], kind="stable")
+        position = np.searchsorted(self.records["car"][order], cars)
+        return self.records["hardware"][order[position]].astype(np.int64)
+
+    def __missing__(self, car):
+        self.load([car])
+        return dict.__getitem__(self, car)
+
+
+def busy_cars(*, now: datetime) -> np.ndarray:
+    """The cars whose sold time still runs or that still hold work: never sold twice. What was sold, not the fleet."""
+    busy = set(Allocation.objects.filter(ends_at__gt=now).values_list("vehicle_id", flat=True).distinct())
     busy |= set(
         WorkUnit.objects.filter(
             status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED), assigned_vehicle__isnull=False
@@ -61,112 +116,91 @@ def supply_snapshot(*, now: datetime) -> tuple[auction.Supply, dict[int, dict]]:
         .values_list("assigned_vehicle_id", flat=True)
         .distinct()
     )
-    vehicles = [
-        v
-        for v in Vehicle.objects.filter(status=Vehicle.Status.ACTIVE).select_related("hardware", "policy")
-        if v.pk not in busy
-    ]
+    return np.fromiter(busy, dtype=np.int64, count=len(busy))
+
+
+def unsellable_cars(*, now: datetime) -> np.ndarray:
+    """Cars not to sell whatever their offer says: busy ones (busy_cars), and those paused, suspended or opted out in
+    the database now, so that a change made by any route (the admin, a bulk update) holds from the next round even
+    before the car's offer is rebuilt. Both sets are small next to the fleet (indexed: status, enabled)."""
+    inactive = Vehicle.objects.exclude(status=Vehicle.Status.ACTIVE).values_list("pk", flat=True)
+    opted_out = OptInPolicy.objects.filter(enabled=False).values_list("vehicle_id", flat=True)
+    return np.unique(
+        np.concatenate([busy_cars(now=now), np.fromiter(inactive, np.int64), np.fromiter(opted_out, np.int64)])
+    )
+
+
+def supply_snapshot(*, now: datetime, region: str = "") -> tuple[auction.Supply, CarInfo]:
+    """One row per (available car of the region, pool it offers): the CH it can deliver before it must stop, its ask,
+    its reputation and whether it holds a model file the pool's bids run. Read from the region's supply book
+    (fleet.book, kept up to date by the cars' heartbeats) in one pass, evaluated at `now` (fleet.offers.rows_at).
+
+    A car's speed in a pool is its slowest measured on that precision (its hardware's rating before it ran any), its
+    energy per CH the most it used; the ask never runs an owner at a loss: max(the owner's minimum, energy cost per CH
+    ÷ (1 − platform fee)). A car whose last self-test of every model file a pool's bids run missed the tolerance is
+    not offered there. Returns the supply and, for the cars the round goes on to sell, what dispatch needs (CarInfo).
+    """
+    records = book.read(region)
     fee = pricing_current().platform_fee_pct / 100
-    # The variants (model files) open bids of each pool run. Between equal asks and reputations, a car that already
-    # holds one wins: no download.
+    # The model files open bids of each pool run. Between equal asks and reputations, a car that already holds one wins.
     wanted_models: dict[str, set[str]] = {}
-    for pool, sha in Bid.objects.filter(status__in=Bid.OPEN_STATUSES).values_list("pool", "variant__sha256"):
+    for pool, sha in Bid.objects.filter(status__in=Bid.OPEN_STATUSES).values_list("pool", "variant__sha256").distinct():
         wanted_models.setdefault(pool, set()).add(sha)
-    failed = self_tests_failed([v.pk for v in vehicles])
-    cars, pools, chs, asks, reliabilities, holds_model = [], [], [], [], [], []
-    rates: dict[int, dict] = {}
-    for item in vehicles_live(vehicles, now=now):
-        availability = item.availability
-        if not availability.available or availability.hours_offered <= 0:
-            continue
-        vehicle = item.vehicle
-        state = item.state or {}
-        clock_rate = item.clock_rate
-        hardware = hardware_of(vehicle)
-        rates[vehicle.pk] = {
-            "hardware_id": vehicle.hardware_id,
-            "parked_seconds_left": availability.hours_offered * 3600,
-            "clock_rate": clock_rate,
-            "down_mbps": float(state.get("bandwidth_down_mbps", 0.0)),
-            "up_mbps": float(state.get("bandwidth_up_mbps", 0.0)),
-            # The sha256 of each model file the car holds (its heartbeat's "models_cached").
-            "model_shas_held": set(state.get("models_cached", [])),
-            "ch_per_hour": {},
-            # Per variant it ran: CH per car hour (sizing a unit of that variant).
-            "measured": {sha: figures.ch_per_hour / clock_rate for sha, figures in item.measured.items()},
-            "rated": {},
-        }
-        for precision, pool_rate in availability.ch_per_hour.items():
-            if pool_rate <= 0 or precision not in auction.POOLS:
-                continue
-            rated = rated_ch_per_hour(hardware, precision, power_w=availability.power_w)
-            rates[vehicle.pk]["rated"][precision] = rated
-            wanted = wanted_models.get(precision, set())
-            runnable = wanted - failed.get(vehicle.pk, set())
-            if wanted and not runnable:
-                continue  # its self-tests say none of this pool's work meets its customers' tolerance on this car
-            # The variants that set its offer: the pool's bids', else whatever it ran of this precision.
-            basis = runnable or {sha for sha, figures in item.measured.items() if figures.precision == precision}
-            pool_rate = min(
-                (item.measured[sha].ch_per_hour / clock_rate if sha in item.measured else rated for sha in basis),
-                default=rated,
-            )
-            wh_per_ch = max(
-                (item.measured[sha].wh_per_ch if sha in item.measured else availability.power_w / rated
-                 for sha in basis),
-                default=availability.power_w / rated,
-            )  # fmt: skip
-            if pool_rate <= 0:
-                continue
-            # Wh per CH × ¢ per kWh = m¢ per CH.
-            energy_mcents_per_ch = wh_per_ch * float(vehicle.energy_price_cents_per_kwh)
-            ask = max(vehicle.policy.min_price_mcents_per_ch, int(np.ceil(energy_mcents_per_ch / (1 - fee))))
-            cars.append(vehicle.pk)
-            pools.append(auction.POOLS.index(precision))
-            chs.append(availability.hours_offered * pool_rate)
-            asks.append(ask)
-            # Between equal asks the more reliable car sells first: its record of validated results.
-            reliabilities.append(
-                verification.reputation(results_valid=vehicle.results_valid, results_invalid=vehicle.results_invalid)
-            )
-            holds_model.append(bool(wanted & rates[vehicle.pk]["model_shas_held"]))
-            rates[vehicle.pk]["ch_per_hour"][precision] = pool_rate
+    bits = [offers.held_bits(sorted(wanted_models.get(pool, ()))) for pool in auction.POOLS]
+    rows = offers.rows_at(records, now=now.timestamp(), fee=fee, wanted=bits, exclude=unsellable_cars(now=now))
+    keep = np.ones(len(rows.car), dtype=bool)
+    for car, shas in self_tests_failed(wanted_models).items():
+        for pool_index, pool in enumerate(auction.POOLS):
+            wanted = wanted_models.get(pool, set())
+            if wanted and wanted <= shas:
+                keep &= ~((rows.car == car) & (rows.pool == pool_index))
     supply = auction.Supply(
-        car=np.array(cars, dtype=np.int64),
-        pool=np.array(pools, dtype=np.int8),
-        ch=np.array(chs, dtype=np.float64),
-        ask=np.array(asks, dtype=np.int64),
-        reliability=np.array(reliabilities, dtype=np.float64),
-        holds_model=np.array(holds_model, dtype=bool),
-    )
-    return supply, rates
+        car=rows.car[keep], pool=rows.pool[keep], ch=rows.ch[keep], ask=rows.ask[keep],
+        reliability=rows.reliability[keep], holds_model=rows.holds_model[keep],
+    )  # fmt: skip
+    return supply, CarInfo(records, now=now.timestamp())
 
 
-def self_tests_failed(vehicle_ids: list[int]) -> dict[int, set[str]]:
-    """Per car, the variants (model files) its last self-test of missed the tolerance on its hardware."""
-    last: dict[tuple[int, str], str] = {}
+def self_tests_failed(wanted_models: dict[str, set[str]]) -> dict[int, set[str]]:
+    """Per car, the model files among `wanted_models` (pool -> sha256s) whose last self-test on it missed the
+    tolerance: failures not followed by a pass, so the query reads the failures, not every car's self-tests."""
+    shas = {sha for group in wanted_models.values() for sha in group}
+    if not shas:
+        return {}
+    passed_since = SelfTest.objects.filter(
+        vehicle_id=OuterRef("vehicle_id"), variant_id=OuterRef("variant_id"), status=SelfTest.Status.PASSED,
+        completed_at__gt=OuterRef("completed_at"),
+    )  # fmt: skip
     rows = (
-        SelfTest.objects.filter(vehicle_id__in=vehicle_ids, status__in=(SelfTest.Status.PASSED, SelfTest.Status.FAILED))
-        .order_by("completed_at")
-        .values_list("vehicle_id", "variant__sha256", "status")
+        SelfTest.objects.filter(status=SelfTest.Status.FAILED, variant__sha256__in=shas)
+        .exclude(Exists(passed_since))
+        .values_list("vehicle_id", "variant__sha256")
     )
-    for vehicle_id, sha, status in rows:
-        last[(vehicle_id, sha)] = status
     failed: dict[int, set[str]] = {}
-    for (vehicle_id, sha), status in last.items():
-        if status == SelfTest.Status.FAILED:
-            failed.setdefault(vehicle_id, set()).add(sha)
+    for vehicle_id, sha in rows:
+        failed.setdefault(vehicle_id, set()).add(sha)
     return failed
 
 
-def demand_snapshot(*, now: datetime) -> auction.Demand:
+def demand_snapshot(*, now: datetime, region: str = "", regions: list[str] | None = None) -> auction.Demand:
+    """The open bids this region's round may serve: those pinned to it, and its share of those that accept any region
+    (bids_unpinned_here)."""
+    open_bids = Bid.objects.filter(status__in=Bid.OPEN_STATUSES, deadline__gt=now)
+    if regions is None or len(regions) <= 1:
+        # One market: every bid that accepts it (a bid pinned elsewhere waits for a car of its region).
+        open_bids = open_bids.filter(region__in=["", region])
+    else:
+        open_bids = open_bids.filter(Q(region=region) | Q(region=""))
     bids = list(
-        Bid.objects.filter(status__in=Bid.OPEN_STATUSES, deadline__gt=now).values_list(
-            "pk", "pool", "ch_total", "ch_allocated", "max_price_mcents_per_ch", "created_at"
+        open_bids.values_list(
+            "pk", "pool", "ch_total", "ch_allocated", "max_price_mcents_per_ch", "created_at", "region"
         )
     )
     # The auction counts whole nano-CH: a remainder smaller than that is done.
     bids = [b for b in bids if b[2] - b[3] >= auction.CH_QUANTUM]
+    if regions is not None and len(regions) > 1:
+        here = bids_unpinned_here([(b[0], b[1]) for b in bids if not b[6]], region=region, regions=regions, now=now)
+        bids = [b for b in bids if b[6] or b[0] in here]
     return auction.Demand(
         bid=np.array([b[0] for b in bids], dtype=np.int64),
         pool=np.array([auction.POOLS.index(b[1]) for b in bids], dtype=np.int8),
@@ -174,6 +208,40 @@ def demand_snapshot(*, now: datetime) -> auction.Demand:
         price=np.array([b[4] for b in bids], dtype=np.int64),
         placed=np.array([int(b[5].timestamp() * 1e6) for b in bids], dtype=np.int64),
     )
+
+
+def bids_unpinned_here(bids: list[tuple[int, str]], *, region: str, regions: list[str], now: datetime) -> set[int]:
+    """Which of the bids that accept any region (id, pool) this region's round serves in this slot. Each such bid is
+    in exactly one region's round per slot, so parallel rounds never sell it twice: drawn for the slot (the same draw
+    in every region's round) with weights that follow where its pool had capacity to spare in the last rounds (its
+    unsold CH; all regions alike before any round), so demand spreads like supply. A bid not filled in one region is
+    drawn again the next slot, and may land in another."""
+    spare: dict[tuple[str, str], float] = {}
+    since = now - timedelta(seconds=3 * pricing_current().auction_interval_seconds)
+    latest = (
+        PoolClearing.objects.filter(round__slot__gte=since, round__slot__lt=round_slot(now), round__region__in=regions)
+        .order_by("round__region", "pool", "-round__slot")
+        .values_list("round__region", "pool", "supply_ch", "volume_ch")
+    )
+    for row_region, pool, supply_ch, volume_ch in latest:
+        spare.setdefault((row_region, pool), max(supply_ch - volume_ch, 0.0))
+    slot = int(round_slot(now).timestamp())
+    here = set()
+    for bid_id, pool in bids:
+        weights = np.array([spare.get((r, pool), 0.0) for r in regions])
+        if weights.sum() <= 0:
+            weights = np.ones(len(regions))
+        draw = _uniform(bid_id, slot) * weights.sum()
+        chosen = regions[min(int(np.searchsorted(np.cumsum(weights), draw, side="right")), len(regions) - 1)]
+        if chosen == region:
+            here.add(bid_id)
+    return here
+
+
+def _uniform(bid_id: int, slot: int) -> float:
+    """A number in [0, 1) that every process draws alike for this bid and slot."""
+    digest = zlib.crc32(f"{bid_id}:{slot}".encode())
+    return digest / 2**32
 
 
 def clear_all_or_none(*, supply: auction.Supply, demand: auction.Demand, reserve: np.ndarray) -> auction.Result:
@@ -268,37 +336,70 @@ def bids_expire(*, now: datetime) -> int:
     return len(expired)
 
 
-def auction_round_run(*, now: datetime | None = None) -> Round | None:
-    """Run the round of the current slot, once: a duplicate (two beats, a retried task) returns None."""
+def auction_round_run(
+    *, now: datetime | None = None, region: str | None = None, regions: list[str] | None = None, cut_units: bool = True
+) -> Round | None:
+    """Run the round of the current slot for one market region, once: a duplicate (two beats, a retried task)
+    returns None. Rounds of other regions run beside it (each region has its own lock). Without a region, every
+    region's round runs here, one after another (a caller that wants the whole market now: tests, scripts), and the
+    first region's round is returned.
+
+    `regions`: every region with a market this slot (fleet.book.regions()); the bids that accept any region are
+    shared out among them (bids_unpinned_here). `cut_units`: cut the sold work into units in this transaction, as a
+    caller that leases at once wants; the scheduled round leaves that to the dispatch queue (allocations_cut_wanted),
+    so its own time grows with what it sold, not with the units it sells."""
     now = now or timezone.now()
+    if region is None:
+        regions = book.regions() or [""]
+        ran = [auction_round_run(now=now, region=r, regions=regions, cut_units=cut_units) for r in regions]
+        return next((r for r in ran if r is not None), None)
     started = time.perf_counter()
     with transaction.atomic():
-        _lock_rounds()
-        round_, created = Round.objects.get_or_create(slot=round_slot(now))
+        _lock_rounds(region)
+        round_, created = Round.objects.get_or_create(slot=round_slot(now), region=region)
         if not created:
             return None
         bids_expire(now=now)
-        supply, rates = supply_snapshot(now=now)
+        supply, cars = supply_snapshot(now=now, region=region)
         auto_bids_redecide(supply=supply, now=now)
-        demand = demand_snapshot(now=now)
+        demand = demand_snapshot(now=now, region=region, regions=regions)
         pricing = pricing_current()
         reserves = pricing.reserves  # staff's latest change applies from this round on
         round_.platform_fee_pct = Decimal(str(pricing.platform_fee_pct))
         reserve = np.array([reserves[p] for p in auction.POOLS], dtype=np.int64)
         result = clear_all_or_none(supply=supply, demand=demand, reserve=reserve)
-        _store(round_, result, reserve, rates, now)
-        verification_allocate(round_=round_, supply=supply, result=result, reserve=reserve, rates=rates, now=now)
-        round_.cars_offered = len(set(supply.car.tolist()))
+        _store(round_, result, reserve, cars, now, cut_units=cut_units)
+        verification_allocate(round_=round_, supply=supply, result=result, reserve=reserve, rates=cars, now=now)
+        round_.cars_offered = len(np.unique(supply.car))
         round_.bids_considered = len(demand.bid)
         round_.finished_at = timezone.now()
         round_.seconds = time.perf_counter() - started
         round_.save(update_fields=["cars_offered", "bids_considered", "finished_at", "seconds", "platform_fee_pct"])
+        _demand_publish(region, result, demand, fee=float(pricing.platform_fee_pct) / 100)
     return round_
 
 
-def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
-    # Every round publishes every pool, so the last round holds the last index and the last trade of each.
-    last = Round.objects.filter(slot__lt=round_.slot).order_by("-slot").first()
+def _demand_publish(region: str, result, demand: auction.Demand, *, fee: float) -> None:
+    """Tell the region's cars how much demand went unfilled, at what best price per pool: a car whose ask meets it
+    heartbeats often, as the next round is likely to sell it (fleet.offers.heartbeat_interval_car_s)."""
+    filled = np.zeros(len(demand.bid))
+    if len(result.alloc_bid):
+        position = {bid: i for i, bid in enumerate(demand.bid.tolist())}
+        for bid_id, ch in zip(result.alloc_bid.tolist(), result.alloc_ch.tolist(), strict=True):
+            if bid_id in position:
+                filled[position[bid_id]] += ch
+    unfilled = demand.ch - filled > auction.CH_QUANTUM
+    signal: dict = {"fee": fee}
+    for pool_index, pool in enumerate(auction.POOLS):
+        prices = demand.price[unfilled & (demand.pool == pool_index)]
+        if len(prices):
+            signal[pool] = int(prices.max())
+    transaction.on_commit(lambda: book.demand_publish(region, signal))
+
+
+def _store(round_: Round, result, reserve, cars: CarInfo, now: datetime, *, cut_units: bool = True) -> None:
+    # Every round publishes every pool, so the region's last round holds the last index and the last trade of each.
+    last = Round.objects.filter(region=round_.region, slot__lt=round_.slot).order_by("-slot").first()
     fields = ("pool", "index_mcents", "last_trade_mcents", "last_trade_at")
     previous = {row[0]: row[1:] for row in last.pools.values_list(*fields)} if last else {}
     for pool_result in result.pools:
@@ -320,28 +421,46 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
             last_trade_at=last_trade_at,
         )
     prices = {p.pool: p.clearing_price for p in result.pools}
-    allocations = []
+    cars.load(result.alloc_car.tolist())
+    rows, ends = [], {}
     for bid_id, car_id, pool_index, ch in zip(
         result.alloc_bid.tolist(), result.alloc_car.tolist(), result.alloc_pool.tolist(), result.alloc_ch.tolist(),
         strict=True,
     ):  # fmt: skip
         pool = auction.POOLS[pool_index]
-        hours = ch / rates[car_id]["ch_per_hour"][pool] / rates[car_id]["clock_rate"]  # real hours of its time
-        allocations.append(
-            Allocation(
-                round=round_,
-                bid_id=bid_id,
-                vehicle_id=car_id,
-                pool=pool,
-                ch=ch,
-                price_mcents_per_ch=prices[pool],
-                ends_at=now + timedelta(hours=hours),
-            )
-        )
-    Allocation.objects.bulk_create(allocations)  # sets their pks, in order, on PostgreSQL and SQLite ≥ 3.35
+        info = cars[car_id]
+        ends_at = now + timedelta(hours=ch / info["ch_per_hour"][pool] / info["clock_rate"])  # real hours of its time
+        ends[car_id] = max(ends.get(car_id, ends_at), ends_at)
+        rows.append((bid_id, car_id, pool, ch, prices[pool], ends_at, car_sizing(info, pool)))
+    if rows:
+        if cut_units or connection.vendor != "postgresql":
+            _allocations_store_and_cut(round_, rows, cut_units=cut_units)
+        else:
+            _allocations_store(round_, rows)
+    # The cars sold heartbeat often from their next heartbeat on: their work is coming (fleet.offers).
+    book.work_mark({car_id: max((ends_at - now).total_seconds(), 60) for car_id, ends_at in ends.items()})
+
+
+def car_sizing(info: dict, pool: str) -> dict:
+    """What cutting units for a car needs of it, whatever bid it runs (Allocation.car; dispatch.sizing_of reads it
+    with the bid's model file): its speeds (measured per model file, else its rating in the pool), its stay, its
+    bandwidth, the model files it holds, its hardware class. All per car hour; JSON."""
+    return {
+        "measured": info["measured"],
+        "rated": info["rated"].get(pool) or info["ch_per_hour"][pool],
+        "parked_seconds_left": info["parked_seconds_left"],
+        "down_mbps": info["down_mbps"],
+        "up_mbps": info["up_mbps"],
+        "held": sorted(info["model_shas_held"]),
+        "hardware_id": info["hardware_id"],
+    }
+
+
+def _allocations_store_and_cut(round_: Round, rows: list[tuple], *, cut_units: bool) -> None:
+    """Store the round's allocations with the ORM and, for a caller that leases at once, cut their units now."""
     totals: dict[int, float] = {}
-    for allocation in allocations:
-        totals[allocation.bid_id] = totals.get(allocation.bid_id, 0.0) + allocation.ch
+    for bid_id, _, _, ch, *_ in rows:
+        totals[bid_id] = totals.get(bid_id, 0.0) + ch
     # Locked in pk order, in one query, so two writers of the same bids cannot deadlock.
     bids = {
         bid.pk: bid
@@ -350,46 +469,85 @@ def _store(round_: Round, result, reserve, rates, now: datetime) -> None:
         .filter(pk__in=totals)
         .order_by("pk")
     }
-    won = []  # bids sold their first compute: the customer hears of it (signals.bid_won)
+    allocations = [
+        Allocation(
+            round=round_,
+            bid_id=bid_id,
+            vehicle_id=car_id,
+            pool=pool,
+            ch=ch,
+            price_mcents_per_ch=price,
+            ends_at=ends_at,
+            car=car,
+            units_cut=cut_units,
+        )
+        for bid_id, car_id, pool, ch, price, ends_at, car in rows
+    ]
+    Allocation.objects.bulk_create(allocations, batch_size=5000)  # sets their pks, in order (PostgreSQL, SQLite ≥ 3.35)
     for bid_id, total in totals.items():
         bid = bids[bid_id]
         allocated = bid.ch_allocated + total
         # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
         bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
         if bid.status != Bid.Status.RUNNING:
-            won.append(bid_id)
+            bid_won_announce(bid_id)  # sold its first compute: the customer hears of it (signals.bid_won)
         bid.status = Bid.Status.RUNNING
-    Bid.objects.bulk_update(bids.values(), ["ch_allocated", "status"], batch_size=1000)
-    for bid_id in won:
-        bid_won_announce(bid_id)
-    cars = []
-    for allocation in allocations:
-        info = rates[allocation.vehicle_id]
-        sha = bids[allocation.bid_id].variant.sha256
-        cars.append(
-            {
-                # Sized at the car's measured speed on this bid's variant (its rating before it ran it).
-                "ch_per_hour": info["measured"].get(sha) or info["rated"][allocation.pool],
-                "parked_seconds_left": info["parked_seconds_left"],
-                "down_mbps": info["down_mbps"],
-                "up_mbps": info["up_mbps"],
-                "model_cached": sha in info["model_shas_held"],
-                "hardware_id": info["hardware_id"],
-            }
+    Bid.objects.bulk_update(list(bids.values()), ["ch_allocated", "status"], batch_size=1000)
+    if cut_units:
+        sizing = [sizing_of(a.car, bids[a.bid_id].variant.sha256) for a in allocations]
+        units_cut(allocations=allocations, bids=bids, cars=sizing)
+    else:
+        allocations_cut_wanted(sorted(totals))
+
+
+_ALLOCATION_COLUMNS = ("round_id", "bid_id", "vehicle_id", "pool", "ch", "price_mcents_per_ch", "ends_at", "car",
+                       "for_verification", "units_cut")  # fmt: skip
+
+
+def _allocations_store(round_: Round, rows: list[tuple]) -> None:
+    """The scheduled round's store on PostgreSQL, in a few statements whatever it sold: the allocations by COPY, the
+    bids they sold locked in pk order and updated from the allocations' sums in one UPDATE, the customers of bids
+    sold their first compute told once it commits; the units are cut after it, by the dispatch queue. (A round of
+    100,000 bids spent most of its time building and saving model instances.)"""
+    table, bid_table = Allocation._meta.db_table, Bid._meta.db_table
+    car_field = Allocation._meta.get_field("car")
+    columns = ", ".join(connection.ops.quote_name(c) for c in _ALLOCATION_COLUMNS)
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for bid_id, car_id, pool, ch, price, ends_at, car in rows:
+                copy.write_row(
+                    (round_.pk, bid_id, car_id, pool, ch, price, ends_at, car_field.get_db_prep_save(car, connection),
+                     False, False)
+                )  # fmt: skip
+        sold = f"SELECT DISTINCT bid_id FROM {table} WHERE round_id = %s AND NOT for_verification"  # noqa: S608
+        # Locked in pk order, so two writers of the same bids cannot deadlock; their status before, to tell who won.
+        cursor.execute(f"SELECT id, status FROM {bid_table} WHERE id IN ({sold}) ORDER BY id FOR UPDATE", [round_.pk])  # noqa: S608
+        before = dict(cursor.fetchall())
+        # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
+        cursor.execute(
+            f"UPDATE {bid_table} AS b SET status = %s, ch_allocated = CASE WHEN b.ch_total - (b.ch_allocated + s.ch) "  # noqa: S608
+            f"< %s THEN b.ch_total ELSE b.ch_allocated + s.ch END FROM (SELECT bid_id, SUM(ch) AS ch FROM {table} "
+            "WHERE round_id = %s AND NOT for_verification GROUP BY bid_id) AS s WHERE b.id = s.bid_id",
+            [Bid.Status.RUNNING, auction.CH_QUANTUM, round_.pk],
         )
-    units_cut(allocations=allocations, bids=bids, cars=cars)
+    # Sold their first compute: their customers hear of it (signals.bid_won).
+    bids_won_announce([bid_id for bid_id, status in before.items() if status != Bid.Status.RUNNING])
+    allocations_cut_wanted(sorted(before))
 
 
 def verification_allocate(*, round_: Round, supply: auction.Supply, result, reserve, rates, now: datetime) -> int:
     """Find cars for the replicas waiting for one (marketplace/verdicts.py): the auction cannot, since a replica needs
     a car of a given hardware class whose owner has not run its items. Each goes to an available car this round did not
-    sell, of the right class, at the pool's clearing price (or the reserve) but never below the car's ask; the
-    platform pays for it, not the customer.
+    sell, of the right class, cheapest ask first, at the pool's clearing price (or the reserve) but never below the
+    car's ask; the platform pays for it, not the customer.
 
     So do the units a car was refused for (it got one of their known answers wrong): the auction does not know
     which cars a unit may not go to, and would sell the bid that car again and again (it asks the least) while the
     unit waits. Such a unit is the customer's work, at no more than the price they first bought it at
-    (`WorkUnit.price_cap_mcents`; settling charges the rest to verification). Returns the number of units placed."""
+    (`WorkUnit.price_cap_mcents`; settling charges the rest to verification). Returns the number of units placed.
+
+    The candidates are read from the supply's arrays, and only the few a unit looks at are read further (owners,
+    speeds): its cost grows with the units waiting, not with the fleet."""
     waiting = list(
         WorkUnit.objects.filter(status=WorkUnit.Status.QUEUED, assigned_vehicle__isnull=True)
         .filter(Q(replica_of__isnull=False) | ~Q(excluded_vehicles=[]))
@@ -399,35 +557,34 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
     )  # fmt: skip
     if not waiting:
         return 0
-    sold = set(result.alloc_car.tolist())
+    unsold = ~np.isin(supply.car, result.alloc_car)
+    cars, pools, ch_left, asks = supply.car[unsold], supply.pool[unsold], supply.ch[unsold].copy(), supply.ask[unsold]
+    hardware = rates.hardware_of(cars)
+    order = np.argsort(asks, kind="stable")
     prices = {p.pool: p.clearing_price for p in result.pools}
-    unsold = [
-        (car, auction.POOLS[pool], ch, ask)
-        for car, pool, ch, ask in zip(supply.car.tolist(), supply.pool.tolist(), supply.ch.tolist(),
-                                      supply.ask.tolist(), strict=True)
-        if car not in sold
-    ]  # fmt: skip
-    hardware = dict(Vehicle.objects.filter(pk__in={car for car, *_ in unsold}).values_list("pk", "hardware_id"))
-    # Never a car of an owner who already ran the replica's slice: the owners of both sides, in one query.
-    owners = verdicts.owners_of([*hardware, *(car for unit in waiting for car in unit.excluded_vehicles)])
-    # The free offers by (pool, hardware class), so each replica looks only at cars that could run it.
-    offers: dict[tuple[str, int | None], list[list]] = {}
-    for car, pool, ch, ask in unsold:
-        offers.setdefault((pool, hardware.get(car)), []).append([car, ch, ask])
     placed = 0
     for unit in waiting:
         pool = unit.bid.pool
+        mask = (pools[order] == auction.POOLS.index(pool)) & (ch_left[order] >= unit.ch)
         if unit.requires_hardware_id:
-            candidates = offers.get((pool, unit.requires_hardware_id), [])
-        else:
-            candidates = [offer for (p, _), group in offers.items() if p == pool for offer in group]
-        for offer in candidates:
-            car, ch_left, ask = offer
-            if ch_left < unit.ch or verdicts.vehicle_refused(unit=unit, vehicle_id=car, owners=owners):
+            mask &= hardware[order] == unit.requires_hardware_id
+        candidates = order[mask]
+        for start in range(0, len(candidates), 64):
+            batch = candidates[start : start + 64]
+            # Never a car of an owner who already ran the replica's slice: the owners of both sides, in one query.
+            owners = verdicts.owners_of([*(int(c) for c in cars[batch]), *unit.excluded_vehicles])
+            chosen = next(
+                (i for i in batch.tolist()
+                 if not verdicts.vehicle_refused(unit=unit, vehicle_id=int(cars[i]), owners=owners)),
+                None,
+            )  # fmt: skip
+            if chosen is None:
                 continue
+            car, ask = int(cars[chosen]), int(asks[chosen])
             market = prices.get(pool) or int(reserve[auction.POOLS.index(pool)])
             price = max(market, ask)
-            hours = unit.ch / rates[car]["ch_per_hour"][pool] / rates[car]["clock_rate"]
+            info = rates[car]
+            hours = unit.ch / info["ch_per_hour"][pool] / info["clock_rate"]
             primary = unit.replica_of_id is None
             allocation = Allocation.objects.create(
                 round=round_, bid=unit.bid, vehicle_id=car, pool=pool, ch=unit.ch, price_mcents_per_ch=price,
@@ -440,7 +597,8 @@ def verification_allocate(*, round_: Round, supply: auction.Supply, result, rese
                 placed_fields["price_cap_mcents"] = cap
                 Bid.objects.filter(pk=unit.bid_id).update(ch_allocated=F("ch_allocated") + unit.ch)
             WorkUnit.objects.filter(pk=unit.pk).update(**placed_fields)
-            offer[1] -= unit.ch
+            book.work_mark({car: max(hours * 3600, 60)})
+            ch_left[chosen] -= unit.ch
             placed += 1
             break
     return placed

@@ -5,18 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
-from django.db.models import OuterRef, Q, QuerySet
+from django.core.exceptions import ValidationError
+from django.db.models import F, OuterRef, Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from accounts.models import User
+from core.exceptions import ApplicationError
 from core.money import nc_from_cents, nc_from_mcents
 from fleet.agent.precisions import FP8, FP16, FP32, INT8
+from fleet.models import Vehicle, region_normalize, validate_region
 
-from .models import Dataset, InferenceModel, PrecisionVariant, PricingPolicy, WorkUnit
+from .models import Dataset, InferenceModel, PoolClearing, PrecisionVariant, PricingPolicy, Round, WorkUnit
 
 
 @dataclass(frozen=True)
@@ -411,14 +415,87 @@ def bid_allocations_won(*, bid) -> QuerySet:
     return bid.allocations.filter(for_verification=False).order_by("-round__slot")
 
 
-def market_latest() -> dict[str, dict]:
-    """Per pool: the last round's clearing price, volume and unfilled demand (m¢/CH, CH), and the pool's last trade
-    (`last_trade_mcents` at `last_trade_at`, the slot of the newest round where it traded; None when it never did), so
-    a pool that did not trade in the last round still shows its last price. Rounds carry the last trade forward
-    (rounds._store), so this is two queries however long the history."""
-    from .models import PoolClearing, Round
+# --- Market regions ---------------------------------------------------------------------------------------------------
+# Each region is a market of its own (rounds.py runs one round per slot and region): its cars, its prices, its history.
+# The blank region is the market of the cars that have no region.
 
-    last = Round.objects.filter(finished_at__isnull=False).order_by("-slot").first()
+MARKET_REGIONS_WINDOW = timedelta(hours=24)
+
+
+def market_regions() -> list[str]:
+    """The regions whose market is running: each has a finished round in the last 24 hours. Sorted, so the blank
+    region (cars without one) comes first. One query, on Round's (region, -slot) index."""
+    since = timezone.now() - MARKET_REGIONS_WINDOW
+    rows = Round.objects.filter(finished_at__isnull=False, slot__gte=since).order_by().values_list("region", flat=True)
+    return sorted(set(rows.distinct()))
+
+
+def regions_known() -> list[str]:
+    """The regions a bid may be pinned to, sorted (the blank region left out: a bid without one runs anywhere): the
+    regions whose market is running, and those of the active cars (a region's first cars sell in its next round)."""
+    cars = Vehicle.objects.filter(status=Vehicle.Status.ACTIVE).exclude(region="").order_by()
+    return sorted({*market_regions(), *cars.values_list("region", flat=True).distinct()} - {""})
+
+
+def region_known(region: str, *, regions: list[str] | None = None) -> bool:
+    """Whether `region` is a market: a round was ever held in it, or an active car sells in it. None of the two
+    indexed look-ups for a region among `regions` (market_regions(), when the caller has it)."""
+    if not region or region in (regions or ()):
+        return True
+    return (
+        Round.objects.filter(region=region).exists()
+        or Vehicle.objects.filter(region=region, status=Vehicle.Status.ACTIVE).exists()
+    )
+
+
+def region_check(value: str, *, field: str = "region", regions: list[str] | None = None) -> str:
+    """`value` as a region code (upper case: " de" is DE), if it is one of a market (region_known; `regions`:
+    market_regions(), when the caller has it); else an ApplicationError naming `field`. Blank stays blank."""
+    region = region_normalize(value)
+    try:
+        validate_region(region)
+    except ValidationError as error:
+        raise ApplicationError.for_field(field, error.messages[0]) from None
+    if not region_known(region, regions=regions):
+        raise ApplicationError.for_field(
+            field, f"No market in region {region}: no car sells there. Leave it out, or pick a region cars sell in."
+        )
+    return region
+
+
+def market_region_default(*, regions: list[str] | None = None) -> str:
+    """The market shown when none is asked for: the first whose market is running (market_regions, or `regions` when
+    the caller has it: the blank region's when it is, as before there were regions), else the region of the newest
+    round (a market that stopped still shows its last prices), else blank."""
+    regions = market_regions() if regions is None else regions
+    if regions:
+        return regions[0]
+    newest = Round.objects.filter(finished_at__isnull=False).order_by("-slot", "region")
+    return newest.values_list("region", flat=True).first() or ""
+
+
+def market_region_get(region: str | None, *, regions: list[str] | None = None) -> str:
+    """The market region a page or the API is asked for (`?region=`; blank: the cars without one), checked by
+    region_check (an ApplicationError naming `region`); the default market when none is asked for (None).
+    `regions`: market_regions(), when the caller has it (a page that lists them): then a running market costs no
+    query."""
+    if region is None:
+        return market_region_default(regions=regions)
+    return region_check(region, regions=regions)
+
+
+def _region_or_default(region: str | None) -> str:
+    return market_region_default() if region is None else region
+
+
+def market_latest(*, region: str | None = None) -> dict[str, dict]:
+    """Per pool of `region`'s market (None: market_region_default): its last round's clearing price, volume and
+    unfilled demand (m¢/CH, CH), and the pool's last trade (`last_trade_mcents` at `last_trade_at`, the slot of the
+    newest round where it traded; None when it never did), so a pool that did not trade in the last round still shows
+    its last price. Rounds carry the last trade forward (rounds._store), so this is two queries however long the
+    history."""
+    region = _region_or_default(region)
+    last = Round.objects.filter(region=region, finished_at__isnull=False).order_by("-slot").first()
     if last is None:
         return {}
     return {
@@ -437,26 +514,32 @@ def market_latest() -> dict[str, dict]:
     }
 
 
-def pool_prices_now(*, outlook: list[PoolOutlook], market: dict[str, dict] | None = None) -> dict[str, int]:
-    """Per precision, what a CH costs now (m¢/CH): the pool's last clearing price, or its reserve before any round
-    cleared it. One query (the last round), none when `market` is given."""
-    market = market_latest() if market is None else market
+def pool_prices_now(
+    *, outlook: list[PoolOutlook], market: dict[str, dict] | None = None, region: str | None = None
+) -> dict[str, int]:
+    """Per precision, what a CH costs now in `region`'s market (m¢/CH; None: market_region_default): the pool's last
+    clearing price, or its reserve before any round cleared it. One query (the last round), none when `market` is
+    given."""
+    market = market_latest(region=region) if market is None else market
     return {
         p.precision: (market.get(p.precision) or {}).get("clearing_price_mcents") or p.reserve_mcents for p in outlook
     }
 
 
-def market_history(*, rounds: int = 120) -> dict:
-    """The smoothed price index per pool over the last rounds, for the chart (oldest first)."""
-    from .models import PoolClearing, Round
-
+def market_history(*, region: str | None = None, rounds: int = 120) -> dict:
+    """The smoothed price index per pool of `region`'s market (None: market_region_default) over its last rounds, for
+    the chart (oldest first)."""
+    region = _region_or_default(region)
     slots = list(
-        Round.objects.filter(finished_at__isnull=False).order_by("-slot").values_list("slot", flat=True)[:rounds]
+        Round.objects.filter(region=region, finished_at__isnull=False)
+        .order_by("-slot")
+        .values_list("slot", flat=True)[:rounds]
     )
     slots.reverse()
     series: dict[str, list] = {}
     by_key = {
-        (c.round.slot, c.pool): c for c in PoolClearing.objects.filter(round__slot__in=slots).select_related("round")
+        (c.round.slot, c.pool): c
+        for c in PoolClearing.objects.filter(round__region=region, round__slot__in=slots).select_related("round")
     }
     # The order the chart's legend and the API's `history.series` have always had (neither the pools' order nor
     # cheapest first); kept, as readers of the chart and clients of the API know it.
@@ -473,19 +556,25 @@ MARKET_HISTORY_POOLS = (INT8, FP16, FP32, FP8)
 
 
 def market_history_rows(
-    *, start: datetime | None = None, end: datetime | None = None, pools: Iterable[str] | None = None
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    pools: Iterable[str] | None = None,
+    region: str | None = None,
 ) -> QuerySet:
-    """What each round published per pool, newest first (then by pool), with the round's slot as `slot`: the public
-    price history (GET /api/v1/market/history/). `start` is inclusive and `end` exclusive (slot >= start and slot <
-    end), so consecutive ranges never share a round. Only finished rounds; no bid, customer or car is in any row.
+    """What each round of `region`'s market (None: market_region_default) published per pool, newest first (then by
+    pool), with the round's slot as `slot` and its region as `region`: the public price history (GET
+    /api/v1/market/history/). `start` is inclusive and `end` exclusive (slot >= start and slot < end), so
+    consecutive ranges never share a round. Only finished rounds; no bid, customer or car is in any row.
 
-    One query per page: rounds are walked newest first on Round.slot's unique index and each round's clearings are
-    found on the (round, pool) unique index, so a page costs its rows however long the history is."""
-    from django.db.models import F
-
-    from .models import PoolClearing
-
-    rows = PoolClearing.objects.filter(round__finished_at__isnull=False).annotate(slot=F("round__slot"))
+    One region's rows only: a round is one (slot, region), so within a region (slot, pool) names a row, which the
+    API's pages key on. One query per page: the region's rounds are walked newest first on Round's (region, -slot)
+    index and each round's clearings are found on the (round, pool) unique index, so a page costs its rows however
+    long the history is."""
+    region = _region_or_default(region)
+    rows = PoolClearing.objects.filter(round__region=region, round__finished_at__isnull=False).annotate(
+        slot=F("round__slot"), region=F("round__region")
+    )
     if start is not None:
         rows = rows.filter(round__slot__gte=start)
     if end is not None:

@@ -18,6 +18,7 @@ from accounts.models import Role, User
 from core.exceptions import ApplicationError
 from core.money import MAX_AUTHORIZATION_CENTS, price_per_ch, usd_cents
 from core.uploads import file_too_large
+from fleet import book
 from fleet.agent.inference import ModelRunner, ModelSpec
 from fleet.agent.precisions import FP8, FP16, FP32, INT8
 
@@ -409,10 +410,13 @@ def bid_place(
     deadline,
     all_or_none: bool = False,
     funding: str | None = None,
+    region: str = "",
 ) -> Bid:
     """Enter a bid for the next rounds. The amount of work follows from the dataset and the variant's CH per item.
     `funding` is where the budget comes from (Bid.Funding); None lets billing choose: the prepaid balance when it
     covers the budget, else the card on file (a bid the balance cannot cover yet is paused until a top-up does).
+    `region` pins the bid to one market region's cars, for data residency (a code of a market: a round was held in
+    it or an active car sells in it; "de" reads DE); blank lets it run in any region.
 
     Not one transaction: the bid and its card authorization (with its idempotency key, stored by billing on
     `bid_placing`) commit before Stripe is called (on `bid_placed`), so a crash during the call leaves a row the
@@ -424,6 +428,7 @@ def bid_place(
         auto_pick_for_bid,
         outlook_message,
         pools_outlook,
+        region_check,
         variant_passes,
         variants_in_force,
     )
@@ -434,6 +439,7 @@ def bid_place(
         raise _field_error("dataset", f"This dataset belongs to another model than {inference_model.name}.")
     if inference_model.status != InferenceModel.Status.READY:
         raise _field_error("inference_model", "The model is not ready yet.")
+    region = region_check(region)
     outlook = pools_outlook(model=inference_model, dataset=dataset)  # the builds of this dataset's scope
     if precision == "auto":
         # Of the precisions the fleet can run, the cheapest within the maximum price (a reserve above it is refused
@@ -508,6 +514,7 @@ def bid_place(
             deadline=deadline,
             all_or_none=all_or_none,
             funding=funding or "",
+            region=region,
             items=dataset.item_count,
             ch_total=ch_total,
             status=Bid.Status.AUTHORIZING,
@@ -524,6 +531,11 @@ def bid_place(
             code="card_declined",
             status=402,
         )
+    # The cars that could win it heartbeat often from their next heartbeat on, so they start soon after a sale.
+    book.demand_raise(
+        [bid.region] if bid.region else book.regions(), pool=bid.pool, price=bid.max_price_mcents_per_ch,
+        fee=float(pricing_current().platform_fee_pct) / 100,
+    )  # fmt: skip
     return bid
 
 

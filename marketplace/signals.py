@@ -28,8 +28,9 @@ validated work at its prices (billing.selectors.bid_charges_nc).
 
 And work the marketplace's services want done in a worker, for marketplace.tasks to queue (marketplace.apps), so that
 the services never import the tasks that call them: `model_check_wanted(model_id)`, an uploaded model waits for its
-check; `variant_build_wanted(variant_id)`, a new build of a variant waits for a worker. Both are sent inside the
-transaction that stored the row, and the task is queued once it commits.
+check; `variant_build_wanted(variant_id)`, a new build of a variant waits for a worker; `units_cut_wanted(bid_ids)`,
+a scheduled round sold these bids compute, and their work waits to be cut into units for the cars (dispatch). All are
+sent inside the transaction that stored the rows, and the task is queued once it commits.
 """
 
 from django.db import transaction
@@ -44,6 +45,7 @@ bid_audited = Signal()
 bid_charges_wanted = Signal()
 model_check_wanted = Signal()
 variant_build_wanted = Signal()
+units_cut_wanted = Signal()
 
 
 def bid_placed_announce(bid_id: int) -> str:
@@ -70,6 +72,12 @@ def bid_closed_announce(bid_id: int) -> None:
 def bid_audited_announce(bid_id: int, audit_ids: list[int]) -> None:
     """Announce that audits of bid `bid_id` closed, once the current transaction commits (at once outside one)."""
     transaction.on_commit(lambda: bid_audited.send(sender="marketplace", bid_id=bid_id, audit_ids=audit_ids))
+
+
+def bids_won_announce(bid_ids: list[int]) -> None:
+    """bid_won_announce for many bids at once (a round of thousands): one callback once the transaction commits."""
+    if bid_ids:
+        transaction.on_commit(lambda: [bid_won.send(sender="marketplace", bid_id=bid_id) for bid_id in bid_ids])
 
 
 def bid_won_announce(bid_id: int) -> None:

@@ -1,10 +1,14 @@
+from datetime import timedelta
+
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.utils import timezone
 
+from fleet import book
+
 from . import services, sweeps
-from .dispatch import leases_expire, vehicles_silent_release
+from .dispatch import allocations_cut, allocations_uncut, leases_expire, vehicles_silent_release
 from .models import InferenceModel, PrecisionVariant
 from .rounds import auction_round_run
 from .selftests import self_tests_expire
@@ -54,7 +58,35 @@ def variant_build_wanted_received(sender, *, variant_id: int, **kwargs) -> None:
 
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
 def auction_round() -> None:
-    auction_round_run()
+    """Beat's tick: one round per market region (every region with a supply book), each its own task on the `rounds`
+    queue, so as many workers as regions run them side by side (each region's round holds its own lock). A single
+    market's round runs in this task."""
+    regions = book.regions() or [""]
+    if len(regions) == 1:
+        auction_round_region(regions[0], regions)
+        return
+    for region in regions:
+        auction_round_region.delay(region, regions)
+
+
+@shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
+def auction_round_region(region: str, regions: list[str]) -> None:
+    auction_round_run(region=region, regions=regions, cut_units=False)
+
+
+@shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
+def units_cut(bid_ids: list[int]) -> int:
+    """Cut the work a round sold these bids into units for the cars (dispatch.allocations_cut)."""
+    return allocations_cut(bid_ids=bid_ids)
+
+
+def units_cut_wanted_received(sender, *, bid_ids: list[int], **kwargs) -> None:
+    """signals.units_cut_wanted: cut once the round commits, on the dispatch queue."""
+    units_cut.delay_on_commit(list(bid_ids))
+
+
+# A round's cutting task not done after this long was lost (a worker killed, a broker restart): the sweep redoes it.
+UNCUT_AFTER = timedelta(seconds=30)
 
 
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)
@@ -62,6 +94,9 @@ def leases_sweep() -> None:
     vehicles_silent_release()
     leases_expire()
     self_tests_expire(now=timezone.now())
+    uncut = allocations_uncut(older_than=timezone.now() - UNCUT_AFTER)
+    for start in range(0, len(uncut), 500):
+        units_cut.delay(uncut[start : start + 500])
 
 
 @shared_task(ignore_result=True, soft_time_limit=50, time_limit=55)

@@ -30,6 +30,7 @@ import numpy as np
 from django.conf import settings
 from django.db.models import Count, F, Q
 
+from fleet import book
 from fleet.agent.inference import ModelRunner, ModelSpec, decode_npy
 from fleet.models import Vehicle
 from fleet.services import vehicle_suspend
@@ -210,6 +211,7 @@ def reputation_record(
         Vehicle.objects.filter(pk=vehicle_id).update(
             valid_streak=F("valid_streak") + 1, results_valid=F("results_valid") + 1
         )
+        book.vehicle_refresh(vehicle_id)  # its reputation, in its offer
         return None
     car = Vehicle.objects.select_for_update().get(pk=vehicle_id)
     ResultFault.objects.create(vehicle=car, unit=unit, kind=fault, created_at=now)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleet import offers
 from fleet.agent.precisions import PRECISIONS
 from marketplace.inference.accuracy import COSINE, MAX_ABS, METRICS, TOP1
 
@@ -275,9 +276,5 @@ def streak_after(streak: int, *, valid: bool) -> int:
 
 
 def reputation(*, results_valid: int, results_invalid: int) -> float:
-    """A car's reputation in [0, 1): the share of its judged results that were validated, with one valid and one
-    invalid result assumed before any (Laplace's rule), so a new car starts at 0.5, a long clean record nears 1, and
-    every fault weighs more the shorter the record. The auction prefers the higher between equal asks."""
-    if results_valid < 0 or results_invalid < 0:
-        raise ValueError("result counts cannot be negative")
-    return (results_valid + 1) / (results_valid + results_invalid + 2)
+    """A car's reputation in [0, 1) (fleet.offers.reputation: the supply book keeps it in each car's offer)."""
+    return offers.reputation(results_valid=results_valid, results_invalid=results_invalid)

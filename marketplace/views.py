@@ -309,18 +309,25 @@ def bid_price(request, bid_id: int):
 
 
 def market(request):
-    """Public: the auction's prices, volumes and unfilled demand per pool, and the supply on offer now."""
+    """Public: one market region's auction (`?region=`; each region is a market of its own): prices, volumes and
+    unfilled demand per pool, and the supply on offer now. A malformed or unknown region is a 400 that says so, with
+    the regions to pick from."""
     from fleet.selectors import fleet_overview_cached
 
-    return render(
-        request,
-        "marketplace/market.html",
-        {
-            "latest": selectors.market_latest(),
-            "history": selectors.market_history(),
-            "overview": fleet_overview_cached(),
-        },
+    context = {"regions": selectors.market_regions(), "overview": fleet_overview_cached(), "latest": {}, "history": {}}
+    try:
+        region = selectors.market_region_get(request.GET.get("region"), regions=context["regions"])
+    except ApplicationError as error:
+        context["region_error"] = error.fields["region"][0]
+        return render(request, "marketplace/market.html", context, status=400)
+    # A market with cars but no round in the last day is still shown (its empty state), and so listed.
+    context["regions"] = sorted({*context["regions"], region})
+    context.update(
+        region=region,
+        latest=selectors.market_latest(region=region),
+        history=selectors.market_history(region=region),
     )
+    return render(request, "marketplace/market.html", context)
 
 
 @role_required(Role.CUSTOMER)

@@ -31,10 +31,12 @@ def redis_server():
 def _clean_cache(redis_server):
     from django.core.cache import cache
 
+    from fleet import book
     from fleet.authentication import credential_copies_clear
 
-    cache.clear()  # the whole Redis db: heartbeats, nonces, rate counts, credential copies
+    cache.clear()  # the whole Redis db: heartbeats, nonces, rate counts, credential copies, the supply book
     credential_copies_clear()  # and this process's copies of credentials
+    book.process_caches_clear()  # and of the rounds' demand signals
 
 
 @pytest.fixture

@@ -227,6 +227,8 @@ CELERY_TASK_QUEUES = tuple(
 )
 CELERY_TASK_ROUTES = {
     "marketplace.tasks.auction_round": {"queue": "rounds"},
+    "marketplace.tasks.auction_round_region": {"queue": "rounds"},
+    "marketplace.tasks.units_cut": {"queue": "dispatch"},
     "marketplace.tasks.leases_sweep": {"queue": "dispatch"},
     # With the other sweepers, not on "validation": it must not wait behind the work it sweeps.
     "marketplace.tasks.long_tasks_sweep": {"queue": "dispatch"},
@@ -240,6 +242,9 @@ CELERY_TASK_ROUTES = {
 
 PLATFORM_HEARTBEAT_SECONDS = env.int("PLATFORM_HEARTBEAT_SECONDS", default=30)
 AUCTION_INTERVAL_SECONDS = env.int("AUCTION_INTERVAL_SECONDS", default=60)
+# Car seconds between the heartbeats of a car that holds no work and expects none (fleet.offers); cars that hold work,
+# or are about to, heartbeat every fleet.agent.protocol.HEARTBEAT_SECONDS (15).
+IDLE_HEARTBEAT_SECONDS = env.int("IDLE_HEARTBEAT_SECONDS", default=60)
 
 CELERY_BEAT_SCHEDULE = {
     "platform-heartbeat": {

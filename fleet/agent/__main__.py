@@ -75,7 +75,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--heartbeat",
         type=float,
         default=protocol.HEARTBEAT_SECONDS,
-        help=f"car seconds between heartbeats (default {protocol.HEARTBEAT_SECONDS})",
+        help=f"car seconds between the agent's steps, the shortest interval between heartbeats (default "
+        f"{protocol.HEARTBEAT_SECONDS}); the platform may ask for fewer",
     )
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="folder for model files (default: idlefleet-agent in ~/.cache)"

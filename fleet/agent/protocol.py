@@ -8,8 +8,9 @@ GET me/           which car the credential belongs to, asked once when the agent
 POST hardware/    what the car's compute can do, once when the agent starts (fields: hardware.py)
     -> 200 {"compute_class": str, "description": str}: the class the platform derived from the report
 
-POST heartbeat/   every HEARTBEAT_SECONDS of the car's clock (and at once when something important changes), also
-                  while a work unit runs
+POST heartbeat/   as often as the platform asks (next_heartbeat_s of the last answer), at most every
+                  HEARTBEAT_SECONDS of the car's clock; at once when something important changed since the last one
+                  (parked, plugged_in, network, computing); every HEARTBEAT_SECONDS while a work unit runs
     observed_at          str    ISO 8601 with offset, the car's clock when the state was read
     clock_rate           float  car-clock seconds per real second: 1 for a real car, X for a simulated one
     parked               bool   the car is not moving (gear in park)
@@ -26,7 +27,11 @@ POST heartbeat/   every HEARTBEAT_SECONDS of the car's clock (and at once when s
     computing            bool   the car is running a work unit now
     compute_power_w      float  power drawn by compute now, W
     energy_used_today_wh float  energy spent on compute since local midnight, Wh
-    -> 200 {"received_at": iso, "next_heartbeat_s": int (real seconds the platform suggests until the next one)}
+    -> 200 {"received_at": iso, "next_heartbeat_s": float}: REAL seconds (not car seconds: a simulated car multiplies
+       by its clock_rate) the platform suggests until the next heartbeat, HEARTBEAT_SECONDS of car time for a car that
+       holds work or is about to get some, IDLE_HEARTBEAT_SECONDS for one that holds none and expects none. The agent
+       honours it and asks for work (lease/) only with a heartbeat; an answer without it means a heartbeat every
+       HEARTBEAT_SECONDS. The departure notice and an important change never wait for it.
 
 POST departure/   "I am about to drive": sent before the car moves; the platform releases its work at once
     observed_at          str    ISO 8601, the car's clock
@@ -56,6 +61,9 @@ more than 300 s off) or "replayed" (a nonce seen before); the last two concern o
 """
 
 HEARTBEAT_SECONDS = 15
+# The interval the platform suggests (car seconds) to a car that holds no work and expects none: an idle car sends a
+# quarter of the requests, and anything that matters (a departure, a change of plug or network) still goes at once.
+IDLE_HEARTBEAT_SECONDS = 60
 # A car silent for this long is taken for gone (fleet.availability, marketplace.dispatch): its work goes to other cars.
 SILENT_AFTER_SECONDS = 1.5 * HEARTBEAT_SECONDS
 # 401 codes that concern one request (the car's clock, a replayed nonce), not the credential: the agent carries on.

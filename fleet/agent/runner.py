@@ -1,8 +1,13 @@
 """The agent's loop: read the car, tell the platform (heartbeat, departure notice), ask for work and run it.
 
-One step every heartbeat interval (car seconds). The departure notice goes out in the last step before the car drives
-off, so the platform releases the car's work while it is still parked rather than finding out from a missed heartbeat.
-A step runs at most one work unit, after its heartbeat and never in a step that announced a departure.
+One step every heartbeat interval (car seconds): it reads the car, which costs nothing, and talks to the platform only
+when there is something to say. The departure notice goes out in the last step before the car drives off, so the
+platform releases the car's work while it is still parked rather than finding out from a missed heartbeat. A heartbeat
+goes out when the platform's last answer asked for one by now (next_heartbeat_s, real seconds: a car with no work and
+none coming is asked every IDLE_HEARTBEAT_SECONDS, so it sends a quarter of the requests), or at once when, since the
+last one, the car parked or drove off, was plugged in or out, changed network, or started or stopped computing;
+against a platform that does not say, every step. Work is asked for (lease/) only in a step that sent a heartbeat,
+so an idle car asks rarely, and a step runs at most one work unit, never in a step that announced a departure.
 
 While a unit runs, a second thread keeps the car in touch: it sends the heartbeats (a working car is never taken for
 gone), renews the unit's lease every third of its length (POST lease/renew/), and when the car is about to drive off
@@ -42,6 +47,14 @@ ME_PATH = "/api/v1/agent/me/"
 RESULT_PATH = "/api/v1/agent/result/"
 FAILURE_PATH = "/api/v1/agent/failure/"
 
+# A change of these since the last heartbeat goes to the platform at once: it decides whether the car can get work.
+HEARTBEAT_AT_ONCE_FIELDS = ("parked", "plugged_in", "network", "computing")
+# The longest interval between heartbeats the agent accepts from the platform (car seconds), however long it asks:
+# a wrong answer must not make a car look gone for long.
+MAX_HEARTBEAT_INTERVAL_S = 10 * protocol.IDLE_HEARTBEAT_SECONDS
+# A heartbeat a hair early counts as on time: a 60 s interval with 15 s steps beats on the 4th step, not the 5th.
+_ON_TIME = 0.999
+
 
 class Clock(Protocol):
     rate: float
@@ -56,15 +69,17 @@ class Client(Protocol):
 
 
 class Agent:
-    """Runs one car's agent. Counters (heartbeats_sent, departures_sent, lease_requests, units_done, units_failed,
-    results_refused, errors) are for tests and monitoring.
+    """Runs one car's agent. Counters (heartbeats_sent, heartbeats_skipped, departures_sent, lease_requests,
+    units_done, units_failed, results_refused, errors) are for tests and monitoring; heartbeats_skipped counts the
+    steps that sent none because the platform asked for fewer.
 
-    heartbeat_seconds: car seconds between steps. `stop` ends run() (set it from a signal handler); the agent sets it
-    itself when the platform refuses its credential (401), and says why in `stopped_reason`. executor: runs the work
-    units this car leases; without one the agent only reports the car's state and never asks for work. hardware: what
-    the car's compute can do (hardware.detect() when not given), reported before the first heartbeat of an agent
-    with an executor. units_stopped counts units stopped part-way (a departure, a lost lease); lease_renewals the
-    renewals the platform granted.
+    heartbeat_seconds: car seconds between steps, the shortest interval between heartbeats (and between them while a
+    unit runs). `stop` ends run() (set it from a signal handler); the agent sets it itself when the platform refuses
+    its credential (401), and says why in `stopped_reason`. executor: runs the work units this car leases; without
+    one the agent only reports the car's state and never asks for work. hardware: what the car's compute can do
+    (hardware.detect() when not given), reported before the first heartbeat of an agent with an executor.
+    units_stopped counts units stopped part-way (a departure, a lost lease); lease_renewals the renewals the platform
+    granted.
     """
 
     def __init__(
@@ -87,6 +102,9 @@ class Agent:
         self.stop = stop or threading.Event()
         self.log = log
         self.heartbeats_sent = 0
+        self.heartbeats_skipped = 0
+        # Whether the car's last request for work was answered with a unit: then it asks again at the next step.
+        self._working = False
         self.departures_sent = 0
         self.lease_requests = 0
         # Units whose result the platform accepted; units that failed here (bad lease, download, model, inference);
@@ -102,6 +120,12 @@ class Agent:
         # The car is read by the step and, while a unit runs, by the thread that keeps its heartbeats going.
         self._car_lock = threading.Lock()
         self.last_heartbeat_response: dict | None = None
+        # The last heartbeat sent: when (car clock), the fields that cannot wait as it said them, and the interval the
+        # platform answered (car seconds; None: it did not say, a heartbeat every step).
+        self._last_heartbeat_at: datetime | None = None
+        self._steps_since_heartbeat = 0
+        self._last_heartbeat_state: dict = {}
+        self._heartbeat_interval_s: float | None = None
         self.stopped_reason: str | None = None
         # The departure already announced, so that two steps before the same departure send one notice.
         self._announced_departure: datetime | None = None
@@ -113,7 +137,9 @@ class Agent:
     def run(self) -> None:
         """Step every heartbeat interval until `stop` is set."""
         self.log.info(
-            "agent started: heartbeat every %s car seconds, clock rate %s", self.heartbeat_seconds, self.clock.rate
+            "agent started: a step every %s car seconds, heartbeats as often as the platform asks, clock rate %s",
+            self.heartbeat_seconds,
+            self.clock.rate,
         )
         while not self.stop.is_set():
             self.step()
@@ -129,8 +155,9 @@ class Agent:
         )
 
     def step(self) -> None:
-        """One iteration: departure notice if due, heartbeat, then ask for work and run at most one unit. Never
-        raises: the next step retries, except after a 401, which stops the agent."""
+        """One iteration: departure notice if due, heartbeat if due (_heartbeat_due), then, after a heartbeat, ask for
+        work and run at most one unit. Never raises: the next step retries, except after a 401, which stops the
+        agent."""
         try:
             now = self.clock.now()
             if self._last_step_at is not None:
@@ -141,8 +168,15 @@ class Agent:
             with self._car_lock:
                 self.car.advance_to(now)
             departing = self._announce_departure(now)
-            state = self._send_heartbeat(now)
-            # A car about to leave takes no new work: the platform has just released what it had.
+            state = self._read_state(now)
+            if self._heartbeat_due(now, state):
+                self._send_heartbeat(now, state)
+            elif not self._working:
+                self.heartbeats_skipped += 1
+                return
+            # Work is asked for with each heartbeat, and at every step while the car is getting some (its last
+            # request was answered with a unit): a car with work queued runs it back to back. A car about to leave
+            # takes no new work: the platform has just released what it had.
             if not departing:
                 self.poll_work(state)
         except AgentHTTPError as error:
@@ -205,9 +239,48 @@ class Agent:
         described = self.hardware_reported.get("description") or hardware.compute_class(self.hardware)
         self.log.info("compute reported: %s", described)
 
-    def _send_heartbeat(self, now: datetime) -> dict:
+    def _read_state(self, now: datetime) -> dict:
         with self._car_lock:
-            state = self.car.state(now)
+            return self.car.state(now)
+
+    def _heartbeat_due(self, now: datetime, state: dict) -> bool:
+        """Whether this step sends a heartbeat: the first one; one the platform's last answer asked for by now (every
+        step when it did not say); one after a change the platform cannot wait for (HEARTBEAT_AT_ONCE_FIELDS).
+
+        "By now" is counted on the car's clock and in steps, whichever comes first: steps are at least
+        heartbeat_seconds apart, so the count only matters when the car's clock stands still or was set back, and
+        then it keeps the car from falling silent (an interval no longer than a step means every step)."""
+        if self._last_heartbeat_at is None:
+            return True
+        self._steps_since_heartbeat += 1
+        said = self._last_heartbeat_state
+        changed = [field for field in HEARTBEAT_AT_ONCE_FIELDS if state.get(field) != said.get(field)]
+        if changed:
+            self.log.debug("heartbeat at once: %s changed", ", ".join(changed))
+            return True
+        if self._heartbeat_interval_s is None:
+            return True
+        due_after_s = self._heartbeat_interval_s * _ON_TIME
+        elapsed = (now - self._last_heartbeat_at).total_seconds()
+        steps_due = math.ceil(due_after_s / self.heartbeat_seconds) if self.heartbeat_seconds > 0 else 1
+        if elapsed >= due_after_s or self._steps_since_heartbeat >= steps_due:
+            return True
+        self.log.debug("no heartbeat this step: next in %.0f car seconds", self._heartbeat_interval_s - elapsed)
+        return False
+
+    def _suggested_interval(self, body: object) -> float | None:
+        """The interval the platform asked for, car seconds, at most MAX_HEARTBEAT_INTERVAL_S; None when its answer
+        has no usable next_heartbeat_s (an older platform, or nonsense): then the car beats every step."""
+        value = body.get("next_heartbeat_s") if isinstance(body, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            return None
+        return min(value * self.clock.rate, MAX_HEARTBEAT_INTERVAL_S)
+
+    def _send_heartbeat(self, now: datetime, state: dict | None = None) -> dict:
+        """POST the car's state read at `now` (read here when not given); note when and what was said and the
+        interval the platform asks for until the next one."""
+        if state is None:
+            state = self._read_state(now)
         if self.executor is not None:
             # The models this car really holds: the cache's files, each checked against its sha256.
             state["models_cached"] = self.executor.cache.holds()
@@ -215,8 +288,16 @@ class Agent:
         _, body = self.client.post(HEARTBEAT_PATH, payload)
         self.last_heartbeat_response = body
         self.heartbeats_sent += 1
+        self._last_heartbeat_at = now
+        self._steps_since_heartbeat = 0
+        self._last_heartbeat_state = {field: state.get(field) for field in HEARTBEAT_AT_ONCE_FIELDS}
+        self._heartbeat_interval_s = self._suggested_interval(body)
         self.log.debug(
-            "heartbeat: parked=%s network=%s battery=%.1f%%", state["parked"], state["network"], state["battery_pct"]
+            "heartbeat: parked=%s network=%s battery=%.1f%%, next in %g car seconds",
+            state["parked"],
+            state["network"],
+            state["battery_pct"],
+            self.heartbeat_seconds if self._heartbeat_interval_s is None else self._heartbeat_interval_s,
         )
         return state
 
@@ -235,6 +316,7 @@ class Agent:
             return
         status, lease = self.client.post(LEASE_PATH, {})
         self.lease_requests += 1
+        self._working = status == 200
         if status == 204:
             return
         if status != 200:

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from fleet.agent import protocol
 from fleet.agent.client import AgentClient
 from fleet.agent.runner import Agent
 from fleet.agent.simulation import SimulatedCar
@@ -87,6 +88,8 @@ def test_a_revoked_car_is_stopped(live_server):
     assert agent.heartbeats_sent == 1
 
     credential_issue(vehicle=vehicle)  # the owner issued a new one: this one is dead
+    # The car is idle: its next heartbeat is due an idle interval later, and is refused.
+    agent.clock.current += timedelta(seconds=protocol.IDLE_HEARTBEAT_SECONDS)
     agent.step()
 
     assert agent.stop.is_set()

@@ -172,6 +172,9 @@ def test_an_installed_agent_sells_a_real_cars_idle_compute(
     client, live_server, celery_worker_thread, digits_onnx, tmp_path, settings, card_for, agent_venv
 ):
     settings.AUCTION_INTERVAL_SECONDS = 1  # a round a second, in real time
+    # An idle car heartbeats (and asks for work) every 15 s here, the shortest idle interval, not every 60 s: the test
+    # runs in real time, and its car is sold while idle.
+    settings.IDLE_HEARTBEAT_SECONDS = 15
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.0  # one trusted car: no second car to check a spot-checked slice
     alice = CustomerFactory(username="alice")
     card_for(alice)

@@ -300,10 +300,15 @@ def test_a_key_revoked_behind_the_services_back_is_refused_within_the_recheck_in
 # --- The hot path ---------------------------------------------------------------------------------------------------
 
 
-def test_a_heartbeat_costs_one_redis_round_trip(client, redis_own, process_a, car, monkeypatch):
+def test_a_heartbeat_costs_two_redis_round_trips(client, redis_own, process_a, car, monkeypatch):
+    """One to admit it and store the state (handing back the car's profile in the supply book), one to store its
+    offer in the book (fleet.book): never a database query in the steady state (tests/perf counts those)."""
     import redis.connection
 
+    from fleet import book
+
     _, credential = car
+    monkeypatch.setattr(book, "DEMAND_FRESH_S", 3600)  # the round's demand signal, read by a process once a while
     assert signed_post(client, credential, HEARTBEAT, heartbeat()).status_code == 200  # copies the key, sees the epoch
     sent = []
     original = redis.connection.AbstractConnection.send_packed_command
@@ -316,7 +321,7 @@ def test_a_heartbeat_costs_one_redis_round_trip(client, redis_own, process_a, ca
     for pct in (79.0, 78.0, 77.0):
         assert signed_post(client, credential, HEARTBEAT, heartbeat(battery_pct=pct)).status_code == 200
 
-    assert len(sent) == 3
+    assert len(sent) == 6
 
 
 # --- Abuse limits ---------------------------------------------------------------------------------------------------

@@ -114,3 +114,14 @@ def parked_agent(
     clock = clock or NightClock(tz)
     agent = Agent(http, SimulatedCar("homebody", seed, clock.now(), tz), clock, executor=executor)
     return vehicle, agent
+
+
+def until_next_heartbeat(agent, *, steps: int = 10) -> None:
+    """Step the agent until it sends its next heartbeat (and, with it, asks for work): a car the platform asked to
+    heartbeat rarely (it held no work) does so a few steps later, not at once (fleet.agent.runner)."""
+    sent = agent.heartbeats_sent
+    for _ in range(steps):
+        agent.step()
+        if agent.heartbeats_sent > sent:
+            return
+    raise AssertionError(f"no heartbeat in {steps} steps")

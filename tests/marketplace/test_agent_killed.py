@@ -62,6 +62,9 @@ def test_a_killed_agent_process_loses_its_unit_to_another_car(live_server, tmp_p
     from fleet import availability
 
     settings.AUCTION_INTERVAL_SECONDS = 1
+    # An idle car heartbeats (and asks for work) every 15 s here, the shortest idle interval, not every 60 s: the test
+    # runs in real time, and its car is sold while idle.
+    settings.IDLE_HEARTBEAT_SECONDS = 15
     monkeypatch.setattr(availability, "HEARTBEAT_LOST_AFTER_S", 3.0)  # a killed car is "lost" after 3 s here
     tz = night_time_zone()
     call_command("catalogue_sync", documents=679)  # MiniLM: about two seconds of work for one car

@@ -184,12 +184,14 @@ def test_a_round_that_sells_a_bid_to_several_cars_gives_each_the_work_it_bought(
     """Regression (found by bench/chaos.py): the first car used to get every item, since the round had already
     counted all its allocations when the first one was cut."""
     from fleet.models import OptInPolicy
+    from fleet.services import policy_update
     from marketplace.models import Allocation, Bid
 
     bid.variant.__class__.objects.filter(pk=bid.variant_id).update(ch_per_item=0.01)
     Bid.objects.filter(pk=bid.pk).update(ch_total=2.0)
     # Neither car can sell the whole job alone: 0.05 kWh is half an hour at 100 W, 1.2 CH, however long it stays.
-    OptInPolicy.objects.update(max_energy_kwh_per_day=0.05)
+    for policy in OptInPolicy.objects.all():
+        policy_update(policy=policy, max_energy_kwh_per_day=0.05)
 
     auction_round_run()
 

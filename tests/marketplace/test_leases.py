@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from fleet import availability, state_store
+from fleet import availability, book, state_store
+from fleet.agent import protocol
 from fleet.models import Vehicle
 from marketplace import services, storage
 from marketplace.dispatch import unit_split, vehicles_silent_release
@@ -16,7 +17,7 @@ from marketplace.models import WorkUnit
 from marketplace.rounds import auction_round_run
 from marketplace.selftests import lease_seconds_for
 from tests.fleet.agent_requests import heartbeat, signed_post
-from tests.marketplace.agents import catalogue_minilm, night_zone, parked_agent
+from tests.marketplace.agents import catalogue_minilm, night_zone, parked_agent, until_next_heartbeat
 from tests.marketplace.test_dispatch import LEASE, RESULT, run_unit
 
 HEARTBEAT = "/api/v1/agent/heartbeat/"
@@ -127,17 +128,21 @@ def test_a_silent_cars_queued_and_leased_units_are_reissued_within_two_heartbeat
 
 @pytest.mark.django_db
 def test_a_car_heard_from_within_the_interval_keeps_its_work(client, running_bid, cars):
+    """The car was idle at its last heartbeat, so it was asked for the next in IDLE_HEARTBEAT_SECONDS: sold since,
+    it keeps its work for 1.5 of those intervals (it learns of the work at its next heartbeat), not 1.5 of the short
+    one, and loses it after."""
     (car, _), _ = cars
     now = timezone.now()
     last = state_store.last_seen([car.pk])[car.pk]
+    lost_after = book.lost_after_of([car.pk])[car.pk]
+    assert lost_after == 1.5 * protocol.IDLE_HEARTBEAT_SECONDS > availability.HEARTBEAT_LOST_AFTER_S
 
     assert (
-        vehicles_silent_release(now=now.fromtimestamp(last + availability.HEARTBEAT_LOST_AFTER_S - 1, now.tzinfo)) == 0
+        vehicles_silent_release(now=now.fromtimestamp(last + availability.HEARTBEAT_LOST_AFTER_S + 1, now.tzinfo)) == 0
     )
+    assert vehicles_silent_release(now=now.fromtimestamp(last + lost_after - 1, now.tzinfo)) == 0
     assert holds(car)
-    assert (
-        vehicles_silent_release(now=now.fromtimestamp(last + availability.HEARTBEAT_LOST_AFTER_S + 1, now.tzinfo)) == 1
-    )
+    assert vehicles_silent_release(now=now.fromtimestamp(last + lost_after + 1, now.tzinfo)) == 1
     assert not holds(car)
 
 
@@ -168,7 +173,7 @@ def test_a_unit_longer_than_its_lease_completes_under_renewal(live_server, tmp_p
     )  # fmt: skip
     assert auction_round_run() is not None
 
-    agent.step()  # a self-test: it has never run this variant
+    until_next_heartbeat(agent)  # a self-test: it has never run this variant
     agent.step()  # the unit, sized for its measured speed
 
     bid.refresh_from_db()

@@ -17,7 +17,7 @@ HISTORY = "/api/v1/market/history/"
 POOLS = ("fp16", "fp32", "fp8", "int8")  # the order of a round's rows: by pool name
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 ROW_KEYS = {
-    "round", "pool", "clearing_price_usd_per_ch", "reserve_usd_per_ch", "index_usd_per_ch", "volume_ch",
+    "round", "region", "pool", "clearing_price_usd_per_ch", "reserve_usd_per_ch", "index_usd_per_ch", "volume_ch",
     "unfilled_demand_ch", "supply_ch",
 }  # fmt: skip
 MARKET_POOL_KEYS = {
@@ -72,7 +72,7 @@ def test_each_round_gives_one_row_per_pool_newest_first_in_dollars(client):
     ]
     newest_int8 = results[3]
     assert newest_int8 == {
-        "round": "2030-01-01T12:01:00Z", "pool": "int8", "clearing_price_usd_per_ch": "0.025",
+        "round": "2030-01-01T12:01:00Z", "region": "", "pool": "int8", "clearing_price_usd_per_ch": "0.025",
         "reserve_usd_per_ch": "0.01", "index_usd_per_ch": "0.025", "volume_ch": 2.0, "unfilled_demand_ch": 0.5,
         "supply_ch": 7.25,
     }  # fmt: skip
@@ -90,7 +90,7 @@ def test_a_round_still_running_is_not_in_the_history(client):
 
 
 def test_an_empty_history_is_an_empty_page(client):
-    assert client.get(HISTORY).json() == {"next": None, "previous": None, "results": []}
+    assert client.get(HISTORY).json() == {"region": "", "regions": [], "next": None, "previous": None, "results": []}
 
 
 # --- The time range -------------------------------------------------------------------------------------------------
@@ -163,15 +163,16 @@ def test_previous_leads_back_to_the_page_before(client):
     assert keys(back["results"]) == keys(first["results"])
 
 
-def test_a_page_is_one_query_however_many_rounds(client, django_assert_num_queries):
+def test_a_page_is_two_queries_however_many_rounds(client, django_assert_num_queries):
+    # The markets running (the answer lists them, and they name the default one), then the page's rows.
     for slot in minutes(*range(30)):
         a_round(slot, int8=2000)
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(2):
         page = client.get(HISTORY, {"limit": 1000}).json()
     assert len(page["results"]) == 120
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(2):
         page = client.get(HISTORY, {"limit": 7}).json()
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(2):
         assert len(client.get(page["next"]).json()["results"]) == 7
 
 
@@ -211,7 +212,7 @@ def test_the_history_is_in_the_openapi_schema_with_its_parameters(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     operation = schema["paths"]["/api/v1/market/history/"]["get"]
 
-    assert {p["name"] for p in operation["parameters"]} == {"start", "end", "pool", "limit", "cursor"}
+    assert {p["name"] for p in operation["parameters"]} == {"start", "end", "pool", "limit", "cursor", "region"}
     assert operation.get("security") is None or {} in operation["security"]  # public
     page = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     assert {"next", "previous", "results"} <= set(schema["components"]["schemas"][page]["properties"])
@@ -304,7 +305,7 @@ def test_the_public_market_shows_no_bid_customer_or_amount(bid, cars, bob):
 
     assert history["results"] and all(set(row) == ROW_KEYS for row in history["results"])
     assert any(row["volume_ch"] > 0 for row in history["results"])  # the round traded
-    assert set(market) == {"latest", "history"}
+    assert set(market) == {"region", "regions", "latest", "history"}
     assert all(key in MARKET_POOL_KEYS for pool in market["latest"].values() for key in pool)
     assert set(market["history"]) == {"labels", "series", "prices"}
     for text in (json.dumps(history), json.dumps(market), page):

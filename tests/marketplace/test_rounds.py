@@ -160,3 +160,33 @@ def test_a_car_never_sells_below_its_owners_price_which_may_be_a_fraction_of_a_c
 
     allocation = Allocation.objects.get(round=round_)
     assert (allocation.vehicle, allocation.price_mcents_per_ch) == (vehicle, 1500)  # exactly its ask, not a cent
+
+
+def test_a_scheduled_round_leaves_the_cutting_to_the_dispatch_queue_which_gives_the_car_its_work_once(
+    bid, two_cars, monkeypatch
+):
+    """The scheduled round stores what it sold and nothing more (its time grows with the sale, not with the units);
+    the dispatch queue's task cuts the units, with the car as the round saw it, once however often it runs, and the
+    sweep finds what a lost task left uncut."""
+    from config.celery import app
+    from marketplace import dispatch
+
+    queued = []
+    monkeypatch.setattr(app.Task, "delay_on_commit", lambda task, *args, **kwargs: queued.append((task.name, args)))
+    olivias_car, _ = two_cars
+    auction_round_run(cut_units=False)
+
+    assert queued == [("marketplace.tasks.units_cut", ([bid.pk],))]  # on the dispatch queue, once the round commits
+
+    allocation = Allocation.objects.get()
+    assert (allocation.vehicle, allocation.units_cut) == (olivias_car, False)
+    assert not bid.units.exists()
+    assert dispatch.allocations_uncut(older_than=timezone.now() + timedelta(minutes=1)) == [bid.pk]
+
+    handed = dispatch.allocations_cut(bid_ids=[bid.pk])
+
+    assert handed == bid.units.count() > 0
+    assert set(bid.units.values_list("assigned_vehicle_id", "allocation_id")) == {(olivias_car.pk, allocation.pk)}
+    assert sum(bid.units.values_list("ch", flat=True)) == pytest.approx(allocation.ch, abs=1e-9)
+    assert dispatch.allocations_cut(bid_ids=[bid.pk]) == 0  # a redelivered task cuts nothing twice
+    assert dispatch.allocations_uncut(older_than=timezone.now() + timedelta(minutes=1)) == []

@@ -221,8 +221,9 @@ def test_the_market_page_queries_the_same_for_2_or_20_rounds_and_cars(client, al
             assert client.get(reverse("market")).status_code == 200
 
 
-# ... and the pricing policy in force, whose auction interval the page states ("every 30 seconds")
-MARKET_QUERIES_COLD = 10
+# ... and the pricing policy in force, whose auction interval the page states ("every 30 seconds"), and the market
+# regions of the last day (the page's region picker)
+MARKET_QUERIES_COLD = 11
 
 
 def test_the_fleet_overview_is_computed_once_per_interval_not_per_view(client, staff, olivia, monkeypatch):
@@ -356,14 +357,14 @@ ADMIN_QUERIES = {
     "fleet.vehiclethroughput": 6,
     "fleet.vehicleworkday": 5,
     "knox.authtoken": 5,
-    "marketplace.bid": 5,
+    "marketplace.bid": 7,  # and the region filter's choices: the market regions and the active cars' (2 queries)
     "marketplace.dataset": 5,
     "marketplace.inferencemodel": 5,
     "marketplace.precisionvariant": 5,
     "marketplace.pricingpolicy": 6,
     "marketplace.resultaudit": 4,
     "marketplace.resultfault": 5,
-    "marketplace.round": 5,
+    "marketplace.round": 7,  # and the region filter's choices, as for bids
     "marketplace.selftest": 6,
     "marketplace.variantaccuracy": 5,
     "marketplace.workunit": 5,

@@ -162,9 +162,11 @@ class Client:
         precision: str = "auto",
         funding: str | None = None,
         all_or_none: bool = False,
+        region: str | None = None,
         idempotency_key: str | None = None,
     ) -> dict:
-        """POST /bids/. Sent again after a network failure with the same Idempotency-Key: one bid, never two."""
+        """POST /bids/. Sent again after a network failure with the same Idempotency-Key: one bid, never two.
+        `region` pins the job to one market region's cars (data residency); None: any region."""
         body: dict[str, Any] = {
             "inference_model": inference_model, "dataset": dataset, "precision": precision,
             "max_price_usd_per_ch": str(max_price_usd_per_ch), "budget_usd": str(budget_usd), "deadline": deadline,
@@ -172,6 +174,8 @@ class Client:
         }  # fmt: skip
         if funding:
             body["funding"] = funding
+        if region:
+            body["region"] = region
         return self._json("POST", "/bids/", json=body, headers=self._key(idempotency_key), retries=2)
 
     def bid_cancel(self, bid_id: int) -> dict:

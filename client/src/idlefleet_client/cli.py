@@ -329,6 +329,10 @@ def bid(
     ] = None,
     deadline: Annotated[str, typer.Option(help="From now (90m, 2h, 3d) or a date and time.")] = "24h",
     all_or_none: Annotated[bool, typer.Option("--all-or-none", help="Only buy compute for the whole job.")] = False,
+    region: Annotated[
+        str | None,
+        typer.Option(help="Run only on cars in this market region, e.g. DE, for data residency (default: any region)."),
+    ] = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -341,7 +345,7 @@ def bid(
     with _client() as client:
         placed = client.bid_place(
             inference_model=model_id, dataset=dataset_id, precision=precision, max_price_usd_per_ch=max_price,
-            budget_usd=budget, funding=funding, deadline=when, all_or_none=all_or_none,
+            budget_usd=budget, funding=funding, deadline=when, all_or_none=all_or_none, region=region,
         )  # fmt: skip
     if as_json:
         return _print_json(placed)
@@ -350,8 +354,13 @@ def bid(
     out.print(
         f"Bid {placed['id']} placed: {_items_total(placed):,} items in {placed['precision'].upper()}, up to "
         f"${placed['max_price_usd_per_ch']} per CH, budget ${placed['budget_usd']} ({placed['funding']}), "
-        f"status {placed['status']}. Follow it with `idlefleet wait {placed['id']}`."
+        f"{_region(placed)}, status {placed['status']}. Follow it with `idlefleet wait {placed['id']}`."
     )
+
+
+def _region(b: dict) -> str:
+    """Where the bid runs: "region DE only" when pinned; "any region" when not (or from a server without regions)."""
+    return f"region {b['region']} only" if b.get("region") else "any region"
 
 
 def _items_total(b: dict) -> int:
@@ -372,11 +381,13 @@ def bids_list(as_json: JsonOption = False) -> None:
     if not rows:
         out.print("No bids yet: `idlefleet bid MODEL_ID DATASET_ID --max-price 0.05 --budget 1.00` places one.")
         return
-    table = Table("ID", "Model", "Dataset", "Precision", "Status", "Items done", "Charged", "Max per CH", "Budget")
+    table = Table(
+        "ID", "Model", "Dataset", "Precision", "Region", "Status", "Items done", "Charged", "Max per CH", "Budget"
+    )
     for b in rows:
         table.add_row(
             str(b["id"]), _named(b, "model_name", "inference_model"), _named(b, "dataset_name", "dataset"),
-            b["precision"], b["status"],
+            b["precision"], escape(b.get("region") or "any"), b["status"],
             f"{_items_done(b):,}/{_items_total(b):,}", _dollars(b.get("charged_usd")),
             _dollars(b["max_price_usd_per_ch"]), _dollars(b["budget_usd"]),
         )  # fmt: skip
@@ -398,7 +409,7 @@ def _show_bid(b: dict) -> None:
     model, dataset = _named(b, "model_name", "inference_model"), _named(b, "dataset_name", "dataset")
     for label, value in (
         ("Bid", b["id"]), ("Status", b["status"]), ("Model / dataset", f"{model} / {dataset}"),
-        ("Precision", f"{b['precision']} (asked: {b['precision_requested']})"),
+        ("Precision", f"{b['precision']} (asked: {b['precision_requested']})"), ("Region", _region(b)),
         ("Items done", f"{_items_done(b):,} of {_items_total(b):,}"),
         ("Charged so far", _dollars(b.get("charged_usd"))), ("Max price per CH", _dollars(b["max_price_usd_per_ch"])),
         ("Budget", f"{_dollars(b['budget_usd'])} ({b['funding']})"),

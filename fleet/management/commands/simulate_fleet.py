@@ -89,6 +89,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=1)
         parser.add_argument("--time-zone", default="America/Los_Angeles", help="where the simulated cars live")
         parser.add_argument(
+            "--region", default="US-CA", help="the market region the new simulated cars sell in (default US-CA)"
+        )
+        parser.add_argument(
             "--heartbeat-seconds",
             type=float,
             default=None,
@@ -118,7 +121,7 @@ class Command(BaseCommand):
 
         start = start or datetime.now(tz).replace(microsecond=0)
         cars = make_fleet(opts["vehicles"], opts["seed"], start=start, tz=tz)
-        vehicles, credentials = self._register(cars, tz)
+        vehicles, credentials = self._register(cars, tz, opts["region"])
         stop = threading.Event()
         # Every car has its own model cache, as real cars do; the folder and all in it go when the command ends.
         with tempfile.TemporaryDirectory(prefix="idlefleet-sim-", ignore_cleanup_errors=True) as cache_root:
@@ -180,7 +183,7 @@ class Command(BaseCommand):
         owners = [demo[name] for name in DEMO_OWNERS if name in demo] or [fleet_owner]
         return [owners[i % len(owners)] for i in range(count)]
 
-    def _register(self, cars, tz):
+    def _register(self, cars, tz, region: str = ""):
         """The simulated vehicles (made on first use, reused after) and a fresh credential for each."""
         hardware = {h.name: h for h in HardwareProfile.objects.filter(name__in=["HW3", "HW4"])}
         if len(hardware) < 2:
@@ -195,6 +198,7 @@ class Command(BaseCommand):
                     display_name=name,
                     hardware=hardware["HW3" if index % 3 == 2 else "HW4"],  # a third are older HW3 cars
                     time_zone=str(tz),
+                    region=region,
                     battery_capacity_kwh=car.profile.capacity_kwh,
                     is_simulated=True,
                 )
