@@ -197,8 +197,32 @@ def bids_seed(context: dict, bids: int, scenario: str, ch_supply: dict[str, floa
     return {pool: round(float(sum(r.ch_total for r in rows if r.pool == pool)), 1) for pool in pools}
 
 
+def reused_context(cars: int) -> dict:
+    """What `seed_catalogue` returned, read back from the database the last run seeded, and when its heartbeats were."""
+    from datetime import datetime as dt
+
+    from accounts.models import User
+    from fleet import state_store
+    from fleet.models import Vehicle
+    from marketplace.models import Dataset, InferenceModel, PrecisionVariant
+
+    seeded = Vehicle.objects.count()
+    if seeded != cars:
+        raise SystemExit(f"--reuse: the last run seeded {seeded:,} cars, not {cars:,}")
+    first = Vehicle.objects.order_by("pk").values_list("pk", flat=True).first()
+    return {
+        "customers": list(User.objects.filter(username__startswith="customer").values_list("pk", flat=True)),
+        "model": InferenceModel.objects.get().pk,
+        "dataset": Dataset.objects.get().pk,
+        "variants": dict(PrecisionVariant.objects.values_list("precision", "pk")),
+        "now": dt.fromisoformat(state_store.state_get(first)["received_at"]).isoformat(),
+    }
+
+
 def measure(args) -> dict:
-    """In this (fresh) process: the round's repeats for each scenario, the clearing alone, the cutting after."""
+    """In this (fresh) process: the round's repeats for each scenario, the clearing alone, the cutting after. Progress
+    goes to stderr as it happens; the result to stdout, for the parent."""
+    sys.stdout = sys.stderr
     import django
 
     django.setup()
@@ -215,8 +239,9 @@ def measure(args) -> dict:
     print("  CH offered per pool: " + ", ".join(f"{p} {ch:,.0f}" for p, ch in ch_supply.items()), flush=True)
 
     spent: dict[str, float] = {}
+    originals = {}
     for name in ("supply_snapshot", "demand_snapshot", "clear_all_or_none", "_store", "verification_allocate"):
-        original = getattr(rounds, name)
+        original = originals[name] = getattr(rounds, name)
 
         def timed(*a, _original=original, _name=name, **kw):
             t0 = time.perf_counter()
@@ -236,19 +261,22 @@ def measure(args) -> dict:
                       + ", ".join(f"{p} {c:,}" for p, c in demand_ch.items()), flush=True)  # fmt: skip
                 runs, phases, clears, outcome, cut = [], [], [], {}, {}
                 for repeat in range(args.repeats + 1):  # the first is a warm-up
+                    # The clearing alone, on the arrays this round is about to clear (read untimed).
+                    s, _ = originals["supply_snapshot"](now=now + timedelta(seconds=repeat))
+                    d = originals["demand_snapshot"](now=now + timedelta(seconds=repeat))
+                    reserve = np.array([RESERVE[p] for p in auction.POOLS], dtype=np.int64)
+                    c0 = time.perf_counter()
+                    auction.clear(supply=s, demand=d, reserve=reserve)
+                    clears.append(time.perf_counter() - c0)
+                    del s, d
                     spent.clear()
                     t0 = time.perf_counter()
                     try:
                         with transaction.atomic():
-                            round_ = rounds.auction_round_run(now=now + timedelta(seconds=repeat), cut_units=False)
+                            round_ = rounds.auction_round_run(
+                                now=now + timedelta(seconds=repeat), region="", cut_units=False
+                            )
                             elapsed = time.perf_counter() - t0
-                            # The clearing alone, on the arrays this round cleared.
-                            s, _ = rounds.supply_snapshot(now=now + timedelta(seconds=repeat))
-                            d = rounds.demand_snapshot(now=now + timedelta(seconds=repeat))
-                            reserve = np.array([RESERVE[p] for p in auction.POOLS], dtype=np.int64)
-                            c0 = time.perf_counter()
-                            auction.clear(supply=s, demand=d, reserve=reserve)
-                            clears.append(time.perf_counter() - c0)
                             allocations = Allocation.objects.filter(round=round_)
                             outcome = {
                                 "cars_offered": round_.cars_offered, "bids_considered": round_.bids_considered,
@@ -258,7 +286,7 @@ def measure(args) -> dict:
                                 "pools": {p.pool: {"price_mcents": p.clearing_price_mcents,
                                                    "volume_ch": round(p.volume_ch, 1)} for p in round_.pools.all()},
                             }  # fmt: skip
-                            if repeat == args.repeats:  # what the dispatch queue then does with the last one
+                            if args.cut and repeat == args.repeats:  # what the dispatch queue then does
                                 bid_ids = sorted(set(allocations.values_list("bid_id", flat=True)))
                                 c0 = time.perf_counter()
                                 for start in range(0, len(bid_ids), dispatch.CUT_BIDS_PER_TASK):
@@ -305,47 +333,58 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scenarios", default="catalogue,contested")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "round.json"))
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="measure on the fleet the last run seeded (one size in --cars), without seeding it again",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cut", action="store_true", help="also time cutting the last round's units, as the dispatch queue would"
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--context", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print("RESULT " + json.dumps(measure(args)), flush=True)
+        print("RESULT " + json.dumps(measure(args)), file=sys.__stdout__, flush=True)
         return
 
     runs = []
     for cars in [int(c) for c in args.cars.split(",")]:
-        database_recreate()
         import django
 
+        if not args.reuse:
+            database_recreate()
         django.setup()
         from django.core.management import call_command
         from django.db import connections
 
         from fleet import state_store
 
-        call_command("migrate", verbosity=0)
-        state_store.client().flushdb()
-        rng = np.random.default_rng(11)
         print(f"{cars:,} cars, {args.bids:,} bids", flush=True)
         started = time.perf_counter()
-        # Every car's last heartbeat at `now`, and the rounds run a second or so after it: a live fleet, however long
-        # seeding takes.
-        from django.utils import timezone
+        if args.reuse:
+            context, book_s = reused_context(cars), None
+        else:
+            call_command("migrate", verbosity=0)
+            state_store.client().flushdb()
+            rng = np.random.default_rng(11)
+            # Every car's last heartbeat at `now`, and the rounds run a second or so after it: a live fleet, however
+            # long seeding takes.
+            from django.utils import timezone
 
-        now = timezone.now()
-        book_s = seed_cars(cars, rng, now)
-        context = {**seed_catalogue(), "now": now.isoformat()}
+            now = timezone.now()
+            book_s = seed_cars(cars, rng, now)
+            context = {**seed_catalogue(), "now": now.isoformat()}
         seeded_s = time.perf_counter() - started
         info = state_store.client().info("memory")
         connections.close_all()
         measured = subprocess.run(  # noqa: S603 - this script, run again
             [sys.executable, __file__, "--measure", "--bids", str(args.bids), "--repeats", str(args.repeats),
+             *(["--cut"] if args.cut else []),
              "--scenarios", args.scenarios, "--context", json.dumps(context)],
-            capture_output=True, text=True, check=False,
+            stdout=subprocess.PIPE, text=True, check=False,
         )  # fmt: skip
         print(measured.stdout.rsplit("RESULT ", 1)[0], end="", flush=True)
         if measured.returncode:
-            print(measured.stderr[-4000:])
             raise SystemExit(measured.returncode)
         result = json.loads(measured.stdout.rsplit("RESULT ", 1)[1])
         median = max(s["median_s"] for s in result["scenarios"].values())
@@ -355,8 +394,8 @@ def main() -> None:
             "median_s": median,
             "peak_mb": result["peak_mb"],
             "scenarios": result["scenarios"],
-            "seeding_s": round(seeded_s, 1),
-            "book_build_s_per_1000_cars": round(book_s / cars * 1000, 3),
+            "seeding_s": None if args.reuse else round(seeded_s, 1),
+            "book_build_s_per_1000_cars": None if book_s is None else round(book_s / cars * 1000, 3),
             "redis_used_mb": round(info["used_memory"] / 2**20),
         }
         runs.append(run)

@@ -21,7 +21,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -58,11 +58,6 @@ def _prefix(region: str) -> str:
 
 def profile_key(vehicle_id: int) -> str:
     return state_store.profile_key(vehicle_id)
-
-
-def work_key(vehicle_id: int) -> str:
-    """Present while the car holds work or was just sold some (marketplace.rounds marks it): it heartbeats often."""
-    return state_store.work_key(vehicle_id)
 
 
 # Move the car's record to its region's book, or drop it (an empty record): one atomic step, so a round never reads a
@@ -266,7 +261,7 @@ def vehicle_refresh(vehicle_id: int) -> None:
         transaction.on_commit(lambda: vehicles_refresh_now([vehicle_id]))
 
 
-def vehicles_refresh_now(vehicle_ids: Iterable[int], *, now: float | None = None) -> int:
+def vehicles_refresh_now(vehicle_ids: Iterable[int]) -> int:
     """Rebuild these cars' profiles and offers now (a deleted car's are dropped). Returns the offers written."""
     ids = list(vehicle_ids)
     profiles = profiles_build(ids)
@@ -326,6 +321,28 @@ def read(region: str) -> np.ndarray:
         raw = raw or b""
         parts.append(raw[:want] + bytes(want - len(raw)) if len(raw) != want else raw)
     return np.frombuffer(b"".join(parts) if len(parts) > 1 else parts[0], dtype=offers.RECORD)
+
+
+def records_of(vehicle_ids: Iterable[int]) -> np.ndarray:
+    """These cars' records in the book (those it has), as offers.RECORD, in three round trips whatever the count."""
+    ids = [str(i) for i in vehicle_ids]
+    if not ids:
+        return np.zeros(0, dtype=offers.RECORD)
+    regions = client().hmget(REGION_OF_KEY, ids)
+    pipe = client().pipeline(transaction=False)
+    found = [(car, region) for car, region in zip(ids, regions, strict=True) if region is not None]
+    for car, region in found:
+        pipe.hget(f"idlefleet:{{book:{region}}}:slots", car)
+    slots = pipe.execute()
+    width = offers.RECORD.itemsize
+    raw = binary_client().pipeline(transaction=False)
+    for (_, region), slot in zip(found, slots, strict=True):
+        if slot is not None:
+            slot = int(slot)
+            start = (slot % CHUNK) * width
+            raw.getrange(f"idlefleet:{{book:{region}}}:chunk:{slot // CHUNK}", start, start + width - 1)
+    parts = [part for part in raw.execute() if len(part) == width]
+    return np.frombuffer(b"".join(parts), dtype=offers.RECORD) if parts else np.zeros(0, dtype=offers.RECORD)
 
 
 def offer_of(vehicle_id: int) -> offers.Offer | None:
@@ -404,15 +421,42 @@ def process_caches_clear() -> None:
     _scripts.clear()
 
 
+# Mark many cars at once: ARGV[1] packs (car: int64, until: float64) pairs, little-endian. KEYS: the working set.
+_WORK_MARK = """
+local data, args = ARGV[1], {}
+for at = 1, #data, 16 do
+  local car, busy_until = struct.unpack("<i8d", data, at)
+  args[#args + 1] = busy_until
+  args[#args + 1] = string.format("%d", car)
+  if #args >= 2000 then redis.call("ZADD", KEYS[1], unpack(args)); args = {} end
+end
+if #args > 0 then redis.call("ZADD", KEYS[1], unpack(args)) end
+return 1
+"""
+WORK_MARK_BATCH = 50_000  # cars per script call: Redis is never held for long
+
+
 def work_mark(seconds_by_car: dict[int, float]) -> None:
     """These cars hold work (or were just sold some) for about so many seconds each: their heartbeats come often
-    meanwhile. One round trip per 10,000 cars."""
-    items = list(seconds_by_car.items())
-    for start in range(0, len(items), 10_000):
-        pipe = client().pipeline(transaction=False)
-        for vehicle_id, seconds in items[start : start + 10_000]:
-            pipe.set(work_key(vehicle_id), 1, ex=max(math.ceil(seconds), 1))
-        pipe.execute()
+    meanwhile (the admission script reads state_store.WORK_KEY)."""
+    cars = np.fromiter(seconds_by_car.keys(), dtype=np.int64, count=len(seconds_by_car))
+    seconds = np.fromiter(seconds_by_car.values(), dtype=np.float64, count=len(seconds_by_car))
+    work_mark_until(cars, time.time() + seconds)
+
+
+def work_mark_until(cars: np.ndarray, until: np.ndarray) -> None:
+    """work_mark for a round's sales, as arrays: packed by NumPy and added by a script, WORK_MARK_BATCH cars a call;
+    the marks past their time are swept at the same time."""
+    script = _scripts.get("work")
+    if script is None:
+        script = _scripts["work"] = binary_client().register_script(_WORK_MARK)
+    pairs = np.zeros(len(cars), dtype=[("car", "<i8"), ("until", "<f8")])
+    pairs["car"], pairs["until"] = cars, until
+    pipe = binary_client().pipeline(transaction=False)
+    for start in range(0, len(pairs), WORK_MARK_BATCH):
+        script(keys=[state_store.WORK_KEY], args=[pairs[start : start + WORK_MARK_BATCH].tobytes()], client=pipe)
+    pipe.zremrangebyscore(state_store.WORK_KEY, "-inf", time.time())
+    pipe.execute()
 
 
 # The car is working: it is gone after the platform's own silence again, in its record too (the seen time plus that).
@@ -450,7 +494,3 @@ def lost_after_of(vehicle_ids: Iterable[int]) -> dict[int, float]:
         return {}
     values = client().hmget(LOST_AFTER_KEY, [str(i) for i in ids])
     return {i: float(v) for i, v in zip(ids, values, strict=True) if v is not None}
-
-
-def now_ts() -> float:
-    return datetime.now(tz=UTC).timestamp()

@@ -19,6 +19,9 @@ from core.throttling import Counter
 
 SEEN_KEY = "idlefleet:vehicles:seen"  # sorted set: vehicle id -> Unix time of its last heartbeat
 LOST_AFTER_KEY = "idlefleet:vehicles:lost-after"  # hash: vehicle id -> seconds of silence after which it is gone
+# Sorted set: vehicle id -> the Unix time until which it holds work or was just sold some (fleet.book.work_mark): it
+# heartbeats often until then.
+WORK_KEY = "idlefleet:vehicles:working"
 
 
 def _key(vehicle_id: int) -> str:
@@ -33,11 +36,6 @@ def state_key(vehicle_id: int) -> str:
 def profile_key(vehicle_id: int) -> str:
     """The car's profile in the supply book (fleet.book): what its offer needs besides its heartbeat."""
     return f"idlefleet:vehicle:{vehicle_id}:profile"
-
-
-def work_key(vehicle_id: int) -> str:
-    """Present while the car holds work or was just sold some (fleet.book.work_mark): it heartbeats often."""
-    return f"idlefleet:vehicle:{vehicle_id}:work"
 
 
 def state_swap(*, vehicle_id: int, state: dict[str, Any], received_ts: float) -> dict[str, Any] | None:
@@ -120,7 +118,8 @@ if redis.call("SET", KEYS[6], "1", "NX", "EX", ARGV[6]) then redis.call("ZADD", 
 if #KEYS == 7 then return {{"{ADMITTED}"}} end
 local previous = redis.call("GET", KEYS[8])
 local profile = redis.call("GET", KEYS[10])
-local working = redis.call("EXISTS", KEYS[11])
+local busy_until = redis.call("ZSCORE", KEYS[11], ARGV[11])
+local working = (busy_until and tonumber(busy_until) > tonumber(ARGV[7])) and 1 or 0
 if previous and string.find(previous, '"departure_announced_at"', 1, true) then
   return {{"{ADMITTED}", 0, previous, profile, working}}
 end
@@ -155,7 +154,7 @@ def agent_admit(
         args = [a.epoch, a.recheck_every_s, a.nonce_ttl_s, a.rate.limit, a.rate.ttl_s, a.stamp_ttl_s, time.time()]
         args.append(a.key_id)
         if state is not None:
-            keys += [_key(vehicle_id), SEEN_KEY, profile_key(vehicle_id), work_key(vehicle_id)]
+            keys += [_key(vehicle_id), SEEN_KEY, profile_key(vehicle_id), WORK_KEY]
             args += [json.dumps(state), received_ts, str(vehicle_id)]
         outcome, *rest = _admit()(keys=keys, args=args)
         if outcome != RECHECK:

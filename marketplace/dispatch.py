@@ -10,6 +10,7 @@ judged by marketplace/verdicts.py, which saves the verdict and returns what it m
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,11 +25,12 @@ from core.exceptions import ApplicationError
 from fleet import availability, book, state_store
 from fleet.agent import protocol
 from fleet.agent.inference import decode_npy, encode_npy
-from fleet.models import Vehicle, VehicleThroughput
-from fleet.selectors import vehicles_live
+from fleet.availability import Hardware, rated_ch_per_hour
+from fleet.models import HardwareProfile, Vehicle, VehicleThroughput
+from fleet.selectors import measurements_of, vehicles_live
 from fleet.services import throughput_record
 
-from . import selftests, sizing, storage, verdicts
+from . import auction, selftests, sizing, storage, verdicts
 from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
 from .payloads import LEASE_BATCH_SIZE, lease_lost, leased_items, no_such_unit, outputs_checked, variant_payload
 from .signals import bid_audited_announce, bid_closed_announce, bid_progressed_announce, units_cut_wanted
@@ -155,6 +157,86 @@ def units_cut(*, allocations: list[Allocation], bids: dict[int, Bid], cars: list
     return len(reassigned) + len(cut)
 
 
+class CarInfo(dict):
+    """What dispatch and verification need of each car the round sells, read on demand from its offer in the book,
+    its heartbeat and its measured speeds: only for the cars sold or considered, never for the whole fleet.
+
+    Per car: hardware_id, parked_seconds_left (car seconds it can compute), clock_rate, down_mbps and up_mbps (its
+    measured bandwidth), model_shas_held (the model files it holds), ch_per_hour (CH per car hour per pool it
+    offers), rated (its hardware's rating per pool at its power), measured (CH per car hour per model file it ran)."""
+
+    def __init__(self, records: np.ndarray, *, now: float) -> None:
+        super().__init__()
+        self.records, self.now = records, now
+
+    def load(self, cars) -> None:
+        wanted = sorted({int(c) for c in cars} - self.keys())
+        if not wanted:
+            return
+        index = np.flatnonzero(np.isin(self.records["car"], wanted))
+        part = self.records[index]
+        states = state_store.states_get(wanted)
+        measured = measurements_of(wanted)
+        hardware = {hw.pk: hw for hw in HardwareProfile.objects.filter(pk__in=set(part["hardware"].tolist()))}
+        seconds = np.minimum((part["until"] - self.now) * part["clock"], part["fixed_s"])
+        for row, car_seconds in zip(part, seconds.tolist(), strict=True):
+            car, clock = int(row["car"]), float(row["clock"]) or 1.0
+            state = states.get(car) or {}
+            hw = hardware.get(int(row["hardware"]))
+            rated = {}
+            if hw is not None:
+                profile = Hardware(int8_tops=hw.int8_tops, factors=hw.factors, typical_power_w=hw.typical_power_w,
+                                   max_power_w=hw.max_power_w)  # fmt: skip
+                rated = {p: rated_ch_per_hour(profile, p, power_w=float(row["power_w"])) for p in auction.POOLS}
+            self[car] = {
+                "hardware_id": int(row["hardware"]),
+                "parked_seconds_left": max(car_seconds, 0.0),
+                "clock_rate": clock,
+                "down_mbps": float(state.get("bandwidth_down_mbps", 0.0)),
+                "up_mbps": float(state.get("bandwidth_up_mbps", 0.0)),
+                "model_shas_held": set(state.get("models_cached", [])),
+                "ch_per_hour": {p: float(r) for p, r in zip(auction.POOLS, row["rate"].tolist(), strict=True) if r > 0},
+                "rated": rated,
+                "measured": {sha: figures.ch_per_hour / clock for sha, figures in measured.get(car, {}).items()},
+            }
+
+    def _index(self, cars: np.ndarray) -> np.ndarray:
+        """The position in the book of each of `cars` (all in it), at once."""
+        if getattr(self, "_order", None) is None:
+            self._order = np.argsort(self.records["car"], kind="stable")
+        return self._order[np.searchsorted(self.records["car"][self._order], cars)]
+
+    def rates_of(self, cars: np.ndarray, pools: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each car's CH per car hour in the pool beside it, and its clock rate: the round's sales, at once."""
+        index = self._index(np.asarray(cars))
+        return self.records["rate"][index, np.asarray(pools, dtype=np.int64)], self.records["clock"][index]
+
+    def hardware_of(self, cars: np.ndarray) -> np.ndarray:
+        """The hardware profile id of each of `cars` (all in the book), from the book's arrays at once."""
+        if not len(cars):
+            return np.zeros(0, dtype=np.int64)
+        return self.records["hardware"][self._index(np.asarray(cars))].astype(np.int64)
+
+    def __missing__(self, car):
+        self.load([car])
+        return dict.__getitem__(self, car)
+
+
+def car_sizing(info: dict, pool: str) -> dict:
+    """What cutting units for a car needs of it, whatever bid it runs (Allocation.car; dispatch.sizing_of reads it
+    with the bid's model file): its speeds (measured per model file, else its rating in the pool), its stay, its
+    bandwidth, the model files it holds, its hardware class. All per car hour; JSON."""
+    return {
+        "measured": info["measured"],
+        "rated": info["rated"].get(pool) or info["ch_per_hour"][pool],
+        "parked_seconds_left": info["parked_seconds_left"],
+        "down_mbps": info["down_mbps"],
+        "up_mbps": info["up_mbps"],
+        "held": sorted(info["model_shas_held"]),
+        "hardware_id": info["hardware_id"],
+    }
+
+
 # Bids per cutting task: a big round's cutting is spread over the dispatch queue's workers.
 CUT_BIDS_PER_TASK = 500
 
@@ -185,7 +267,15 @@ def allocations_cut(*, bid_ids: list[int]) -> int:
         )
         if not allocations:
             return 0
-        cars = [sizing_of(a.car, bids[a.bid_id].variant.sha256) for a in allocations]
+        # The cars as they are now, seconds after the round (a scheduled round stores none: Allocation.car is empty).
+        vehicle_ids = sorted({a.vehicle_id for a in allocations if not a.car})
+        now_cars = CarInfo(book.records_of(vehicle_ids), now=time.time()) if vehicle_ids else {}
+        if vehicle_ids:
+            now_cars.load(vehicle_ids)  # in a few queries for all of them
+        cars = [
+            sizing_of(a.car or car_sizing(now_cars[a.vehicle_id], a.pool), bids[a.bid_id].variant.sha256)
+            for a in allocations
+        ]
         handed = units_cut(allocations=allocations, bids=bids, cars=cars)
         Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(units_cut=True)
     return handed

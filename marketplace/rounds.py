@@ -7,7 +7,7 @@ import logging
 import math
 import time
 import zlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
@@ -15,13 +15,11 @@ from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from fleet import book, offers, state_store
-from fleet.availability import Hardware, rated_ch_per_hour
-from fleet.models import HardwareProfile, OptInPolicy, Vehicle
-from fleet.selectors import measurements_of
+from fleet import book, offers
+from fleet.models import OptInPolicy, Vehicle
 
 from . import auction, verdicts
-from .dispatch import allocations_cut_wanted, sizing_of, units_cut, work_wanted
+from .dispatch import CarInfo, allocations_cut_wanted, car_sizing, sizing_of, units_cut, work_wanted
 from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
 from .selectors import pricing_current
 from .signals import bid_closed_announce, bid_won_announce, bids_won_announce
@@ -48,62 +46,6 @@ def _lock_rounds(region: str) -> None:
 def _region_lock_id(region: str) -> int:
     # A 32-bit key of the region for PostgreSQL's two-key advisory lock: the same in every process.
     return zlib.crc32(region.encode()) - 2**31
-
-
-class CarInfo(dict):
-    """What dispatch and verification need of each car the round sells, read on demand from its offer in the book,
-    its heartbeat and its measured speeds: only for the cars sold or considered, never for the whole fleet.
-
-    Per car: hardware_id, parked_seconds_left (car seconds it can compute), clock_rate, down_mbps and up_mbps (its
-    measured bandwidth), model_shas_held (the model files it holds), ch_per_hour (CH per car hour per pool it
-    offers), rated (its hardware's rating per pool at its power), measured (CH per car hour per model file it ran)."""
-
-    def __init__(self, records: np.ndarray, *, now: float) -> None:
-        super().__init__()
-        self.records, self.now = records, now
-
-    def load(self, cars) -> None:
-        wanted = sorted({int(c) for c in cars} - self.keys())
-        if not wanted:
-            return
-        index = np.flatnonzero(np.isin(self.records["car"], wanted))
-        part = self.records[index]
-        states = state_store.states_get(wanted)
-        measured = measurements_of(wanted)
-        hardware = {hw.pk: hw for hw in HardwareProfile.objects.filter(pk__in=set(part["hardware"].tolist()))}
-        seconds = np.minimum((part["until"] - self.now) * part["clock"], part["fixed_s"])
-        for row, car_seconds in zip(part, seconds.tolist(), strict=True):
-            car, clock = int(row["car"]), float(row["clock"]) or 1.0
-            state = states.get(car) or {}
-            hw = hardware.get(int(row["hardware"]))
-            rated = {}
-            if hw is not None:
-                profile = Hardware(int8_tops=hw.int8_tops, factors=hw.factors, typical_power_w=hw.typical_power_w,
-                                   max_power_w=hw.max_power_w)  # fmt: skip
-                rated = {p: rated_ch_per_hour(profile, p, power_w=float(row["power_w"])) for p in auction.POOLS}
-            self[car] = {
-                "hardware_id": int(row["hardware"]),
-                "parked_seconds_left": max(car_seconds, 0.0),
-                "clock_rate": clock,
-                "down_mbps": float(state.get("bandwidth_down_mbps", 0.0)),
-                "up_mbps": float(state.get("bandwidth_up_mbps", 0.0)),
-                "model_shas_held": set(state.get("models_cached", [])),
-                "ch_per_hour": {p: float(r) for p, r in zip(auction.POOLS, row["rate"].tolist(), strict=True) if r > 0},
-                "rated": rated,
-                "measured": {sha: figures.ch_per_hour / clock for sha, figures in measured.get(car, {}).items()},
-            }
-
-    def hardware_of(self, cars: np.ndarray) -> np.ndarray:
-        """The hardware profile id of each of `cars` (all in the book), from the book's arrays at once."""
-        if not len(cars):
-            return np.zeros(0, dtype=np.int64)
-        order = np.argsort(self.records["car"], kind="stable")
-        position = np.searchsorted(self.records["car"][order], cars)
-        return self.records["hardware"][order[position]].astype(np.int64)
-
-    def __missing__(self, car):
-        self.load([car])
-        return dict.__getitem__(self, car)
 
 
 def busy_cars(*, now: datetime) -> np.ndarray:
@@ -250,7 +192,9 @@ def clear_all_or_none(*, supply: auction.Supply, demand: auction.Demand, reserve
     An all-or-none bid either gets all the CH it still wants in one round or takes no part in it; dropping it can
     only lower the price for the others, and each pass removes at least one bid, so this ends.
     """
-    aon = set(Bid.objects.filter(pk__in=demand.bid.tolist(), all_or_none=True).values_list("pk", flat=True))
+    # The open all-or-none bids (few), then those of them in this demand: no list of every bid sent to the database.
+    candidates = Bid.objects.filter(status__in=Bid.OPEN_STATUSES, all_or_none=True).values_list("pk", flat=True)
+    aon = set(np.intersect1d(np.fromiter(candidates, np.int64), demand.bid).tolist())
     while True:
         result = auction.clear(supply=supply, demand=demand, reserve=reserve)
         if not aon:
@@ -382,12 +326,11 @@ def auction_round_run(
 def _demand_publish(region: str, result, demand: auction.Demand, *, fee: float) -> None:
     """Tell the region's cars how much demand went unfilled, at what best price per pool: a car whose ask meets it
     heartbeats often, as the next round is likely to sell it (fleet.offers.heartbeat_interval_car_s)."""
+    order = np.argsort(demand.bid, kind="stable")
     filled = np.zeros(len(demand.bid))
     if len(result.alloc_bid):
-        position = {bid: i for i, bid in enumerate(demand.bid.tolist())}
-        for bid_id, ch in zip(result.alloc_bid.tolist(), result.alloc_ch.tolist(), strict=True):
-            if bid_id in position:
-                filled[position[bid_id]] += ch
+        position = order[np.searchsorted(demand.bid[order], result.alloc_bid)]
+        np.add.at(filled, position, result.alloc_ch)
     unfilled = demand.ch - filled > auction.CH_QUANTUM
     signal: dict = {"fee": fee}
     for pool_index, pool in enumerate(auction.POOLS):
@@ -421,39 +364,30 @@ def _store(round_: Round, result, reserve, cars: CarInfo, now: datetime, *, cut_
             last_trade_at=last_trade_at,
         )
     prices = {p.pool: p.clearing_price for p in result.pools}
-    cars.load(result.alloc_car.tolist())
-    rows, ends = [], {}
-    for bid_id, car_id, pool_index, ch in zip(
-        result.alloc_bid.tolist(), result.alloc_car.tolist(), result.alloc_pool.tolist(), result.alloc_ch.tolist(),
-        strict=True,
-    ):  # fmt: skip
-        pool = auction.POOLS[pool_index]
-        info = cars[car_id]
-        ends_at = now + timedelta(hours=ch / info["ch_per_hour"][pool] / info["clock_rate"])  # real hours of its time
-        ends[car_id] = max(ends.get(car_id, ends_at), ends_at)
-        rows.append((bid_id, car_id, pool, ch, prices[pool], ends_at, car_sizing(info, pool)))
-    if rows:
-        if cut_units or connection.vendor != "postgresql":
-            _allocations_store_and_cut(round_, rows, cut_units=cut_units)
-        else:
-            _allocations_store(round_, rows)
+    if not len(result.alloc_bid):
+        return
+    # How long each sale keeps its car busy: its CH at the car's speed in the pool, in real time (its clock).
+    rate, clock = cars.rates_of(result.alloc_car, result.alloc_pool)
+    hours = result.alloc_ch / rate / clock
+    ends_ts = now.timestamp() + hours * 3600
+    if cut_units or connection.vendor != "postgresql":
+        cars.load(result.alloc_car.tolist())
+        rows = [
+            (bid_id, car_id, auction.POOLS[pool_index], ch, prices[auction.POOLS[pool_index]],
+             now + timedelta(hours=h), car_sizing(cars[car_id], auction.POOLS[pool_index]))
+            for bid_id, car_id, pool_index, ch, h in zip(
+                result.alloc_bid.tolist(), result.alloc_car.tolist(), result.alloc_pool.tolist(),
+                result.alloc_ch.tolist(), hours.tolist(), strict=True,
+            )
+        ]  # fmt: skip
+        _allocations_store_and_cut(round_, rows, cut_units=cut_units)
+    else:
+        _allocations_store(round_, result, prices, ends_ts)
     # The cars sold heartbeat often from their next heartbeat on: their work is coming (fleet.offers).
-    book.work_mark({car_id: max((ends_at - now).total_seconds(), 60) for car_id, ends_at in ends.items()})
-
-
-def car_sizing(info: dict, pool: str) -> dict:
-    """What cutting units for a car needs of it, whatever bid it runs (Allocation.car; dispatch.sizing_of reads it
-    with the bid's model file): its speeds (measured per model file, else its rating in the pool), its stay, its
-    bandwidth, the model files it holds, its hardware class. All per car hour; JSON."""
-    return {
-        "measured": info["measured"],
-        "rated": info["rated"].get(pool) or info["ch_per_hour"][pool],
-        "parked_seconds_left": info["parked_seconds_left"],
-        "down_mbps": info["down_mbps"],
-        "up_mbps": info["up_mbps"],
-        "held": sorted(info["model_shas_held"]),
-        "hardware_id": info["hardware_id"],
-    }
+    order = np.argsort(result.alloc_car, kind="stable")
+    sold, first = np.unique(result.alloc_car[order], return_index=True)
+    latest = np.maximum.reduceat(ends_ts[order], first)
+    book.work_mark_until(sold, np.maximum(latest, now.timestamp() + 60))
 
 
 def _allocations_store_and_cut(round_: Round, rows: list[tuple], *, cut_units: bool) -> None:
@@ -504,21 +438,23 @@ _ALLOCATION_COLUMNS = ("round_id", "bid_id", "vehicle_id", "pool", "ch", "price_
                        "for_verification", "units_cut")  # fmt: skip
 
 
-def _allocations_store(round_: Round, rows: list[tuple]) -> None:
-    """The scheduled round's store on PostgreSQL, in a few statements whatever it sold: the allocations by COPY, the
-    bids they sold locked in pk order and updated from the allocations' sums in one UPDATE, the customers of bids
-    sold their first compute told once it commits; the units are cut after it, by the dispatch queue. (A round of
-    100,000 bids spent most of its time building and saving model instances.)"""
+def _allocations_store(round_: Round, result, prices: dict, ends_ts: np.ndarray) -> None:
+    """The scheduled round's store on PostgreSQL, in a few statements whatever it sold: the allocations by one binary
+    COPY built by NumPy (the cars' details for cutting are read by the cutting task, seconds later: Allocation.car
+    stays empty), the bids they sold locked in pk order and updated from the allocations' sums in one UPDATE, the
+    customers of bids sold their first compute told once it commits; the units are cut after it, by the dispatch
+    queue. (A round of 100,000 bids spent most of its time building and saving model instances, then adapting
+    values one by one.)"""
     table, bid_table = Allocation._meta.db_table, Bid._meta.db_table
-    car_field = Allocation._meta.get_field("car")
     columns = ", ".join(connection.ops.quote_name(c) for c in _ALLOCATION_COLUMNS)
+    price_of = np.array([prices[p] or 0 for p in auction.POOLS], dtype=np.int64)
+    data = allocations_copy_binary(
+        round_id=round_.pk, bid=result.alloc_bid, car=result.alloc_car, pool=result.alloc_pool, ch=result.alloc_ch,
+        price=price_of[result.alloc_pool], ends_ts=ends_ts,
+    )  # fmt: skip
     with connection.cursor() as cursor:
-        with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-            for bid_id, car_id, pool, ch, price, ends_at, car in rows:
-                copy.write_row(
-                    (round_.pk, bid_id, car_id, pool, ch, price, ends_at, car_field.get_db_prep_save(car, connection),
-                     False, False)
-                )  # fmt: skip
+        with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.write(data)
         sold = f"SELECT DISTINCT bid_id FROM {table} WHERE round_id = %s AND NOT for_verification"  # noqa: S608
         # Locked in pk order, so two writers of the same bids cannot deadlock; their status before, to tell who won.
         cursor.execute(f"SELECT id, status FROM {bid_table} WHERE id IN ({sold}) ORDER BY id FOR UPDATE", [round_.pk])  # noqa: S608
@@ -533,6 +469,38 @@ def _allocations_store(round_: Round, rows: list[tuple]) -> None:
     # Sold their first compute: their customers hear of it (signals.bid_won).
     bids_won_announce([bid_id for bid_id, status in before.items() if status != Bid.Status.RUNNING])
     allocations_cut_wanted(sorted(before))
+
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # PostgreSQL counts timestamps from here, in µs
+
+
+def allocations_copy_binary(*, round_id, bid, car, pool, ch, price, ends_ts) -> bytes:
+    """The allocations as PostgreSQL's binary COPY stream (_ALLOCATION_COLUMNS), built by NumPy at once: every field
+    is fixed-width but the pool's name, so the rows go out in one block per name length."""
+    blocks = [b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")]
+    names = [name.encode() for name in auction.POOLS]
+    for length in sorted({len(name) for name in names}):
+        rows = np.flatnonzero(np.isin(pool, [i for i, name in enumerate(names) if len(name) == length]))
+        if not len(rows):
+            continue
+        fields = [("n", ">i2")]
+        for column, kind in (("round", ">i8"), ("bid", ">i8"), ("car", ">i8"), ("pool", f"S{length}"), ("ch", ">f8"),
+                             ("price", ">i8"), ("ends", ">i8"), ("json", "S3"), ("verification", "u1"),
+                             ("cut", "u1")):  # fmt: skip
+            fields += [(f"{column}_len", ">i4"), (column, kind)]
+        out = np.zeros(len(rows), dtype=np.dtype(fields))
+        out["n"] = len(_ALLOCATION_COLUMNS)
+        for column, width in (("round", 8), ("bid", 8), ("car", 8), ("pool", length), ("ch", 8), ("price", 8),
+                              ("ends", 8), ("json", 3), ("verification", 1), ("cut", 1)):  # fmt: skip
+            out[f"{column}_len"] = width
+        out["round"], out["bid"], out["car"] = round_id, bid[rows], car[rows]
+        out["pool"] = np.array(names, dtype=f"S{max(len(n) for n in names)}")[pool[rows]].astype(f"S{length}")
+        out["ch"], out["price"] = ch[rows], price[rows]
+        out["ends"] = np.round((ends_ts[rows] - _PG_EPOCH) * 1e6).astype(np.int64)
+        out["json"] = b"\x01{}"  # jsonb's binary form: version 1, then the text
+        blocks.append(out.tobytes())
+    blocks.append((-1).to_bytes(2, "big", signed=True))
+    return b"".join(blocks)
 
 
 def verification_allocate(*, round_: Round, supply: auction.Supply, result, reserve, rates, now: datetime) -> int:

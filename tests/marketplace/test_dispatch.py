@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 from datetime import timedelta
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -191,7 +192,7 @@ def test_a_round_that_sells_a_bid_to_several_cars_gives_each_the_work_it_bought(
     Bid.objects.filter(pk=bid.pk).update(ch_total=2.0)
     # Neither car can sell the whole job alone: 0.05 kWh is half an hour at 100 W, 1.2 CH, however long it stays.
     for policy in OptInPolicy.objects.all():
-        policy_update(policy=policy, max_energy_kwh_per_day=0.05)
+        policy_update(policy=policy, max_energy_kwh_per_day=Decimal("0.05"))
 
     auction_round_run()
 
