@@ -26,18 +26,16 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import F
-from django.db.models.functions import RowNumber
+from django.db import transaction
 
 from core.redis import binary_client, client
 
 from . import availability, offers, state_store
 from .departure import ParkingRecord, stays_basis
-from .models import ParkingSession, Vehicle, VehicleThroughput
+from .models import Vehicle, VehicleThroughput
+from .selectors import stays_of
 
 CHUNK = 65_536  # records per Redis string: 9 MB at 144 bytes, far below Redis's 512 MB limit per string
-HISTORY_SESSIONS = 200  # completed stays the departure prediction weighs (fleet.selectors.HISTORY_SESSIONS)
 REGION_OF_KEY = "idlefleet:book:region-of"  # hash: car -> the region whose book holds its record
 REGIONS_KEY = "idlefleet:book:regions"  # set: every region with a book
 LOST_AFTER_KEY = state_store.LOST_AFTER_KEY  # hash: car -> real seconds of silence after which it is gone
@@ -124,7 +122,7 @@ def profiles_build(vehicle_ids: Iterable[int]) -> dict[int, dict]:
             "results_valid", "results_invalid", "hardware", "policy",
         )
     )  # fmt: skip
-    open_sessions, history = _stays(ids)
+    open_sessions, history = stays_of(ids)
     measured = _measured(ids)
     profiles = {}
     for vehicle in vehicles:
@@ -157,28 +155,8 @@ def profiles_build(vehicle_ids: Iterable[int]) -> dict[int, dict]:
     return profiles
 
 
-def _stays(ids: list[int]) -> tuple[dict[int, datetime], dict[int, list[ParkingRecord]]]:
-    """Each car's open stay (when it arrived) and its newest completed stays, newest first (fleet.selectors does the
-    same for pages)."""
-    history: dict[int, list[ParkingRecord]] = defaultdict(list)
-    open_sessions: dict[int, datetime] = {}
-    newest = models.Window(RowNumber(), partition_by=F("vehicle_id"), order_by=F("arrived_at").desc())
-    sessions = (
-        ParkingSession.objects.filter(vehicle_id__in=ids)
-        .annotate(newest=newest)
-        .filter(newest__lte=HISTORY_SESSIONS + 1)
-        .order_by("vehicle_id", "-arrived_at")
-    )
-    for vehicle_id, arrived_at, departed_at in sessions.values_list("vehicle_id", "arrived_at", "departed_at"):
-        if departed_at is None:
-            open_sessions[vehicle_id] = arrived_at
-        elif len(history[vehicle_id]) < HISTORY_SESSIONS:
-            history[vehicle_id].append(ParkingRecord(arrived_at, (departed_at - arrived_at).total_seconds()))
-    return open_sessions, history
-
-
 def history_of(vehicle_id: int) -> list[ParkingRecord]:
-    return _stays([vehicle_id])[1].get(vehicle_id, [])
+    return stays_of([vehicle_id])[1].get(vehicle_id, [])
 
 
 def _measured(ids: list[int]) -> dict[int, dict[str, list[float]]]:

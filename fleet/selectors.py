@@ -141,6 +141,14 @@ def vehicles_live(vehicles: list[Vehicle], *, now: datetime | None = None) -> li
         for snapshot in VehicleState.objects.filter(vehicle_id__in=missing):
             states[snapshot.vehicle_id] = _state_from_snapshot(snapshot)
 
+    open_sessions, history = stays_of(ids)
+    measured = measurements_of(ids)
+    return [_live(v, states.get(v.pk), history[v.pk], open_sessions.get(v.pk), now, measured[v.pk]) for v in vehicles]
+
+
+def stays_of(ids: list[int]) -> tuple[dict[int, datetime], dict[int, list[ParkingRecord]]]:
+    """Each car's open stay (when it arrived) and its newest completed stays (at most HISTORY_SESSIONS, newest first),
+    in one query: what the departure prediction reads."""
     history: dict[int, list[ParkingRecord]] = defaultdict(list)
     open_sessions: dict[int, datetime] = {}
     # Plain tuples: at fleet scale (tens of thousands of stays) building model instances was most of the time.
@@ -157,9 +165,7 @@ def vehicles_live(vehicles: list[Vehicle], *, now: datetime | None = None) -> li
             open_sessions[vehicle_id] = arrived_at
         elif len(history[vehicle_id]) < HISTORY_SESSIONS:
             history[vehicle_id].append(ParkingRecord(arrived_at, (departed_at - arrived_at).total_seconds()))
-
-    measured = measurements_of(ids)
-    return [_live(v, states.get(v.pk), history[v.pk], open_sessions.get(v.pk), now, measured[v.pk]) for v in vehicles]
+    return open_sessions, history
 
 
 def _live(vehicle, state, history, parked_since, now, measured) -> LiveVehicle:
