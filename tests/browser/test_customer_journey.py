@@ -57,6 +57,9 @@ def test_customer_bids_watches_progress_downloads_results_and_reads_receipt(
     page, live_server, stripe_server, celery_worker_thread, auction_ticker, agents, settings, tmp_path
 ):
     settings.AUCTION_INTERVAL_SECONDS = 2
+    # An idle car heartbeats (and asks for work) every 15 s here, the shortest idle interval: the test runs in real
+    # time, and its car may be sold while idle.
+    settings.IDLE_HEARTBEAT_SECONDS = 15
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.0
     # Units bounded in items: the job is cut into three units, one per heartbeat of the car, so the bar moves in
     # steps. The job's price stays honest: the catalogue's own CH per document, a fraction of a cent in all.

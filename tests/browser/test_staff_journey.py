@@ -41,6 +41,9 @@ def test_staff_raises_a_reserve_price_and_the_next_round_clears_at_it(
     page, live_server, stripe_server, celery_worker_thread, auction_ticker, agents, settings, card_for, client
 ):
     settings.AUCTION_INTERVAL_SECONDS = 10  # the admin's form starts from it (10 s is the least it allows)
+    # An idle car heartbeats (and asks for work) every 15 s here, the shortest idle interval, not every 60 s: the test
+    # runs in real time, and its car is sold while idle.
+    settings.IDLE_HEARTBEAT_SECONDS = 15
     settings.VERIFICATION_SPOT_CHECK_RATE = 0.0
     ensure_hardware_profiles()
     call_command("catalogue_sync", no_variants=True, documents=20, stdout=open("/dev/null", "w"))  # noqa: SIM115
