@@ -1,5 +1,5 @@
 """The whole auction round of one market on PostgreSQL and Redis, at fleet scale: read the supply book, read the bids,
-clear, store the allocations. Compared with the clearing alone, in the same run.
+clear, store what it sold. Compared with the clearing alone, in the same run.
 
     .venv/bin/python bench/round.py [--cars 100000,1000000] [--bids 100000] [--repeats 3]
 
@@ -8,15 +8,18 @@ local server) and uses Redis db 10 of BENCH_REDIS, and seeds that many parked ca
 with an owner's policy, an open parking session and a heartbeat, their offers in the supply book as the heartbeat path
 leaves them (fleet.book.vehicles_refresh_now: the profile built from the database, the offer from the state), and
 `--bids` waiting bids over the four pools. Then, in a fresh process (so its memory peak is the round's, not the
-seeding's), it times the real `marketplace.rounds.auction_round_run` as the scheduled round runs it (the units cut
-afterwards by the dispatch queue), each repeat inside a transaction rolled back afterwards, for two scenarios:
+seeding's), it times the real `marketplace.rounds.auction_round_run` as the scheduled round runs it (its sales packed,
+then stored as allocations and cut into units by the dispatch queue), each repeat inside a transaction rolled back
+afterwards; the time includes the foreign-key checks its commit would run (`SET CONSTRAINTS ALL IMMEDIATE`). Two
+scenarios:
 
 - "catalogue": the catalogue's MiniLM at its real cost per item, so demand is a sliver of supply (today's market);
 - "contested": bids wanting two thirds of each pool's CH, so most cars are sold and many share a bid.
 
 It reports the round's median and its phases (supply from the book, the demand, the clearing, storing), the clearing
 alone on the same arrays (the baseline: the round is that many times the clearing), the memory peak of the measuring
-process, and what the dispatch queue then spends cutting that round's units (not part of the round).
+process, and, with `--cut`, what the dispatch queue then spends storing that round's allocations and cutting their
+units, foreign-key checks included (not part of the round).
 
 Results: bench/results/round.json (`runs`: one per fleet size, with `cars`, `bids`, `median_s`, `peak_mb`). Tests never
 assert timings.
@@ -226,10 +229,10 @@ def measure(args) -> dict:
     import django
 
     django.setup()
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from marketplace import auction, dispatch, rounds
-    from marketplace.models import Allocation, Bid, WorkUnit
+    from marketplace.models import Bid, RoundSale, WorkUnit
 
     rng = np.random.default_rng(12)
     context = json.loads(args.context)
@@ -254,74 +257,74 @@ def measure(args) -> dict:
 
     scenarios = {}
     for scenario in args.scenarios.split(","):
+        # The scenario's bids are committed, as a market's are when its round runs (a transaction pays more to update
+        # rows it wrote itself: their foreign keys are checked again), and deleted when it ends.
+        Bid.objects.all().delete()  # what a run stopped half-way left
+        demand_ch = bids_seed(context, args.bids, scenario, ch_supply, rng)
         try:
-            with transaction.atomic():  # the scenario's bids go when it ends
-                demand_ch = bids_seed(context, args.bids, scenario, ch_supply, rng)
-                print(f"  {scenario}: {args.bids:,} bids wanting CH "
-                      + ", ".join(f"{p} {c:,}" for p, c in demand_ch.items()), flush=True)  # fmt: skip
-                runs, phases, clears, outcome, cut = [], [], [], {}, {}
-                for repeat in range(args.repeats + 1):  # the first is a warm-up
-                    # The clearing alone, on the arrays this round is about to clear (read untimed).
-                    s, _ = originals["supply_snapshot"](now=now + timedelta(seconds=repeat))
-                    d = originals["demand_snapshot"](now=now + timedelta(seconds=repeat))
-                    reserve = np.array([RESERVE[p] for p in auction.POOLS], dtype=np.int64)
-                    c0 = time.perf_counter()
-                    auction.clear(supply=s, demand=d, reserve=reserve)
-                    clears.append(time.perf_counter() - c0)
-                    del s, d
-                    spent.clear()
-                    t0 = time.perf_counter()
-                    try:
-                        with transaction.atomic():
-                            round_ = rounds.auction_round_run(
-                                now=now + timedelta(seconds=repeat), region="", cut_units=False
-                            )
-                            elapsed = time.perf_counter() - t0
-                            allocations = Allocation.objects.filter(round=round_)
-                            outcome = {
-                                "cars_offered": round_.cars_offered, "bids_considered": round_.bids_considered,
-                                "allocations": allocations.count(),
-                                "cars_sold": allocations.values("vehicle").distinct().count(),
-                                "bids_sold": allocations.values("bid").distinct().count(),
-                                "pools": {p.pool: {"price_mcents": p.clearing_price_mcents,
-                                                   "volume_ch": round(p.volume_ch, 1)} for p in round_.pools.all()},
-                            }  # fmt: skip
-                            if args.cut and repeat == args.repeats:  # what the dispatch queue then does
-                                bid_ids = sorted(set(allocations.values_list("bid_id", flat=True)))
-                                c0 = time.perf_counter()
-                                for start in range(0, len(bid_ids), dispatch.CUT_BIDS_PER_TASK):
-                                    dispatch.allocations_cut(
-                                        bid_ids=bid_ids[start : start + dispatch.CUT_BIDS_PER_TASK]
-                                    )
-                                cut_s = time.perf_counter() - c0
-                                units = WorkUnit.objects.filter(allocation__round=round_).count()
-                                cut = {"units": units, "seconds": round(cut_s, 2),
-                                       "units_per_s": round(units / cut_s) if cut_s else None}  # fmt: skip
-                            raise Rollback
-                    except Rollback:
-                        pass
-                    if repeat:
-                        runs.append(elapsed)
-                        phases.append(dict(spent))
-                    print(f"    round {repeat}{' (warm-up)' if not repeat else ''}: {elapsed:.2f} s  "
-                          + "  ".join(f"{k.strip('_')} {v:.2f}" for k, v in spent.items()), flush=True)  # fmt: skip
-                median, clear = statistics.median(runs), statistics.median(clears[1:] or clears)
-                scenarios[scenario] = {
-                    "ch_wanted": demand_ch,
-                    "median_s": round(median, 3),
-                    "max_s": round(max(runs), 3),
-                    "phases_median_s": {
-                        k.strip("_"): round(statistics.median(p[k] for p in phases), 3) for k in phases[0]
-                    },
-                    "clearing_alone_s": round(clear, 3),
-                    "ratio_to_clearing": round(median / clear, 1),
-                    "outcome": outcome,
-                    "cutting_after_the_round": cut,
-                }
-                Bid.objects.all().delete()
-                raise Rollback
-        except Rollback:
-            pass
+            print(f"  {scenario}: {args.bids:,} bids wanting CH "
+                  + ", ".join(f"{p} {c:,}" for p, c in demand_ch.items()), flush=True)  # fmt: skip
+            runs, phases, clears, outcome, cut = [], [], [], {}, {}
+            for repeat in range(args.repeats + 1):  # the first is a warm-up
+                # The clearing alone, on the arrays this round is about to clear (read untimed).
+                s, _ = originals["supply_snapshot"](now=now + timedelta(seconds=repeat))
+                d = originals["demand_snapshot"](now=now + timedelta(seconds=repeat))
+                reserve = np.array([RESERVE[p] for p in auction.POOLS], dtype=np.int64)
+                c0 = time.perf_counter()
+                auction.clear(supply=s, demand=d, reserve=reserve)
+                clears.append(time.perf_counter() - c0)
+                del s, d
+                spent.clear()
+                t0 = time.perf_counter()
+                try:
+                    with transaction.atomic():
+                        round_ = rounds.auction_round_run(
+                            now=now + timedelta(seconds=repeat), region="", cut_units=False
+                        )
+                        # What its commit would do: check the foreign keys of every row it wrote.
+                        connection.cursor().execute("SET CONSTRAINTS ALL IMMEDIATE")
+                        elapsed = time.perf_counter() - t0
+                        connection.cursor().execute("SET CONSTRAINTS ALL DEFERRED")
+                        sales = [dispatch.sales_rows(s) for s in RoundSale.objects.filter(round=round_)]
+                        sold = np.concatenate(sales) if sales else np.empty(0, dtype=dispatch.SALE_ROW)
+                        outcome = {
+                            "cars_offered": round_.cars_offered, "bids_considered": round_.bids_considered,
+                            "allocations": len(sold), "sale_batches": len(sales),
+                            "cars_sold": len(np.unique(sold["car"])), "bids_sold": len(np.unique(sold["bid"])),
+                            "pools": {p.pool: {"price_mcents": p.clearing_price_mcents,
+                                               "volume_ch": round(p.volume_ch, 1)} for p in round_.pools.all()},
+                        }  # fmt: skip
+                        if args.cut and repeat == args.repeats:  # what the dispatch queue then does
+                            bid_ids = np.unique(sold["bid"]).tolist()
+                            c0 = time.perf_counter()
+                            for start in range(0, len(bid_ids), dispatch.CUT_BIDS_PER_TASK):
+                                dispatch.allocations_cut(bid_ids=bid_ids[start : start + dispatch.CUT_BIDS_PER_TASK])
+                            connection.cursor().execute("SET CONSTRAINTS ALL IMMEDIATE")
+                            cut_s = time.perf_counter() - c0
+                            units = WorkUnit.objects.filter(allocation__round=round_).count()
+                            cut = {"units": units, "seconds": round(cut_s, 2),
+                                   "units_per_s": round(units / cut_s) if cut_s else None}  # fmt: skip
+                        raise Rollback
+                except Rollback:
+                    pass
+                if repeat:
+                    runs.append(elapsed)
+                    phases.append(dict(spent))
+                print(f"    round {repeat}{' (warm-up)' if not repeat else ''}: {elapsed:.2f} s  "
+                      + "  ".join(f"{k.strip('_')} {v:.2f}" for k, v in spent.items()), flush=True)  # fmt: skip
+            median, clear = statistics.median(runs), statistics.median(clears[1:] or clears)
+            scenarios[scenario] = {
+                "ch_wanted": demand_ch,
+                "median_s": round(median, 3),
+                "max_s": round(max(runs), 3),
+                "phases_median_s": {k.strip("_"): round(statistics.median(p[k] for p in phases), 3) for k in phases[0]},
+                "clearing_alone_s": round(clear, 3),
+                "ratio_to_clearing": round(median / clear, 1),
+                "outcome": outcome,
+                "cutting_after_the_round": cut,
+            }
+        finally:
+            Bid.objects.all().delete()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"scenarios": scenarios, "peak_mb": round(peak_mb)}
 
@@ -365,7 +368,7 @@ def main() -> None:
             context, book_s = reused_context(cars), None
         else:
             call_command("migrate", verbosity=0)
-            state_store.client().flushdb()
+            state_store.client().flushdb(asynchronous=True)  # a million cars: freed in the background
             rng = np.random.default_rng(11)
             # Every car's last heartbeat at `now`, and the rounds run a second or so after it: a live fleet, however
             # long seeding takes.
@@ -407,8 +410,9 @@ def main() -> None:
             flush=True,
         )
     result = {
-        "what": "the scheduled auction round of one market (book, bids, clearing, allocations stored), PostgreSQL "
-        "and Redis on this machine; units are cut afterwards by the dispatch queue (reported apart)",
+        "what": "the scheduled auction round of one market (book, bids, clearing, its sales stored packed, the "
+        "foreign-key checks of its commit), PostgreSQL and Redis on this machine; the sales are stored as allocations "
+        "and cut into units afterwards by the dispatch queue (reported apart, with --cut)",
         "repeats": args.repeats,
         "runs": runs,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

@@ -12,6 +12,7 @@ from .models import (
     ResultAudit,
     ResultFault,
     Round,
+    RoundSale,
     SelfTest,
     VariantAccuracy,
     WorkUnit,
@@ -124,6 +125,18 @@ class BidAdmin(ReadOnlyAdmin, LargeTableAdmin):
 class RoundAdmin(ReadOnlyAdmin, LargeTableAdmin):
     list_display = ("slot", "region", "cars_offered", "bids_considered", "seconds", "platform_fee_pct", "finished_at")
     list_filter = (RegionFilter, ("slot", admin.DateFieldListFilter))
+
+
+@admin.register(RoundSale)
+class RoundSaleAdmin(ReadOnlyAdmin, LargeTableAdmin):
+    """A round's sales to a batch of bids, packed until the dispatch queue cuts them: a batch left unstored for
+    more than a minute is a cutting task that keeps failing (the sweep queues it again every 30 s)."""
+
+    list_display = ("pk", "round", "bid_min", "bid_max", "allocations", "ends_max", "stored")
+    list_filter = ("stored",)
+    search_fields = ("=round__id",)
+    list_select_related = ("round",)
+    exclude = ("rows",)
 
 
 @admin.register(WorkUnit)

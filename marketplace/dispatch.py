@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -31,9 +31,15 @@ from fleet.selectors import measurements_of, vehicles_live
 from fleet.services import throughput_record
 
 from . import auction, selftests, sizing, storage, verdicts
-from .models import Allocation, Bid, PrecisionVariant, SelfTest, WorkUnit
+from .models import Allocation, Bid, PrecisionVariant, RoundSale, SelfTest, WorkUnit
 from .payloads import LEASE_BATCH_SIZE, lease_lost, leased_items, no_such_unit, outputs_checked, variant_payload
-from .signals import bid_audited_announce, bid_closed_announce, bid_progressed_announce, units_cut_wanted
+from .signals import (
+    bid_audited_announce,
+    bid_closed_announce,
+    bid_progressed_announce,
+    bids_won_announce,
+    units_cut_wanted,
+)
 
 MAX_UNIT_ATTEMPTS = 3
 # What one item's output weighs on the way back, bytes (an embedding of 384 floats is 1.5 kB): sizing's upload term.
@@ -240,6 +246,49 @@ def car_sizing(info: dict, pool: str) -> dict:
 # Bids per cutting task: a big round's cutting is spread over the dispatch queue's workers.
 CUT_BIDS_PER_TASK = 500
 
+# One (bid, car) sale of a scheduled round, as RoundSale.rows packs it: the car's sold time ends at `ends` (a Unix
+# timestamp), `pool` is the index in auction.POOLS.
+SALE_ROW = np.dtype([("bid", "<i8"), ("car", "<i8"), ("ch", "<f8"), ("ends", "<f8"), ("price", "<i8"), ("pool", "i1")])
+
+
+def sales_pack(*, bid, car, ch, ends_ts, price, pool) -> list[np.ndarray]:
+    """A round's sales (arrays of one length) as SALE_ROW arrays in bid order, one per batch of up to
+    CUT_BIDS_PER_TASK bids: what a cutting task takes at once."""
+    order = np.argsort(bid, kind="stable")  # each bid's sales stay in the order the clearing made them
+    rows = np.empty(len(bid), dtype=SALE_ROW)
+    for name, values in (("bid", bid), ("car", car), ("ch", ch), ("ends", ends_ts), ("price", price), ("pool", pool)):
+        rows[name] = np.asarray(values)[order]
+    firsts = np.flatnonzero(np.r_[True, rows["bid"][1:] != rows["bid"][:-1]])
+    return np.split(rows, firsts[CUT_BIDS_PER_TASK::CUT_BIDS_PER_TASK])
+
+
+def sales_rows(sale: RoundSale) -> np.ndarray:
+    return np.frombuffer(bytes(sale.rows), dtype=SALE_ROW)
+
+
+def _sales_waiting(**where) -> np.ndarray:
+    """The sales of the batches not yet stored as allocations (RoundSale), as one SALE_ROW array: the last round's,
+    for the seconds its cutting takes."""
+    rows = [
+        np.frombuffer(bytes(packed), dtype=SALE_ROW)
+        for packed in RoundSale.objects.filter(stored=False, **where).values_list("rows", flat=True)
+    ]
+    return np.concatenate(rows) if rows else np.empty(0, dtype=SALE_ROW)
+
+
+def sold_cars_waiting(*, now: datetime) -> np.ndarray:
+    """The cars of sales not yet stored whose sold time still runs: busy (rounds.busy_cars)."""
+    rows = _sales_waiting(ends_max__gt=now)
+    return np.unique(rows["car"][rows["ends"] > now.timestamp()])
+
+
+def sales_held() -> dict[int, float]:
+    """The CH each bid bought in sales not yet stored: its Bid.ch_allocated does not count them yet, the next round
+    must (rounds.demand_snapshot)."""
+    rows = _sales_waiting()
+    bids, position = np.unique(rows["bid"], return_inverse=True)
+    return dict(zip(bids.tolist(), np.bincount(position, weights=rows["ch"]).tolist(), strict=True))
+
 
 def allocations_cut_wanted(bid_ids: list[int]) -> None:
     """A scheduled round sold these bids compute without cutting it into units: ask the dispatch queue to, in tasks
@@ -250,16 +299,32 @@ def allocations_cut_wanted(bid_ids: list[int]) -> None:
 
 def allocations_cut(*, bid_ids: list[int]) -> int:
     """Cut the work of these bids' allocations that no one has cut yet (units_cut, with the car as the round saw it,
-    Allocation.car), oldest first, in one transaction with the bids locked: safe to run twice, or beside a round.
-    Returns the number of units handed out."""
+    Allocation.car, or as it is now), oldest first, in one transaction with the bids locked: safe to run twice, or
+    beside a round. The batches of sales still packed (RoundSale) that hold any of these bids become Allocation rows
+    first, whole (their other bids are cut too), and their bids hold the CH they bought and run: a bid's customer
+    hears it won when its work is on cars. A bid closed since the round (cancelled, expired, failed) gets no units:
+    its cars' sold time ends now. Returns the number of units handed out."""
+    if not bid_ids:
+        return 0
     with transaction.atomic():
+        packed = dict(
+            RoundSale.objects.filter(stored=False, bid_min__lte=max(bid_ids), bid_max__gte=min(bid_ids)).values_list(
+                "pk", "rows"
+            )
+        )
+        sale_bids = {b for rows in packed.values() for b in np.frombuffer(bytes(rows), dtype=SALE_ROW)["bid"].tolist()}
         bids = {
             bid.pk: bid
             for bid in Bid.objects.select_for_update(of=("self",))
             .select_related("variant", "dataset")
-            .filter(pk__in=bid_ids)
+            .filter(pk__in=sorted({*bid_ids, *sale_bids}))
             .order_by("pk")
         }
+        won = []
+        for sale in RoundSale.objects.select_for_update().filter(pk__in=list(packed), stored=False).order_by("pk"):
+            won += _sale_store(sale, bids)
+        if won:
+            bids_won_announce(won)  # sold their first compute: their customers hear of it (signals.bid_won)
         allocations = list(
             Allocation.objects.select_for_update(of=("self",))
             .filter(bid_id__in=list(bids), units_cut=False, for_verification=False)
@@ -267,6 +332,14 @@ def allocations_cut(*, bid_ids: list[int]) -> int:
         )
         if not allocations:
             return 0
+        closed = {a.pk for a in allocations if bids[a.bid_id].status not in (*Bid.OPEN_STATUSES, Bid.Status.PAUSED)}
+        if closed:
+            now = timezone.now()
+            Allocation.objects.filter(pk__in=closed, ends_at__gt=now).update(ends_at=now)
+            Allocation.objects.filter(pk__in=closed).update(units_cut=True)
+            allocations = [a for a in allocations if a.pk not in closed]
+            if not allocations:
+                return 0
         # The cars as they are now, seconds after the round (a scheduled round stores none: Allocation.car is empty).
         vehicle_ids = sorted({a.vehicle_id for a in allocations if not a.car})
         now_cars = CarInfo(book.records_of(vehicle_ids), now=time.time()) if vehicle_ids else {}
@@ -279,6 +352,95 @@ def allocations_cut(*, bid_ids: list[int]) -> int:
         handed = units_cut(allocations=allocations, bids=bids, cars=cars)
         Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(units_cut=True)
     return handed
+
+
+def _sale_store(sale: RoundSale, bids: dict[int, Bid]) -> list[int]:
+    """A batch of a round's sales becomes Allocation rows, in the order the round made them, not yet cut; its open
+    bids (in `bids`, locked) hold what they bought and run. Returns the bids that sold their first compute."""
+    rows = sales_rows(sale)
+    ids, position = np.unique(rows["bid"], return_inverse=True)
+    won, raised = [], []
+    for bid_id, ch in zip(ids.tolist(), np.bincount(position, weights=rows["ch"]).tolist(), strict=True):
+        bid = bids[bid_id]
+        if bid.status not in (*Bid.OPEN_STATUSES, Bid.Status.PAUSED):
+            continue  # closed since the round: its allocations end unused (allocations_cut)
+        # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
+        allocated = bid.ch_allocated + ch
+        bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
+        if bid.status == Bid.Status.WAITING:
+            bid.status = Bid.Status.RUNNING
+            won.append(bid_id)
+        raised.append(bid)
+    Bid.objects.bulk_update(raised, ["ch_allocated", "status"], batch_size=500)
+    if connection.vendor == "postgresql":
+        columns = ", ".join(connection.ops.quote_name(c) for c in _ALLOCATION_COLUMNS)
+        data = allocations_copy_binary(
+            round_id=sale.round_id, bid=rows["bid"], car=rows["car"], pool=rows["pool"], ch=rows["ch"],
+            price=rows["price"], ends_ts=rows["ends"],
+        )  # fmt: skip
+        copying = f"COPY {Allocation._meta.db_table} ({columns}) FROM STDIN WITH (FORMAT BINARY)"
+        with connection.cursor() as cursor, cursor.cursor.copy(copying) as copy:
+            copy.write(data)
+    else:
+        pools = [auction.POOLS[i] for i in rows["pool"].tolist()]
+        allocations = [
+            Allocation(round_id=sale.round_id, bid_id=bid, vehicle_id=car, pool=pool, ch=ch, price_mcents_per_ch=price,
+                       ends_at=datetime.fromtimestamp(ends, tz=UTC), units_cut=False)
+            for bid, car, pool, ch, price, ends in zip(
+                rows["bid"].tolist(), rows["car"].tolist(), pools, rows["ch"].tolist(), rows["price"].tolist(),
+                rows["ends"].tolist(), strict=True,
+            )
+        ]  # fmt: skip
+        Allocation.objects.bulk_create(allocations, batch_size=5000)
+    sale.stored, sale.rows = True, b""  # the allocations hold them now: the table keeps no second copy
+    sale.save(update_fields=["stored", "rows"])
+    cars, ends = rows["car"].copy(), rows["ends"].copy()
+    transaction.on_commit(lambda: cars_work_mark(cars, ends))
+    return won
+
+
+def cars_work_mark(cars: np.ndarray, ends_ts: np.ndarray) -> None:
+    """Cars just given work (one entry per sale, `ends_ts` when its sold time ends) heartbeat often from their next
+    heartbeat on, until the last of their sold time ends and for at least a minute (fleet.offers)."""
+    order = np.argsort(cars, kind="stable")
+    sold, first = np.unique(cars[order], return_index=True)
+    if len(sold):
+        latest = np.maximum.reduceat(ends_ts[order], first)
+        book.work_mark_until(sold, np.maximum(latest, time.time() + 60))
+
+
+_ALLOCATION_COLUMNS = ("round_id", "bid_id", "vehicle_id", "pool", "ch", "price_mcents_per_ch", "ends_at", "car",
+                       "for_verification", "units_cut")  # fmt: skip
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # PostgreSQL counts timestamps from here, in µs
+
+
+def allocations_copy_binary(*, round_id, bid, car, pool, ch, price, ends_ts) -> bytes:
+    """Allocations not yet cut, as PostgreSQL's binary COPY stream (_ALLOCATION_COLUMNS), built by NumPy at once:
+    every field is fixed-width but the pool's name, so the rows go out in one block per name length."""
+    blocks = [b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")]
+    names = [name.encode() for name in auction.POOLS]
+    for length in sorted({len(name) for name in names}):
+        rows = np.flatnonzero(np.isin(pool, [i for i, name in enumerate(names) if len(name) == length]))
+        if not len(rows):
+            continue
+        fields = [("n", ">i2")]
+        for column, kind in (("round", ">i8"), ("bid", ">i8"), ("car", ">i8"), ("pool", f"S{length}"), ("ch", ">f8"),
+                             ("price", ">i8"), ("ends", ">i8"), ("json", "S3"), ("verification", "u1"),
+                             ("cut", "u1")):  # fmt: skip
+            fields += [(f"{column}_len", ">i4"), (column, kind)]
+        out = np.zeros(len(rows), dtype=np.dtype(fields))
+        out["n"] = len(_ALLOCATION_COLUMNS)
+        for column, width in (("round", 8), ("bid", 8), ("car", 8), ("pool", length), ("ch", 8), ("price", 8),
+                              ("ends", 8), ("json", 3), ("verification", 1), ("cut", 1)):  # fmt: skip
+            out[f"{column}_len"] = width
+        out["round"], out["bid"], out["car"] = round_id, bid[rows], car[rows]
+        out["pool"] = np.array(names, dtype=f"S{max(len(n) for n in names)}")[pool[rows]].astype(f"S{length}")
+        out["ch"], out["price"] = ch[rows], price[rows]
+        out["ends"] = np.round((ends_ts[rows] - _PG_EPOCH) * 1e6).astype(np.int64)
+        out["json"] = b"\x01{}"  # jsonb's binary form: version 1, then the text
+        blocks.append(out.tobytes())
+    blocks.append((-1).to_bytes(2, "big", signed=True))
+    return b"".join(blocks)
 
 
 def sizing_of(car: dict[str, Any], sha256: str) -> dict[str, Any]:
@@ -295,13 +457,10 @@ def sizing_of(car: dict[str, Any], sha256: str) -> dict[str, Any]:
 
 
 def allocations_uncut(*, older_than: datetime) -> list[int]:
-    """The bids with allocations a round made before `older_than` that are still uncut (a lost task): the sweeper
-    cuts them."""
-    return list(
-        Allocation.objects.filter(units_cut=False, round__started_at__lt=older_than)
-        .values_list("bid_id", flat=True)
-        .distinct()
-    )
+    """The bids of sales a round made before `older_than` that are still packed (a lost cutting task): the sweeper
+    cuts them. (Allocation rows are cut in the transaction that stores them.)"""
+    packed = RoundSale.objects.filter(stored=False, round__started_at__lt=older_than).values_list("rows", flat=True)
+    return sorted({bid for rows in packed for bid in np.frombuffer(bytes(rows), dtype=SALE_ROW)["bid"].tolist()})
 
 
 # What differs between the units a round cuts; every other column holds its default. The cars excluded from a

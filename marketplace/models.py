@@ -184,7 +184,7 @@ class Bid(models.Model):
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="bids")
     variant = models.ForeignKey(PrecisionVariant, on_delete=models.PROTECT, related_name="bids")
     precision_requested = models.CharField(max_length=8, help_text="A precision, or 'auto'.")
-    pool = models.CharField(max_length=8, choices=Precision.choices, db_index=True)
+    pool = models.CharField(max_length=8, choices=Precision.choices)
     max_price_mcents_per_ch = models.PositiveBigIntegerField("maximum price (m¢/CH)")
     budget_cents = models.PositiveBigIntegerField()
     funding = models.CharField(
@@ -206,7 +206,8 @@ class Bid(models.Model):
     result_version = models.PositiveIntegerField(
         default=1, help_text="Goes up each time an audit replaces results in the assembled file (ResultAudit)."
     )
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING, db_index=True)
+    # Indexed with the pool (Meta): a round raises 100,000 bids at once, and each index is written for each.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -280,7 +281,8 @@ class Allocation(models.Model):
 
     round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="allocations")
     bid = models.ForeignKey(Bid, on_delete=models.PROTECT, related_name="allocations")
-    vehicle = models.ForeignKey("fleet.Vehicle", on_delete=models.PROTECT, related_name="allocations")
+    # Indexed with ends_at (Meta): the cars' allocations are read by car and time.
+    vehicle = models.ForeignKey("fleet.Vehicle", on_delete=models.PROTECT, related_name="allocations", db_index=False)
     pool = models.CharField(max_length=8, choices=Precision.choices)
     ch = models.FloatField()
     price_mcents_per_ch = models.PositiveBigIntegerField()
@@ -296,10 +298,36 @@ class Allocation(models.Model):
 
     class Meta:
         ordering = ["round", "bid"]
-        indexes = [models.Index(fields=["vehicle", "ends_at"])]
+        # ends_at alone: each round reads the allocations still running (rounds.busy_cars), a sliver of the history.
+        indexes = [models.Index(fields=["vehicle", "ends_at"]), models.Index(fields=["ends_at"])]
 
     def __str__(self) -> str:
         return f"{self.ch:.4g} CH of {self.vehicle} to bid {self.bid_id}"
+
+
+class RoundSale(models.Model):
+    """What a scheduled round sold to a batch of its bids (up to dispatch.CUT_BIDS_PER_TASK of them, in a range of
+    bid ids), packed: one row of dispatch.SALE_ROW per (bid, car) sold. A round stores what it sold this way, in a
+    few rows whatever it sold: a round that sells a million cars would otherwise spend most of its interval inserting,
+    indexing and checking a million Allocation rows. The dispatch queue's cutting task turns a batch into Allocation
+    rows, raises their bids (Bid.ch_allocated, status RUNNING) and cuts their units, in one transaction
+    (dispatch.allocations_cut). Until then the next round counts its cars as busy (rounds.busy_cars) and its CH as
+    sold (rounds.demand_snapshot)."""
+
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="sales")
+    bid_min = models.BigIntegerField(help_text="The lowest bid id in the batch.")
+    bid_max = models.BigIntegerField(help_text="The highest bid id in the batch.")
+    allocations = models.PositiveIntegerField(help_text="How many (bid, car) sales the batch holds.")
+    ends_max = models.DateTimeField(help_text="When the last of its cars' sold time runs out.")
+    rows = models.BinaryField(help_text="The sales, packed (dispatch.SALE_ROW); emptied once they are stored.")
+    stored = models.BooleanField(default=False, help_text="True once they are Allocation rows, cut into units.")
+
+    class Meta:
+        ordering = ["pk"]
+        indexes = [models.Index(fields=["bid_min", "bid_max"], condition=Q(stored=False), name="sale_waiting")]
+
+    def __str__(self) -> str:
+        return f"{self.allocations} sales to bids {self.bid_min}–{self.bid_max} in {self.round}"
 
 
 class WorkUnit(models.Model):

@@ -19,10 +19,21 @@ from fleet import book, offers
 from fleet.models import OptInPolicy, Vehicle
 
 from . import auction, verdicts
-from .dispatch import CarInfo, allocations_cut_wanted, car_sizing, sizing_of, units_cut, work_wanted
-from .models import Allocation, Bid, PoolClearing, Round, SelfTest, WorkUnit
+from .dispatch import (
+    CarInfo,
+    allocations_cut_wanted,
+    car_sizing,
+    cars_work_mark,
+    sales_held,
+    sales_pack,
+    sizing_of,
+    sold_cars_waiting,
+    units_cut,
+    work_wanted,
+)
+from .models import Allocation, Bid, PoolClearing, Round, RoundSale, SelfTest, WorkUnit
 from .selectors import pricing_current
-from .signals import bid_closed_announce, bid_won_announce, bids_won_announce
+from .signals import bid_closed_announce, bid_won_announce
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +61,10 @@ def _region_lock_id(region: str) -> int:
 
 def busy_cars(*, now: datetime) -> np.ndarray:
     """The cars whose sold time still runs or that still hold work: never sold twice. What was sold, not the fleet."""
-    busy = set(Allocation.objects.filter(ends_at__gt=now).values_list("vehicle_id", flat=True).distinct())
+    # Sold by a round whose sales are not stored yet: read first, so that a batch stored in between is read twice
+    # (packed, then stored), never missed.
+    busy = set(sold_cars_waiting(now=now).tolist())
+    busy.update(Allocation.objects.filter(ends_at__gt=now).values_list("vehicle_id", flat=True).distinct())
     busy |= set(
         WorkUnit.objects.filter(
             status__in=(WorkUnit.Status.QUEUED, WorkUnit.Status.LEASED), assigned_vehicle__isnull=False
@@ -133,11 +147,15 @@ def demand_snapshot(*, now: datetime, region: str = "", regions: list[str] | Non
         open_bids = open_bids.filter(region__in=["", region])
     else:
         open_bids = open_bids.filter(Q(region=region) | Q(region=""))
+    # What earlier rounds sold that is not stored yet counts as sold (sales_held): read before the bids, so that a
+    # batch stored in between is counted twice (this round sells the bid less), never missed (sold twice).
+    held = sales_held()
     bids = list(
         open_bids.values_list(
             "pk", "pool", "ch_total", "ch_allocated", "max_price_mcents_per_ch", "created_at", "region"
         )
     )
+    bids = [(*b[:3], b[3] + held.get(b[0], 0.0), *b[4:]) for b in bids]
     # The auction counts whole nano-CH: a remainder smaller than that is done.
     bids = [b for b in bids if b[2] - b[3] >= auction.CH_QUANTUM]
     if regions is not None and len(regions) > 1:
@@ -229,13 +247,16 @@ def auto_bids_redecide(*, supply: auction.Supply, now: datetime) -> int:
         .select_related("variant", "inference_model", "dataset")
         .order_by("pk")
     )
-    cheapest: dict[str, int] = {}
-    for pool_index, ask in zip(supply.pool.tolist(), supply.ask.tolist(), strict=True):
-        pool = auction.POOLS[pool_index]
-        cheapest[pool] = min(cheapest.get(pool, ask), ask)
+    if not bids:
+        return 0
+    offered = [(pool, supply.ask[supply.pool == i]) for i, pool in enumerate(auction.POOLS)]
+    cheapest = {pool: int(asks.min()) for pool, asks in offered if len(asks)}
     moved = 0
     fleet, outlooks = None, {}  # read once per round, for the models of the bids that need it
+    held = sales_held()
     for bid in bids:
+        if bid.pk in held:
+            continue  # a round sold it cars of its pool that are not cut yet: its units will be of that pool
         if bid.ch_total - bid.ch_allocated < auction.CH_QUANTUM:
             continue  # all of it is on cars already
         if cheapest.get(bid.pool, math.inf) <= bid.max_price_mcents_per_ch:
@@ -370,7 +391,7 @@ def _store(round_: Round, result, reserve, cars: CarInfo, now: datetime, *, cut_
     rate, clock = cars.rates_of(result.alloc_car, result.alloc_pool)
     hours = result.alloc_ch / rate / clock
     ends_ts = now.timestamp() + hours * 3600
-    if cut_units or connection.vendor != "postgresql":
+    if cut_units:
         cars.load(result.alloc_car.tolist())
         rows = [
             (bid_id, car_id, auction.POOLS[pool_index], ch, prices[auction.POOLS[pool_index]],
@@ -380,18 +401,14 @@ def _store(round_: Round, result, reserve, cars: CarInfo, now: datetime, *, cut_
                 result.alloc_ch.tolist(), hours.tolist(), strict=True,
             )
         ]  # fmt: skip
-        _allocations_store_and_cut(round_, rows, cut_units=cut_units)
+        _allocations_store_and_cut(round_, rows)
+        cars_work_mark(result.alloc_car, ends_ts)
     else:
-        _allocations_store(round_, result, prices, ends_ts)
-    # The cars sold heartbeat often from their next heartbeat on: their work is coming (fleet.offers).
-    order = np.argsort(result.alloc_car, kind="stable")
-    sold, first = np.unique(result.alloc_car[order], return_index=True)
-    latest = np.maximum.reduceat(ends_ts[order], first)
-    book.work_mark_until(sold, np.maximum(latest, now.timestamp() + 60))
+        _sales_store(round_, result, prices, ends_ts)  # the cutting marks the cars (a million sold: 3.7 s of Redis)
 
 
-def _allocations_store_and_cut(round_: Round, rows: list[tuple], *, cut_units: bool) -> None:
-    """Store the round's allocations with the ORM and, for a caller that leases at once, cut their units now."""
+def _allocations_store_and_cut(round_: Round, rows: list[tuple]) -> None:
+    """Store the round's allocations with the ORM and cut their units now, for a caller that leases at once."""
     totals: dict[int, float] = {}
     for bid_id, _, _, ch, *_ in rows:
         totals[bid_id] = totals.get(bid_id, 0.0) + ch
@@ -413,7 +430,6 @@ def _allocations_store_and_cut(round_: Round, rows: list[tuple], *, cut_units: b
             price_mcents_per_ch=price,
             ends_at=ends_at,
             car=car,
-            units_cut=cut_units,
         )
         for bid_id, car_id, pool, ch, price, ends_at, car in rows
     ]
@@ -427,80 +443,40 @@ def _allocations_store_and_cut(round_: Round, rows: list[tuple], *, cut_units: b
             bid_won_announce(bid_id)  # sold its first compute: the customer hears of it (signals.bid_won)
         bid.status = Bid.Status.RUNNING
     Bid.objects.bulk_update(list(bids.values()), ["ch_allocated", "status"], batch_size=1000)
-    if cut_units:
-        sizing = [sizing_of(a.car, bids[a.bid_id].variant.sha256) for a in allocations]
-        units_cut(allocations=allocations, bids=bids, cars=sizing)
-    else:
-        allocations_cut_wanted(sorted(totals))
+    sizing = [sizing_of(a.car, bids[a.bid_id].variant.sha256) for a in allocations]
+    units_cut(allocations=allocations, bids=bids, cars=sizing)
 
 
-_ALLOCATION_COLUMNS = ("round_id", "bid_id", "vehicle_id", "pool", "ch", "price_mcents_per_ch", "ends_at", "car",
-                       "for_verification", "units_cut")  # fmt: skip
-
-
-def _allocations_store(round_: Round, result, prices: dict, ends_ts: np.ndarray) -> None:
-    """The scheduled round's store on PostgreSQL, in a few statements whatever it sold: the allocations by one binary
-    COPY built by NumPy (the cars' details for cutting are read by the cutting task, seconds later: Allocation.car
-    stays empty), the bids they sold locked in pk order and updated from the allocations' sums in one UPDATE, the
-    customers of bids sold their first compute told once it commits; the units are cut after it, by the dispatch
-    queue. (A round of 100,000 bids spent most of its time building and saving model instances, then adapting
-    values one by one.)"""
-    table, bid_table = Allocation._meta.db_table, Bid._meta.db_table
-    columns = ", ".join(connection.ops.quote_name(c) for c in _ALLOCATION_COLUMNS)
+def _sales_store(round_: Round, result, prices: dict, ends_ts: np.ndarray) -> None:
+    """The scheduled round's store: what it sold, packed in batches of bids (RoundSale), in one binary COPY whatever
+    it sold; the dispatch queue's cutting tasks turn each batch into allocations, raise its bids and cut their
+    units, seconds later (dispatch.allocations_cut). Until then the next round counts the batch's cars as busy and its
+    CH as sold. (Writing a million-car round's allocations here, with their indexes and foreign keys checked at
+    commit, took over 40 s of its 60 s interval; raising its 100,000 bids took 3 s more.)"""
     price_of = np.array([prices[p] or 0 for p in auction.POOLS], dtype=np.int64)
-    data = allocations_copy_binary(
-        round_id=round_.pk, bid=result.alloc_bid, car=result.alloc_car, pool=result.alloc_pool, ch=result.alloc_ch,
-        price=price_of[result.alloc_pool], ends_ts=ends_ts,
+    batches = sales_pack(
+        bid=result.alloc_bid, car=result.alloc_car, ch=result.alloc_ch, ends_ts=ends_ts,
+        price=price_of[result.alloc_pool], pool=result.alloc_pool,
     )  # fmt: skip
-    with connection.cursor() as cursor:
-        with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT BINARY)") as copy:
-            copy.write(data)
-        sold = f"SELECT DISTINCT bid_id FROM {table} WHERE round_id = %s AND NOT for_verification"  # noqa: S608
-        # Locked in pk order, so two writers of the same bids cannot deadlock; their status before, to tell who won.
-        cursor.execute(f"SELECT id, status FROM {bid_table} WHERE id IN ({sold}) ORDER BY id FOR UPDATE", [round_.pk])  # noqa: S608
-        before = dict(cursor.fetchall())
-        # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
-        cursor.execute(
-            f"UPDATE {bid_table} AS b SET status = %s, ch_allocated = CASE WHEN b.ch_total - (b.ch_allocated + s.ch) "  # noqa: S608
-            f"< %s THEN b.ch_total ELSE b.ch_allocated + s.ch END FROM (SELECT bid_id, SUM(ch) AS ch FROM {table} "
-            "WHERE round_id = %s AND NOT for_verification GROUP BY bid_id) AS s WHERE b.id = s.bid_id",
-            [Bid.Status.RUNNING, auction.CH_QUANTUM, round_.pk],
+    sales = [
+        RoundSale(
+            round=round_, bid_min=int(rows["bid"][0]), bid_max=int(rows["bid"][-1]), allocations=len(rows),
+            ends_max=datetime.fromtimestamp(float(rows["ends"].max()), tz=UTC), rows=rows.tobytes(),
         )
-    # Sold their first compute: their customers hear of it (signals.bid_won).
-    bids_won_announce([bid_id for bid_id, status in before.items() if status != Bid.Status.RUNNING])
-    allocations_cut_wanted(sorted(before))
-
-
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # PostgreSQL counts timestamps from here, in µs
-
-
-def allocations_copy_binary(*, round_id, bid, car, pool, ch, price, ends_ts) -> bytes:
-    """The allocations as PostgreSQL's binary COPY stream (_ALLOCATION_COLUMNS), built by NumPy at once: every field
-    is fixed-width but the pool's name, so the rows go out in one block per name length."""
-    blocks = [b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")]
-    names = [name.encode() for name in auction.POOLS]
-    for length in sorted({len(name) for name in names}):
-        rows = np.flatnonzero(np.isin(pool, [i for i, name in enumerate(names) if len(name) == length]))
-        if not len(rows):
-            continue
-        fields = [("n", ">i2")]
-        for column, kind in (("round", ">i8"), ("bid", ">i8"), ("car", ">i8"), ("pool", f"S{length}"), ("ch", ">f8"),
-                             ("price", ">i8"), ("ends", ">i8"), ("json", "S3"), ("verification", "u1"),
-                             ("cut", "u1")):  # fmt: skip
-            fields += [(f"{column}_len", ">i4"), (column, kind)]
-        out = np.zeros(len(rows), dtype=np.dtype(fields))
-        out["n"] = len(_ALLOCATION_COLUMNS)
-        for column, width in (("round", 8), ("bid", 8), ("car", 8), ("pool", length), ("ch", 8), ("price", 8),
-                              ("ends", 8), ("json", 3), ("verification", 1), ("cut", 1)):  # fmt: skip
-            out[f"{column}_len"] = width
-        out["round"], out["bid"], out["car"] = round_id, bid[rows], car[rows]
-        out["pool"] = np.array(names, dtype=f"S{max(len(n) for n in names)}")[pool[rows]].astype(f"S{length}")
-        out["ch"], out["price"] = ch[rows], price[rows]
-        out["ends"] = np.round((ends_ts[rows] - _PG_EPOCH) * 1e6).astype(np.int64)
-        out["json"] = b"\x01{}"  # jsonb's binary form: version 1, then the text
-        blocks.append(out.tobytes())
-    blocks.append((-1).to_bytes(2, "big", signed=True))
-    return b"".join(blocks)
+        for rows in batches
+    ]  # fmt: skip
+    if connection.vendor == "postgresql":
+        # A million sales are 41 MB: one binary COPY sends them as they are (an INSERT would send them as hex text),
+        # and the column is stored uncompressed (migration 0015: compressing random floats gains nothing).
+        columns = ("round_id", "bid_min", "bid_max", "allocations", "ends_max", "rows", "stored")
+        copying = f"COPY {RoundSale._meta.db_table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT BINARY)"
+        with connection.cursor() as cursor, cursor.cursor.copy(copying) as copy:
+            copy.set_types(["int8", "int8", "int8", "int4", "timestamptz", "bytea", "bool"])
+            for sale in sales:
+                copy.write_row([getattr(sale, column) for column in columns])
+    else:
+        RoundSale.objects.bulk_create(sales, batch_size=20)
+    allocations_cut_wanted(np.unique(result.alloc_bid).tolist())
 
 
 def verification_allocate(*, round_: Round, supply: auction.Supply, result, reserve, rates, now: datetime) -> int:

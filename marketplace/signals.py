@@ -13,9 +13,10 @@ and billing's sweeper finishes the authorization with the same key.
 `bid_closed(bid_id)`: a bid closed (completed, failed, expired or cancelled), sent once the transaction that closed
 it has committed. Billing charges the bid's validated work and releases the rest of its hold (billing.apps).
 
-`bid_won(bid_id)`: a round sold a waiting bid its first compute (rounds: the bid turns RUNNING), sent once the round
-has committed. `bid_progressed(bid_id, percent)`: a newly validated slice took the bid's validated items past
-`percent` (25, 50 or 75), sent once per milestone crossed, after the result's commit (dispatch.unit_result). The
+`bid_won(bid_id)`: a round sold a waiting bid its first compute and the bid turned RUNNING (dispatch, when it cuts a
+scheduled round's sales; rounds, when a round cuts at once), sent once that has committed.
+`bid_progressed(bid_id, percent)`: a newly validated slice took the bid's validated items past `percent` (25, 50 or
+75), sent once per milestone crossed, after the result's commit (dispatch.unit_result). The
 notifications app tells the customer (webhooks), and records each (bid, event, milestone) once.
 
 `bid_audited(bid_id, audit_ids)`: results of a car caught lying were judged again (ResultAudit) and the bid's

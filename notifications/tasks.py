@@ -37,7 +37,7 @@ def bid_email_send(event_pk: int) -> None:
 
 
 def bid_won_received(sender, *, bid_id: int, **kwargs) -> None:
-    """marketplace.signals.bid_won (after the round's commit): a bid won its first compute."""
+    """marketplace.signals.bid_won (after the commit that turned the bid RUNNING): a bid won its first compute."""
     bid_event_record.delay(bid_id, BidEvent.Type.WON.value)
 
 

@@ -6,9 +6,10 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from fleet import state_store
 from fleet.models import OptInPolicy, Vehicle
-from marketplace.models import Allocation, Bid, PoolClearing, Round
-from marketplace.rounds import auction_round_run
+from marketplace.models import Allocation, Bid, PoolClearing, Round, RoundSale
+from marketplace.rounds import auction_round_run, busy_cars, demand_snapshot
 from tests.factories import vehicle_with_credential
 from tests.fleet.agent_requests import heartbeat, signed_post
 
@@ -163,7 +164,7 @@ def test_a_car_never_sells_below_its_owners_price_which_may_be_a_fraction_of_a_c
 
 
 def test_a_scheduled_round_leaves_the_cutting_to_the_dispatch_queue_which_gives_the_car_its_work_once(
-    bid, two_cars, monkeypatch
+    bid, two_cars, monkeypatch, django_capture_on_commit_callbacks
 ):
     """The scheduled round stores what it sold and nothing more (its time grows with the sale, not with the units);
     the dispatch queue's task cuts the units, with the car as the round saw it, once however often it runs, and the
@@ -174,19 +175,58 @@ def test_a_scheduled_round_leaves_the_cutting_to_the_dispatch_queue_which_gives_
     queued = []
     monkeypatch.setattr(app.Task, "delay_on_commit", lambda task, *args, **kwargs: queued.append((task.name, args)))
     olivias_car, _ = two_cars
-    auction_round_run(cut_units=False)
+    now = timezone.now()
+    auction_round_run(now=now, cut_units=False)
 
     assert queued == [("marketplace.tasks.units_cut", ([bid.pk],))]  # on the dispatch queue, once the round commits
 
-    allocation = Allocation.objects.get()
-    assert (allocation.vehicle, allocation.units_cut) == (olivias_car, False)
-    assert not bid.units.exists()
+    # The sale is packed; until it is cut, the next round neither sells its car again nor sells the bid twice.
+    sale = RoundSale.objects.get()
+    sold = dispatch.sales_rows(sale)
+    assert (sale.allocations, sale.stored, list(sold["car"])) == (1, False, [olivias_car.pk])
+    assert olivias_car.pk in busy_cars(now=now)
+    assert not len(demand_snapshot(now=now).bid)
+    assert not Allocation.objects.exists() and not bid.units.exists()
     assert dispatch.allocations_uncut(older_than=timezone.now() + timedelta(minutes=1)) == [bid.pk]
 
-    handed = dispatch.allocations_cut(bid_ids=[bid.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        handed = dispatch.allocations_cut(bid_ids=[bid.pk])
 
+    allocation = Allocation.objects.get()
+    assert (allocation.vehicle, allocation.units_cut) == (olivias_car, True)
+    assert allocation.ch == pytest.approx(sold["ch"][0])
+    assert state_store.client().zscore(state_store.WORK_KEY, olivias_car.pk)  # it heartbeats often: work is here
+    bid.refresh_from_db()
+    assert bid.status == "running" and bid.ch_allocated == pytest.approx(sold["ch"][0], abs=1e-9)
+    assert RoundSale.objects.get().stored
+    assert olivias_car.pk in busy_cars(now=now)
+    assert not len(demand_snapshot(now=now).bid)
     assert handed == bid.units.count() > 0
     assert set(bid.units.values_list("assigned_vehicle_id", "allocation_id")) == {(olivias_car.pk, allocation.pk)}
     assert sum(bid.units.values_list("ch", flat=True)) == pytest.approx(allocation.ch, abs=1e-9)
     assert dispatch.allocations_cut(bid_ids=[bid.pk]) == 0  # a redelivered task cuts nothing twice
+    assert dispatch.allocations_uncut(older_than=timezone.now() + timedelta(minutes=1)) == []
+
+
+def test_a_job_cancelled_before_its_sale_is_cut_gets_no_work_and_its_car_goes_back_to_the_market(
+    bid, two_cars, monkeypatch
+):
+    """A customer may cancel in the seconds between the round and the cutting of what it sold: no unit is cut for
+    the job (none would ever be leased, and its car would wait for them forever), and the car is for sale again."""
+    from config.celery import app
+    from marketplace import dispatch
+    from marketplace.services import bid_cancel
+
+    monkeypatch.setattr(app.Task, "delay_on_commit", lambda task, *args, **kwargs: None)
+    olivias_car, _ = two_cars
+    auction_round_run(cut_units=False)
+    bid_cancel(bid=bid)
+
+    assert dispatch.allocations_cut(bid_ids=[bid.pk]) == 0
+
+    assert not bid.units.exists()
+    allocation = Allocation.objects.get()
+    assert (allocation.vehicle, allocation.units_cut) == (olivias_car, True)
+    assert allocation.ends_at <= timezone.now()
+    assert olivias_car.pk not in busy_cars(now=timezone.now())
     assert dispatch.allocations_uncut(older_than=timezone.now() + timedelta(minutes=1)) == []

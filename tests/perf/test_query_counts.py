@@ -365,6 +365,7 @@ ADMIN_QUERIES = {
     "marketplace.resultaudit": 4,
     "marketplace.resultfault": 5,
     "marketplace.round": 7,  # and the region filter's choices, as for bids
+    "marketplace.roundsale": 5,
     "marketplace.selftest": 6,
     "marketplace.variantaccuracy": 5,
     "marketplace.workunit": 5,
