@@ -263,16 +263,18 @@ def sales_pack(*, bid, car, ch, ends_ts, price, pool) -> list[np.ndarray]:
 
 
 def sales_rows(sale: RoundSale) -> np.ndarray:
-    return np.frombuffer(bytes(sale.rows), dtype=SALE_ROW)
+    return _unpacked(sale.rows)
+
+
+def _unpacked(packed) -> np.ndarray:
+    """RoundSale.rows (bytes, or the memoryview a database driver returns) as a SALE_ROW array."""
+    return np.frombuffer(bytes(packed), dtype=SALE_ROW)
 
 
 def _sales_waiting(**where) -> np.ndarray:
     """The sales of the batches not yet stored as allocations (RoundSale), as one SALE_ROW array: the last round's,
     for the seconds its cutting takes."""
-    rows = [
-        np.frombuffer(bytes(packed), dtype=SALE_ROW)
-        for packed in RoundSale.objects.filter(stored=False, **where).values_list("rows", flat=True)
-    ]
+    rows = [_unpacked(p) for p in RoundSale.objects.filter(stored=False, **where).values_list("rows", flat=True)]
     return np.concatenate(rows) if rows else np.empty(0, dtype=SALE_ROW)
 
 
@@ -307,12 +309,15 @@ def allocations_cut(*, bid_ids: list[int]) -> int:
     if not bid_ids:
         return 0
     with transaction.atomic():
-        packed = dict(
-            RoundSale.objects.filter(stored=False, bid_min__lte=max(bid_ids), bid_max__gte=min(bid_ids)).values_list(
-                "pk", "rows"
-            )
-        )
-        sale_bids = {b for rows in packed.values() for b in np.frombuffer(bytes(rows), dtype=SALE_ROW)["bid"].tolist()}
+        # The batches' rows are read once, unlocked: they do not change until a batch is stored, and one stored
+        # meanwhile is left out below.
+        packed = {
+            pk: _unpacked(rows)
+            for pk, rows in RoundSale.objects.filter(
+                stored=False, bid_min__lte=max(bid_ids), bid_max__gte=min(bid_ids)
+            ).values_list("pk", "rows")
+        }
+        sale_bids = {b for rows in packed.values() for b in rows["bid"].tolist()}
         bids = {
             bid.pk: bid
             for bid in Bid.objects.select_for_update(of=("self",))
@@ -321,8 +326,9 @@ def allocations_cut(*, bid_ids: list[int]) -> int:
             .order_by("pk")
         }
         won = []
-        for sale in RoundSale.objects.select_for_update().filter(pk__in=list(packed), stored=False).order_by("pk"):
-            won += _sale_store(sale, bids)
+        locked = RoundSale.objects.select_for_update().filter(pk__in=list(packed), stored=False).defer("rows")
+        for sale in locked.order_by("pk"):
+            won += _sale_store(sale, packed[sale.pk], bids)
         if won:
             bids_won_announce(won)  # sold their first compute: their customers hear of it (signals.bid_won)
         allocations = list(
@@ -354,21 +360,28 @@ def allocations_cut(*, bid_ids: list[int]) -> int:
     return handed
 
 
-def _sale_store(sale: RoundSale, bids: dict[int, Bid]) -> list[int]:
-    """A batch of a round's sales becomes Allocation rows, in the order the round made them, not yet cut; its open
-    bids (in `bids`, locked) hold what they bought and run. Returns the bids that sold their first compute."""
-    rows = sales_rows(sale)
+def bid_raise(bid: Bid, ch: float) -> bool:
+    """A round sold the bid (locked) `ch` more: it holds it and runs. True when that was its first compute (it was
+    waiting). The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold, so a bid that
+    close to its total holds its total."""
+    allocated = bid.ch_allocated + ch
+    bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
+    first = bid.status == Bid.Status.WAITING
+    if first:
+        bid.status = Bid.Status.RUNNING
+    return first
+
+
+def _sale_store(sale: RoundSale, rows: np.ndarray, bids: dict[int, Bid]) -> list[int]:
+    """A batch of a round's sales (`rows`) becomes Allocation rows, in the order the round made them, not yet cut;
+    its open bids (in `bids`, locked) hold what they bought and run. Returns the bids that sold their first compute."""
     ids, position = np.unique(rows["bid"], return_inverse=True)
     won, raised = [], []
     for bid_id, ch in zip(ids.tolist(), np.bincount(position, weights=rows["ch"]).tolist(), strict=True):
         bid = bids[bid_id]
         if bid.status not in (*Bid.OPEN_STATUSES, Bid.Status.PAUSED):
             continue  # closed since the round: its allocations end unused (allocations_cut)
-        # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
-        allocated = bid.ch_allocated + ch
-        bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
-        if bid.status == Bid.Status.WAITING:
-            bid.status = Bid.Status.RUNNING
+        if bid_raise(bid, ch):
             won.append(bid_id)
         raised.append(bid)
     Bid.objects.bulk_update(raised, ["ch_allocated", "status"], batch_size=500)
@@ -460,7 +473,7 @@ def allocations_uncut(*, older_than: datetime) -> list[int]:
     """The bids of sales a round made before `older_than` that are still packed (a lost cutting task): the sweeper
     cuts them. (Allocation rows are cut in the transaction that stores them.)"""
     packed = RoundSale.objects.filter(stored=False, round__started_at__lt=older_than).values_list("rows", flat=True)
-    return sorted({bid for rows in packed for bid in np.frombuffer(bytes(rows), dtype=SALE_ROW)["bid"].tolist()})
+    return sorted({bid for rows in packed for bid in _unpacked(rows)["bid"].tolist()})
 
 
 # What differs between the units a round cuts; every other column holds its default. The cars excluded from a

@@ -22,6 +22,7 @@ from . import auction, verdicts
 from .dispatch import (
     CarInfo,
     allocations_cut_wanted,
+    bid_raise,
     car_sizing,
     cars_work_mark,
     sales_held,
@@ -435,13 +436,8 @@ def _allocations_store_and_cut(round_: Round, rows: list[tuple]) -> None:
     ]
     Allocation.objects.bulk_create(allocations, batch_size=5000)  # sets their pks, in order (PostgreSQL, SQLite ≥ 3.35)
     for bid_id, total in totals.items():
-        bid = bids[bid_id]
-        allocated = bid.ch_allocated + total
-        # The auction trades whole nano-CH: what is left below one is not worth (or able to be) sold.
-        bid.ch_allocated = bid.ch_total if bid.ch_total - allocated < auction.CH_QUANTUM else allocated
-        if bid.status != Bid.Status.RUNNING:
+        if bid_raise(bids[bid_id], total):
             bid_won_announce(bid_id)  # sold its first compute: the customer hears of it (signals.bid_won)
-        bid.status = Bid.Status.RUNNING
     Bid.objects.bulk_update(list(bids.values()), ["ch_allocated", "status"], batch_size=1000)
     sizing = [sizing_of(a.car, bids[a.bid_id].variant.sha256) for a in allocations]
     units_cut(allocations=allocations, bids=bids, cars=sizing)
